@@ -1,0 +1,238 @@
+"""The invariant checker behind ``m.check()``.
+
+It recounts every mapping from the page tables and compares the result with
+the struct pages, the reverse map, the LRU batches, the free lists, the swap
+map, the page cache and the device mirror. It returns ``(code, index)``:
+``CHK_OK`` or the first broken invariant and the frame, slot or entry where it
+broke; the Python layer turns that into an ``InvariantError`` message.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from . import mm
+
+CHECK_MESSAGES = (
+    "ok",
+    "free list: a frame's PG_free flag, free_pos and free stack disagree",
+    "free frame: refcount, mapcount or flags are not those of a free frame",
+    "mapcount does not match the page tables",
+    "refcount does not match mappings + LRU batch + pins + isolation + page cache",
+    "page left locked by the engine",
+    "migration entry left behind in a page table",
+    "reverse map chain does not match the page tables",
+    "LRU state: an in-use page must be on exactly one of LRU, LRU-add batch, isolated",
+    "device mirror maps a slot whose PTE does not map that device page",
+    "swap map count does not match the swap entries",
+    "page cache slot and page disagree",
+    "a page table maps a free frame or a frame of the wrong kind",
+    "compound page: head or tail state is inconsistent",
+    "free-page counters disagree with the free stacks",
+)
+(
+    CHK_OK,
+    CHK_FREE_LIST,
+    CHK_FREE_FRAME,
+    CHK_MAPCOUNT,
+    CHK_REFCOUNT,
+    CHK_LOCKED,
+    CHK_MIGRATION_ENTRY,
+    CHK_RMAP,
+    CHK_LRU,
+    CHK_MIRROR,
+    CHK_SWAP,
+    CHK_PCACHE,
+    CHK_BAD_MAP,
+    CHK_COMPOUND,
+    CHK_FREE_COUNT,
+) = range(len(CHECK_MESSAGES))
+
+
+@njit(cache=True, nogil=True)
+def _check_free_lists(st):
+    nr_ram = st.sys[L.SYS_NR_RAM]
+    nframes = st.page.shape[0]
+    nfree_ram = 0
+    nfree_dev = 0
+    for pfn in range(nframes):
+        free = mm.has_flag(st, pfn, L.PG_FREE)
+        pos = st.free_pos[pfn]
+        if free != (pos >= 0) or (free and st.free_stack[pos] != pfn):
+            return CHK_FREE_LIST, pfn
+        if not free:
+            continue
+        want_ref = 1 if mm.is_zone_device(st, pfn) else 0
+        others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_ZONE_DEVICE)
+        if st.page["refcount"][pfn] != want_ref or st.page["mapcount"][pfn] != 0 or others:
+            return CHK_FREE_FRAME, pfn
+        if pfn < nr_ram:
+            nfree_ram += 1
+        else:
+            nfree_dev += 1
+    if nfree_ram != st.sys[L.SYS_RAM_FREE] or nfree_dev != st.sys[L.SYS_DEV_FREE]:
+        return CHK_FREE_COUNT, -1
+    return CHK_OK, -1
+
+
+@njit(cache=True, nogil=True)
+def _count_mappings(st, maps, swaps):
+    """Recount mappings per frame (into ``maps``) and users per swap slot."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    ext = mm.pmd_extent(st)
+    for v in range(st.sys[L.SYS_NR_VMAS]):
+        if st.vma["live"][v] == 0:
+            continue
+        start = st.vma["start"][v]
+        end = st.vma["end"][v]
+        for j in range((end - 1) // ext - start // ext + 1):
+            word = st.pmd[st.vma["pmd_base"][v] + j]
+            if mm.pmd_kind(word) == L.PMD_THP:
+                head = mm.pte_pfn(word)
+                if not mm.has_flag(st, head, L.PG_HEAD):
+                    return CHK_COMPOUND, head
+                maps[head] += 1
+        base = st.vma["pte_base"][v]
+        for k in range((end - start) // ps):
+            pte = st.pte[base + k]
+            kind = mm.pte_kind(pte)
+            if kind == L.PTE_NONE or kind == L.PTE_ERROR:
+                continue
+            target = mm.pte_pfn(pte)
+            if kind == L.PTE_MIGRATION:
+                return CHK_MIGRATION_ENTRY, base + k
+            if kind == L.PTE_SWAP:
+                swaps[target] += 1
+                continue
+            if mm.is_zero_pfn(st, target):
+                continue
+            if mm.has_flag(st, target, L.PG_FREE | L.PG_TAIL | L.PG_HEAD):
+                return CHK_BAD_MAP, base + k
+            if (kind == L.PTE_DEVICE) != mm.is_zone_device(st, target):
+                return CHK_BAD_MAP, base + k
+            maps[target] += 1
+    return CHK_OK, -1
+
+
+@njit(cache=True, nogil=True)
+def _chain_matches(st, pfn, limit):
+    """Every node of the page's chain maps it, and there are mapcount nodes."""
+    node = st.page["rmap"][pfn]
+    n = 0
+    while node != -1:
+        n += 1
+        if n > limit:
+            return False
+        pte = st.pte[node]
+        kind = mm.pte_kind(pte)
+        mapped_here = (kind == L.PTE_PRESENT or kind == L.PTE_DEVICE) and mm.pte_pfn(pte) == pfn
+        if not mapped_here and not mm.has_flag(st, pfn, L.PG_HEAD):
+            return False
+        node = st.pte_next[node]
+    return n == st.page["mapcount"][pfn]
+
+
+@njit(cache=True, nogil=True)
+def _expected_refs(st, pfn):
+    flags = st.page["flags"][pfn]
+    ref = st.page["mapcount"][pfn] + st.page["pins"][pfn]
+    if (flags & L.PG_PAGEVEC) != 0:
+        ref += 1
+    if (flags & L.PG_EXT_ISOLATED) != 0:
+        ref += 1
+    if (flags & L.PG_ZONE_DEVICE) != 0:
+        ref += 1
+    if st.page["mapping"][pfn] == L.MAPPING_FILE:
+        ref += 1
+    return ref
+
+
+@njit(cache=True, nogil=True)
+def _check_page(st, pfn, maps, limit):
+    flags = st.page["flags"][pfn]
+    if (flags & (L.PG_FREE | L.PG_ZERO)) != 0:
+        return CHK_OK
+    if (flags & L.PG_TAIL) != 0:
+        ok = st.page["refcount"][pfn] == 0 and st.page["mapcount"][pfn] == 0
+        return CHK_OK if ok else CHK_COMPOUND
+    if st.page["mapcount"][pfn] != maps[pfn]:
+        return CHK_MAPCOUNT
+    if not _chain_matches(st, pfn, limit):
+        return CHK_RMAP
+    in_use = st.page["mapping"][pfn] != L.MAPPING_NONE or maps[pfn] > 0
+    if (flags & L.PG_EXT_LOCKED) != 0 and (flags & L.PG_LOCKED) == 0:
+        return CHK_LOCKED
+    if not in_use:
+        return CHK_OK  # a driver's page between alloc_page() and migrate_vma()
+    if (flags & L.PG_LOCKED) != 0 and (flags & L.PG_EXT_LOCKED) == 0:
+        return CHK_LOCKED
+    if st.page["refcount"][pfn] != _expected_refs(st, pfn):
+        return CHK_REFCOUNT
+    homes = 0
+    for f in (L.PG_LRU, L.PG_PAGEVEC, L.PG_EXT_ISOLATED):
+        if (flags & f) != 0:
+            homes += 1
+    if homes != (0 if (flags & L.PG_ZONE_DEVICE) != 0 else 1):
+        return CHK_LRU
+    return CHK_OK
+
+
+@njit(cache=True, nogil=True)
+def _check_batches(st):
+    queued = 0
+    for cpu in range(L.NR_CPUS):
+        for k in range(st.pagevec_n[cpu]):
+            pfn = st.pagevec[cpu, k]
+            if not mm.has_flag(st, pfn, L.PG_PAGEVEC):
+                return CHK_LRU, pfn
+            queued += 1
+    flagged = 0
+    for pfn in range(st.page.shape[0]):
+        if mm.has_flag(st, pfn, L.PG_PAGEVEC):
+            flagged += 1
+    return (CHK_OK if flagged == queued else CHK_LRU), -1
+
+
+@njit(cache=True, nogil=True)
+def _check_tables(st, swaps):
+    for e in range(st.swap_map.shape[0]):
+        if st.swap_map[e] != swaps[e]:
+            return CHK_SWAP, e
+    for pc in range(st.sys[L.SYS_PCACHE_USED]):
+        pfn = st.pcache[pc]
+        if pfn >= 0 and (st.page["mapping"][pfn] != L.MAPPING_FILE or st.page["index"][pfn] != pc):
+            return CHK_PCACHE, pc
+    kind_wanted = L.PTE_DEVICE if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25 else L.PTE_PRESENT
+    for slot in range(st.sys[L.SYS_PTE_USED]):
+        m = st.mirror[slot]
+        if m < 0:
+            continue
+        pte = st.pte[slot]
+        if mm.pte_kind(pte) != kind_wanted or mm.pte_pfn(pte) != (m >> 1):
+            return CHK_MIRROR, slot
+    return CHK_OK, -1
+
+
+@njit(cache=True, nogil=True)
+def check_state(state):
+    """check_state() - verify every invariant of the machine.
+
+    Args: state. Pre: no migration in progress. Returns (CHK_*, index).
+    """
+    code, idx = _check_free_lists(state)
+    if code != CHK_OK:
+        return code, idx
+    maps = np.zeros(state.page.shape[0], np.int64)
+    swaps = np.zeros(state.swap_map.shape[0], np.int64)
+    code, idx = _count_mappings(state, maps, swaps)
+    if code != CHK_OK:
+        return code, idx
+    limit = state.sys[L.SYS_PTE_USED] + 1
+    for pfn in range(state.page.shape[0]):
+        code = _check_page(state, pfn, maps, limit)
+        if code != CHK_OK:
+            return code, pfn
+    code, idx = _check_batches(state)
+    if code != CHK_OK:
+        return code, idx
+    return _check_tables(state, swaps)

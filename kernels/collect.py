@@ -1,0 +1,176 @@
+"""migrate_vma_collect(): walk the page table of the range and fill ``src``.
+
+Profiles: ``seed`` is HMM v25 14/19 as posted; ``hmm-v25`` adds 15/19 (lock and
+unmap while collecting), 16/19 (device-private entries as sources, ``dst = 0`` in
+every slot) and 17/19 (holes and zero-page entries collected as MIGRATE).
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from . import mm
+from .huge_memory import split_huge_page, split_huge_pmd_zero
+
+_NO_MPFN = np.uint64(0)
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
+    """migrate_vma_collect_hole(): a range with no page behind it.
+
+    seed: ``src = dst = 0``. hmm-v25 (17/19): ``src = MIGRATE`` with no pfn and
+    ``cpages++`` per page, so the driver may allocate for it (insert-page).
+    The Oct 2017 off-by-one (dst of the next slot cleared) is not reproduced.
+    """
+    hole_mpfn = _NO_MPFN
+    if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
+        hole_mpfn = st.layout[L.L_MIGRATE]
+    n = mig[L.MIG_NPAGES]
+    for k in range(npages_in_hole):
+        dst[n + k] = 0
+        src[n + k] = hole_mpfn
+    mig[L.MIG_NPAGES] = n + npages_in_hole
+    if hole_mpfn != 0:
+        mig[L.MIG_CPAGES] += npages_in_hole
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_collect_skip(st, src, dst, mig, npages_in_range):
+    """migrate_vma_collect_skip() (hmm-v25): ``src = dst = 0`` for a range that
+    cannot be collected (THP trylock or split failure)."""
+    n = mig[L.MIG_NPAGES]
+    for k in range(npages_in_range):
+        dst[n + k] = 0
+        src[n + k] = _NO_MPFN
+    mig[L.MIG_NPAGES] = n + npages_in_range
+
+
+@njit(cache=True, nogil=True)
+def _collect_huge(st, v, addr, pmd_i, first_slot):
+    """The PMD-level part of migrate_vma_collect_pmd(): split what is huge.
+
+    Returns True when the PTE loop may run, False when the extent must be
+    skipped (seed: treated as a hole, which is ``src = 0`` there too).
+    """
+    kind = mm.pmd_kind(st.pmd[pmd_i])
+    if kind == L.PMD_HUGE_ZERO:
+        split_huge_pmd_zero(st, pmd_i, first_slot)
+        return True
+    head = mm.pte_pfn(st.pmd[pmd_i])
+    mm.get_page(st, head)
+    if not mm.trylock_page(st, head):
+        mm.put_page(st, head)
+        return False
+    ret = split_huge_page(st, head, 1)
+    mm.unlock_page(st, head)
+    mm.put_page(st, head)
+    return ret == 0
+
+
+@njit(cache=True, nogil=True)
+def _install_migration_entry(st, slot, pfn, write):
+    """15/19: replace the PTE by a migration entry, drop rmap count and the
+    mapping's reference (the collect reference keeps the page alive)."""
+    was_present = 1 if mm.pte_kind(st.pte[slot]) == L.PTE_PRESENT else 0
+    st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
+    st.page["mapcount"][pfn] -= 1
+    mm.put_page(st, pfn)
+    return was_present
+
+
+@njit(cache=True, nogil=True)
+def _collect_pte(st, slot, hmm):
+    """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
+    lay = st.layout
+    pte = st.pte[slot]
+    kind = mm.pte_kind(pte)
+    hole_mpfn = lay[L.L_MIGRATE] if hmm else _NO_MPFN
+    wbit = lay[L.L_WRITE] if mm.pte_write(pte) else _NO_MPFN
+    if kind == L.PTE_NONE:
+        return hole_mpfn, -1, hmm
+    pfn = mm.pte_pfn(pte)
+    if kind == L.PTE_DEVICE and hmm:
+        return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_DEVICE] | wbit, pfn, False
+    if kind != L.PTE_PRESENT:
+        return _NO_MPFN, -1, False  # swap, migration and error entries stay put
+    if mm.is_zero_pfn(st, pfn):
+        return hole_mpfn, -1, hmm
+    return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
+
+
+@njit(cache=True, nogil=True)
+def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
+    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
+    lay = st.layout
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    slot = mm.pte_slot(st, v, addr)
+    n = mig[L.MIG_NPAGES]
+    unmapped = 0
+    count = (end - addr) // ps
+    for k in range(count):
+        mpfn, pfn, hole = _collect_pte(st, slot + k, hmm)
+        if hole:
+            mig[L.MIG_CPAGES] += 1
+        elif pfn >= 0:
+            if st.page["mapping"][pfn] == L.MAPPING_NONE or mm.has_flag(
+                st, pfn, L.PG_HEAD | L.PG_TAIL
+            ):
+                mpfn = _NO_MPFN  # no page->mapping, or PageTransCompound()
+            else:
+                mm.get_page(st, pfn)
+                mig[L.MIG_CPAGES] += 1
+                if hmm and mm.trylock_page(st, pfn):
+                    mpfn |= lay[L.L_LOCKED]
+                    write = (mpfn & lay[L.L_WRITE]) != 0
+                    unmapped += _install_migration_entry(st, slot + k, pfn, write)
+        if hmm:
+            dst[n + k] = 0  # 16/19 writes dst for every slot; the seed only for holes
+        src[n + k] = mpfn
+    mig[L.MIG_NPAGES] = n + count
+    if unmapped:
+        st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_collect(st, v, start, end, src, dst, mig):
+    """migrate_vma_collect() - collect pages over a range of virtual addresses.
+
+    Args:
+        st: machine state. v: VMA index. start, end: page-aligned range in v.
+        src, dst: uint64 arrays of at least (end - start) / page_size slots.
+        mig: int64 ``struct migrate_vma`` scalars (MIG_* indices), zeroed.
+    Pre: arguments checked by migrate_vma(); ``src`` zeroed.
+    Post: ``src[i]`` describes the page at ``start + i * page_size``; every
+    collected page holds one extra reference; ``mig[MIG_CPAGES]`` counts them
+    (plus holes in hmm-v25); ``mig[MIG_END] = start + npages * page_size``.
+
+    Branches: seed - holes, non-present entries, the zero page, pages without
+    a mapping and PTE-mapped compound pages give 0; PMD THP is split (v5:
+    "split THP instead of skipping them"), the huge zero PMD is split.
+    hmm-v25 - holes and zero pages give MIGRATE; device-private entries give
+    VALID|MIGRATE|DEVICE; pages that trylock are locked and unmapped here.
+    """
+    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    ext = mm.pmd_extent(st)
+    addr = start
+    while addr < end:
+        next_ext = (addr // ext + 1) * ext
+        stop = min(next_ext, end)
+        count = (stop - addr) // ps
+        pmd_i = mm.pmd_slot(st, v, addr)
+        kind = mm.pmd_kind(st.pmd[pmd_i])
+        if kind == L.PMD_NONE:
+            migrate_vma_collect_hole(st, src, dst, mig, count)
+        elif kind != L.PMD_TABLE and not _collect_huge(
+            st, v, addr, pmd_i, mm.pte_slot(st, v, addr - addr % ext)
+        ):
+            if hmm:
+                migrate_vma_collect_skip(st, src, dst, mig, count)
+            else:
+                migrate_vma_collect_hole(st, src, dst, mig, count)
+        else:
+            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm)
+        addr = stop
+    mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * ps

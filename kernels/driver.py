@@ -1,0 +1,193 @@
+"""Helpers a driver needs, callable from users' ``@njit`` code.
+
+They take ``m.state`` first and return plain scalars; negative values are
+``-errno``. The Python ``Machine`` methods of the same names wrap them.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from . import mm
+from .copy import memcpy_bytes
+from .device import find_vma
+from .huge_memory import split_huge_page  # noqa: F401  (re-exported for drivers)
+from .memory import access_vm
+
+# translate() kinds, in Pte.kind order.
+TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR = range(7)
+TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error")
+
+
+@njit(cache=True, nogil=True)
+def alloc_page(state, device):
+    """A fresh locked page as a driver's allocator hands it to migrate_vma().
+
+    Args: state, device (bool). Returns the pfn, or -1 when none is free.
+    Post: refcount 1 (2 for a device-private page, whose device holds one).
+    """
+    pfn = mm.alloc_frame(state, device)
+    if pfn >= 0:
+        mm.trylock_page(state, pfn)
+        if device and mm.is_zone_device(state, pfn):
+            state.counters[L.C_DEVICE_CALLOC] += 1
+    return pfn
+
+
+@njit(cache=True, nogil=True)
+def put_page(state, pfn):
+    """put_page(): drop one reference (frees the page at its free count)."""
+    mm.put_page(state, pfn)
+
+
+@njit(cache=True, nogil=True)
+def unlock_page(state, pfn):
+    mm.unlock_page(state, pfn)
+
+
+@njit(cache=True, nogil=True)
+def copy_page(state, dst_pfn, src_pfn):
+    """copy_highpage(): copy one frame's bytes (a no-op without stored data)."""
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    if state.sys[L.SYS_STORE_DATA] != 0:
+        memcpy_bytes(state.data, dst_pfn * ps, state.data, src_pfn * ps, ps)
+
+
+@njit(cache=True, nogil=True)
+def migrate_pfn(state, pfn):
+    """migrate_pfn(): ``(pfn << SHIFT) | VALID`` in the machine's layout."""
+    return mm.make_mpfn(state.layout, pfn)
+
+
+@njit(cache=True, nogil=True)
+def mpfn_to_pfn(state, mpfn):
+    """The pfn of an mpfn, or -1 when VALID is not set."""
+    return mm.mpfn_to_pfn(state.layout, np.uint64(mpfn))
+
+
+@njit(cache=True, nogil=True)
+def cpu_read(state, mm_id, addr, buf):
+    """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
+    fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], False)
+    return status
+
+
+@njit(cache=True, nogil=True)
+def cpu_write(state, mm_id, addr, buf):
+    """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], True)
+    return status
+
+
+@njit(cache=True, nogil=True)
+def translate(state, mm_id, addr):
+    """Walk the page table: (TR_* kind, pfn or -1, writable, huge)."""
+    v = find_vma(state, mm_id, addr)
+    if v < 0:
+        return TR_NONE, -1, False, False
+    pword = state.pmd[mm.pmd_slot(state, v, addr)]
+    pk = mm.pmd_kind(pword)
+    if pk == L.PMD_NONE:
+        return TR_NONE, -1, False, False
+    if pk == L.PMD_HUGE_ZERO:
+        return TR_ZERO, state.sys[L.SYS_ZERO_PFN], False, True
+    if pk == L.PMD_THP:
+        pfn = mm.pte_pfn(pword) + (addr % mm.pmd_extent(state)) // mm.page_size(state)
+        return TR_PRESENT, pfn, (pword & L.PMD_WRITE) != 0, True
+    pte = state.pte[mm.pte_slot(state, v, addr)]
+    kind = mm.pte_kind(pte)
+    pfn = mm.pte_pfn(pte)
+    write = mm.pte_write(pte)
+    if kind == L.PTE_NONE:
+        return TR_NONE, -1, False, False
+    if kind == L.PTE_PRESENT:
+        if mm.is_zero_pfn(state, pfn):
+            return TR_ZERO, pfn, False, False
+        return TR_PRESENT, pfn, write, False
+    if kind == L.PTE_SWAP:
+        return TR_SWAP, -1, False, False
+    if kind == L.PTE_MIGRATION:
+        return TR_MIGRATION, pfn, write, False
+    if kind == L.PTE_DEVICE:
+        return TR_DEVICE, pfn, write, False
+    return TR_ERROR, -1, False, False
+
+
+@njit(cache=True, nogil=True)
+def validate_dst(state, src, dst, npages):
+    """Drop ``dst`` entries a driver must never hand back; index of the first, or -1.
+
+    A valid destination is an allocated, locked, unmapped frame with no mapping,
+    used once. Dropped entries become 0, so the slot is simply not migrated.
+    """
+    lay = state.layout
+    nframes = state.page.shape[0]
+    first_bad = -1
+    seen = np.empty(npages, np.int64)
+    nseen = 0
+    for i in range(npages):
+        if (dst[i] & lay[L.L_VALID]) == 0:
+            continue
+        pfn = np.int64(dst[i] >> lay[L.L_SHIFT])
+        bad = pfn < 0 or pfn >= nframes
+        if not bad:
+            bad = (
+                mm.has_flag(state, pfn, L.PG_FREE | L.PG_ZERO | L.PG_TAIL | L.PG_HEAD)
+                or not mm.has_flag(state, pfn, L.PG_LOCKED)
+                or state.page["mapcount"][pfn] != 0
+                or state.page["mapping"][pfn] != L.MAPPING_NONE
+                or pfn == mm.mpfn_to_pfn(lay, src[i])
+            )
+        if bad:
+            dst[i] = 0
+            if first_bad < 0:
+                first_bad = i
+        else:
+            seen[nseen] = pfn
+            nseen += 1
+    order = np.sort(seen[:nseen])
+    for k in range(1, nseen):
+        if order[k] == order[k - 1]:
+            for i in range(npages):
+                if mm.mpfn_to_pfn(lay, dst[i]) == order[k]:
+                    dst[i] = 0
+                    first_bad = i if first_bad < 0 else min(first_bad, i)
+    return first_bad
+
+
+@njit(cache=True, nogil=True)
+def pin_page(state, pfn):
+    """get_user_pages(): an extra reference that makes the page look pinned."""
+    mm.get_page(state, pfn)
+    state.page["pins"][pfn] += 1
+
+
+@njit(cache=True, nogil=True)
+def unpin_page(state, pfn):
+    state.page["pins"][pfn] -= 1
+    mm.put_page(state, pfn)
+
+
+@njit(cache=True, nogil=True)
+def isolate_by_other(state, pfn):
+    """Another isolator takes the page off the LRU (draining the batch it may sit
+    in first, as callers of isolate_lru_page() do). Returns 0 or -EBUSY."""
+    if mm.has_flag(state, pfn, L.PG_PAGEVEC):
+        for cpu in range(L.NR_CPUS):
+            mm._drain_cpu(state, cpu)
+    if mm.isolate_lru_page(state, pfn) != 0:
+        return -L.EBUSY
+    mm.set_flag(state, pfn, L.PG_EXT_ISOLATED)
+    return 0
+
+
+@njit(cache=True, nogil=True)
+def putback_by_other(state, pfn):
+    mm.clear_flag(state, pfn, L.PG_EXT_ISOLATED)
+    mm.putback_lru_page(state, pfn)
+
+
+@njit(cache=True, nogil=True)
+def lru_add_drain_all(state):
+    mm.lru_add_drain_all(state)

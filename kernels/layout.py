@@ -1,0 +1,201 @@
+"""Bit layouts and encodings shared by every compiled kernel.
+
+Three kinds of constants live here, all as fixed-width numpy scalars so that
+numba never unifies a flag with a signed int into float64 (numba #4631) and
+NumPy 2 never rejects a negated mask (numpy #26440):
+
+* the ``MIGRATE_PFN_*`` layout of each profile (``include/linux/migrate.h``):
+
+  ========  =====  =======  ======  =====  ======  =====  =====
+  profile   VALID  MIGRATE  LOCKED  WRITE  DEVICE  ERROR  SHIFT
+  ========  =====  =======  ======  =====  ======  =====  =====
+  seed      1<<0   1<<1     1<<2    1<<3   absent  1<<4   5
+  hmm-v25   1<<0   1<<1     1<<2    1<<3   1<<4    1<<5   6
+  ========  =====  =======  ======  =====  ======  =====  =====
+
+  ``seed`` is HMM v25 14/19 as posted; ``hmm-v25`` is the series as merged in
+  Linux 4.14, where 16/19 inserted ``MIGRATE_PFN_DEVICE`` at bit 4 and pushed
+  ``ERROR`` and the pfn up by one.
+* the simulated page-table encodings (PTE and PMD words);
+* struct page flags, VMA flags and the indices of the scalar/counter arrays.
+
+Kernels read the active layout from ``state.layout`` (a uint64 array in
+``LAYOUT_FIELDS`` order) so one compiled kernel serves both profiles.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+U64 = np.uint64
+
+Layout = namedtuple("Layout", "VALID MIGRATE LOCKED WRITE DEVICE ERROR SHIFT")
+LAYOUT_FIELDS = Layout._fields
+
+SEED_LAYOUT = Layout(
+    U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(0), U64(1 << 4), U64(5)
+)
+HMM_V25_LAYOUT = Layout(
+    U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(1 << 4), U64(1 << 5), U64(6)
+)
+
+PROFILE_SEED = 0
+PROFILE_HMM_V25 = 1
+PROFILES = {"seed": PROFILE_SEED, "hmm-v25": PROFILE_HMM_V25}
+LAYOUTS = {PROFILE_SEED: SEED_LAYOUT, PROFILE_HMM_V25: HMM_V25_LAYOUT}
+
+# Indices into state.layout.
+L_VALID, L_MIGRATE, L_LOCKED, L_WRITE, L_DEVICE, L_ERROR, L_SHIFT = range(7)
+
+# --- PTE word: kind in bits 0-2, write bit 3, dirty bit 4, pfn (or swap slot) from bit 8.
+PTE_KIND_MASK = U64(7)
+PTE_NONE = U64(0)
+PTE_PRESENT = U64(1)
+PTE_SWAP = U64(2)
+PTE_MIGRATION = U64(3)
+PTE_DEVICE = U64(4)  # device-private swap-style entry (hmm-v25 only)
+PTE_ERROR = U64(5)  # hwpoison-style entry: any access is a SIGBUS
+PTE_WRITE = U64(1 << 3)
+PTE_DIRTY = U64(1 << 4)
+PTE_PFN_SHIFT = U64(8)
+PTE_KIND_NAMES = ("none", "present", "swap", "migration", "device", "error")
+
+# --- PMD word: kind in bits 0-1, write bit 3, head pfn from bit 8.
+PMD_KIND_MASK = U64(3)
+PMD_NONE = U64(0)  # no page table below: the whole extent is a hole
+PMD_TABLE = U64(1)  # a PTE table: look at the PTE level
+PMD_THP = U64(2)  # a PMD-mapped transparent huge page
+PMD_HUGE_ZERO = U64(3)  # the huge zero page, read-only
+PMD_WRITE = U64(1 << 3)
+HPAGE_PMD_ORDER = 9
+HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
+
+# --- struct page flags (page["flags"]).
+PG_LOCKED = np.uint32(1 << 0)  # PG_locked, by anyone
+PG_LRU = np.uint32(1 << 1)  # on an LRU list
+PG_PAGEVEC = np.uint32(1 << 2)  # waiting in a per-CPU LRU-add batch
+PG_HEAD = np.uint32(1 << 3)  # compound head (order HPAGE_PMD_ORDER)
+PG_TAIL = np.uint32(1 << 4)  # compound tail
+PG_ZONE_DEVICE = np.uint32(1 << 5)  # device frame (device-private in hmm-v25)
+PG_ZERO = np.uint32(1 << 6)  # the shared zero page
+PG_MLOCKED = np.uint32(1 << 7)
+PG_DIRTY = np.uint32(1 << 8)
+PG_FREE = np.uint32(1 << 9)  # on a free list
+PG_EXT_LOCKED = np.uint32(1 << 10)  # the lock is held by someone else (m.lock_page)
+PG_EXT_ISOLATED = np.uint32(1 << 11)  # isolated from the LRU by someone else
+
+# page["mapping"]
+MAPPING_NONE = np.int8(0)
+MAPPING_ANON = np.int8(1)
+MAPPING_FILE = np.int8(2)  # page cache: file or shmem
+
+# --- VMA flags (the kernel's vm_flags bits that matter here).
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_SHARED = 0x8
+VM_LOCKED = 0x2000
+VM_IO = 0x4000
+VM_DONTEXPAND = 0x40000
+VM_PFNMAP = 0x400
+VM_MIXEDMAP = 0x10000000
+VM_HUGETLB = 0x400000
+VM_HUGEPAGE = 0x20000000  # thp=True
+VM_UFFD_MISSING = 0x200
+VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
+USER_VM_FLAGS = VM_HUGETLB | VM_SPECIAL | VM_LOCKED | VM_UFFD_MISSING
+
+# vma["kind"]
+VMA_ANON = 0
+VMA_SHMEM = 1
+VMA_FILE = 2
+VMA_KINDS = {"anon": VMA_ANON, "shmem": VMA_SHMEM, "file": VMA_FILE}
+
+# --- state.sys: machine scalars.
+SYS_PAGE_SIZE = 0
+SYS_NR_RAM = 1
+SYS_NR_DEVICE = 2
+SYS_PROFILE = 3
+SYS_STORE_DATA = 4
+SYS_ZERO_PFN = 5
+SYS_RAM_FREE = 6  # free-stack depth of RAM
+SYS_DEV_FREE = 7  # free-stack depth of device memory
+SYS_NR_VMAS = 8
+SYS_PTE_USED = 9
+SYS_PMD_USED = 10
+SYS_PCACHE_USED = 11
+SYS_SWAP_FREE = 12
+SYS_FAIL_ALLOC = 13  # device allocations left to fail (m.device.fail_alloc)
+SYS_NR_SWAP = 14
+SYS_FIELDS = 16
+
+# --- state.counters: vmstat-like, cumulative.
+COUNTER_NAMES = (
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    "lru_add_drain_all",
+    "lru_add_drain",
+    "migrate_vma_calls",
+    "migrate_vma_collected",
+    "thp_split_page",
+    "thp_split_pmd",
+    "pgfault",
+    "pswpout",
+    "pswpin",
+    "cow_break",
+    "insert_page",
+    "tlb_flush",
+    "device_calloc",
+    "device_cfree",
+    "device_faults",
+    "device_sigbus",
+)
+(
+    C_PGMIGRATE_SUCCESS,
+    C_PGMIGRATE_FAIL,
+    C_LRU_ADD_DRAIN_ALL,
+    C_LRU_ADD_DRAIN,
+    C_MIGRATE_VMA_CALLS,
+    C_MIGRATE_VMA_COLLECTED,
+    C_THP_SPLIT_PAGE,
+    C_THP_SPLIT_PMD,
+    C_PGFAULT,
+    C_PSWPOUT,
+    C_PSWPIN,
+    C_COW_BREAK,
+    C_INSERT_PAGE,
+    C_TLB_FLUSH,
+    C_DEVICE_CALLOC,
+    C_DEVICE_CFREE,
+    C_DEVICE_FAULTS,
+    C_DEVICE_SIGBUS,
+) = range(len(COUNTER_NAMES))
+
+# --- per-CPU LRU-add batches. Faults run on the process CPU; migrate_vma() runs on the
+# driver's CPU, so its local lru_add_drain() cannot reach the fault batch and only
+# lru_add_drain_all() can (the reason the kernel calls it).
+NR_CPUS = 2
+CPU_USER = 0
+CPU_DRIVER = 1
+PAGEVEC_SIZE = 15
+
+# --- errno values the compiled level returns (negated).
+EINVAL = 22
+ENOMEM = 12
+EFAULT = 14
+EBUSY = 16
+EAGAIN = 11
+
+# --- struct migrate_vma scalars (state of one migrate_vma call, an int64 array).
+MIG_NPAGES = 0
+MIG_CPAGES = 1
+MIG_START = 2
+MIG_END = 3
+MIG_VMA = 4
+MIG_FIELDS = 5
+
+# --- results of compiled CPU accesses and faults.
+FAULT_OK = 0
+FAULT_SEGV = 1
+FAULT_SIGBUS = 2
+FAULT_OOM = 3
+FAULT_RETRY = 4

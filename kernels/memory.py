@@ -1,0 +1,428 @@
+"""The CPU side of the machine (mm/memory.c): faults, loads, stores, fork, swap.
+
+A CPU access walks the PMD and PTE of its address and faults what it needs:
+anonymous read faults map the zero page (the huge zero page in a THP VMA),
+write faults allocate, break COW or reuse; a device-private entry calls the
+device's fault handler, which migrates the page back with migrate_vma().
+Every function here runs compiled; the Python layer only validates.
+"""
+
+from numba import njit
+
+from . import layout as L
+from . import mm
+from .copy import memcpy_bytes
+from .device import device_fault, find_vma
+from .huge_memory import split_huge_page, split_huge_pmd_zero
+
+_FAULT_RETRIES = 4
+
+
+# --------------------------------------------------------------------- new pages
+@njit(cache=True, nogil=True)
+def _new_anon_page(st, v, addr):
+    """A zeroed anonymous page for ``addr``, in the user CPU's LRU-add batch."""
+    pfn = mm.alloc_frame(st, False)
+    if pfn < 0:
+        return -1
+    mm.zero_frame(st, pfn)
+    st.page["mapping"][pfn] = L.MAPPING_ANON
+    st.page["index"][pfn] = addr // st.sys[L.SYS_PAGE_SIZE]
+    if (st.vma["flags"][v] & L.VM_LOCKED) != 0:
+        mm.set_flag(st, pfn, L.PG_MLOCKED)
+    mm.lru_cache_add(st, L.CPU_USER, pfn)
+    # The allocation reference becomes the mapping's: map_new_page() takes one more.
+    st.page["refcount"][pfn] -= 1
+    return pfn
+
+
+@njit(cache=True, nogil=True)
+def _copy_frame(st, dst_pfn, src_pfn, npages):
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    if st.sys[L.SYS_STORE_DATA] != 0:
+        memcpy_bytes(st.data, dst_pfn * ps, st.data, src_pfn * ps, npages * ps)
+
+
+# --------------------------------------------------------------------- PMD level
+@njit(cache=True, nogil=True)
+def _thp_extent(st, v, addr):
+    """First address of addr's 2 MiB extent if it lies wholly inside a THP VMA."""
+    if (st.vma["flags"][v] & L.VM_HUGEPAGE) == 0 or st.vma["kind"][v] != L.VMA_ANON:
+        return -1
+    ext = mm.pmd_extent(st)
+    first = addr - addr % ext
+    if first < st.vma["start"][v] or first + ext > st.vma["end"][v]:
+        return -1
+    return first
+
+
+@njit(cache=True, nogil=True)
+def _map_new_thp(st, v, first, pmd_i, src_head):
+    """Allocate a THP, fill it (zero or copy of src_head) and PMD-map it writable."""
+    head = mm.alloc_thp(st)
+    if head < 0:
+        return -1
+    if src_head >= 0:
+        _copy_frame(st, head, src_head, L.HPAGE_PMD_NR)
+    elif st.sys[L.SYS_STORE_DATA] != 0:
+        ps = st.sys[L.SYS_PAGE_SIZE]
+        st.data[head * ps : (head + L.HPAGE_PMD_NR) * ps] = 0
+    st.page["mapping"][head] = L.MAPPING_ANON
+    st.page["index"][head] = first // st.sys[L.SYS_PAGE_SIZE]
+    st.page["mapcount"][head] = 1
+    mm.set_flag(st, head, L.PG_LRU | L.PG_DIRTY)
+    mm.rmap_add(st, head, mm.pte_slot(st, v, first))
+    st.pmd[pmd_i] = mm.make_pmd(L.PMD_THP, head, True)
+    return head
+
+
+@njit(cache=True, nogil=True)
+def _wp_huge_pmd(st, v, first, pmd_i):
+    """do_huge_pmd_wp_page(): reuse, copy the THP, or split and fall back to PTEs.
+
+    FAULT_RETRY after a split sends the fault on to the (now read-only) PTEs."""
+    head = mm.pte_pfn(st.pmd[pmd_i])
+    if st.page["mapcount"][head] == 1:
+        st.pmd[pmd_i] |= L.PMD_WRITE
+        return L.FAULT_OK
+    slot = mm.pte_slot(st, v, first)
+    if _map_new_thp(st, v, first, pmd_i, head) >= 0:
+        st.page["mapcount"][head] -= 1
+        mm.rmap_del(st, head, slot)
+        mm.put_page(st, head)
+        st.counters[L.C_COW_BREAK] += 1
+        return L.FAULT_OK
+    if split_huge_page(st, head, 0) != 0:
+        return L.FAULT_OOM
+    return L.FAULT_RETRY
+
+
+@njit(cache=True, nogil=True)
+def _fault_pmd(st, v, addr, write):
+    """The PMD half of handle_mm_fault(). FAULT_RETRY means: go on to the PTE."""
+    pmd_i = mm.pmd_slot(st, v, addr)
+    kind = mm.pmd_kind(st.pmd[pmd_i])
+    first = _thp_extent(st, v, addr)
+    if kind == L.PMD_NONE:
+        if first >= 0:
+            if not write:
+                st.pmd[pmd_i] = L.PMD_HUGE_ZERO
+                return L.FAULT_OK
+            if _map_new_thp(st, v, first, pmd_i, -1) >= 0:
+                return L.FAULT_OK
+        st.pmd[pmd_i] = L.PMD_TABLE
+        return L.FAULT_RETRY
+    if kind == L.PMD_HUGE_ZERO:
+        if not write:
+            return L.FAULT_OK
+        if _map_new_thp(st, v, first, pmd_i, -1) >= 0:
+            return L.FAULT_OK
+        split_huge_pmd_zero(st, pmd_i, mm.pte_slot(st, v, first))
+        return L.FAULT_RETRY
+    if kind == L.PMD_THP:
+        if not write or (st.pmd[pmd_i] & L.PMD_WRITE) != 0:
+            return L.FAULT_OK
+        return _wp_huge_pmd(st, v, first, pmd_i)
+    return L.FAULT_RETRY
+
+
+# --------------------------------------------------------------------- PTE level
+@njit(cache=True, nogil=True)
+def _fault_file(st, v, addr, slot):
+    """do_shared_fault(): map the page-cache page, reading it in (zeroed) if absent."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    pc = st.vma["pcache_base"][v] + st.vma["pgoff"][v] + (addr - st.vma["start"][v]) // ps
+    pfn = st.pcache[pc]
+    if pfn < 0:
+        pfn = mm.alloc_frame(st, False)  # this reference is the page cache's
+        if pfn < 0:
+            return L.FAULT_OOM
+        mm.zero_frame(st, pfn)
+        st.page["mapping"][pfn] = L.MAPPING_FILE
+        st.page["index"][pfn] = pc
+        st.pcache[pc] = pfn
+        mm.lru_cache_add(st, L.CPU_USER, pfn)
+    mm.map_new_page(st, slot, pfn, (st.vma["flags"][v] & L.VM_WRITE) != 0, False)
+    return L.FAULT_OK
+
+
+@njit(cache=True, nogil=True)
+def _fault_none(st, v, addr, slot, write):
+    """do_anonymous_page() / do_shared_fault() on an empty PTE."""
+    if st.vma["kind"][v] != L.VMA_ANON:
+        return _fault_file(st, v, addr, slot)
+    if not write:
+        st.pte[slot] = mm.make_pte(L.PTE_PRESENT, st.sys[L.SYS_ZERO_PFN], False)
+        return L.FAULT_OK
+    pfn = _new_anon_page(st, v, addr)
+    if pfn < 0:
+        return L.FAULT_OOM
+    mm.map_new_page(st, slot, pfn, True, False)
+    return L.FAULT_OK
+
+
+@njit(cache=True, nogil=True)
+def _fault_wp(st, v, addr, slot):
+    """do_wp_page(): a write to a read-only present PTE."""
+    pfn = mm.pte_pfn(st.pte[slot])
+    shared_file = st.page["mapping"][pfn] == L.MAPPING_FILE
+    if not mm.is_zero_pfn(st, pfn) and (shared_file or st.page["mapcount"][pfn] == 1):
+        st.pte[slot] |= L.PTE_WRITE | L.PTE_DIRTY  # reuse: nobody else maps it
+        mm.set_flag(st, pfn, L.PG_DIRTY)
+        return L.FAULT_OK
+    new = _new_anon_page(st, v, addr)
+    if new < 0:
+        return L.FAULT_OOM
+    if not mm.is_zero_pfn(st, pfn):
+        _copy_frame(st, new, pfn, 1)
+        st.counters[L.C_COW_BREAK] += 1
+    mm.unmap_slot(st, slot)
+    mm.map_new_page(st, slot, new, True, False)
+    return L.FAULT_OK
+
+
+@njit(cache=True, nogil=True)
+def _swap_in(st, v, addr, slot):
+    """do_swap_page() for a swap entry: a private copy of the slot's bytes."""
+    entry = mm.pte_pfn(st.pte[slot])
+    pfn = _new_anon_page(st, v, addr)
+    if pfn < 0:
+        return L.FAULT_OOM
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    if st.sys[L.SYS_STORE_DATA] != 0:
+        memcpy_bytes(st.data, pfn * ps, st.swap_data, entry * ps, ps)
+    _swap_put(st, entry)
+    st.pte[slot] = L.PTE_NONE
+    mm.map_new_page(st, slot, pfn, (st.vma["flags"][v] & L.VM_WRITE) != 0, False)
+    st.counters[L.C_PSWPIN] += 1
+    return L.FAULT_OK
+
+
+@njit(cache=True, nogil=True)
+def _swap_put(st, entry):
+    st.swap_map[entry] -= 1
+    if st.swap_map[entry] == 0:
+        st.swap_stack[st.sys[L.SYS_SWAP_FREE]] = entry
+        st.sys[L.SYS_SWAP_FREE] += 1
+
+
+@njit(cache=True, nogil=True)
+def _fault_pte(st, v, addr, write):
+    slot = mm.pte_slot(st, v, addr)
+    pte = st.pte[slot]
+    kind = mm.pte_kind(pte)
+    if kind == L.PTE_NONE:
+        return _fault_none(st, v, addr, slot, write)
+    if kind == L.PTE_PRESENT:
+        if write and not mm.pte_write(pte):
+            return _fault_wp(st, v, addr, slot)
+        return L.FAULT_OK
+    if kind == L.PTE_SWAP:
+        return _swap_in(st, v, addr, slot)
+    if kind == L.PTE_DEVICE:
+        ret = device_fault(st, v, addr)
+        return L.FAULT_RETRY if ret == L.FAULT_OK else ret
+    if kind == L.PTE_ERROR:
+        return L.FAULT_SIGBUS
+    return L.FAULT_RETRY  # a migration entry: the access would wait for the page lock
+
+
+@njit(cache=True, nogil=True)
+def handle_mm_fault(st, v, addr, write):
+    """handle_mm_fault() - make ``addr`` accessible for a load or a store.
+
+    Args: st, v (the VMA holding addr), addr, write (bool).
+    Returns FAULT_OK when the access can proceed, FAULT_SEGV for an access the
+    VMA's protection forbids, FAULT_SIGBUS for an error entry or a device page
+    the device could not migrate back, FAULT_OOM when no frame was free, and
+    FAULT_RETRY when the page stayed behind a migration entry or a locked device
+    page after a few attempts.
+    """
+    vflags = st.vma["flags"][v]
+    if (vflags & L.VM_READ) == 0 or (write and (vflags & L.VM_WRITE) == 0):
+        return L.FAULT_SEGV
+    ret = L.FAULT_RETRY
+    for _ in range(_FAULT_RETRIES):
+        ret = _fault_pmd(st, v, addr, write)
+        if ret != L.FAULT_RETRY:
+            return ret
+        st.counters[L.C_PGFAULT] += 1
+        ret = _fault_pte(st, v, addr, write)
+        if ret != L.FAULT_RETRY:
+            return ret
+    return ret
+
+
+# --------------------------------------------------------------------- accesses
+@njit(cache=True, nogil=True)
+def _resolve(st, v, addr, write):
+    """Fault as needed; returns (status, pfn or -1 for the zero page)."""
+    pmd_i = mm.pmd_slot(st, v, addr)
+    slot = mm.pte_slot(st, v, addr)
+    for _ in range(_FAULT_RETRIES):
+        pk = mm.pmd_kind(st.pmd[pmd_i])
+        ext = mm.pmd_extent(st)
+        if pk == L.PMD_HUGE_ZERO and not write:
+            return L.FAULT_OK, st.sys[L.SYS_ZERO_PFN]
+        if pk == L.PMD_THP and (not write or (st.pmd[pmd_i] & L.PMD_WRITE) != 0):
+            return L.FAULT_OK, mm.pte_pfn(st.pmd[pmd_i]) + (addr % ext) // mm.page_size(st)
+        if pk == L.PMD_TABLE:
+            pte = st.pte[slot]
+            if mm.pte_kind(pte) == L.PTE_PRESENT and (not write or mm.pte_write(pte)):
+                return L.FAULT_OK, mm.pte_pfn(pte)
+        ret = handle_mm_fault(st, v, addr, write)
+        if ret != L.FAULT_OK:
+            return ret, -1
+    return L.FAULT_RETRY, -1
+
+
+@njit(cache=True, nogil=True)
+def access_vm(state, mm_id, addr, buf, nbytes, write):
+    """A CPU load (write=False) into ``buf`` or store from ``buf`` of ``nbytes``.
+
+    Args: state, mm_id (process id), addr, buf (uint8 array), nbytes, write.
+    Returns (status, bytes done): FAULT_OK and nbytes, or the first fault that
+    stopped it (SEGV outside every VMA or against protection, SIGBUS, OOM,
+    RETRY) and the bytes completed before it.
+    """
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    done = 0
+    while done < nbytes:
+        a = addr + done
+        v = find_vma(state, mm_id, a)
+        if v < 0:
+            return L.FAULT_SEGV, done
+        status, pfn = _resolve(state, v, a, write)
+        if status != L.FAULT_OK:
+            return status, done
+        off = a % ps
+        n = min(ps - off, nbytes - done)
+        if write:
+            memcpy_bytes(state.data, pfn * ps + off, buf, done, n)
+            mm.set_flag(state, pfn, L.PG_DIRTY)
+        else:
+            memcpy_bytes(buf, done, state.data, pfn * ps + off, n)
+        done += n
+    return L.FAULT_OK, nbytes
+
+
+@njit(cache=True, nogil=True)
+def populate(state, vma_index, start, end, write):
+    """populate_vma_page_range(): fault in every page of ``[start, end)``.
+
+    Returns (status, address reached): FAULT_OK and end, or the failing fault.
+    """
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    addr = start
+    while addr < end:
+        status, _ = _resolve(state, vma_index, addr, write)
+        if status != L.FAULT_OK:
+            return status, addr
+        addr += ps
+    return L.FAULT_OK, end
+
+
+# --------------------------------------------------------------------- fork
+@njit(cache=True, nogil=True)
+def _fork_pte(st, pslot, cslot):
+    """copy_one_pte(): share anonymous pages copy-on-write, device entries too."""
+    pte = st.pte[pslot]
+    kind = mm.pte_kind(pte)
+    if kind == L.PTE_NONE:
+        return
+    if kind == L.PTE_SWAP:
+        st.swap_map[mm.pte_pfn(pte)] += 1
+    elif kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
+        pfn = mm.pte_pfn(pte)
+        pte &= ~L.PTE_WRITE  # both sides read-only: the next write breaks COW
+        st.pte[pslot] = pte
+        if not mm.is_zero_pfn(st, pfn):
+            st.page["mapcount"][pfn] += 1
+            mm.get_page(st, pfn)
+            mm.rmap_add(st, pfn, cslot)
+    st.pte[cslot] = pte
+
+
+@njit(cache=True, nogil=True)
+def fork_vma(state, parent, child):
+    """copy_page_range() for one VMA into the child's (already laid out) VMA.
+
+    Private anonymous memory is shared write-protected, with one more mapcount
+    and reference per page (PMD THPs on the head); device-private entries are
+    shared read-only the same way; swap entries gain a user. Shared (shmem and
+    file) VMAs copy nothing: the child faults from the shared page cache. The
+    parent's range is invalidated in the device mirror (mmu notifier).
+    """
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    npages = (state.vma["end"][parent] - state.vma["start"][parent]) // ps
+    pbase = state.vma["pte_base"][parent]
+    if state.vma["kind"][parent] != L.VMA_ANON:
+        return
+    for k in range(npages):
+        state.mirror[pbase + k] = -1
+    ext = mm.pmd_extent(state)
+    start = state.vma["start"][parent]
+    nlevel = (state.vma["end"][parent] - 1) // ext - start // ext + 1
+    cbase = state.vma["pte_base"][child]
+    for j in range(nlevel):
+        pi = state.vma["pmd_base"][parent] + j
+        ci = state.vma["pmd_base"][child] + j
+        word = state.pmd[pi]
+        if mm.pmd_kind(word) == L.PMD_THP:
+            word &= ~L.PMD_WRITE
+            state.pmd[pi] = word
+            head = mm.pte_pfn(word)
+            state.page["mapcount"][head] += 1
+            mm.get_page(state, head)
+            first = max(start, (start // ext + j) * ext)
+            mm.rmap_add(state, head, cbase + (first - start) // ps)
+        state.pmd[ci] = word
+    for k in range(npages):
+        _fork_pte(state, pbase + k, cbase + k)
+
+
+# --------------------------------------------------------------------- swap
+@njit(cache=True, nogil=True)
+def swap_out(state, vma_index, addr):
+    """Reclaim one anonymous page to swap (shrink_page_list + try_to_unmap).
+
+    Returns 0, or a negative code: -EINVAL for an entry that is not a present
+    anonymous page (-EFAULT for a device-private entry, which cannot be swapped),
+    -EBUSY for a pinned page, -ENOMEM when swap is full.
+    """
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    pmd_i = mm.pmd_slot(state, vma_index, addr)
+    if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_THP:
+        if split_huge_page(state, mm.pte_pfn(state.pmd[pmd_i]), 0) != 0:
+            return -L.EBUSY
+    slot = mm.pte_slot(state, vma_index, addr)
+    pte = state.pte[slot]
+    if mm.pte_kind(pte) == L.PTE_DEVICE:
+        return -L.EFAULT
+    if mm.pmd_kind(state.pmd[pmd_i]) != L.PMD_TABLE or mm.pte_kind(pte) != L.PTE_PRESENT:
+        return -L.EINVAL
+    pfn = mm.pte_pfn(pte)
+    if mm.is_zero_pfn(state, pfn) or state.page["mapping"][pfn] != L.MAPPING_ANON:
+        return -L.EINVAL
+    if mm.has_flag(state, pfn, L.PG_PAGEVEC):
+        mm.lru_add_drain_all(state)
+    if state.page["refcount"][pfn] != state.page["mapcount"][pfn] or mm.has_flag(
+        state, pfn, L.PG_LOCKED
+    ):
+        return -L.EBUSY
+    if state.sys[L.SYS_SWAP_FREE] == 0:
+        return -L.ENOMEM
+    state.sys[L.SYS_SWAP_FREE] -= 1
+    entry = state.swap_stack[state.sys[L.SYS_SWAP_FREE]]
+    if state.sys[L.SYS_STORE_DATA] != 0:
+        memcpy_bytes(state.swap_data, entry * ps, state.data, pfn * ps, ps)
+    word = mm.make_pte(L.PTE_SWAP, entry, False)
+    s = state.page["rmap"][pfn]
+    while s != -1:
+        nxt = state.pte_next[s]
+        state.swap_map[entry] += 1
+        mm.unmap_slot(state, s)
+        state.pte[s] = word
+        s = nxt
+    state.counters[L.C_PSWPOUT] += 1
+    return 0

@@ -1,0 +1,127 @@
+"""migrate_vma() and its callback-free split form.
+
+``migrate_vma`` runs the seed's pipeline: argument checks, collect, prepare,
+unmap, ``alloc_and_copy``, pages, ``finalize_and_map``, finalize, returning as
+soon as ``cpages`` reaches 0 so that no callback is called for nothing.
+``migrate_vma_setup`` / ``migrate_vma_pages`` / ``migrate_vma_finalize`` are the
+same passes without callbacks (the shape later kernels adopted), so a driver
+written in numba calls them directly and stays cacheable.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from .collect import migrate_vma_collect
+from .finalize import migrate_vma_finalize as _finalize
+from .pages import migrate_vma_pages as _pages
+from .prepare import migrate_vma_prepare
+from .unmap import migrate_vma_unmap
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
+    """The sanity checks of migrate_vma(): -EINVAL or the number of pages.
+
+    ``start`` and ``end`` are rounded down to a page first. EINVAL for: no such
+    VMA, a hugetlb or VM_SPECIAL (IO, DONTEXPAND, PFNMAP, MIXEDMAP) VMA, a start
+    outside [vm_start, vm_end), an end outside (vm_start, vm_end], start >= end,
+    or (compiled level only) arrays shorter than the range.
+    """
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    start -= start % ps
+    end -= end % ps
+    if v < 0 or v >= st.sys[L.SYS_NR_VMAS] or st.vma["live"][v] == 0:
+        return -L.EINVAL
+    if (st.vma["flags"][v] & (L.VM_HUGETLB | L.VM_SPECIAL)) != 0:
+        return -L.EINVAL
+    if start < st.vma["start"][v] or start >= st.vma["end"][v]:
+        return -L.EINVAL
+    if end <= st.vma["start"][v] or end > st.vma["end"][v]:
+        return -L.EINVAL
+    if start >= end:
+        return -L.EINVAL
+    npages = (end - start) // ps
+    if nsrc < npages or ndst < npages:
+        return -L.EINVAL
+    return npages
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_setup(state, vma_index, start, end, src, dst):
+    """migrate_vma_setup() - check, collect, prepare and unmap a range.
+
+    Args:
+        state: ``m.state``. vma_index: ``Vma.index``. start, end: the range.
+        src, dst: writable uint64 arrays of at least (end - start) / page_size.
+    Returns: the number of pages left to migrate (cpages), or -22 (-EINVAL).
+    Post: ``src`` is zeroed over the range, then filled as collect/prepare/unmap
+    leave it: every MIGRATE slot with a page is locked and unmapped. When it
+    returns a positive count the caller must fill ``dst`` and then call
+    migrate_vma_pages() and migrate_vma_finalize() over the same range.
+    """
+    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
+    if npages < 0:
+        return npages
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    start -= start % ps
+    mig = np.zeros(L.MIG_FIELDS, np.int64)
+    mig[L.MIG_START] = start
+    mig[L.MIG_END] = start + npages * ps
+    mig[L.MIG_VMA] = vma_index
+    src[:npages] = 0
+    state.counters[L.C_MIGRATE_VMA_CALLS] += 1
+    migrate_vma_collect(state, vma_index, start, mig[L.MIG_END], src, dst, mig)
+    state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_CPAGES]
+    if mig[L.MIG_CPAGES] == 0:
+        return 0
+    migrate_vma_prepare(state, vma_index, src, mig)
+    if mig[L.MIG_CPAGES] == 0:
+        return 0
+    migrate_vma_unmap(state, src, mig)
+    return mig[L.MIG_CPAGES]
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_pages(state, vma_index, start, end, src, dst):
+    """migrate_vma_pages() - the struct-page move for a range set up by
+    migrate_vma_setup(); see :func:`kernels.pages.migrate_vma_pages`."""
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    start -= start % ps
+    end -= end % ps
+    _pages(state, vma_index, start, (end - start) // ps, src, dst)
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_finalize(state, vma_index, start, end, src, dst):
+    """migrate_vma_finalize() - remap and release a range after
+    migrate_vma_pages(); see :func:`kernels.finalize.migrate_vma_finalize`."""
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    _finalize(state, (end - end % ps - (start - start % ps)) // ps, src, dst)
+
+
+@njit(nogil=True)
+def migrate_vma(state, alloc_and_copy, finalize_and_map, vma_index, start, end, src, dst, private):
+    """migrate_vma() - migrate a range of memory inside a VMA, with callbacks.
+
+    Args:
+        state: ``m.state``. alloc_and_copy, finalize_and_map: ``@njit`` functions
+        ``(state, vma_index, src, dst, start, end, private) -> None``.
+        vma_index, start, end, src, dst: as for migrate_vma_setup().
+        private: any value numba can type, passed to both callbacks.
+    Returns: 0, also when nothing migrated, or -22 for the argument checks.
+    Neither callback runs when no page was collected (cpages reaches 0 after
+    collect, prepare or unmap). Not cached: numba compiles it once per process
+    for each pair of callbacks.
+    """
+    cpages = migrate_vma_setup(state, vma_index, start, end, src, dst)
+    if cpages <= 0:
+        return min(cpages, 0)
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    start -= start % ps
+    end -= end % ps
+    alloc_and_copy(state, vma_index, src, dst, start, end, private)
+    migrate_vma_pages(state, vma_index, start, end, src, dst)
+    finalize_and_map(state, vma_index, src, dst, start, end, private)
+    migrate_vma_finalize(state, vma_index, start, end, src, dst)
+    return 0

@@ -1,0 +1,72 @@
+"""Reverse-map walks: try_to_unmap() and remove_migration_ptes().
+
+The chain of a page (``page["rmap"]`` then ``pte_next``) lists every PTE slot that
+refers to it in any process: present PTEs, device-private entries and migration
+entries. Walking it reaches fork-shared mappings in other processes, as the
+kernel's anon_vma walk does.
+"""
+
+from numba import njit
+
+from . import layout as L
+from . import mm
+
+
+@njit(cache=True, nogil=True)
+def try_to_unmap(st, pfn):
+    """try_to_unmap(page, TTU_MIGRATION | TTU_IGNORE_MLOCK | TTU_IGNORE_ACCESS).
+
+    Replaces every present PTE and device-private entry of the page by a
+    migration entry with the same write permission, dropping each mapping's
+    mapcount and reference. Mlock is ignored, so it never leaves a mapping.
+    """
+    slot = st.page["rmap"][pfn]
+    flushed = False
+    while slot != -1:
+        pte = st.pte[slot]
+        kind = mm.pte_kind(pte)
+        if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
+            st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, mm.pte_write(pte))
+            st.page["mapcount"][pfn] -= 1
+            mm.put_page(st, pfn)
+            flushed = flushed or kind == L.PTE_PRESENT
+        slot = st.pte_next[slot]
+    if flushed:
+        st.counters[L.C_TLB_FLUSH] += 1
+
+
+@njit(cache=True, nogil=True)
+def remove_migration_pte(st, slot, page, newpage):
+    """remove_migration_pte() for one slot: map ``newpage`` where the migration
+    entry for ``page`` stands. A device-private target gets a device entry, any
+    other a present PTE; the write bit comes from the migration entry."""
+    pte = st.pte[slot]
+    if mm.pte_kind(pte) != L.PTE_MIGRATION or mm.pte_pfn(pte) != page:
+        return False
+    write = mm.pte_write(pte)
+    device_entry = mm.is_zone_device(st, newpage)
+    word = mm.make_pte(L.PTE_DEVICE if device_entry else L.PTE_PRESENT, newpage, write)
+    st.pte[slot] = word
+    st.page["mapcount"][newpage] += 1
+    mm.get_page(st, newpage)
+    return True
+
+
+@njit(cache=True, nogil=True)
+def remove_migration_ptes(st, page, newpage):
+    """remove_migration_ptes(page, newpage): redirect every migration entry of
+    ``page``, in every process, to ``newpage`` (or restore it when equal), and
+    move those slots onto ``newpage``'s reverse-map chain."""
+    slot = st.page["rmap"][page]
+    prev = -1
+    while slot != -1:
+        nxt = st.pte_next[slot]
+        if remove_migration_pte(st, slot, page, newpage) and newpage != page:
+            if prev == -1:
+                st.page["rmap"][page] = nxt
+            else:
+                st.pte_next[prev] = nxt
+            mm.rmap_add(st, newpage, slot)
+        else:
+            prev = slot
+        slot = nxt

@@ -1,0 +1,215 @@
+"""The simulated machine as flat numpy arrays.
+
+Every kernel takes one :class:`State`, a module-level namedtuple of arrays, so
+users' own ``@njit`` code can take it too and numba's cache keeps working (no
+jitclass, no structref). What each array means:
+
+``page`` (struct page, one record per frame; RAM frames first, then device frames)
+    ``refcount``  page_count(): every PTE or device entry mapping it, the per-CPU
+                  LRU-add batch, LRU isolation, the page cache, pins (get_user_pages)
+                  and transient references of a migration in progress. A free
+                  device-private frame holds 1 (the 4.14 convention), a free RAM frame 0.
+    ``mapcount``  page_mapcount(): present PTEs and device-private entries mapping it;
+                  for a compound head, the PMD mappings.
+    ``pins``      references held by ``m.pin`` (so m.check() can account for them).
+    ``index``     page->index: the virtual page number (anon) or the file offset.
+    ``rmap``      head of the reverse-map chain: the first PTE slot that references
+                  this frame (present, device-private or migration entry); the chain
+                  continues through ``pte_next``. For a PMD-mapped THP the chain links
+                  the first PTE slot of each mapping extent. Fork-shared pages are on
+                  the chain once per process, which is what try_to_unmap() and
+                  remove_migration_ptes() walk.
+    ``flags``     PG_* bits from :mod:`layout` (locked, lru, pagevec, head/tail, zone
+                  device, zero, mlocked, dirty, free, locked/isolated by someone else).
+    ``mapping``   none, anon (page->mapping is an anon_vma) or file (page cache;
+                  page_mapping() is non-NULL).
+``data``          uint8 frame bytes, ``nframes * page_size`` long; empty when the
+                  machine keeps metadata only.
+``free_stack`` / ``free_pos``
+                  indexed free stacks: RAM occupies ``free_stack[0:nr_ram]`` and the
+                  device ``free_stack[nr_ram:]``; the depth of each is in ``sys``.
+                  ``free_pos[pfn]`` is the frame's slot in its stack (-1 when in use),
+                  so a THP allocation can take an aligned run out in O(1) per frame.
+``vma``           one record per VMA: ``start``, ``end`` (bytes), ``flags`` (VM_*),
+                  ``kind`` (anon/shmem/file), ``mm`` (process id), ``pte_base`` (first
+                  PTE slot), ``pmd_base`` (first PMD slot), ``pcache_base`` (first
+                  page-cache slot of its file, -1 for anon), ``pgoff``, ``live``.
+``pte``           the PTE level: one uint64 word per virtual page of every VMA
+                  (kind | write | dirty | pfn or swap slot << 8), see :mod:`layout`.
+``pte_next``      reverse-map chain links, one per PTE slot (-1 ends a chain).
+``pmd``           the PMD level: one word per 2 MiB extent of every VMA: none (hole),
+                  table, THP (head pfn) or the huge zero page.
+``mirror``        the device's mirror page table, per PTE slot: (device pfn << 1 |
+                  write) for pages the device maps, -1 otherwise.
+``pcache``        page-cache slots of every file and shmem object (pfn or -1).
+``swap_map`` / ``swap_stack`` / ``swap_data``
+                  swap slots: users per slot, the free stack, and the slot bytes.
+``pagevec`` / ``pagevec_n``
+                  the per-CPU LRU-add batches (``NR_CPUS`` x ``PAGEVEC_SIZE + 1``).
+``sys``           machine scalars, ``SYS_*`` indices.
+``counters``      vmstat-like counters, ``COUNTER_NAMES`` order.
+``layout``        the active profile's ``MIGRATE_PFN_*`` values, ``LAYOUT_FIELDS`` order.
+``engine``        the device's copy-engine parameters (``kernels.copy`` ENG_* layout).
+``copy_stats``    the last migration's copy: descriptors, bytes, wall and model time.
+"""
+
+from collections import namedtuple
+
+import numpy as np
+
+from . import layout as L
+
+PAGE_DTYPE = np.dtype(
+    [
+        ("refcount", np.int64),
+        ("mapcount", np.int64),
+        ("pins", np.int64),
+        ("index", np.int64),
+        ("rmap", np.int64),
+        ("flags", np.uint32),
+        ("mapping", np.int8),
+    ],
+    align=True,
+)
+
+VMA_DTYPE = np.dtype(
+    [
+        ("start", np.int64),
+        ("end", np.int64),
+        ("flags", np.int64),
+        ("kind", np.int64),
+        ("mm", np.int64),
+        ("pte_base", np.int64),
+        ("pmd_base", np.int64),
+        ("pcache_base", np.int64),
+        ("pgoff", np.int64),
+        ("live", np.int64),
+    ],
+    align=True,
+)
+
+State = namedtuple(
+    "State",
+    [
+        "page",
+        "data",
+        "free_stack",
+        "free_pos",
+        "vma",
+        "pte",
+        "pte_next",
+        "pmd",
+        "mirror",
+        "pcache",
+        "swap_map",
+        "swap_stack",
+        "swap_data",
+        "pagevec",
+        "pagevec_n",
+        "sys",
+        "counters",
+        "layout",
+        "engine",
+        "copy_stats",
+    ],
+)
+
+# Fields whose length is a table capacity (grown by the Python layer) rather than
+# fixed by the machine's size.
+PTE_TABLES = ("pte", "pte_next", "mirror")
+
+
+def new_state(
+    nr_ram: int,
+    nr_device: int,
+    page_size: int,
+    store_data: bool,
+    profile: int,
+    engine: np.ndarray,
+    nr_swap: int,
+    vma_capacity: int = 64,
+    pte_capacity: int = 4096,
+    pcache_capacity: int = 1024,
+) -> State:
+    """Build an empty machine: every frame free, no VMA, RAM frame 0 the zero page."""
+    nframes = nr_ram + nr_device
+    page = np.zeros(nframes, PAGE_DTYPE)
+    page["rmap"] = -1
+    page["flags"] = L.PG_FREE
+    page["flags"][nr_ram:] |= L.PG_ZONE_DEVICE if profile == L.PROFILE_HMM_V25 else 0
+    if profile == L.PROFILE_HMM_V25:
+        page["refcount"][nr_ram:] = 1  # 4.14: a free device-private page holds one ref
+    zero = 0
+    page["flags"][zero] = L.PG_ZERO
+    page["refcount"][zero] = 1
+    free_stack = np.full(nframes, -1, np.int64)
+    free_pos = np.full(nframes, -1, np.int64)
+    ram = np.arange(nr_ram - 1, zero, -1, dtype=np.int64)  # top of stack = lowest pfn
+    free_stack[: ram.size] = ram
+    free_pos[ram] = np.arange(ram.size)
+    dev = np.arange(nframes - 1, nr_ram - 1, -1, dtype=np.int64)
+    free_stack[nr_ram : nr_ram + dev.size] = dev
+    free_pos[dev] = nr_ram + np.arange(dev.size)
+    sysv = np.zeros(L.SYS_FIELDS, np.int64)
+    sysv[L.SYS_PAGE_SIZE] = page_size
+    sysv[L.SYS_NR_RAM] = nr_ram
+    sysv[L.SYS_NR_DEVICE] = nr_device
+    sysv[L.SYS_PROFILE] = profile
+    sysv[L.SYS_STORE_DATA] = 1 if store_data else 0
+    sysv[L.SYS_ZERO_PFN] = zero
+    sysv[L.SYS_RAM_FREE] = ram.size
+    sysv[L.SYS_DEV_FREE] = dev.size
+    sysv[L.SYS_SWAP_FREE] = nr_swap
+    sysv[L.SYS_NR_SWAP] = nr_swap
+    data = np.zeros(nframes * page_size if store_data else 0, np.uint8)
+    swap_data = np.zeros(nr_swap * page_size if store_data else 0, np.uint8)
+    layout = np.array(L.LAYOUTS[profile], dtype=np.uint64)
+    return State(
+        page=page,
+        data=data,
+        free_stack=free_stack,
+        free_pos=free_pos,
+        vma=np.zeros(vma_capacity, VMA_DTYPE),
+        pte=np.zeros(pte_capacity, np.uint64),
+        pte_next=np.full(pte_capacity, -1, np.int64),
+        pmd=np.zeros(max(pte_capacity // L.HPAGE_PMD_NR, 16), np.uint64),
+        mirror=np.full(pte_capacity, -1, np.int64),
+        pcache=np.full(pcache_capacity, -1, np.int64),
+        swap_map=np.zeros(nr_swap, np.int64),
+        swap_stack=np.arange(nr_swap - 1, -1, -1, dtype=np.int64),
+        swap_data=swap_data,
+        pagevec=np.full((L.NR_CPUS, L.PAGEVEC_SIZE + 1), -1, np.int64),
+        pagevec_n=np.zeros(L.NR_CPUS, np.int64),
+        sys=sysv,
+        counters=np.zeros(len(L.COUNTER_NAMES), np.int64),
+        layout=layout,
+        engine=engine.astype(np.float64).copy(),
+        copy_stats=np.zeros(5, np.float64),
+    )
+
+
+def _grown(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
+    cap = arr.shape[0]
+    while cap < need:
+        cap *= 2
+    if cap == arr.shape[0]:
+        return arr
+    out = np.full(cap, fill, arr.dtype) if fill != 0 else np.zeros(cap, arr.dtype)
+    out[: arr.shape[0]] = arr
+    return out
+
+
+def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
+    """Return a state whose tables hold at least the given numbers of entries.
+
+    Growing reallocates, so compiled code must take ``m.state`` again after an
+    ``mmap`` or ``fork``; page, frame and counter arrays are never reallocated.
+    """
+    return st._replace(
+        vma=_grown(st.vma, vmas, 0),
+        pte=_grown(st.pte, ptes, 0),
+        pte_next=_grown(st.pte_next, ptes, -1),
+        mirror=_grown(st.mirror, ptes, -1),
+        pmd=_grown(st.pmd, pmds, 0),
+        pcache=_grown(st.pcache, pcache, -1),
+    )

@@ -1,0 +1,66 @@
+"""migrate_vma_unmap(): replace every remaining mapping by a migration entry.
+
+Profiles: ``seed`` unmaps every page here (its collect maps nothing away);
+``hmm-v25`` only calls try_to_unmap() for pages still mapped elsewhere (other
+processes after fork, other VMAs), since collect already unmapped the walked PTE.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from . import mm
+from .prepare import migrate_vma_check_page
+from .rmap import remove_migration_ptes, try_to_unmap
+
+_NO_MPFN = np.uint64(0)
+
+
+@njit(cache=True, nogil=True)
+def _unmap_one(st, pfn, hmm):
+    """True when the page is fully unmapped and not pinned."""
+    if not hmm or mm.page_mapped(st, pfn):
+        try_to_unmap(st, pfn)
+        if mm.page_mapped(st, pfn):
+            return False
+    return migrate_vma_check_page(st, pfn)
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_unmap(st, src, mig):
+    """migrate_vma_unmap() - unmap the pages and check again that none is pinned.
+
+    Args:
+        st: machine state. src: slots after prepare. mig: migrate_vma scalars.
+    Pre: every MIGRATE page is locked and isolated (or ZONE_DEVICE) and holds one
+    extra reference.
+    Post: every page still MIGRATE is mapped nowhere: each of its mappings, in
+    every process, is a migration entry. A page that is still mapped or pinned
+    is restored everywhere (remove_migration_ptes(page, page)), unlocked, put
+    back (LRU) or put (ZONE_DEVICE), and its slot set to 0; cpages drops by one.
+    """
+    lay = st.layout
+    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    npages = mig[L.MIG_NPAGES]
+    restore = 0
+    for i in range(npages):
+        pfn = mm.mpfn_to_pfn(lay, src[i])
+        if pfn < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
+            continue
+        if not _unmap_one(st, pfn, hmm):
+            src[i] &= ~lay[L.L_MIGRATE]
+            mig[L.MIG_CPAGES] -= 1
+            restore += 1
+    i = 0
+    while i < npages and restore > 0:
+        pfn = mm.mpfn_to_pfn(lay, src[i])
+        if pfn >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
+            remove_migration_ptes(st, pfn, pfn)
+            src[i] = _NO_MPFN
+            mm.unlock_page(st, pfn)
+            restore -= 1
+            if mm.is_zone_device(st, pfn):
+                mm.put_page(st, pfn)
+            else:
+                mm.putback_lru_page(st, pfn)
+        i += 1

@@ -1,0 +1,78 @@
+"""migengine - a numba-accelerated, kernel-faithful simulator of Linux migrate_vma().
+
+The public API is fixed by api.md: ``Machine``, ``Process``, ``Vma``, ``PageInfo``,
+``Pte``, ``MigrateOps``, ``migrate_vma``, ``CopyEngine``, the ``VM_*`` flags, the
+``MIGRATE_PFN_*`` constants (hmm-v25 values) and the exceptions. The compiled
+level lives in ``migengine.kernels``. Nothing compiles at import time.
+"""
+
+from migengine.copyengine import CopyEngine
+from migengine.errors import (
+    InvariantError,
+    MigengineError,
+    MigrateError,
+    OutOfMemory,
+    SegFault,
+    SigBus,
+)
+from migengine.kernels.layout import (
+    HMM_V25_LAYOUT,
+    SEED_LAYOUT,
+    VM_DONTEXPAND,
+    VM_HUGETLB,
+    VM_IO,
+    VM_LOCKED,
+    VM_MIXEDMAP,
+    VM_PFNMAP,
+    VM_SPECIAL,
+    VM_UFFD_MISSING,
+    Layout,
+)
+from migengine.machine import Machine, PageInfo
+from migengine.migrate import MigrateOps, migrate_vma
+from migengine.process import Process, Pte, Vma
+
+MIGRATE_PFN_VALID = HMM_V25_LAYOUT.VALID
+MIGRATE_PFN_MIGRATE = HMM_V25_LAYOUT.MIGRATE
+MIGRATE_PFN_LOCKED = HMM_V25_LAYOUT.LOCKED
+MIGRATE_PFN_WRITE = HMM_V25_LAYOUT.WRITE
+MIGRATE_PFN_DEVICE = HMM_V25_LAYOUT.DEVICE
+MIGRATE_PFN_ERROR = HMM_V25_LAYOUT.ERROR
+MIGRATE_PFN_SHIFT = HMM_V25_LAYOUT.SHIFT
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CopyEngine",
+    "HMM_V25_LAYOUT",
+    "InvariantError",
+    "Layout",
+    "Machine",
+    "MigengineError",
+    "MigrateError",
+    "MigrateOps",
+    "MIGRATE_PFN_DEVICE",
+    "MIGRATE_PFN_ERROR",
+    "MIGRATE_PFN_LOCKED",
+    "MIGRATE_PFN_MIGRATE",
+    "MIGRATE_PFN_SHIFT",
+    "MIGRATE_PFN_VALID",
+    "MIGRATE_PFN_WRITE",
+    "OutOfMemory",
+    "PageInfo",
+    "Process",
+    "Pte",
+    "SEED_LAYOUT",
+    "SegFault",
+    "SigBus",
+    "VM_DONTEXPAND",
+    "VM_HUGETLB",
+    "VM_IO",
+    "VM_LOCKED",
+    "VM_MIXEDMAP",
+    "VM_PFNMAP",
+    "VM_SPECIAL",
+    "VM_UFFD_MISSING",
+    "Vma",
+    "migrate_vma",
+]

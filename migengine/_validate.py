@@ -1,0 +1,38 @@
+"""Argument validation shared by the Python API: clear errors before any change."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+
+def as_int(value: object, name: str) -> int:
+    """An integer argument (bool and numpy integers accepted, floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    return int(value)
+
+
+def as_count(value: object, name: str, minimum: int = 0) -> int:
+    n = as_int(value, name)
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
+    return n
+
+
+def mpfn_array(arr: object, name: str, npages: int) -> np.ndarray:
+    """A writable, C-contiguous uint64 array of at least ``npages`` entries."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name} must be a numpy uint64 array, not {type(arr).__name__}")
+    if arr.dtype != np.uint64:
+        raise TypeError(f"{name} must have dtype uint64, not {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got {arr.ndim}-D")
+    if not arr.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if not arr.flags.writeable:
+        raise ValueError(f"{name} must be writable")
+    if arr.shape[0] < npages:
+        raise ValueError(f"{name} has {arr.shape[0]} entries, the range needs {npages}")
+    return arr

@@ -1,0 +1,313 @@
+"""The copy engine's Python face: validated parameters, presets and the model.
+
+A :class:`CopyEngine` describes how a batch of migrated pages is copied and
+how long a real engine would have taken. Kernels never see this object; they
+take its :meth:`CopyEngine.to_array` form, a float64 array in the
+``ENG_*`` layout of :mod:`migengine.kernels.copy`, so they stay cacheable.
+
+Example::
+
+    eng = CopyEngine.preset("ptdma-4ch")
+    eng.model_time_s([16] * 64)            # 64 descriptors of 16 pages
+"""
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+
+from migengine.kernels.copy import (
+    DEFAULT_PAR_MIN_BYTES,
+    ENG_CHANNELS,
+    ENG_CHUNK_PAGES,
+    ENG_CURVE_B,
+    ENG_GBPS,
+    ENG_MODEL,
+    ENG_PAR_MIN_BYTES,
+    ENG_SETUP_NS,
+    ENG_THREADS,
+    ENGINE_FIELDS,
+    MODEL_LINEAR,
+    MODEL_UVM_CURVE,
+    model_time_ns,
+)
+
+__all__ = ["CopyEngine"]
+
+_MODELS = {"linear": MODEL_LINEAR, "uvm-curve": MODEL_UVM_CURVE}
+_S_PER_NS = 1e-9
+
+
+def _int_at_least(name, value, low):
+    # bool is an Integral; chunk_pages=True is a bug, not a 1.
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def _finite_real(name, value):
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _non_negative(name, value):
+    value = _finite_real(name, value)
+    if value < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _positive(name, value):
+    value = _finite_real(name, value)
+    if value <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _threads(name, value):
+    if value is None:
+        return None
+    return _int_at_least(name, value, 1)
+
+
+def _model(name, value):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if value not in _MODELS:
+        raise ValueError(f"{name} must be one of {sorted(_MODELS)}, got {value!r}")
+    return value
+
+
+class _Param:
+    """Attribute that validates on every assignment, not only in __init__."""
+
+    def __init__(self, check, *args):
+        self._check = check
+        self._args = args
+
+    def __set_name__(self, owner, name):
+        self._name = name
+        self._slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        return getattr(obj, self._slot)
+
+    def __set__(self, obj, value):
+        setattr(obj, self._slot, self._check(self._name, value, *self._args))
+
+
+# Constructor arguments of each preset; their sources are in CopyEngine.preset.
+_PRESETS: dict[str, dict[str, Any]] = {
+    "ptdma": {"setup_ns": 1600.0, "gbps": 12.7, "channels": 1},
+    "ptdma-4ch": {"setup_ns": 1600.0, "gbps": 12.7, "channels": 4},
+    "pcie3-uvm": {
+        "model": "uvm-curve",
+        "gbps": 12.0,
+        "curve_b": 0.07292,
+        "setup_ns": 0.0,
+        "channels": 1,
+    },
+    "cpu": {"setup_ns": 0.0, "gbps": 12.5, "channels": 1},
+}
+
+
+class CopyEngine:
+    """Parameters of the chunked copy engine and its DMA timing model.
+
+    Arguments:
+        chunk_pages: largest descriptor, in pages (int >= 1). Pairs of pages
+            that are physically contiguous on both the source and the
+            destination side coalesce into one descriptor up to this size.
+        channels: modelled engine channels (int >= 1). Each descriptor goes
+            to the least-loaded channel; the busiest channel's total is the
+            modelled time.
+        setup_ns: fixed cost per descriptor in ns (finite, >= 0).
+        gbps: per-channel rate in GB/s, i.e. bytes per ns (finite, > 0). For
+            ``model="uvm-curve"`` it is the curve's asymptote ``a``.
+        threads: host threads for the real copy. None lets the engine pick
+            (parallel above ``parallel_min_bytes`` with numba's current
+            thread count); 1 forces the serial path; k > 1 caps the
+            parallel copy at k threads (and at numba's current count).
+        model: ``"linear"``: ``t(s) = setup_ns + s / gbps``;
+            ``"uvm-curve"``: ``t(s) = setup_ns + s / speed(s)`` with
+            ``speed(s) = (2 * gbps / pi) * atan(curve_b * s / 1024)`` GB/s.
+        curve_b: steepness of the UVM curve, per KiB (finite, > 0).
+        parallel_min_bytes: batches smaller than this are copied serially
+            (int >= 0), because a parallel region only pays for itself
+            above about 1 MiB on a 2-core machine.
+
+    Only the modelled time depends on ``channels``, ``setup_ns``, ``gbps``,
+    ``model`` and ``curve_b``; the real copy always runs at host memcpy
+    speed. Every attribute re-validates on assignment.
+    """
+
+    chunk_pages = _Param(_int_at_least, 1)
+    channels = _Param(_int_at_least, 1)
+    setup_ns = _Param(_non_negative)
+    gbps = _Param(_positive)
+    threads = _Param(_threads)
+    model = _Param(_model)
+    curve_b = _Param(_positive)
+    parallel_min_bytes = _Param(_int_at_least, 0)
+
+    _FIELDS = (
+        "chunk_pages",
+        "channels",
+        "setup_ns",
+        "gbps",
+        "threads",
+        "model",
+        "curve_b",
+        "parallel_min_bytes",
+    )
+
+    def __init__(
+        self,
+        chunk_pages=16,
+        channels=1,
+        setup_ns=1600.0,
+        gbps=12.7,
+        threads=None,
+        *,
+        model="linear",
+        curve_b=0.07292,
+        parallel_min_bytes=DEFAULT_PAR_MIN_BYTES,
+    ):
+        self.chunk_pages = chunk_pages
+        self.channels = channels
+        self.setup_ns = setup_ns
+        self.gbps = gbps
+        self.threads = threads
+        self.model = model
+        self.curve_b = curve_b
+        self.parallel_min_bytes = parallel_min_bytes
+
+    def _params(self):
+        return {name: getattr(self, name) for name in self._FIELDS}
+
+    def __repr__(self):
+        body = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"CopyEngine({body})"
+
+    def __eq__(self, other):
+        if not isinstance(other, CopyEngine):
+            return NotImplemented
+        return self._params() == other._params()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, so unhashable
+
+    def replace(self, **changes):
+        """Return a copy with some parameters changed (validated like __init__)."""
+        params = self._params()
+        unknown = set(changes) - set(params)
+        if unknown:
+            raise TypeError(f"unknown CopyEngine parameter(s): {', '.join(sorted(unknown))}")
+        params.update(changes)
+        return CopyEngine(**params)
+
+    def to_array(self):
+        """Return the ``float64[ENGINE_FIELDS]`` array the kernels take (threads None -> 0)."""
+        arr = np.zeros(ENGINE_FIELDS, dtype=np.float64)
+        arr[ENG_CHUNK_PAGES] = self.chunk_pages
+        arr[ENG_CHANNELS] = self.channels
+        arr[ENG_SETUP_NS] = self.setup_ns
+        arr[ENG_GBPS] = self.gbps
+        arr[ENG_THREADS] = 0 if self.threads is None else self.threads
+        arr[ENG_MODEL] = _MODELS[self.model]
+        arr[ENG_CURVE_B] = self.curve_b
+        arr[ENG_PAR_MIN_BYTES] = self.parallel_min_bytes
+        return arr
+
+    def model_time_s(self, page_counts, page_size=4096):
+        """Modelled seconds to copy descriptors of the given page counts, in order.
+
+        Arguments:
+            page_counts: 1-D sequence of descriptor sizes in pages (ints >= 1),
+                in submission order.
+            page_size: bytes per page (int >= 1).
+
+        Returns the busiest channel's total (0.0 for no descriptors), using
+        the same rule as the kernel ``model_time_ns``.
+        """
+        page_size = _int_at_least("page_size", page_size, 1)
+        counts = np.asarray(page_counts)
+        if counts.ndim != 1:
+            raise ValueError(f"page_counts must be 1-D, got {counts.ndim}-D")
+        if counts.size and not np.issubdtype(counts.dtype, np.integer):
+            raise TypeError(f"page_counts must hold ints, got {counts.dtype}")
+        if counts.size and counts.min() < 1:
+            raise ValueError("page_counts must all be >= 1")
+        counts = np.ascontiguousarray(counts, dtype=np.int64)
+        ns = model_time_ns(
+            counts,
+            counts.size,
+            page_size,
+            self.channels,
+            self.setup_ns,
+            self.gbps,
+            _MODELS[self.model],
+            self.curve_b,
+        )
+        return float(ns) * _S_PER_NS
+
+    @classmethod
+    def presets(cls):
+        """Return the preset names accepted by :meth:`preset`, sorted."""
+        return tuple(sorted(_PRESETS))
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """Return an engine with published parameters.
+
+        Presets (``chunk_pages`` keeps its default of 16 unless overridden):
+
+        ``"ptdma"``
+            ``setup_ns=1600, gbps=12.7, channels=1``. AMD PTDMA inside Linux
+            ``migrate_pages``: a fit of ``t(s) = t0 + s / B`` to the
+            1-channel row of Shivank Garg's DMA-offload series, v5 reply
+            (https://lkml.iu.edu/hypermail/linux/kernel/2605.1/00684.html):
+            4 KiB folios at 2.16 GB/s = 1.9 us per folio, 2 MiB folios at
+            12.65 GB/s = 166 us per folio. ``t0`` includes the kernel's
+            per-folio bookkeeping, not only the descriptor.
+        ``"ptdma-4ch"``
+            The same per-channel fit on 4 channels, after the v4 table's
+            4-channel row (https://lkml.rescloud.iu.edu/2603.2/06223.html).
+            That row reaches 27 GB/s at 2 MiB, below 4 x 12.7: the model has
+            no shared memory-bandwidth cap, so it is optimistic for large
+            folios on many channels.
+        ``"pcie3-uvm"``
+            ``model="uvm-curve", gbps=12 (a), curve_b=0.07292, setup_ns=0``.
+            The PCIe 3.0 x16 transfer curve of UVM-Smart
+            (DebashisGanguly/gpgpu-sim_UVMSmart,
+            ``gmmu_t::calculate_transfer_time`` in
+            ``src/gpgpu-sim/gpu-sim.cc``): 2.2 GB/s at 4 KiB, 10.4 GB/s at
+            64 KiB, 11.9 GB/s at 1 MiB. Its halving of the speed at >= 2 MiB
+            is not reproduced.
+        ``"cpu"``
+            ``setup_ns=0, gbps=12.5, channels=1``. A single-thread memcpy:
+            ``llvm.memcpy`` measured 12.5-13.2 GB/s (``np.copyto`` 12.2-13.7)
+            on 256 MiB prefaulted buffers on the project's 2-vCPU EPYC
+            development VM (performance-anchors, section 3.1).
+
+        Arguments:
+            name: one of :meth:`presets`.
+            overrides: constructor arguments that replace the preset's.
+
+        Raises ValueError, listing the names, for an unknown preset.
+        """
+        if name not in _PRESETS:
+            raise ValueError(
+                f"unknown CopyEngine preset {name!r}; choose one of: {', '.join(cls.presets())}"
+            )
+        kwargs = dict(_PRESETS[name])
+        kwargs.update(overrides)
+        return cls(**kwargs)

@@ -1,0 +1,158 @@
+"""m.device: the machine's device driver model, after lib/test_hmm.c (dmirror)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numba
+import numpy as np
+
+from migengine import kernels
+from migengine.copyengine import CopyEngine
+from migengine.errors import MigrateError
+from migengine.kernels import copy as kcopy
+from migengine.kernels import device as kdevice
+from migengine.kernels import layout as L
+
+from ._validate import as_count
+
+if TYPE_CHECKING:
+    from migengine.machine import Machine
+    from migengine.process import Process, Vma
+
+log = logging.getLogger("migengine")
+_threading_logged = False
+
+
+def log_threading_layer() -> None:
+    """Log numba's threading layer once, after the first parallel copy ran.
+
+    The layer is chosen silently (tbb, then omp, then workqueue) and workqueue
+    costs ~50x more per parallel region, so say which one loaded.
+    """
+    global _threading_logged
+    if _threading_logged:
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return  # no parallel region has run yet
+    _threading_logged = True
+    log.info("numba threading layer: %s, %d threads", layer, numba.get_num_threads())
+    if layer == "workqueue":
+        log.warning("workqueue threading layer: parallel copies pay ~75 us per region")
+
+
+class Device:
+    """The device: free-list allocator, mirror page table, copy engine, fault handler.
+
+    ``ops`` migrates system pages to the device; ``migrate_to_device`` and
+    ``migrate_to_system`` run it over ranges spanning several VMAs; a CPU access
+    to a device-private page (hmm-v25) faults it back through ``migrate_vma``.
+    """
+
+    def __init__(self, machine: Machine, engine: CopyEngine) -> None:
+        from migengine.migrate import MigrateOps
+
+        self._machine = machine
+        self._engine = engine
+        self.ops = MigrateOps(kernels.device_alloc_and_copy, kernels.device_finalize_and_map)
+
+    # ------------------------------------------------------------------ engine
+    @property
+    def engine(self) -> CopyEngine:
+        """The CopyEngine the device's ops copy with (settable)."""
+        return self._engine
+
+    @engine.setter
+    def engine(self, engine: CopyEngine) -> None:
+        if not isinstance(engine, CopyEngine):
+            raise TypeError(f"engine must be a CopyEngine, not {type(engine).__name__}")
+        self._engine = engine
+        self._machine.state.engine[:] = engine.to_array()
+
+    @property
+    def copy_stats(self) -> dict[str, float]:
+        """The copy of the last migration: descriptors, bytes, wall_s, model_s."""
+        s = self._machine.state.copy_stats
+        return {
+            "descriptors": int(s[kcopy.STAT_DESCRIPTORS]),
+            "bytes": int(s[kcopy.STAT_BYTES]),
+            "wall_s": float(s[kcopy.STAT_WALL_S]),
+            "model_s": float(s[kcopy.STAT_MODEL_S]),
+        }
+
+    # ------------------------------------------------------------------ state
+    @property
+    def counters(self) -> dict[str, int]:
+        """calloc (pages handed out), cfree (returned), faults (CPU faults served)."""
+        c = self._machine.state.counters
+        return {
+            "calloc": int(c[L.C_DEVICE_CALLOC]),
+            "cfree": int(c[L.C_DEVICE_CFREE]),
+            "faults": int(c[L.C_DEVICE_FAULTS]),
+            "sigbus": int(c[L.C_DEVICE_SIGBUS]),
+        }
+
+    @property
+    def free_pages(self) -> int:
+        return self._machine.free_pages(device=True)
+
+    def fail_alloc(self, n: int) -> None:
+        """The next ``n`` device-side and fault-back allocations fail."""
+        self._machine.state.sys[L.SYS_FAIL_ALLOC] = as_count(n, "n")
+
+    def mirrored(self, process: Process, addr: int) -> int:
+        """The device pfn the mirror maps at ``addr``, or -1."""
+        vma = process.vma_at(as_count(addr, "addr"))
+        if vma is None:
+            return -1
+        st = self._machine.state
+        rec = st.vma[vma.index]
+        slot = int(rec["pte_base"]) + (addr - vma.start) // self._machine.page_size
+        value = int(st.mirror[slot])
+        return value >> 1 if value >= 0 else -1
+
+    # ------------------------------------------------------------------ migration
+    def _range(self, process: Process, start: int, end: int) -> tuple[int, int]:
+        s, e = as_count(start, "start"), as_count(end, "end")
+        ps = self._machine.page_size
+        if s % ps or e % ps or s >= e:
+            raise MigrateError(f"range [{s:#x}, {e:#x}) must be page aligned and non-empty")
+        if process.machine is not self._machine:
+            raise ValueError("the process belongs to another machine")
+        return s, e
+
+    def migrate_to_device(self, process: Process, start: int, end: int) -> int:
+        """Migrate every VMA piece of the range; returns the pages the device maps."""
+        s, e = self._range(process, start, end)
+        ret = int(kdevice.migrate_to_device(self._machine.state, process.pid, s, e))
+        log_threading_layer()
+        if ret < 0:
+            raise MigrateError(f"[{s:#x}, {e:#x}) is not covered by readable VMAs")
+        return ret
+
+    def migrate_to_system(self, process: Process, start: int, end: int) -> int:
+        """Move the range's device pages back to system memory; returns how many."""
+        s, e = self._range(process, start, end)
+        ret = int(kdevice.migrate_to_system(self._machine.state, process.pid, s, e, 0))
+        log_threading_layer()
+        if ret < 0:
+            raise MigrateError(f"[{s:#x}, {e:#x}) is not covered by VMAs")
+        return ret
+
+    def evict(self) -> int:
+        """Move every device page of every process back to RAM; returns how many."""
+        return int(kdevice.evict(self._machine.state))
+
+    def _migrate_vma(
+        self, vma: Vma, start: int, end: int, src: np.ndarray, dst: np.ndarray, private: Any
+    ) -> int:
+        """me.migrate_vma(m.device.ops, ...): the cached compiled pipeline."""
+        flags = 0 if private is None else int(private)
+        ret = kdevice.migrate_vma_to_device(
+            self._machine.state, vma.index, start, end, src, dst, flags
+        )
+        log_threading_layer()
+        return int(ret)

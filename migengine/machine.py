@@ -1,0 +1,308 @@
+"""Machine: the simulated physical memory, its struct pages and its device."""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from migengine.errors import InvariantError, MigengineError, OutOfMemory
+from migengine.kernels import driver as kdriver
+from migengine.kernels import layout as L
+from migengine.kernels import state as kstate
+from migengine.kernels.check import CHECK_MESSAGES, check_state
+from migengine.kernels.copy import ENGINE_FIELDS  # noqa: F401  (layout documented there)
+
+from ._validate import as_count, as_int
+
+if TYPE_CHECKING:
+    from migengine.process import Process
+
+PageInfo = namedtuple(
+    "PageInfo",
+    "pfn refcount mapcount locked lru pagevec anon file device zero compound free "
+    "dirty mlocked pins",
+)
+PageInfo.__doc__ = "One struct page, as the kernel would count it (see Machine.page)."
+
+
+class Machine:
+    """A simulated machine: RAM frames, then device frames, in one pfn space.
+
+    Args:
+        ram_pages: system RAM frames (frame 0 is reserved as the shared zero page).
+        device_pages: frames of the machine's device (device-private ZONE_DEVICE
+            memory in ``hmm-v25``, CPU-addressable device memory in ``seed``).
+        page_size: bytes per page (a power of two, at least 64).
+        store_data: keep real bytes per frame; False keeps metadata only.
+        profile: ``"hmm-v25"`` (Linux 4.14, the default) or ``"seed"`` (the patch).
+        seed: seeds ``m.rng``, the generator workload helpers draw from; the
+            engine itself is deterministic.
+        swap_pages: swap slots (default: as many as RAM frames).
+    """
+
+    def __init__(
+        self,
+        ram_pages: int,
+        device_pages: int = 0,
+        *,
+        page_size: int = 4096,
+        store_data: bool = True,
+        profile: str = "hmm-v25",
+        seed: int | None = None,
+        swap_pages: int | None = None,
+    ) -> None:
+        from migengine.copyengine import CopyEngine
+        from migengine.device import Device
+
+        ram = as_count(ram_pages, "ram_pages", minimum=2)
+        dev = as_count(device_pages, "device_pages")
+        ps = as_count(page_size, "page_size", minimum=64)
+        if ps & (ps - 1):
+            raise ValueError(f"page_size must be a power of two, got {ps}")
+        if not isinstance(store_data, bool):
+            raise TypeError("store_data must be a bool")
+        if not isinstance(profile, str) or profile not in L.PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(L.PROFILES)}")
+        nswap = ram if swap_pages is None else as_count(swap_pages, "swap_pages")
+        engine = CopyEngine()
+        self._profile = profile
+        self._state = kstate.new_state(
+            ram, dev, ps, store_data, L.PROFILES[profile], engine.to_array(), nswap
+        )
+        self._processes: list[Process] = []
+        self.rng = np.random.default_rng(seed)
+        self.device = Device(self, engine)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def state(self) -> kstate.State:
+        """The live flat state (a namedtuple of arrays) for ``@njit`` code.
+
+        Page, frame and counter arrays are fixed; the VMA and page-table arrays
+        are reallocated when ``mmap`` or ``fork`` outgrows them, so take
+        ``m.state`` again after those.
+        """
+        return self._state
+
+    @property
+    def profile(self) -> str:
+        return self._profile
+
+    @property
+    def layout(self) -> L.Layout:
+        """The profile's ``MIGRATE_PFN_*`` values as a namedtuple of np.uint64."""
+        return L.LAYOUTS[L.PROFILES[self._profile]]
+
+    @property
+    def page_size(self) -> int:
+        return int(self._state.sys[L.SYS_PAGE_SIZE])
+
+    @property
+    def ram_pages(self) -> int:
+        return int(self._state.sys[L.SYS_NR_RAM])
+
+    @property
+    def device_pages(self) -> int:
+        return int(self._state.sys[L.SYS_NR_DEVICE])
+
+    @property
+    def nframes(self) -> int:
+        return self.ram_pages + self.device_pages
+
+    @property
+    def store_data(self) -> bool:
+        return bool(self._state.sys[L.SYS_STORE_DATA])
+
+    @property
+    def zero_pfn(self) -> int:
+        return int(self._state.sys[L.SYS_ZERO_PFN])
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Cumulative vmstat-like counters (a snapshot)."""
+        return {name: int(v) for name, v in zip(L.COUNTER_NAMES, self._state.counters, strict=True)}
+
+    def migrate_pfn(self, pfn: int) -> np.uint64:
+        """``(pfn << SHIFT) | VALID`` in this machine's layout."""
+        p = as_count(pfn, "pfn")
+        lay = self.layout
+        return np.uint64((np.uint64(p) << lay.SHIFT) | lay.VALID)
+
+    def mpfn_to_pfn(self, mpfn: int | np.integer) -> int:
+        """The pfn of ``mpfn``, or -1 when VALID is not set."""
+        value = np.uint64(as_int(mpfn, "mpfn"))
+        lay = self.layout
+        if not value & lay.VALID:
+            return -1
+        return int(value >> lay.SHIFT)
+
+    def free_pages(self, device: bool = False) -> int:
+        """Free frames of RAM, or of device memory."""
+        return int(self._state.sys[L.SYS_DEV_FREE if device else L.SYS_RAM_FREE])
+
+    def page(self, pfn: int) -> PageInfo:
+        """The struct page of ``pfn`` as a PageInfo namedtuple."""
+        p = self._pfn(pfn)
+        rec = self._state.page[p]
+        flags = int(rec["flags"])
+        mapping = int(rec["mapping"])
+        return PageInfo(
+            pfn=p,
+            refcount=int(rec["refcount"]),
+            mapcount=int(rec["mapcount"]),
+            locked=bool(flags & L.PG_LOCKED),
+            lru=bool(flags & L.PG_LRU),
+            pagevec=bool(flags & L.PG_PAGEVEC),
+            anon=bool(mapping == L.MAPPING_ANON),
+            file=bool(mapping == L.MAPPING_FILE),
+            device=p >= self.ram_pages,
+            zero=bool(flags & L.PG_ZERO),
+            compound=bool(flags & (L.PG_HEAD | L.PG_TAIL)),
+            free=bool(flags & L.PG_FREE),
+            dirty=bool(flags & L.PG_DIRTY),
+            mlocked=bool(flags & L.PG_MLOCKED),
+            pins=int(rec["pins"]),
+        )
+
+    # ------------------------------------------------------------------ others acting on pages
+    def _pfn(self, pfn: object) -> int:
+        p = as_int(pfn, "pfn")
+        if not 0 <= p < self.nframes:
+            raise ValueError(f"pfn {p} is outside the machine (0..{self.nframes - 1})")
+        return p
+
+    def _flags(self, p: int) -> int:
+        return int(self._state.page["flags"][p])
+
+    def _in_use(self, pfn: object, what: str) -> int:
+        p = self._pfn(pfn)
+        flags = self._flags(p)
+        if flags & L.PG_FREE:
+            raise ValueError(f"cannot {what} pfn {p}: the frame is free")
+        if flags & (L.PG_ZERO | L.PG_TAIL):
+            raise ValueError(f"cannot {what} pfn {p}: zero page or compound tail")
+        return p
+
+    def pin(self, pfn: int) -> None:
+        """Take an extra reference, as get_user_pages() does."""
+        kdriver.pin_page(self._state, self._in_use(pfn, "pin"))
+
+    def unpin(self, pfn: int) -> None:
+        p = self._in_use(pfn, "unpin")
+        if self._state.page["pins"][p] <= 0:
+            raise ValueError(f"pfn {p} is not pinned")
+        kdriver.unpin_page(self._state, p)
+
+    def lock_page(self, pfn: int) -> None:
+        """Another thread takes the page lock, so the engine's trylock fails."""
+        p = self._in_use(pfn, "lock")
+        if self._flags(p) & L.PG_LOCKED:
+            raise ValueError(f"pfn {p} is already locked")
+        self._state.page["flags"][p] |= L.PG_LOCKED | L.PG_EXT_LOCKED
+
+    def unlock_page(self, pfn: int) -> None:
+        p = self._pfn(pfn)
+        if not self._flags(p) & L.PG_EXT_LOCKED:
+            raise ValueError(f"pfn {p} is not locked by lock_page()")
+        self._state.page["flags"][p] &= ~np.uint32(L.PG_LOCKED | L.PG_EXT_LOCKED)
+
+    def isolate_lru_page(self, pfn: int) -> None:
+        """Another isolator holds the page off the LRU."""
+        p = self._in_use(pfn, "isolate")
+        if kdriver.isolate_by_other(self._state, p) != 0:
+            raise ValueError(f"pfn {p} is not on the LRU, so it cannot be isolated")
+
+    def putback_lru_page(self, pfn: int) -> None:
+        p = self._pfn(pfn)
+        if not self._flags(p) & L.PG_EXT_ISOLATED:
+            raise ValueError(f"pfn {p} was not isolated by isolate_lru_page()")
+        kdriver.putback_by_other(self._state, p)
+
+    def lru_add_drain_all(self) -> None:
+        kdriver.lru_add_drain_all(self._state)
+
+    # ------------------------------------------------------------------ driver helpers
+    def alloc_page(self, device: bool = False) -> int:
+        """A fresh page, locked, as a driver's allocator hands it to migrate_vma."""
+        if not isinstance(device, bool):
+            raise TypeError("device must be a bool")
+        pfn = int(kdriver.alloc_page(self._state, device))
+        if pfn < 0:
+            raise OutOfMemory(f"no free {'device' if device else 'RAM'} page")
+        return pfn
+
+    def put_page(self, pfn: int) -> None:
+        p = self._in_use(pfn, "put")
+        if self._state.page["mapcount"][p] > 0 or self._state.page["refcount"][p] <= 0:
+            raise ValueError(f"pfn {p} is mapped or has no reference to put")
+        kdriver.put_page(self._state, p)
+
+    def _need_data(self) -> None:
+        if not self.store_data:
+            raise MigengineError("this machine keeps metadata only (store_data=False)")
+
+    def copy_page(self, dst_pfn: int, src_pfn: int) -> None:
+        self._need_data()
+        kdriver.copy_page(self._state, self._pfn(dst_pfn), self._pfn(src_pfn))
+
+    def frame(self, pfn: int) -> bytes:
+        """The frame's contents."""
+        self._need_data()
+        p = self._pfn(pfn)
+        ps = self.page_size
+        return self._state.data[p * ps : (p + 1) * ps].tobytes()
+
+    # ------------------------------------------------------------------ processes
+    def new_process(self) -> Process:
+        from migengine.process import Process
+
+        proc = Process(self, len(self._processes))
+        self._processes.append(proc)
+        return proc
+
+    @property
+    def processes(self) -> tuple[Process, ...]:
+        return tuple(self._processes)
+
+    def _add_vma(
+        self, mm: int, start: int, npages: int, flags: int, kind: int, pcache_base: int
+    ) -> int:
+        """Lay out a VMA's page tables; returns its index."""
+        st = self._state
+        ext = self.page_size * L.HPAGE_PMD_NR
+        end = start + npages * self.page_size
+        nlevel = (end - 1) // ext - start // ext + 1
+        v = int(st.sys[L.SYS_NR_VMAS])
+        pte_base = int(st.sys[L.SYS_PTE_USED])
+        pmd_base = int(st.sys[L.SYS_PMD_USED])
+        new_file = kind != L.VMA_ANON and pcache_base < 0
+        need_pc = int(st.sys[L.SYS_PCACHE_USED]) + (npages if new_file else 0)
+        st = kstate.reserve(st, v + 1, pte_base + npages, pmd_base + nlevel, need_pc)
+        if new_file:
+            pcache_base = int(st.sys[L.SYS_PCACHE_USED])
+            st.sys[L.SYS_PCACHE_USED] += npages
+        rec = st.vma[v]
+        rec["start"], rec["end"], rec["flags"], rec["kind"] = start, end, flags, kind
+        rec["mm"], rec["pte_base"], rec["pmd_base"] = mm, pte_base, pmd_base
+        rec["pcache_base"], rec["pgoff"], rec["live"] = pcache_base, 0, 1
+        st.sys[L.SYS_NR_VMAS] = v + 1
+        st.sys[L.SYS_PTE_USED] = pte_base + npages
+        st.sys[L.SYS_PMD_USED] = pmd_base + nlevel
+        self._state = st
+        return v
+
+    # ------------------------------------------------------------------ invariants
+    def check(self) -> None:
+        """Raise InvariantError naming the first broken invariant, if any."""
+        code, where = check_state(self._state)
+        if code != 0:
+            raise InvariantError(f"{CHECK_MESSAGES[code]} (at index {where})")
+
+    def __repr__(self) -> str:
+        return (
+            f"Machine(ram_pages={self.ram_pages}, device_pages={self.device_pages}, "
+            f"page_size={self.page_size}, profile={self._profile!r}, "
+            f"store_data={self.store_data})"
+        )
