@@ -4,8 +4,8 @@ Two modes:
 
 * ``pytest bench/bench_copy.py`` - pytest-benchmark suite: ``engine_copy``
   (parallel path, chunk_pages 1, 4, 16, 64, 512) and each memcpy baseline,
-  on a contiguous and a scattered layout. Buffer size from the environment
-  variable ``MIGENGINE_BENCH_MB`` (default 64 MiB copied).
+  on a contiguous and a scattered layout. Copies 4 MiB (a smoke run), 256 MiB
+  with ``MIGENGINE_BENCH_FULL=1``, or ``MIGENGINE_BENCH_MB`` MiB if set.
 * ``python bench/bench_copy.py [--mb 256] [--pairs 11] [--runs 5]`` -
   interleaved A/B repetitions in one process; prints engine / best-memcpy per
   chunk size (best of each, and the median of per-repetition ratios), with
@@ -148,7 +148,11 @@ def _environment():
 
 
 def _bench_bytes():
-    return int(os.environ.get("MIGENGINE_BENCH_MB", "64")) << 20
+    # Same convention as the other bench/ suites: tiny smoke size unless
+    # MIGENGINE_BENCH_FULL=1; MIGENGINE_BENCH_MB overrides both.
+    if "MIGENGINE_BENCH_MB" in os.environ:
+        return int(os.environ["MIGENGINE_BENCH_MB"]) << 20
+    return (256 << 20) if os.environ.get("MIGENGINE_BENCH_FULL", "") == "1" else (4 << 20)
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)

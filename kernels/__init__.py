@@ -19,8 +19,12 @@ The device (lib/test_hmm.c model):
 Passes, one module each: collect, prepare, unmap, pages, finalize.
 """
 
-from . import layout
-from .device import (
+from ._cache_guard import ensure_coherent_cache
+
+ensure_coherent_cache()
+
+from . import layout  # noqa: E402  (after the cache guard, before any dispatcher loads)
+from .device import (  # noqa: E402
     device_alloc_and_copy,
     device_fault,
     device_finalize_and_map,
@@ -33,7 +37,7 @@ from .device import (
     system_alloc_and_copy,
     system_finalize_and_map,
 )
-from .driver import (
+from .driver import (  # noqa: E402
     alloc_page,
     copy_page,
     cpu_read,
@@ -44,9 +48,9 @@ from .driver import (
     translate,
     unlock_page,
 )
-from .memory import handle_mm_fault, populate
-from .migrate import migrate_vma, migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
-from .state import State
+from .memory import handle_mm_fault, populate  # noqa: E402
+from .migrate import migrate_vma, migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup  # noqa: E402
+from .state import State  # noqa: E402
 
 __all__ = [
     "State",

@@ -15,7 +15,7 @@ from .huge_memory import split_huge_page, split_huge_pmd_zero
 _NO_MPFN = np.uint64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
     """migrate_vma_collect_hole(): a range with no page behind it.
 
@@ -35,7 +35,7 @@ def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
         mig[L.MIG_CPAGES] += npages_in_hole
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_collect_skip(st, src, dst, mig, npages_in_range):
     """migrate_vma_collect_skip() (hmm-v25): ``src = dst = 0`` for a range that
     cannot be collected (THP trylock or split failure)."""
@@ -46,7 +46,7 @@ def migrate_vma_collect_skip(st, src, dst, mig, npages_in_range):
     mig[L.MIG_NPAGES] = n + npages_in_range
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _collect_huge(st, v, addr, pmd_i, first_slot):
     """The PMD-level part of migrate_vma_collect_pmd(): split what is huge.
 
@@ -68,7 +68,7 @@ def _collect_huge(st, v, addr, pmd_i, first_slot):
     return ret == 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _install_migration_entry(st, slot, pfn, write):
     """15/19: replace the PTE by a migration entry, drop rmap count and the
     mapping's reference (the collect reference keeps the page alive)."""
@@ -79,7 +79,7 @@ def _install_migration_entry(st, slot, pfn, write):
     return was_present
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _collect_pte(st, slot, hmm):
     """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
     lay = st.layout
@@ -99,7 +99,7 @@ def _collect_pte(st, slot, hmm):
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
     """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
     lay = st.layout
@@ -132,7 +132,7 @@ def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_collect(st, v, start, end, src, dst, mig):
     """migrate_vma_collect() - collect pages over a range of virtual addresses.
 

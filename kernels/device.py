@@ -18,7 +18,21 @@ from numba import njit
 
 from . import layout as L
 from . import mm
-from .copy import engine_copy
+from .clock import now_ns
+from .copy import (
+    ENG_CURVE_B,
+    ENG_GBPS,
+    ENG_MODEL,
+    ENG_SETUP_NS,
+    STAT_BYTES,
+    STAT_CALLS,
+    STAT_DESCRIPTORS,
+    STAT_MODEL_S,
+    STAT_WALL_S,
+    _descriptor_ns,
+    engine_copy,
+    memcpy_bytes,
+)
 from .migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
 
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
@@ -27,7 +41,7 @@ DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
 _NO_MPFN = np.uint64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _allocation_fails(st, private):
     """One-shot failure injection (m.device.fail_alloc / HMM_DMIRROR_FLAG_FAIL_ALLOC)."""
     if (private & DEV_NOFAIL) == 0 and st.sys[L.SYS_FAIL_ALLOC] > 0:
@@ -36,7 +50,7 @@ def _allocation_fails(st, private):
     return False
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def device_alloc_page(st, private):
     """dmirror_devmem_alloc_page(): pop a device frame, take a reference, lock it."""
     if _allocation_fails(st, private):
@@ -48,7 +62,7 @@ def device_alloc_page(st, private):
     return pfn
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _system_alloc_page(st, private):
     if _allocation_fails(st, private):
         return -1
@@ -94,10 +108,17 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     and ``dst = pfn | VALID | LOCKED`` plus WRITE when the source had it.
     A failed allocation leaves ``dst = 0``: that page stays where it is.
     """
-    lay = state.layout
     npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
     sp = np.empty(npages, np.int64)
     dp = np.empty(npages, np.int64)
+    n = _alloc_device_pages(state, src, dst, npages, private, sp, dp)
+    _copy_pairs(state, sp, dp, n, private)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
+    """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
+    lay = state.layout
     n = 0
     for i in range(npages):
         mpfn = src[i]
@@ -117,10 +138,10 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
         else:
             mm.zero_frame(state, dpfn)
         dst[i] = mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
-    _copy_pairs(state, sp, dp, n, private)
+    return n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_finalize_and_map() - record migrated pages in the mirror.
 
@@ -146,10 +167,17 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     allocation fails and the slot carries MIGRATE_PFN_DEVICE (hmm-v25), the
     driver writes ``dst = MIGRATE_PFN_ERROR``, as migrate.h requires of it.
     """
-    lay = state.layout
     npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
     sp = np.empty(npages, np.int64)
     dp = np.empty(npages, np.int64)
+    n = _alloc_system_pages(state, src, dst, npages, private, sp, dp)
+    _copy_pairs(state, sp, dp, n, private)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _alloc_system_pages(state, src, dst, npages, private, sp, dp):
+    """The per-page part of system_alloc_and_copy(); returns the copy pairs."""
+    lay = state.layout
     n = 0
     for i in range(npages):
         mpfn = src[i]
@@ -166,10 +194,10 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
         dp[n] = rpfn
         n += 1
         dst[i] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
-    _copy_pairs(state, sp, dp, n, private)
+    return n
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """Erase the mirror entries of pages that left the device."""
     lay = state.layout
@@ -182,7 +210,7 @@ def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
             state.mirror[slot0 + i] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _count_moved(lay, src, dst, npages):
     """dmirror's cpages for MIGRATE_TO_SYS: slots with VALID and MIGRATE after pages."""
     moved = 0
@@ -228,7 +256,7 @@ def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
     return moved
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def find_vma(st, mm_id, addr):
     """find_vma(): the live VMA of process ``mm_id`` containing ``addr``, or -1."""
     for v in range(st.sys[L.SYS_NR_VMAS]):
@@ -238,7 +266,7 @@ def find_vma(st, mm_id, addr):
     return -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _mirrored_pages(st, v, start, end):
     slot0 = mm.pte_slot(st, v, start)
     count = 0
@@ -319,7 +347,45 @@ def evict(state):
     return moved
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
+def _copy_one_page(st, dst_pfn, src_pfn):
+    """A one-descriptor copy through the engine's cost model, without scratch arrays."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    stats = st.copy_stats
+    eng = st.engine
+    stats[:] = 0.0
+    t0 = now_ns()
+    if st.sys[L.SYS_STORE_DATA] != 0:
+        memcpy_bytes(st.data, dst_pfn * ps, st.data, src_pfn * ps, ps)
+        stats[STAT_WALL_S] = (now_ns() - t0) * 1e-9
+    stats[STAT_DESCRIPTORS] = 1.0
+    stats[STAT_BYTES] = ps
+    stats[STAT_CALLS] = 1.0
+    model = _descriptor_ns(
+        ps, eng[ENG_SETUP_NS], eng[ENG_GBPS], np.int64(eng[ENG_MODEL]), eng[ENG_CURVE_B]
+    )
+    stats[STAT_MODEL_S] = model * 1e-9
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _fault_alloc_and_copy(state, src, dst):
+    """The fault path's copy routine for its single slot (dmirror_devmem_fault_alloc_and_copy)."""
+    lay = state.layout
+    mpfn = src[0]
+    dst[0] = _NO_MPFN
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
+        return
+    rpfn = _system_alloc_page(state, 0)
+    if rpfn < 0:
+        if (mpfn & lay[L.L_DEVICE]) != 0:
+            dst[0] = lay[L.L_ERROR]
+        return
+    _copy_one_page(state, rpfn, spfn)
+    dst[0] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def device_fault(state, vma_index, addr):
     """The device's CPU-fault handler (hmm_devmem_ops.fault / migrate_to_ram).
 
@@ -328,13 +394,19 @@ def device_fault(state, vma_index, addr):
     the driver wrote ``dst = MIGRATE_PFN_ERROR``; the core then restored the
     device entry, so a later retry can succeed.
     """
-    state.counters[L.C_DEVICE_FAULTS] += 1
+    counters = state.counters
+    counters[L.C_DEVICE_FAULTS] += 1
     ps = state.sys[L.SYS_PAGE_SIZE]
     addr -= addr % ps
-    src = np.zeros(1, np.uint64)
-    dst = np.zeros(1, np.uint64)
-    migrate_vma_to_system(state, vma_index, addr, addr + ps, src, dst, 0)
+    src = state.fault_mpfn[0:1]
+    dst = state.fault_mpfn[1:2]
+    dst[0] = _NO_MPFN
+    if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
+        _fault_alloc_and_copy(state, src, dst)
+        migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
+        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
+        migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
     if dst[0] == state.layout[L.L_ERROR]:
-        state.counters[L.C_DEVICE_SIGBUS] += 1
+        counters[L.C_DEVICE_SIGBUS] += 1
         return L.FAULT_SIGBUS
     return L.FAULT_OK

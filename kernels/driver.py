@@ -19,7 +19,7 @@ TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR = range
 TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error")
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def alloc_page(state, device):
     """A fresh locked page as a driver's allocator hands it to migrate_vma().
 
@@ -34,18 +34,18 @@ def alloc_page(state, device):
     return pfn
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def put_page(state, pfn):
     """put_page(): drop one reference (frees the page at its free count)."""
     mm.put_page(state, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def unlock_page(state, pfn):
     mm.unlock_page(state, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def copy_page(state, dst_pfn, src_pfn):
     """copy_highpage(): copy one frame's bytes (a no-op without stored data)."""
     ps = state.sys[L.SYS_PAGE_SIZE]
@@ -53,19 +53,19 @@ def copy_page(state, dst_pfn, src_pfn):
         memcpy_bytes(state.data, dst_pfn * ps, state.data, src_pfn * ps, ps)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_pfn(state, pfn):
     """migrate_pfn(): ``(pfn << SHIFT) | VALID`` in the machine's layout."""
     return mm.make_mpfn(state.layout, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def mpfn_to_pfn(state, mpfn):
     """The pfn of an mpfn, or -1 when VALID is not set."""
     return mm.mpfn_to_pfn(state.layout, np.uint64(mpfn))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def cpu_read(state, mm_id, addr, buf):
     """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
     fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
@@ -73,14 +73,14 @@ def cpu_read(state, mm_id, addr, buf):
     return status
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def cpu_write(state, mm_id, addr, buf):
     """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
     status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], True)
     return status
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def translate(state, mm_id, addr):
     """Walk the page table: (TR_* kind, pfn or -1, writable, huge)."""
     v = find_vma(state, mm_id, addr)
@@ -156,20 +156,20 @@ def validate_dst(state, src, dst, npages):
     return first_bad
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pin_page(state, pfn):
     """get_user_pages(): an extra reference that makes the page look pinned."""
     mm.get_page(state, pfn)
     state.page["pins"][pfn] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def unpin_page(state, pfn):
     state.page["pins"][pfn] -= 1
     mm.put_page(state, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def isolate_by_other(state, pfn):
     """Another isolator takes the page off the LRU (draining the batch it may sit
     in first, as callers of isolate_lru_page() do). Returns 0 or -EBUSY."""
@@ -182,12 +182,12 @@ def isolate_by_other(state, pfn):
     return 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def putback_by_other(state, pfn):
     mm.clear_flag(state, pfn, L.PG_EXT_ISOLATED)
     mm.putback_lru_page(state, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def lru_add_drain_all(state):
     mm.lru_add_drain_all(state)

@@ -8,7 +8,6 @@ same passes without callbacks (the shape later kernels adopted), so a driver
 written in numba calls them directly and stays cacheable.
 """
 
-import numpy as np
 from numba import njit
 
 from . import layout as L
@@ -19,7 +18,7 @@ from .prepare import migrate_vma_prepare
 from .unmap import migrate_vma_unmap
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
     """The sanity checks of migrate_vma(): -EINVAL or the number of pages.
 
@@ -47,7 +46,7 @@ def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
     return npages
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_setup(state, vma_index, start, end, src, dst):
     """migrate_vma_setup() - check, collect, prepare and unmap a range.
 
@@ -65,7 +64,8 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
         return npages
     ps = state.sys[L.SYS_PAGE_SIZE]
     start -= start % ps
-    mig = np.zeros(L.MIG_FIELDS, np.int64)
+    mig = state.mig
+    mig[:] = 0
     mig[L.MIG_START] = start
     mig[L.MIG_END] = start + npages * ps
     mig[L.MIG_VMA] = vma_index
@@ -82,7 +82,7 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     return mig[L.MIG_CPAGES]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_pages(state, vma_index, start, end, src, dst):
     """migrate_vma_pages() - the struct-page move for a range set up by
     migrate_vma_setup(); see :func:`kernels.pages.migrate_vma_pages`."""
@@ -92,7 +92,7 @@ def migrate_vma_pages(state, vma_index, start, end, src, dst):
     _pages(state, vma_index, start, (end - start) // ps, src, dst)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_finalize(state, vma_index, start, end, src, dst):
     """migrate_vma_finalize() - remap and release a range after
     migrate_vma_pages(); see :func:`kernels.finalize.migrate_vma_finalize`."""

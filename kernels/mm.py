@@ -3,7 +3,7 @@
 These model the kernel helpers the migration passes call: the page allocator,
 ``get_page``/``put_page``, the page lock, the per-CPU LRU-add batch and
 ``lru_add_drain_all``, LRU isolation, the reverse map, and the PTE/PMD encoding.
-Every function is a small ``@njit(cache=True, nogil=True)`` kernel that numba
+Every function is a small ``@njit(cache=True, nogil=True, _nrt=False)`` kernel that numba
 inlines into the passes. Refcount conventions (both profiles unless stated):
 
 * a free RAM frame has refcount 0; a free device frame has 1 in ``hmm-v25``
@@ -22,17 +22,17 @@ _NOT = np.uint32(0xFFFFFFFF)
 
 
 # --------------------------------------------------------------------- encodings
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pte_kind(pte):
     return pte & L.PTE_KIND_MASK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pte_pfn(pte):
     return np.int64(pte >> L.PTE_PFN_SHIFT)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def make_pte(kind, pfn, write):
     word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
     if write:
@@ -40,17 +40,17 @@ def make_pte(kind, pfn, write):
     return word
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pte_write(pte):
     return (pte & L.PTE_WRITE) != 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pmd_kind(pmd):
     return pmd & L.PMD_KIND_MASK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def make_pmd(kind, pfn, write):
     word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
     if write:
@@ -58,13 +58,13 @@ def make_pmd(kind, pfn, write):
     return word
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def make_mpfn(lay, pfn):
     """migrate_pfn(): ``(pfn << SHIFT) | VALID`` in the active layout."""
     return (np.uint64(pfn) << lay[L.L_SHIFT]) | lay[L.L_VALID]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def mpfn_to_pfn(lay, mpfn):
     """migrate_pfn_to_page() as a pfn: -1 unless VALID is set."""
     if (mpfn & lay[L.L_VALID]) == 0:
@@ -72,61 +72,61 @@ def mpfn_to_pfn(lay, mpfn):
     return np.int64(mpfn >> lay[L.L_SHIFT])
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def page_size(st):
     return st.sys[L.SYS_PAGE_SIZE]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pte_slot(st, v, addr):
     """PTE slot of ``addr`` inside VMA ``v``."""
     return st.vma["pte_base"][v] + (addr - st.vma["start"][v]) // st.sys[L.SYS_PAGE_SIZE]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pmd_extent(st):
     return st.sys[L.SYS_PAGE_SIZE] * L.HPAGE_PMD_NR
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def pmd_slot(st, v, addr):
     """PMD slot of the 2 MiB extent holding ``addr`` inside VMA ``v``."""
     ext = pmd_extent(st)
     return st.vma["pmd_base"][v] + addr // ext - st.vma["start"][v] // ext
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def is_device_pfn(st, pfn):
     return pfn >= st.sys[L.SYS_NR_RAM]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def is_zone_device(st, pfn):
     """is_device_private_page(): device frames are ZONE_DEVICE only in hmm-v25."""
     return (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) != 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def is_zero_pfn(st, pfn):
     return pfn == st.sys[L.SYS_ZERO_PFN]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def has_flag(st, pfn, flag):
     return (st.page["flags"][pfn] & flag) != 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def set_flag(st, pfn, flag):
     st.page["flags"][pfn] |= flag
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def clear_flag(st, pfn, flag):
     st.page["flags"][pfn] &= _NOT ^ flag
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def compound_head(st, pfn):
     if has_flag(st, pfn, L.PG_TAIL):
         return pfn - pfn % L.HPAGE_PMD_NR
@@ -134,19 +134,28 @@ def compound_head(st, pfn):
 
 
 # --------------------------------------------------------------------- allocator
-@njit(cache=True, nogil=True)
-def _pool(st, device):
-    """(depth index in sys, base of the stack region) of RAM or device memory."""
-    if device:
-        return L.SYS_DEV_FREE, st.sys[L.SYS_NR_RAM]
-    return L.SYS_RAM_FREE, 0
+@njit(cache=True, nogil=True, _nrt=False)
+def _depth_index(device):
+    """Index in ``sys`` of the free-stack depth of RAM or device memory."""
+    return L.SYS_DEV_FREE if device else L.SYS_RAM_FREE
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
+def _stack_base(st, device):
+    """Where the free stack of RAM (0) or device memory (nr_ram) starts.
+
+    Two scalar helpers rather than one returning a tuple: the tuple form cost
+    ~400 ns per call site in numba 0.68, even where it never ran.
+    """
+    return st.sys[L.SYS_NR_RAM] if device else np.int64(0)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _stack_remove(st, pfn):
     """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
-    depth_i, base = _pool(st, is_device_pfn(st, pfn))
-    top = base + st.sys[depth_i] - 1
+    device = is_device_pfn(st, pfn)
+    depth_i = _depth_index(device)
+    top = _stack_base(st, device) + st.sys[depth_i] - 1
     pos = st.free_pos[pfn]
     moved = st.free_stack[top]
     st.free_stack[pos] = moved
@@ -156,7 +165,7 @@ def _stack_remove(st, pfn):
     st.sys[depth_i] -= 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _init_allocated(st, pfn):
     st.page["flags"][pfn] &= L.PG_ZONE_DEVICE
     st.page["mapcount"][pfn] = 0
@@ -167,23 +176,25 @@ def _init_allocated(st, pfn):
     st.page["refcount"][pfn] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def alloc_frame(st, device):
     """Allocate one frame (unlocked, refcount +1); -1 when the pool is empty."""
-    depth_i, base = _pool(st, device)
+    depth_i = _depth_index(device)
     if st.sys[depth_i] == 0:
         return -1
-    pfn = st.free_stack[base + st.sys[depth_i] - 1]
+    pfn = st.free_stack[_stack_base(st, device) + st.sys[depth_i] - 1]
     _stack_remove(st, pfn)
     _init_allocated(st, pfn)
     return pfn
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def free_frame(st, pfn):
     """Return a frame to its free stack (refcount already at its free value)."""
-    depth_i, base = _pool(st, is_device_pfn(st, pfn))
-    pos = base + st.sys[depth_i]
+    counters = st.counters
+    device = is_device_pfn(st, pfn)
+    depth_i = _depth_index(device)
+    pos = _stack_base(st, device) + st.sys[depth_i]
     st.free_stack[pos] = pfn
     st.free_pos[pfn] = pos
     st.sys[depth_i] += 1
@@ -191,11 +202,10 @@ def free_frame(st, pfn):
     st.page["mapcount"][pfn] = 0
     st.page["mapping"][pfn] = L.MAPPING_NONE
     st.page["rmap"][pfn] = -1
-    if is_device_pfn(st, pfn):
-        st.counters[L.C_DEVICE_CFREE] += 1
+    counters[L.C_DEVICE_CFREE] += 1 if device else 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def alloc_thp(st):
     """Allocate an aligned order-9 RAM run as a compound page; head pfn or -1."""
     nr = st.sys[L.SYS_NR_RAM]
@@ -219,19 +229,19 @@ def alloc_thp(st):
 
 
 # --------------------------------------------------------------------- refcounts
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def get_page(st, pfn):
     st.page["refcount"][compound_head(st, pfn)] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _free_compound(st, head):
     for j in range(L.HPAGE_PMD_NR):
         st.page["refcount"][head + j] = 0
         free_frame(st, head + j)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def put_page(st, pfn):
     """Drop a reference; free the page when it reaches its free value.
 
@@ -239,11 +249,11 @@ def put_page(st, pfn):
     count returns to 1, the v4.14 ``page_free`` convention.
     """
     head = compound_head(st, pfn)
-    st.page["refcount"][head] -= 1
-    ref = st.page["refcount"][head]
+    refcount = st.page["refcount"]
     if is_zero_pfn(st, head):
-        st.page["refcount"][head] += 1  # the zero page is never freed or counted
-        return
+        return  # the zero page is never freed or counted
+    refcount[head] -= 1
+    ref = refcount[head]
     if is_zone_device(st, head):
         if ref == 1:
             free_frame(st, head)
@@ -256,7 +266,7 @@ def put_page(st, pfn):
 
 
 # --------------------------------------------------------------------- page lock
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def trylock_page(st, pfn):
     if has_flag(st, pfn, L.PG_LOCKED):
         return False
@@ -264,13 +274,13 @@ def trylock_page(st, pfn):
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def unlock_page(st, pfn):
     clear_flag(st, pfn, L.PG_LOCKED)
 
 
 # --------------------------------------------------------------------- LRU
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _drain_cpu(st, cpu):
     """__pagevec_lru_add(): move one CPU's batch to the LRU and drop its references."""
     n = st.pagevec_n[cpu]
@@ -283,7 +293,7 @@ def _drain_cpu(st, cpu):
     st.pagevec_n[cpu] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def lru_cache_add(st, cpu, pfn):
     """lru_cache_add(): queue a page in ``cpu``'s LRU-add batch (takes a reference).
 
@@ -302,14 +312,14 @@ def lru_cache_add(st, cpu, pfn):
         _drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def lru_add_drain(st, cpu):
     """lru_add_drain(): drain the calling CPU's batch only."""
     st.counters[L.C_LRU_ADD_DRAIN] += 1
     _drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def lru_add_drain_all(st):
     """lru_add_drain_all(): drain every CPU's batch."""
     st.counters[L.C_LRU_ADD_DRAIN_ALL] += 1
@@ -317,7 +327,7 @@ def lru_add_drain_all(st):
         _drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def isolate_lru_page(st, pfn):
     """isolate_lru_page(): 0 and a new reference on success, -EBUSY if not on the LRU."""
     if not has_flag(st, pfn, L.PG_LRU):
@@ -327,7 +337,7 @@ def isolate_lru_page(st, pfn):
     return 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def putback_lru_page(st, pfn):
     """putback_lru_page(): back on the LRU, dropping the isolation reference.
 
@@ -340,13 +350,13 @@ def putback_lru_page(st, pfn):
 
 
 # --------------------------------------------------------------------- reverse map
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def rmap_add(st, pfn, slot):
     st.pte_next[slot] = st.page["rmap"][pfn]
     st.page["rmap"][pfn] = slot
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def rmap_del(st, pfn, slot):
     prev = -1
     cur = st.page["rmap"][pfn]
@@ -362,13 +372,13 @@ def rmap_del(st, pfn, slot):
     st.pte_next[slot] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def page_mapped(st, pfn):
     return st.page["mapcount"][compound_head(st, pfn)] > 0
 
 
 # --------------------------------------------------------------------- mapping
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def map_new_page(st, slot, pfn, write, device_entry):
     """Install a PTE (or device-private entry) for a page, as the fault and insert
     paths do: rmap + mapcount + the mapping's reference."""
@@ -383,7 +393,7 @@ def map_new_page(st, slot, pfn, write, device_entry):
     rmap_add(st, pfn, slot)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def unmap_slot(st, slot):
     """Tear down a present PTE or device entry: rmap, mapcount and reference."""
     pfn = pte_pfn(st.pte[slot])
@@ -396,7 +406,7 @@ def unmap_slot(st, slot):
     put_page(st, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def zero_frame(st, pfn):
     if st.sys[L.SYS_STORE_DATA] == 0:
         return

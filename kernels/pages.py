@@ -15,7 +15,7 @@ from . import mm
 _NO_MPFN = np.uint64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def migrate_page_move_mapping(st, newpage, page):
     """migrate_page(mapping, newpage, page, MIGRATE_SYNC_NO_COPY).
 
@@ -50,7 +50,7 @@ def migrate_page_move_mapping(st, newpage, page):
     return 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     """migrate_vma_insert_page() (hmm-v25, 17/19) - map a new page on a hole.
 
@@ -97,7 +97,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     src[i] = lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _pages_slot_hmm(st, v, addr, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -118,7 +118,7 @@ def _pages_slot_hmm(st, v, addr, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _pages_slot_seed(st, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -129,7 +129,7 @@ def _pages_slot_seed(st, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_pages(st, v, start, npages, src, dst):
     """migrate_vma_pages() - migrate meta-data from src page to dst page.
 

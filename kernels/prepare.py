@@ -16,7 +16,7 @@ from .rmap import remove_migration_pte
 _NO_MPFN = np.uint64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def migrate_vma_check_page(st, pfn):
     """migrate_vma_check_page() - False when the page is pinned.
 
@@ -38,7 +38,7 @@ def migrate_vma_check_page(st, pfn):
     return st.page["refcount"][pfn] - extra <= st.page["mapcount"][pfn]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _prepare_seed(st, src, mig):
     lay = st.layout
     allow_drain = True
@@ -77,7 +77,7 @@ def _prepare_seed(st, src, mig):
             mm.putback_lru_page(st, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _drop(st, src, k, pfn, mig, remap):
     """A prepare failure: restore later if collect unmapped it, else let go now."""
     lay = st.layout
@@ -90,7 +90,7 @@ def _drop(st, src, k, pfn, mig, remap):
     return 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _prepare_hmm(st, v, src, mig):
     lay = st.layout
     allow_drain = True
@@ -136,7 +136,7 @@ def _prepare_hmm(st, v, src, mig):
     _restore_remapped(st, v, src, mig, restore)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _restore_remapped(st, v, src, mig, restore):
     """The trailing loop of 4.14 prepare: re-map at the original address."""
     lay = st.layout
@@ -154,7 +154,7 @@ def _restore_remapped(st, v, src, mig, restore):
         i += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_prepare(st, v, src, mig):
     """migrate_vma_prepare() - lock pages and isolate them from the LRU.
 

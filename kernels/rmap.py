@@ -12,7 +12,7 @@ from . import layout as L
 from . import mm
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def try_to_unmap(st, pfn):
     """try_to_unmap(page, TTU_MIGRATION | TTU_IGNORE_MLOCK | TTU_IGNORE_ACCESS).
 
@@ -35,7 +35,7 @@ def try_to_unmap(st, pfn):
         st.counters[L.C_TLB_FLUSH] += 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def remove_migration_pte(st, slot, page, newpage):
     """remove_migration_pte() for one slot: map ``newpage`` where the migration
     entry for ``page`` stands. A device-private target gets a device entry, any
@@ -47,12 +47,15 @@ def remove_migration_pte(st, slot, page, newpage):
     device_entry = mm.is_zone_device(st, newpage)
     word = mm.make_pte(L.PTE_DEVICE if device_entry else L.PTE_PRESENT, newpage, write)
     st.pte[slot] = word
+    mirror = st.mirror
+    if newpage != page and mirror[slot] >= 0 and (mirror[slot] >> 1) == page:
+        mirror[slot] = -1  # the page left the device: dmirror's mmu notifier drops the entry
     st.page["mapcount"][newpage] += 1
     mm.get_page(st, newpage)
     return True
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def remove_migration_ptes(st, page, newpage):
     """remove_migration_ptes(page, newpage): redirect every migration entry of
     ``page``, in every process, to ``newpage`` (or restore it when equal), and

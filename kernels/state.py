@@ -51,6 +51,12 @@ jitclass, no structref). What each array means:
 ``layout``        the active profile's ``MIGRATE_PFN_*`` values, ``LAYOUT_FIELDS`` order.
 ``engine``        the device's copy-engine parameters (``kernels.copy`` ENG_* layout).
 ``copy_stats``    the last migration's copy: descriptors, bytes, wall and model time.
+``mig``           scratch ``struct migrate_vma`` scalars (MIG_* indices) used by
+                  migrate_vma_setup(); setup never nests, so one block suffices.
+``fault_mpfn``    scratch src/dst slots of the one-page CPU-fault migration.
+
+Scratch lives in the state because the per-page kernels are compiled without
+numba's reference counting (``_nrt=False``), so nothing they reach may allocate.
 """
 
 from collections import namedtuple
@@ -111,6 +117,8 @@ State = namedtuple(
         "layout",
         "engine",
         "copy_stats",
+        "mig",
+        "fault_mpfn",
     ],
 )
 
@@ -185,6 +193,8 @@ def new_state(
         layout=layout,
         engine=engine.astype(np.float64).copy(),
         copy_stats=np.zeros(5, np.float64),
+        mig=np.zeros(L.MIG_FIELDS, np.int64),
+        fault_mpfn=np.zeros(2, np.uint64),
     )
 
 

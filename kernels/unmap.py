@@ -16,7 +16,7 @@ from .rmap import remove_migration_ptes, try_to_unmap
 _NO_MPFN = np.uint64(0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _unmap_one(st, pfn, hmm):
     """True when the page is fully unmapped and not pinned."""
     if not hmm or mm.page_mapped(st, pfn):
@@ -26,7 +26,7 @@ def _unmap_one(st, pfn, hmm):
     return migrate_vma_check_page(st, pfn)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_unmap(st, src, mig):
     """migrate_vma_unmap() - unmap the pages and check again that none is pinned.
 

@@ -120,8 +120,11 @@ def _migrate_vma_python(
     error: BaseException | None = None
     try:
         alloc(vma, src_ro, dst, s, e, private)
-    except BaseException as exc:  # finish the migration first, then re-raise
+    except BaseException as exc:
+        # A driver that failed part-way is in no state to hand pages over: abort
+        # every slot (finalize then restores each source and frees each dst given).
         error = exc
+        src[:npages] &= ~vma.process.machine.layout.MIGRATE
     bad = int(kdriver.validate_dst(st, src, dst, npages))
     kernels.migrate_vma_pages(st, vma.index, s, e, src, dst)
     dst_ro = dst.view()

@@ -1,0 +1,539 @@
+"""Embedding costs: the engine called from users' @njit loops and from Python.
+
+What it measures (performance-anchors section 6, G5 / G6 / G8):
+
+* ``loop16``: a 16-page migration to the device from a user's ``@njit`` loop,
+  timed inside the loop with ``now_ns`` around the call, minus the copy's own
+  wall time (``state.copy_stats``). Target: at most 2 us plus the copy. Also
+  with ``kernels.migrate_vma`` and the device's callbacks (G8: the callback
+  path against the hand-composed ``migrate_vma_to_device``), and on a
+  metadata-only machine (``store_data=False``: no copy at all).
+* ``python1``: ``me.migrate_vma(m.device.ops, ...)`` on one page from Python,
+  minus its copy, against an empty ``@njit`` call. Target: at most 20x.
+  Also reported: an empty ``@njit`` call that takes ``m.state``, the floor of
+  any compiled call that passes the machine (unboxing its 20 arrays).
+* ``warm``: a second process, from ``import migengine`` to the first migration
+  done, against ``import numba`` alone; best of several runs. Target: at most
+  3x. The child also reports that nothing compiled at import, that every
+  engine kernel it ran came from numba's cache and that the cache files exist.
+* ``callbacks`` (script mode): the first ``kernels.migrate_vma`` call with new
+  ``@njit`` callbacks in a fresh process, i.e. the per-process compile cost of
+  the callback path.
+
+Two modes:
+
+* ``pytest bench/bench_embedding.py`` - pytest-benchmark; tiny sizes and one
+  round unless ``MIGENGINE_BENCH_FULL=1``. The cache checks are asserted.
+* ``python bench/bench_embedding.py [--pairs 9] [--iters 20000] [--starts 5]``
+  - interleaved A/B repetitions in one process, best of each, ratios against
+  the targets, the spread and numba's threading layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numba
+import numpy as np
+import pytest
+from numba import njit
+
+import migengine as me
+from migengine import bench as mb
+from migengine import kernels
+from migengine.kernels import layout as L
+from migengine.kernels import mm
+from migengine.kernels.clock import now_ns
+from migengine.kernels.copy import STAT_WALL_S
+from migengine.kernels.device import DEV_KEEP_STATS
+
+PS = 4096
+BLOCK = 16
+TARGET_LOOP_US = 2.0  # per 16-page migration, plus the copy
+TARGET_PY_RATIO = 20.0  # me.migrate_vma(1 page) minus copy / empty @njit call
+TARGET_WARM_RATIO = 3.0  # import migengine -> first migration / import numba
+
+VIA_DEVICE, VIA_CALLBACKS = 0, 1
+
+
+# ----------------------------------------------------------------------------- compiled loops
+@njit(cache=True)
+def empty():
+    pass
+
+
+@njit(cache=True)
+def empty_with_state(state):
+    pass
+
+
+@njit(cache=True)
+def _to_device_cached(state, v, start, end, src, dst):
+    return kernels.migrate_vma_to_device(state, v, start, end, src, dst, DEV_KEEP_STATS)
+
+
+@njit
+def _to_device_callbacks(state, v, start, end, src, dst):
+    return kernels.migrate_vma(
+        state,
+        kernels.device_alloc_and_copy,
+        kernels.device_finalize_and_map,
+        v,
+        start,
+        end,
+        src,
+        dst,
+        DEV_KEEP_STATS,
+    )
+
+
+@njit
+def migrate_loop(state, v, start, iters, via, out):
+    """A user's loop: migrate [start, start + 16 pages) to the device and back,
+    ``iters`` times. out = [ns to device, copy ns to device, ns back, calls]."""
+    end = start + BLOCK * state.sys[L.SYS_PAGE_SIZE]
+    src = np.zeros(BLOCK, np.uint64)
+    dst = np.zeros(BLOCK, np.uint64)
+    for _ in range(iters):
+        copy0 = state.copy_stats[STAT_WALL_S]
+        t0 = now_ns()
+        if via == VIA_DEVICE:
+            _to_device_cached(state, v, start, end, src, dst)
+        else:
+            _to_device_callbacks(state, v, start, end, src, dst)
+        t1 = now_ns()
+        copy1 = state.copy_stats[STAT_WALL_S]
+        kernels.migrate_vma_to_system(state, v, start, end, src, dst, DEV_KEEP_STATS)
+        out[0] += t1 - t0
+        out[1] += (copy1 - copy0) * 1e9
+        out[2] += now_ns() - t1
+        out[3] += 1
+
+
+@njit(cache=True)
+def get_put_loop(state, pfn, iters):
+    """Diagnostic: get_page + put_page on a mapped page, ``iters`` times."""
+    for _ in range(iters):
+        mm.get_page(state, pfn)
+        mm.put_page(state, pfn)
+
+
+# ----------------------------------------------------------------------------- fixtures
+class Block16:
+    """A process with one populated 16-page range and a device to migrate it to."""
+
+    def __init__(self, store_data: bool = True) -> None:
+        self.m = me.Machine(BLOCK + 64, 2 * BLOCK, store_data=store_data)
+        self.m.device.engine = me.CopyEngine(threads=1)  # the serial entry point
+        self.p = self.m.new_process()
+        self.vma = self.p.mmap(BLOCK)
+        self.p.populate(self.vma.start, self.vma.end)
+
+    def loop(self, iters: int, via: int = VIA_DEVICE) -> dict[str, float]:
+        """Run migrate_loop; per-call microseconds of each leg and of the copy."""
+        out = np.zeros(4, np.float64)
+        migrate_loop(self.m.state, self.vma.index, self.vma.start, iters, via, out)
+        n = max(out[3], 1.0)
+        return {
+            "to_device_us": out[0] / n / 1e3,
+            "copy_us": out[1] / n / 1e3,
+            "overhead_us": (out[0] - out[1]) / n / 1e3,
+            "back_us": out[2] / n / 1e3,
+        }
+
+
+class OnePage:
+    """me.migrate_vma(m.device.ops, ...) on one page from Python, and back."""
+
+    def __init__(self) -> None:
+        self.m = me.Machine(64, 8)
+        self.m.device.engine = me.CopyEngine(threads=1)
+        self.p = self.m.new_process()
+        self.vma = self.p.mmap(1)
+        self.p.populate(self.vma.start, self.vma.end)
+        self.src = np.zeros(1, np.uint64)
+        self.dst = np.zeros(1, np.uint64)
+        self.ops = self.m.device.ops
+
+    def to_device(self) -> int:
+        v = self.vma
+        return me.migrate_vma(self.ops, v, v.start, v.end, self.src, self.dst)
+
+    def back(self) -> None:
+        self.m.device.migrate_to_system(self.p, self.vma.start, self.vma.end)
+
+    def timed(self, n: int) -> tuple[list[float], list[float]]:
+        """Per-call ns of n migrations to the device (each followed by an untimed
+        return trip), and the copy ns of each."""
+        calls, copies = [], []
+        stats = self.m.state.copy_stats
+        for _ in range(n):
+            t0 = time.perf_counter_ns()
+            self.to_device()
+            calls.append(time.perf_counter_ns() - t0)
+            copies.append(stats[STAT_WALL_S] * 1e9)
+            self.back()
+        return calls, copies
+
+
+def empty_call_ns(fn, args: tuple, n: int) -> float:
+    """Mean ns of n back-to-back calls from a Python loop."""
+    t0 = time.perf_counter_ns()
+    for _ in range(n):
+        fn(*args)
+    return (time.perf_counter_ns() - t0) / n
+
+
+# ----------------------------------------------------------------------------- the second process
+_CHILD_WARM = """
+import time
+t0 = time.perf_counter()
+import migengine as me
+t_import = time.perf_counter() - t0
+if LAUNCH_THREADS:
+    import numba
+    numba.get_num_threads()
+import json, os
+import numpy as np
+import numba
+from numba.core.dispatcher import Dispatcher
+from migengine import kernels
+
+def dispatchers():
+    seen = {}
+    for name, mod in list(__import__("sys").modules.items()):
+        if name.startswith("migengine.kernels"):
+            for obj in vars(mod).values():
+                if isinstance(obj, Dispatcher):
+                    seen[id(obj)] = obj
+    return list(seen.values())
+
+compiled_at_import = sum(len(d.signatures) for d in dispatchers())
+m = me.Machine(64, 8)
+p = m.new_process()
+vma = p.mmap(1)
+p.write(vma.start, b"x" * 4096)
+src = np.zeros(1, np.uint64)
+dst = np.zeros(1, np.uint64)
+me.migrate_vma(m.device.ops, vma, vma.start, vma.end, src, dst)
+assert p.translate(vma.start).kind == "device"
+elapsed = time.perf_counter() - t0
+used = [d for d in dispatchers() if d.signatures]
+hits = sum(sum(d.stats.cache_hits.values()) for d in used)
+misses = {d.py_func.__qualname__: sum(d.stats.cache_misses.values()) for d in used}
+# numba keeps one index file (.nbi) per cached function, next to its .nbc data files
+missing = [d.py_func.__qualname__ for d in used
+           if not os.path.exists(d._cache._cache_file._index_path)]
+print(json.dumps({
+    "elapsed_s": elapsed, "import_s": t_import, "compiled_at_import": compiled_at_import,
+    "kernels_used": len(used), "cache_hits": hits,
+    "cache_misses": {k: v for k, v in misses.items() if v},
+    "missing_cache_files": missing,
+}))
+"""
+
+_CHILD_NUMBA = """
+import time
+t0 = time.perf_counter()
+import numba
+print(time.perf_counter() - t0)
+"""
+
+_CALLBACKS_MODULE = """
+from numba import njit
+from migengine import kernels
+
+@njit(cache=True)
+def alloc_and_copy(state, vma_index, src, dst, start, end, private):
+    kernels.device_alloc_and_copy(state, vma_index, src, dst, start, end, private)
+
+@njit(cache=True)
+def finalize_and_map(state, vma_index, src, dst, start, end, private):
+    kernels.device_finalize_and_map(state, vma_index, src, dst, start, end, private)
+"""
+
+_CHILD_CALLBACKS = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import numpy as np, migengine as me
+import numba
+numba.get_num_threads()  # see warm_start(): cached kernels need the layer launched
+from migengine import kernels
+import user_callbacks as cb
+out = {}
+for label, ops in (("device callbacks", (kernels.device_alloc_and_copy,
+                                         kernels.device_finalize_and_map)),
+                   ("user callbacks", (cb.alloc_and_copy, cb.finalize_and_map))):
+    m = me.Machine(64, 8); p = m.new_process(); v = p.mmap(1); p.populate(v.start, v.end)
+    src = np.zeros(1, np.uint64); dst = np.zeros(1, np.uint64)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        kernels.migrate_vma(m.state, *ops, v.index, v.start, v.end, src, dst, 0)
+        times.append(time.perf_counter() - t0)
+        m.device.migrate_to_system(p, v.start, v.end)
+    out[label] = times
+print(json.dumps(out))
+"""
+
+
+def _run_child(code: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        env=os.environ,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def warm_start(launch_threads: bool = False) -> dict:
+    """One child from ``import migengine`` to its first migration.
+
+    ``launch_threads`` starts numba's threading layer right after the import
+    (inside the timed span): the workaround for cached kernels that reach the
+    copy engine's by-name ``get_num_threads`` call and crash when loaded into a
+    process that has not launched the layer yet.
+    """
+    code = _CHILD_WARM.replace("LAUNCH_THREADS", str(launch_threads))
+    return json.loads(_run_child(code))
+
+
+def numba_import_s() -> float:
+    return float(_run_child(_CHILD_NUMBA))
+
+
+def callback_compile(tmpdir: str) -> dict[str, list[float]]:
+    """First and second kernels.migrate_vma call with new callbacks, fresh process."""
+    with open(os.path.join(tmpdir, "user_callbacks.py"), "w", encoding="utf-8") as f:
+        f.write(_CALLBACKS_MODULE)
+    return json.loads(_run_child(_CHILD_CALLBACKS, tmpdir))
+
+
+# ----------------------------------------------------------------------------- pytest mode
+ITERS = 20_000 if mb.bench_full() else 200
+
+
+@pytest.fixture(scope="module")
+def block16() -> Block16:
+    work = Block16()
+    work.loop(2)  # load or compile every kernel before timing
+    work.loop(2, VIA_CALLBACKS)
+    return work
+
+
+@pytest.mark.parametrize("via", [VIA_DEVICE, VIA_CALLBACKS], ids=["cached", "callbacks"])
+def test_njit_loop_16_pages(benchmark, block16, rounds, via):
+    result = benchmark.pedantic(block16.loop, args=(ITERS, via), rounds=rounds, warmup_rounds=0)
+    benchmark.group = "embedding: 16-page migration from an @njit loop"
+    benchmark.extra_info.update(result, iters=ITERS, target_us=TARGET_LOOP_US)
+    assert result["to_device_us"] >= result["copy_us"] >= 0.0
+    block16.m.check()
+
+
+def test_njit_loop_16_pages_metadata_only(benchmark, rounds):
+    work = Block16(store_data=False)
+    work.loop(2)
+    result = benchmark.pedantic(work.loop, args=(ITERS,), rounds=rounds, warmup_rounds=0)
+    benchmark.group = "embedding: 16-page migration from an @njit loop"
+    benchmark.extra_info.update(result, iters=ITERS)
+    assert result["copy_us"] == 0.0
+    work.m.check()
+
+
+def test_python_migrate_vma_one_page(benchmark, rounds):
+    work = OnePage()
+    work.to_device()
+    work.back()
+
+    def round_trip():
+        work.to_device()
+        work.back()
+
+    benchmark.pedantic(round_trip, rounds=rounds, iterations=10, warmup_rounds=1)
+    benchmark.group = "embedding: calls from Python"
+    assert work.p.translate(work.vma.start).kind == "present"
+    work.m.check()
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["empty", "empty(state)"])
+def test_empty_njit_call(benchmark, rounds, with_state):
+    m = me.Machine(16)
+    args = (m.state,) if with_state else ()
+    fn = empty_with_state if with_state else empty
+    fn(*args)
+    benchmark.pedantic(fn, args=args, rounds=rounds, iterations=1000, warmup_rounds=1)
+    benchmark.group = "embedding: calls from Python"
+
+
+def test_warm_start_loads_every_kernel_from_cache():
+    """A second process compiles nothing: not at import, not for its first
+    migration; every kernel it ran was a cache hit and has its cache files."""
+    warm_start(launch_threads=True)  # make sure the cache is populated (a cold run writes it)
+    child = warm_start()
+    assert child["compiled_at_import"] == 0
+    assert child["cache_misses"] == {}
+    assert child["missing_cache_files"] == []
+    assert child["cache_hits"] >= child["kernels_used"] > 0
+
+
+# ----------------------------------------------------------------------------- script mode
+def _fmt(values: list[float]) -> str:
+    v = sorted(values)
+    return f"best {v[0]:.3f}  median {float(np.median(v)):.3f}  [{v[0]:.3f}-{v[-1]:.3f}]"
+
+
+def _verdict(value: float, target: float) -> str:
+    return "PASS" if value <= target else "MISS"
+
+
+def measure_loop(pairs: int, iters: int) -> None:
+    dev, meta = Block16(), Block16(store_data=False)
+    for work in (dev, meta):
+        work.loop(2)
+    dev.loop(2, VIA_CALLBACKS)
+    rows: dict[str, list[dict[str, float]]] = {"cached": [], "callbacks": [], "no data": []}
+    for rep in range(pairs):  # ABC, CBA, ... so that no variant always runs first
+        runs = [
+            ("cached", lambda: dev.loop(iters)),
+            ("callbacks", lambda: dev.loop(iters, VIA_CALLBACKS)),
+            ("no data", lambda: meta.loop(iters)),
+        ]
+        for name, fn in runs if rep % 2 == 0 else runs[::-1]:
+            rows[name].append(fn())
+    print(f"16-page migration from an @njit loop ({iters} per repetition, {pairs} repetitions)")
+    for name, samples in rows.items():
+        for key, label in (
+            ("overhead_us", "to device - copy"),
+            ("copy_us", "copy"),
+            ("back_us", "back"),
+        ):
+            print(f"  {name:>9} {label:>16}, us/call: {_fmt([s[key] for s in samples])}")
+    best = min(s["overhead_us"] for s in rows["cached"])
+    verdict = _verdict(best, TARGET_LOOP_US)
+    print(f"  target <= {TARGET_LOOP_US} us + copy: {best:.2f} us  {verdict}")
+    g8 = min(s["to_device_us"] for s in rows["callbacks"]) / min(
+        s["to_device_us"] for s in rows["cached"]
+    )
+    print(f"  G8 callbacks / hand-composed: {g8:.3f} (target <= 1.10)  {_verdict(g8, 1.10)}")
+    for work in (dev, meta):
+        work.m.check()
+
+
+def measure_python(pairs: int, calls: int) -> None:
+    work = OnePage()
+    m16 = me.Machine(16)
+    work.to_device()
+    work.back()
+    empty()
+    empty_with_state(m16.state)
+    mig, emp, emp_state, copies = [], [], [], []
+    for _ in range(pairs):
+        calls_ns, copy_ns = work.timed(calls)
+        best = int(np.argmin(calls_ns))
+        mig.append(calls_ns[best] - copy_ns[best])
+        copies.append(copy_ns[best])
+        emp.append(empty_call_ns(empty, (), calls))
+        emp_state.append(empty_call_ns(empty_with_state, (m16.state,), calls))
+    print(f"me.migrate_vma on one page from Python ({calls} calls x {pairs} repetitions), us")
+    print(f"  migrate_vma - copy:  {_fmt([x / 1e3 for x in mig])}")
+    print(f"  its copy:            {_fmt([x / 1e3 for x in copies])}")
+    print(f"  empty @njit call:    {_fmt([x / 1e3 for x in emp])}")
+    print(f"  empty @njit(state):  {_fmt([x / 1e3 for x in emp_state])}")
+    ratio = min(mig) / min(emp)
+    floor = min(emp_state) / min(emp)
+    verdict = _verdict(ratio, TARGET_PY_RATIO)
+    print(
+        f"  ratio {ratio:.0f}x (target <= {TARGET_PY_RATIO:.0f}x)  {verdict}"
+        f"; passing m.state alone costs {floor:.0f}x an empty call"
+    )
+    work.m.check()
+
+
+def measure_warm(starts: int) -> None:
+    warm_start(launch_threads=True)  # populate the cache if a kernel changed
+    launch = False
+    try:
+        warm_start()
+    except RuntimeError as exc:
+        print(f"warm start CRASHED without launching the threading layer first: {exc}")
+        print("  measuring with numba.get_num_threads() right after the import instead")
+        launch = True
+    warm, base, children = [], [], []
+    for _ in range(starts):
+        child = warm_start(launch)
+        children.append(child)
+        warm.append(child["elapsed_s"])
+        base.append(numba_import_s())
+    ratio = min(warm) / min(base)
+    last = children[-1]
+    print(f"warm start of a second process ({starts} runs each), s")
+    print(f"  import migengine -> first migration: {_fmt(warm)}")
+    print(f"  import migengine alone:             {_fmt([c['import_s'] for c in children])}")
+    print(f"  import numba alone:                 {_fmt(base)}")
+    print(f"  ratio {ratio:.2f}x (target <= {TARGET_WARM_RATIO:.0f}x)  {_verdict(ratio, 3.0)}")
+    print(
+        f"  child: compiled at import {last['compiled_at_import']}, kernels run "
+        f"{last['kernels_used']}, cache hits {last['cache_hits']}, misses "
+        f"{last['cache_misses'] or 0}, missing cache files {last['missing_cache_files'] or 0}"
+    )
+
+
+def measure_callbacks(tmpdir: str) -> None:
+    out = callback_compile(tmpdir)
+    print("kernels.migrate_vma with callbacks, fresh process (compiles once per process), s")
+    for label, (first, second) in out.items():
+        print(f"  {label:>16}: first call {first:.2f}, second call {second * 1e3:.3f} ms")
+
+
+def diagnose(iters: int) -> None:
+    """Where the compiled per-call time goes: one get_page + put_page pair."""
+    m = me.Machine(64)
+    p = m.new_process()
+    vma = p.mmap(1)
+    p.populate(vma.start, vma.end)
+    pfn = p.translate(vma.start).pfn
+    get_put_loop(m.state, pfn, 10)
+    t0 = time.perf_counter_ns()
+    get_put_loop(m.state, pfn, iters)
+    ns = (time.perf_counter_ns() - t0) / iters
+    print(f"diagnosis: mm.get_page + mm.put_page from @njit: {ns:.0f} ns per pair")
+    m.check()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pairs", type=int, default=9, help="interleaved repetitions (>= 7)")
+    ap.add_argument("--iters", type=int, default=20_000, help="migrations per loop repetition")
+    ap.add_argument("--calls", type=int, default=2_000, help="Python calls per repetition")
+    ap.add_argument("--starts", type=int, default=5, help="second-process runs per side")
+    ap.add_argument("--skip-callbacks", action="store_true", help="skip the compile-cost run")
+    args = ap.parse_args(argv)
+    if args.pairs < 7:
+        ap.error("--pairs must be >= 7")
+    info = mb.threading_info()
+    print(
+        f"numba {numba.__version__}, threading layer {info['threading_layer']}, "
+        f"{info['threads']} threads, {os.cpu_count()} cpus"
+    )
+    measure_loop(args.pairs, args.iters)
+    measure_python(args.pairs, args.calls)
+    measure_warm(args.starts)
+    if not args.skip_callbacks:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmpdir:
+            measure_callbacks(tmpdir)
+    diagnose(args.iters * 10)
+
+
+if __name__ == "__main__":
+    main()

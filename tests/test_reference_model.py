@@ -1,0 +1,390 @@
+"""The compiled passes against a slow, independent Python model (tests/naive.py).
+
+Hypothesis builds small machines through the public API (mmaps of every kind,
+faults, forks, swap, pins, foreign page locks and isolations, pages already on
+the device), snapshots the state, then runs one migrate_vma() over a random
+sub-range twice: on the engine (me.migrate_vma with Python callbacks) and on the
+model (naive.migrate_vma on the snapshot), with the same driver policy. Every
+src/dst slot, PTE, PMD, struct page, free list, LRU batch, counter and data byte
+must agree, and so must the callbacks the two sides called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import naive
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import migengine as me
+
+PROFILES = ("hmm-v25", "seed")
+ERROR_SLOT = -2  # Policy.choose(): write MIGRATE_PFN_ERROR
+PS = 64  # the smallest page: a THP extent (512 pages) stays cheap
+SETTINGS = settings(
+    deadline=None,
+    max_examples=100,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+# ============================================================================ the driver
+@dataclass
+class Policy:
+    """One driver, run on both sides: for MIGRATE slot i, allocate a destination iff
+    ``want[i]`` (device memory iff ``device[i]``), in slot order, copying the source
+    (or the zero page for a hole); a device source left without one gets
+    MIGRATE_PFN_ERROR iff ``error[i]``. finalize_and_map() only records what it saw."""
+
+    want: list[bool]
+    device: list[bool]
+    error: list[bool]
+    calls: list[tuple[str, list[int], list[int]]] = field(default_factory=list)
+
+    def record(self, name: str, src: Any, dst: Any, n: int) -> None:
+        self.calls.append((name, [int(x) for x in src[:n]], [int(x) for x in dst[:n]]))
+
+    def choose(self, i: int, src_i: int, lay: dict[str, int], alloc: Any) -> int | None:
+        """A destination pfn for slot i, ERROR_SLOT, or None to leave dst alone;
+        ``alloc(device) -> pfn or -1``."""
+        if not src_i & lay["MIGRATE"]:
+            return None
+        if self.want[i]:
+            pfn = alloc(self.device[i])
+            if pfn >= 0:
+                return pfn
+        if self.error[i] and lay["DEVICE"] and src_i & lay["DEVICE"]:
+            return ERROR_SLOT
+        return None
+
+    # ------------------------------------------------------------ engine side
+    def engine_ops(self, m: me.Machine) -> me.MigrateOps:
+        lay = {k: int(v) for k, v in m.layout._asdict().items()}
+
+        def alloc(device: bool) -> int:
+            try:
+                return m.alloc_page(device=device)
+            except me.OutOfMemory:
+                return -1
+
+        def alloc_and_copy(vma, src, dst, start, end, private) -> None:
+            n = (end - start) // m.page_size
+            self.record("alloc_and_copy", src, dst, n)
+            for i in range(n):
+                pfn = self.choose(i, int(src[i]), lay, alloc)
+                if pfn is None:
+                    continue
+                if pfn == ERROR_SLOT:
+                    dst[i] = lay["ERROR"]
+                    continue
+                spfn = m.mpfn_to_pfn(src[i])
+                m.copy_page(pfn, spfn if spfn >= 0 else m.zero_pfn)
+                dst[i] = m.migrate_pfn(pfn) | lay["LOCKED"] | (int(src[i]) & lay["WRITE"])
+
+        def finalize_and_map(vma, src, dst, start, end, private) -> None:
+            self.record("finalize_and_map", src, dst, (end - start) // m.page_size)
+
+        return me.MigrateOps(alloc_and_copy, finalize_and_map)
+
+    # ------------------------------------------------------------ model side
+    def model_ops(self, md: naive.Model) -> naive.Ops:
+        lay = md.layout
+
+        def alloc_and_copy(md_, v, src, dst, start, end, private) -> None:
+            n = (end - start) // md.page_size
+            self.record("alloc_and_copy", src, dst, n)
+            for i in range(n):
+                pfn = self.choose(i, src[i], lay, md.alloc_page)
+                if pfn is None:
+                    continue
+                if pfn == ERROR_SLOT:
+                    dst[i] = lay["ERROR"]
+                    continue
+                spfn = md.page_of(src[i])
+                md.copy_page(pfn, spfn if spfn >= 0 else md.zero_pfn)
+                dst[i] = md.mpfn(pfn) | lay["LOCKED"] | (src[i] & lay["WRITE"])
+
+        def finalize_and_map(md_, v, src, dst, start, end, private) -> None:
+            self.record("finalize_and_map", src, dst, (end - start) // md.page_size)
+
+        return naive.Ops(alloc_and_copy, finalize_and_map)
+
+
+# ============================================================================ building states
+VMA_FLAGS = st.sampled_from(
+    [0] * 6 + [me.VM_LOCKED, me.VM_UFFD_MISSING, me.VM_LOCKED | me.VM_UFFD_MISSING, me.VM_IO]
+)
+
+
+@dataclass
+class World:
+    m: me.Machine
+    procs: list[me.Process]
+    vmas: list[me.Vma]
+
+
+def _mmap(data: st.DataObject, w: World, huge: bool) -> None:
+    kind = "anon" if huge else data.draw(st.sampled_from(["anon", "anon", "shmem", "file"]))
+    prot = data.draw(st.sampled_from(["rw", "rw", "r"]))
+    flags = data.draw(VMA_FLAGS)
+    npages = (
+        naive.HPAGE_NR + data.draw(st.integers(0, 6)) if huge else data.draw(st.integers(1, 20))
+    )
+    vma = w.procs[0].mmap(npages, prot=prot, kind=kind, flags=flags, thp=huge)
+    w.vmas.append(vma)
+    touch = data.draw(st.sampled_from(["no", "read", "write", "write"]), label="populate")
+    if touch != "no":
+        try:
+            vma.process.populate(vma.start, vma.end, write=touch == "write")
+        except (me.MigengineError, ValueError):
+            pass  # out of memory or not allowed by prot: partly populated
+
+
+def _page_addr(data: st.DataObject, w: World) -> tuple[me.Vma, int]:
+    vma = data.draw(st.sampled_from(w.vmas))
+    return vma, vma.start + data.draw(st.integers(0, vma.npages - 1)) * PS
+
+
+def _mapped_pfn(w: World, vma: me.Vma, addr: int) -> int:
+    pte = vma.process.translate(addr)
+    if pte.kind in ("present", "device") and pte.pfn > 0:
+        return pte.pfn
+    return -1
+
+
+def _operation(data: st.DataObject, w: World) -> None:
+    """One random thing the outside world does to the machine."""
+    op = data.draw(
+        st.sampled_from(
+            [
+                "populate",
+                "populate",
+                "read",
+                "write",
+                "write",
+                "fork",
+                "swap",
+                "pin",
+                "lock",
+                "isolate",
+                "to_device",
+                "to_device",
+                "drain",
+                "unpin",
+            ]
+        )
+    )
+    m = w.m
+    vma, addr = _page_addr(data, w)
+    p = vma.process
+    if op == "populate":
+        n = data.draw(st.integers(1, vma.npages))
+        lo = data.draw(st.integers(0, vma.npages - n))
+        p.populate(vma.start + lo * PS, vma.start + (lo + n) * PS, write=data.draw(st.booleans()))
+    elif op == "read":
+        p.read(addr, data.draw(st.integers(1, PS)))
+    elif op == "write":
+        p.write(addr, bytes(data.draw(st.binary(min_size=1, max_size=PS))))
+    elif op == "fork" and len(w.procs) < 3:
+        child = p.fork()
+        w.procs.append(child)
+        w.vmas.extend(child.vmas)
+    elif op == "swap":
+        p.swap_out(addr)
+    elif op == "to_device" and m.device_pages:
+        n = data.draw(st.integers(1, min(vma.npages, 8)))
+        lo = data.draw(st.integers(0, vma.npages - n))
+        m.device.migrate_to_device(p, vma.start + lo * PS, vma.start + (lo + n) * PS)
+    elif op == "drain":
+        m.lru_add_drain_all()
+    elif op in ("pin", "lock", "isolate", "unpin"):
+        pfn = _mapped_pfn(w, vma, addr)
+        if pfn > 0:
+            action = {
+                "pin": m.pin,
+                "unpin": m.unpin,
+                "lock": m.lock_page,
+                "isolate": m.isolate_lru_page,
+            }[op]
+            action(pfn)
+
+
+def build_world(data: st.DataObject, make_machine: Any, profile: str, hostile: bool) -> World:
+    """A small machine in a random state reached through the public API only."""
+    huge = data.draw(st.sampled_from([False, False, False, True]), label="thp machine")
+    ram = 1100 if huge else data.draw(st.integers(12, 48), label="ram")
+    dev = data.draw(st.integers(0, 20), label="device pages")
+    m = make_machine(ram, dev, page_size=PS, profile=profile)
+    w = World(m, [m.new_process()], [])
+    if huge:
+        _mmap(data, w, huge=True)
+    for _ in range(data.draw(st.integers(1 if not huge else 0, 3), label="mmaps")):
+        _mmap(data, w, huge=False)
+    for _ in range(data.draw(st.integers(0, 14), label="operations")):
+        try:
+            _operation(data, w)
+        except (me.MigengineError, ValueError):
+            pass  # refused by the machine (segfault, OOM, not pinnable...): state unchanged
+    if hostile:
+        _make_hostile(data, w)
+    return w
+
+
+def _make_hostile(data: st.DataObject, w: World) -> None:
+    """Hold most mapped pages: pinned, locked or isolated by someone else."""
+    for vma in w.vmas:
+        for k in sorted(set(data.draw(st.lists(st.integers(0, vma.npages - 1), max_size=24)))):
+            pfn = _mapped_pfn(w, vma, vma.start + k * PS)
+            if pfn <= 0 or not data.draw(st.integers(0, 3)):
+                continue
+            how = data.draw(st.sampled_from(["pin", "lock", "isolate"]))
+            try:
+                {"pin": w.m.pin, "lock": w.m.lock_page, "isolate": w.m.isolate_lru_page}[how](pfn)
+            except ValueError:
+                pass
+
+
+@dataclass
+class Call:
+    """One migrate_vma() call: the arguments and the driver policy."""
+
+    vma: me.Vma
+    start: int
+    end: int
+    src: np.ndarray
+    dst: np.ndarray
+    policy: Policy
+
+
+def draw_call(data: st.DataObject, w: World) -> Call:
+    # Half the time the first VMA (the THP one on a THP machine) and its whole extent.
+    vma = w.vmas[0] if data.draw(st.booleans()) else data.draw(st.sampled_from(w.vmas))
+    lo, hi = 0, vma.npages
+    if data.draw(st.booleans(), label="sub-range"):
+        lo = data.draw(st.integers(0, vma.npages - 1), label="first page")
+        hi = data.draw(st.integers(lo + 1, vma.npages), label="end page")
+    shape = data.draw(st.sampled_from(["ok"] * 8 + ["before", "after", "empty"]), label="range")
+    # The kernel rounds both ends down to a page, so sub-page offsets change nothing.
+    start = vma.start + lo * PS + data.draw(st.sampled_from([0, 0, 1, PS - 1]))
+    end = vma.start + hi * PS + data.draw(st.sampled_from([0, 0, 7, PS - 1]))
+    if shape == "before":  # start below vm_start: EINVAL
+        lo, start = -1, vma.start - PS
+    elif shape == "after":  # end past vm_end: EINVAL
+        hi, end = vma.npages + 1, vma.end + PS
+    elif shape == "empty":  # start == end after rounding down: EINVAL
+        hi, end = lo, start + PS - 1 - (start % PS)
+    n = max(hi - lo, 0) + 2  # two spare slots: nothing past npages may be touched
+    # dst holds junk without VALID: the seed's collect leaves it in non-hole slots.
+    junk = data.draw(st.integers(0, 2**40), label="junk") * 4 + 2
+    src = np.array([junk + 8 * i for i in range(n)], np.uint64)
+    dst = np.array([junk + 16 * i for i in range(n)], np.uint64)
+    masks = st.lists(st.booleans(), min_size=n, max_size=n)
+    policy = Policy(data.draw(masks), data.draw(masks), data.draw(masks))
+    return Call(vma, start, end, src, dst, policy)
+
+
+# ============================================================================ running both
+@dataclass
+class Outcome:
+    ret: int
+    src: list[int]
+    dst: list[int]
+    calls: list[tuple[str, list[int], list[int]]]
+    state: naive.Model
+    mig: naive.Migrate | None = None
+
+
+def run_model(m: me.Machine, call: Call) -> Outcome:
+    md = naive.snapshot(m)
+    pol = Policy(call.policy.want, call.policy.device, call.policy.error)
+    src = [int(x) for x in call.src]
+    dst = [int(x) for x in call.dst]
+    ret, mig = naive.migrate_vma(
+        md, pol.model_ops(md), call.vma.index, call.start, call.end, src, dst
+    )
+    return Outcome(ret, src, dst, pol.calls, md, mig)
+
+
+def describe(md: naive.Model, mig: naive.Migrate | None) -> None:
+    """Hypothesis statistics: where the call returned and what it moved."""
+    event(f"{md.profile}: returned after {mig.stage if mig else 'EINVAL'}")
+    if mig is None:
+        return
+    for note in mig.notes:
+        event(f"{md.profile}: {note}")
+    if mig.stage != "done":
+        return
+    lay = md.layout
+    pairs = zip(mig.src, mig.dst, strict=True)
+    moved = sum(1 for s, d in pairs if s & lay["MIGRATE"] and d & lay["VALID"])
+    event(f"{md.profile}: slots migrated {'0' if not moved else '1-3' if moved < 4 else '4+'}")
+
+
+def run_engine(m: me.Machine, call: Call) -> Outcome:
+    pol = Policy(call.policy.want, call.policy.device, call.policy.error)
+    src, dst = call.src.copy(), call.dst.copy()
+    try:
+        ret = me.migrate_vma(pol.engine_ops(m), call.vma, call.start, call.end, src, dst)
+    except me.MigrateError as exc:
+        assert exc.errno == 22
+        ret = naive.EINVAL
+    return Outcome(ret, [int(x) for x in src], [int(x) for x in dst], pol.calls, naive.snapshot(m))
+
+
+def compare(want: Outcome, got: Outcome) -> None:
+    """Each aspect on its own line, so Hypothesis reports distinct disagreements apart."""
+    d = naive.differences(want.state, got.state).found
+    assert want.ret == got.ret, f"return value: model {want.ret}, engine {got.ret}"
+    assert [c[0] for c in want.calls] == [c[0] for c in got.calls], "callbacks called"
+    assert want.calls == got.calls, "arrays seen by the callbacks"
+    assert want.src == got.src, f"src: {naive._first(want.src, got.src)}"
+    assert want.dst == got.dst, f"dst: {naive._first(want.dst, got.dst)}"
+    assert "pte" not in d and "pmd" not in d, f"page tables: {d}"
+    assert not {k: v for k, v in d.items() if k.startswith("page.")}, f"struct pages: {d}"
+    assert "free_ram" not in d and "free_dev" not in d, f"free lists: {d}"
+    assert "pagevec" not in d, f"LRU-add batches: {d}"
+    assert "data" not in d, f"frame contents: {d}"
+    assert "mirror" not in d and "pcache" not in d and "swap_map" not in d, f"tables: {d}"
+    counters = {k: v for k, v in d.items() if k.startswith("counter.") and "tlb" not in k}
+    assert not counters, f"counters: {counters}"
+    assert "counter.tlb_flush" not in d, f"TLB flushes: {d['counter.tlb_flush']}"
+    assert not d, f"anything else: {d}"
+
+
+# ============================================================================ the properties
+@pytest.mark.parametrize("profile", PROFILES)
+@SETTINGS
+@given(data=st.data())
+def test_engine_matches_reference_model(make_machine, profile, data):
+    """4.14 / v25-14 migrate_vma(), every pass: collect, prepare, unmap, pages,
+    finalize, and the driver's argument checks, against the Python model."""
+    w = build_world(data, make_machine, profile, hostile=False)
+    call = draw_call(data, w)
+    want = run_model(w.m, call)
+    describe(want.state, want.mig)
+    got = run_engine(w.m, call)
+    compare(want, got)
+    w.m.check()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@SETTINGS
+@given(data=st.data())
+def test_early_returns_match_reference_model(make_machine, profile, data):
+    """migrate_vma(): 'if (!migrate.cpages) return 0' after collect, prepare and
+    unmap - no callback runs for nothing. Mostly pinned/locked/isolated pages, so
+    the early returns are common; the model and the engine must call the same
+    callbacks (none, or both)."""
+    w = build_world(data, make_machine, profile, hostile=True)
+    call = draw_call(data, w)
+    want = run_model(w.m, call)
+    describe(want.state, want.mig)
+    got = run_engine(w.m, call)
+    assert [c[0] for c in want.calls] == [c[0] for c in got.calls], "callbacks called"
+    assert want.ret == got.ret and want.src == got.src, "outcome of the early return"
+    compare(want, got)
+    w.m.check()
