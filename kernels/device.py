@@ -108,10 +108,19 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     and ``dst = pfn | VALID | LOCKED`` plus WRITE when the source had it.
     A failed allocation leaves ``dst = 0``: that page stays where it is.
     """
+    _alloc_and_copy(state, True, src, dst, start, end, private)
+
+
+@njit(cache=True, nogil=True)
+def _alloc_and_copy(state, to_device, src, dst, start, end, private):
+    """Allocate destinations for one direction, then copy them in one engine batch."""
     npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
     sp = np.empty(npages, np.int64)
     dp = np.empty(npages, np.int64)
-    n = _alloc_device_pages(state, src, dst, npages, private, sp, dp)
+    if to_device:
+        n = _alloc_device_pages(state, src, dst, npages, private, sp, dp)
+    else:
+        n = _alloc_system_pages(state, src, dst, npages, private, sp, dp)
     _copy_pairs(state, sp, dp, n, private)
 
 
@@ -167,11 +176,7 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     allocation fails and the slot carries MIGRATE_PFN_DEVICE (hmm-v25), the
     driver writes ``dst = MIGRATE_PFN_ERROR``, as migrate.h requires of it.
     """
-    npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
-    sp = np.empty(npages, np.int64)
-    dp = np.empty(npages, np.int64)
-    n = _alloc_system_pages(state, src, dst, npages, private, sp, dp)
-    _copy_pairs(state, sp, dp, n, private)
+    _alloc_and_copy(state, False, src, dst, start, end, private)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -222,38 +227,40 @@ def _count_moved(lay, src, dst, npages):
 
 
 @njit(cache=True, nogil=True)
-def migrate_vma_to_device(state, vma_index, start, end, src, dst, private):
-    """migrate_vma() with the device's ops, all compiled and cached.
+def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
+    """migrate_vma() with the device's own callbacks for one direction.
 
-    Returns 0 or -EINVAL, like migrate_vma()."""
+    Called directly rather than through callback arguments, so it stays cached.
+    Returns -EINVAL, or the slots that kept VALID and MIGRATE with a destination
+    after the pages pass (dmirror's cpages for MIGRATE_TO_SYS).
+    """
     cpages = migrate_vma_setup(state, vma_index, start, end, src, dst)
     if cpages <= 0:
         return min(cpages, 0)
     ps = state.sys[L.SYS_PAGE_SIZE]
     start -= start % ps
     end -= end % ps
-    device_alloc_and_copy(state, vma_index, src, dst, start, end, private)
+    _alloc_and_copy(state, to_device, src, dst, start, end, private)
     migrate_vma_pages(state, vma_index, start, end, src, dst)
-    device_finalize_and_map(state, vma_index, src, dst, start, end, private)
+    moved = _count_moved(state.layout, src, dst, (end - start) // ps)
+    if to_device:
+        device_finalize_and_map(state, vma_index, src, dst, start, end, private)
+    else:
+        system_finalize_and_map(state, vma_index, src, dst, start, end, private)
     migrate_vma_finalize(state, vma_index, start, end, src, dst)
-    return 0
+    return moved
+
+
+@njit(cache=True, nogil=True)
+def migrate_vma_to_device(state, vma_index, start, end, src, dst, private):
+    """migrate_vma() with the device's ops, all compiled and cached: 0 or -EINVAL."""
+    return min(_run_driver(state, True, vma_index, start, end, src, dst, private), 0)
 
 
 @njit(cache=True, nogil=True)
 def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device-to-system routine; returns pages moved or -EINVAL."""
-    cpages = migrate_vma_setup(state, vma_index, start, end, src, dst)
-    if cpages <= 0:
-        return min(cpages, 0)
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    start -= start % ps
-    end -= end % ps
-    system_alloc_and_copy(state, vma_index, src, dst, start, end, private)
-    migrate_vma_pages(state, vma_index, start, end, src, dst)
-    moved = _count_moved(state.layout, src, dst, (end - start) // ps)
-    system_finalize_and_map(state, vma_index, src, dst, start, end, private)
-    migrate_vma_finalize(state, vma_index, start, end, src, dst)
-    return moved
+    return _run_driver(state, False, vma_index, start, end, src, dst, private)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
