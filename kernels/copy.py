@@ -174,6 +174,13 @@ def _declare_thread_fn(builder, name, ret, args):
     return cgutils.get_or_insert_function(builder.module, fnty, name)
 
 
+# The by-name declarations below resolve only once numba's threading layer is loaded.
+# Typing launches it, but a cache load types nothing: a cached engine_copy called
+# first in a process would jump to address 0. Launching it here costs ~10 ms and
+# compiles nothing.
+numba.get_num_threads()
+
+
 @intrinsic
 def _get_thread_count(typingctx):
     """_get_thread_count() - numba's current (thread-local) parallel thread count."""

@@ -263,6 +263,10 @@ def pass_steps(workload: Workload) -> list[tuple[str, Callable[[], object]]]:
     """
     from migengine.kernels import collect, device, finalize, pages, prepare, unmap
 
+    # Workaround: a cache-loaded device_alloc_and_copy called before numba's
+    # threading layer is up crashes (its copy engine names the layer's
+    # get_num_threads symbol); launching the layer first avoids it.
+    numba.get_num_threads()
     st = workload.machine.state
     v, start, end, n = workload.vma.index, workload.vma.start, workload.vma.end, workload.pages
     src = np.zeros(n, np.uint64)

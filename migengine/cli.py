@@ -96,11 +96,21 @@ def _build_parser() -> _Parser:
         type=_chunk_list,
         default=list(bench.DEFAULT_CHUNKS),
         metavar="N,N,...",
-        help="copy chunk sizes in pages (default %(default)s)",
+        help="copy chunk sizes in pages (default "
+        + ",".join(str(c) for c in bench.DEFAULT_CHUNKS)
+        + ")",
     )
-    b.add_argument("--out", default="migengine-bench", metavar="DIR", help="output directory")
     b.add_argument(
-        "--repeat", type=_int_in(1), default=bench.DEFAULT_REPEAT, help="repetitions (best of)"
+        "--out",
+        default="migengine-bench",
+        metavar="DIR",
+        help="output directory (default %(default)s)",
+    )
+    b.add_argument(
+        "--repeat",
+        type=_int_in(1),
+        default=bench.DEFAULT_REPEAT,
+        help="repetitions; each figure is the best (default %(default)s)",
     )
     b.add_argument(
         "--fragmentation",

@@ -388,7 +388,9 @@ def split_huge_page(md: Model, head: int) -> bool:
     Fails (-EBUSY) when anything beyond the PMD mappings and the caller holds a
     reference. Otherwise every PMD mapping becomes 512 PTEs, each subpage holds one
     reference per mapping, inherits LRU/dirty/mlocked, mapping and index; the head
-    keeps the lock and the caller's reference.
+    keeps the lock and the caller's reference. The new PTEs follow the simulator's
+    convention for writable anonymous PTEs (dirty); 4.14 re-creates them through
+    migration entries, clean, with PG_dirty on the pages. Nothing reads that bit.
     """
     hp = md.pages[head]
     if hp.ref - 1 != hp.map:
@@ -610,6 +612,7 @@ def _prepare_seed(md: Model, mig: Migrate) -> None:
         else:
             mig.src[i] |= lay["LOCKED"]
             if not md.has(page, PG_LRU) and allow_drain:
+                mig.notes.add("prepare: lru_add_drain_all()")
                 md.lru_add_drain_all()
                 allow_drain = False
             if not md.isolate_lru_page(page):
@@ -654,6 +657,7 @@ def _prepare_4_14(md: Model, mig: Migrate) -> None:
         device = md.device_private(page)
         if not device:  # ZONE_DEVICE pages are never on an LRU
             if not md.has(page, PG_LRU) and allow_drain:
+                mig.notes.add("prepare: lru_add_drain_all()")
                 md.lru_add_drain_all()
                 allow_drain = False
             if not md.isolate_lru_page(page):
@@ -701,6 +705,8 @@ def _prepare_4_14(md: Model, mig: Migrate) -> None:
 
 def prepare(md: Model, mig: Migrate) -> None:
     """migrate_vma_prepare(): lock, isolate from the LRU, check for pins."""
+    if md.pagevec[CPU_DRIVER]:
+        mig.notes.add("prepare: local drain of the driver CPU's batch")
     md.lru_add_drain(CPU_DRIVER)  # local: the driver's CPU only
     if md.hmm:
         _prepare_4_14(md, mig)

@@ -11,6 +11,7 @@ must agree, and so must the callbacks the two sides called.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,8 @@ ERROR_SLOT = -2  # Policy.choose(): write MIGRATE_PFN_ERROR
 PS = 64  # the smallest page: a THP extent (512 pages) stays cheap
 SETTINGS = settings(
     deadline=None,
-    max_examples=100,
+    # REFMODEL_EXAMPLES=2000 for a long local hunt; the default keeps CI fast.
+    max_examples=int(os.environ.get("REFMODEL_EXAMPLES", "100")),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -156,28 +158,16 @@ def _mapped_pfn(w: World, vma: me.Vma, addr: int) -> int:
     return -1
 
 
+# What the outside world may do between mmap() and the migrate_vma() under test.
+OPERATIONS = (
+    *("populate", "populate", "read", "write", "write", "fork", "swap", "drain"),
+    *("pin", "unpin", "lock", "isolate", "to_device", "to_device", "migrate", "fail_alloc"),
+)
+
+
 def _operation(data: st.DataObject, w: World) -> None:
     """One random thing the outside world does to the machine."""
-    op = data.draw(
-        st.sampled_from(
-            [
-                "populate",
-                "populate",
-                "read",
-                "write",
-                "write",
-                "fork",
-                "swap",
-                "pin",
-                "lock",
-                "isolate",
-                "to_device",
-                "to_device",
-                "drain",
-                "unpin",
-            ]
-        )
-    )
+    op = data.draw(st.sampled_from(OPERATIONS))
     m = w.m
     vma, addr = _page_addr(data, w)
     p = vma.process
@@ -201,6 +191,14 @@ def _operation(data: st.DataObject, w: World) -> None:
         m.device.migrate_to_device(p, vma.start + lo * PS, vma.start + (lo + n) * PS)
     elif op == "drain":
         m.lru_add_drain_all()
+    elif op == "fail_alloc":  # the next device fault cannot allocate: SIGBUS, entry kept
+        m.device.fail_alloc(data.draw(st.integers(1, 2)))
+        p.read(addr, 1)
+    elif op == "migrate":  # another driver's migrate_vma(): the system pages it
+        call = draw_call(data, w)  # inserts wait in the driver CPU's LRU-add batch
+        me.migrate_vma(
+            call.policy.engine_ops(m), call.vma, call.start, call.end, call.src, call.dst
+        )
     elif op in ("pin", "lock", "isolate", "unpin"):
         pfn = _mapped_pfn(w, vma, addr)
         if pfn > 0:
@@ -439,6 +437,30 @@ def test_thp_collect_matches_reference_model(make_machine, profile, setup):
     want = run_model(m, call)
     got = run_engine(m, call)
     compare(want, got)
+
+
+def test_prepare_drains_the_driver_cpu_batch_locally(make_machine):
+    """4.14 prepare: lru_add_drain() runs on the driver's CPU. Pages that an earlier
+    migrate_vma() inserted on holes sit in that CPU's LRU-add batch
+    (lru_cache_add_active_or_unevictable), so the local drain puts them on the LRU
+    and no lru_add_drain_all() is needed to isolate them."""
+    m = make_machine(24, 8, page_size=PS, profile="hmm-v25")
+    p = m.new_process()
+    v = p.mmap(4)
+    n = v.npages + 2
+    fill = Policy([True] * n, [False] * n, [False] * n)  # holes -> new system pages
+    src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+    me.migrate_vma(fill.engine_ops(m), v, v.start, v.end, src, dst)
+    inserted = [p.translate(v.start + k * PS).pfn for k in range(v.npages)]
+    assert all(m.page(pfn).pagevec for pfn in inserted)
+    drains = m.counters["lru_add_drain_all"]
+    to_device = Policy([True] * n, [True] * n, [False] * n)
+    call = Call(v, v.start, v.end, src.copy(), dst.copy(), to_device)
+    want = run_model(m, call)
+    got = run_engine(m, call)
+    compare(want, got)
+    assert m.counters["lru_add_drain_all"] == drains
+    assert all(p.translate(v.start + k * PS).kind == "device" for k in range(v.npages))
 
 
 # ============================================================================ disagreements
