@@ -36,10 +36,10 @@ import time
 import numba
 import numpy as np
 import pytest
-from migengine.kernels import copy as kc
 from numba import njit, prange
 
 from migengine.copyengine import CopyEngine
+from migengine.kernels import copy as kc
 
 PAGE_SIZE = 4096
 CHUNKS = (1, 4, 16, 64, 512)

@@ -17,11 +17,14 @@ _STAMP = "migengine-kernels.stamp"
 
 
 def _cache_dir() -> Path:
-    # numba writes next to the sources unless NUMBA_CACHE_DIR redirects it.
+    """The directory numba caches these modules in (its own locator's rule)."""
     root = os.environ.get("NUMBA_CACHE_DIR")
-    if root:
-        return Path(root)
-    return _HERE / "__pycache__"
+    if not root:
+        return _HERE / "__pycache__"
+    from numba.core.caching import UserProvidedCacheLocator
+
+    # A subdirectory per source directory: only the kernels' own cache files.
+    return Path(root) / UserProvidedCacheLocator.get_suitable_cache_subpath(str(_HERE / "mm.py"))
 
 
 def _source_digest() -> str:
@@ -44,7 +47,7 @@ def ensure_coherent_cache() -> None:
         pass
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        for path in cache.rglob("*"):
+        for path in cache.glob("*"):
             if path.suffix in (".nbi", ".nbc") and path.name.split(".")[0] in _module_names():
                 path.unlink(missing_ok=True)
         stamp.write_text(digest)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from migengine.kernels import copy as kcopy
-from migengine.kernels.clock import now_ns
 from numba import njit
 from numba.core.errors import TypingError
 
 from migengine.copyengine import CopyEngine
+from migengine.kernels import copy as kcopy
+from migengine.kernels.clock import now_ns
 
 PS = 4096
 

@@ -148,7 +148,7 @@ def test_user_driver_skips_pages_already_on_the_device(make_machine, profile):
 
 
 # ----------------------------------------------------------------------------- argument checks
-@njit
+@njit  # not cached: it passes callbacks to kernels.migrate_vma (compiled once per process)
 def _every_entry_point(state, v, start, end, src, dst, log):
     """Each migrate entry point with the same arguments, from user code."""
     return (
@@ -160,12 +160,12 @@ def _every_entry_point(state, v, start, end, src, dst, log):
     )
 
 
-@njit
+@njit(cache=True)
 def _count_alloc(state, vma_index, src, dst, start, end, log):
     log[0] += 1
 
 
-@njit
+@njit(cache=True)
 def _count_finalize(state, vma_index, src, dst, start, end, log):
     log[1] += 1
 
@@ -212,7 +212,7 @@ def test_every_entry_point_returns_einval_and_changes_nothing(make_machine, prof
 
 
 # ----------------------------------------------------------------------------- callbacks
-@njit
+@njit(cache=True)
 def _system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """A user callback: move every collected page with data to a fresh RAM page
     (a NUMA-style CPU-to-CPU migration). ``private`` is the user's log array."""
@@ -228,7 +228,7 @@ def _system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
         private[2] += 1
 
 
-@njit
+@njit(cache=True)
 def _record_finalize(state, vma_index, src, dst, start, end, private):
     private[1] += 1
     lay = state.layout
@@ -338,7 +338,7 @@ def test_device_callbacks_through_kernels_migrate_vma(make_machine, profile):
 
 
 # ----------------------------------------------------------------------------- CPU side
-@njit
+@njit(cache=True)
 def _cpu_session(state, pid, addr, payload, out):
     """Write, translate, read back, from user code."""
     wrote = kernels.cpu_write(state, pid, addr, payload)
@@ -364,7 +364,7 @@ def test_cpu_write_read_translate_from_njit(make_machine, profile):
     assert p.read(addr, payload.size) == payload.tobytes()
 
 
-@njit
+@njit(cache=True)
 def _read_status(state, pid, addr, n):
     buf = np.zeros(n, np.uint8)
     status = kernels.cpu_read(state, pid, addr, buf)
@@ -396,7 +396,7 @@ def test_cpu_faults_outside_vmas_and_against_prot_are_segv(make_machine, profile
     assert read == L.FAULT_OK and not out.any()  # reading it is allowed: the zero page
 
 
-@njit
+@njit(cache=True)
 def _touch_device_page(state, pid, v, addr, buf):
     """Migrate one page to the device, then read it from the CPU."""
     src = np.zeros(1, np.uint64)
@@ -438,7 +438,7 @@ def test_cpu_read_of_device_page_is_sigbus_when_fault_back_fails(make_machine):
 
 
 # ----------------------------------------------------------------------------- helpers
-@njit
+@njit(cache=True)
 def _helpers(state, src_pfn):
     """alloc_page / copy_page / migrate_pfn / mpfn_to_pfn / unlock_page / put_page."""
     lay = state.layout
@@ -452,7 +452,7 @@ def _helpers(state, src_pfn):
     return a, mpfn, back, no_valid, locked, refs
 
 
-@njit
+@njit(cache=True)
 def _release(state, pfn):
     kernels.unlock_page(state, pfn)
     kernels.put_page(state, pfn)
@@ -486,7 +486,7 @@ def test_alloc_page_returns_minus_one_when_memory_is_exhausted(make_machine, pro
 
 
 # ----------------------------------------------------------------------------- the device
-@njit
+@njit(cache=True)
 def _device_lifecycle(state, pid, v, start, end):
     """find_vma, populate, migrate_to_device, migrate_vma_to_system,
     migrate_to_system and evict, all from one user function."""
@@ -517,12 +517,12 @@ def test_device_lifecycle_from_njit(make_machine, profile):
     assert all(p.translate(vma.start + i * PS).pfn < m.ram_pages for i in range(4))
 
 
-@njit
+@njit(cache=True)
 def _fault_and_resolve(state, v, addr, write):
     return kernels.handle_mm_fault(state, v, addr, write)
 
 
-@njit
+@njit(cache=True)
 def _device_fault(state, v, addr):
     return kernels.device_fault(state, v, addr)
 
@@ -598,9 +598,11 @@ def test_docs_show_the_tested_driver():
     assert driver in DOC.read_text()
 
 
-def test_user_driver_loads_from_cache_in_a_new_process(make_machine):
-    """The split form needs no callbacks, so a driver written in numba caches: a
-    second process loads copy_to_device without compiling it."""
+def test_a_new_process_runs_cached_and_fresh_user_code(make_machine):
+    """A second process: a new @njit function passing the device's callbacks to
+    kernels.migrate_vma compiles and runs against the cached kernels (it must
+    not need anything the first process set up), and the split-form driver,
+    which takes no callbacks, loads from the cache without compiling."""
     m, p, vma, _ = _machine_with_data(make_machine, "hmm-v25", 4, 4)
     src = np.zeros(4, np.uint64)
     dst = np.zeros(4, np.uint64)
@@ -609,16 +611,27 @@ def test_user_driver_loads_from_cache_in_a_new_process(make_machine):
 import json, sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 import numpy as np, migengine as me
+from numba import njit
+from migengine import kernels
 from test_embedding import copy_to_device
-m = me.Machine(64, 16); p = m.new_process(); v = p.mmap(4); p.populate(v.start, v.end)
+
+@njit
+def fresh(state, v, start, end, src, dst):
+    return kernels.migrate_vma(state, kernels.device_alloc_and_copy,
+                               kernels.device_finalize_and_map, v, start, end, src, dst, 0)
+
+m = me.Machine(64, 16); p = m.new_process(); v = p.mmap(8); p.populate(v.start, v.end)
 src = np.zeros(4, np.uint64); dst = np.zeros(4, np.uint64)
-moved = copy_to_device(m.state, v.index, v.start, v.end, src, dst, 4)
+ret = fresh(m.state, v.index, v.start, v.start + 4 * 4096, src, dst)
+moved = copy_to_device(m.state, v.index, v.start + 4 * 4096, v.end, src, dst, 4)
+kinds = [p.translate(v.start + i * 4096).kind for i in range(8)]
 st = copy_to_device.stats
-print(json.dumps([moved, sum(st.cache_hits.values()), sum(st.cache_misses.values())]))
+print(json.dumps([ret, moved, kinds, sum(st.cache_hits.values()), sum(st.cache_misses.values())]))
 """
     out = subprocess.run(
-        [sys.executable, "-c", child], capture_output=True, text=True, env=os.environ, timeout=600
+        [sys.executable, "-c", child], capture_output=True, text=True, env=os.environ, timeout=900
     )
-    assert out.returncode == 0, out.stderr
-    moved, hits, misses = json.loads(out.stdout.strip().splitlines()[-1])
-    assert (moved, hits, misses) == (4, 1, 0)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ret, moved, kinds, hits, misses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (ret, moved, kinds) == (0, 4, ["device"] * 8)
+    assert (hits, misses) == (1, 0)
