@@ -37,7 +37,11 @@ def log_threading_layer() -> None:
     try:
         layer = numba.threading_layer()
     except ValueError:
-        return  # no parallel region has run yet
+        # No parallel region yet. Say so once rather than paying for this
+        # exception on every small (serial-copy) migration.
+        _threading_logged = True
+        log.debug("numba threading layer not started yet (only serial copies so far)")
+        return
     _threading_logged = True
     log.info("numba threading layer: %s, %d threads", layer, numba.get_num_threads())
     if layer == "workqueue":

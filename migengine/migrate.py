@@ -86,7 +86,7 @@ def migrate_vma(
     npages = _check_range(vma, s, e)
     src = mpfn_array(src, "src", npages)
     dst = mpfn_array(dst, "dst", npages)
-    if np.shares_memory(src, dst):
+    if np.may_share_memory(src, dst):
         raise ValueError("src and dst must not overlap")
     m = vma.process.machine
     if ops is m.device.ops:
