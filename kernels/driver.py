@@ -29,8 +29,8 @@ def alloc_page(state, device):
     pfn = mm.alloc_frame(state, device)
     if pfn >= 0:
         mm.trylock_page(state, pfn)
-        if device and mm.is_zone_device(state, pfn):
-            state.counters[L.C_DEVICE_CALLOC] += 1
+        if device:
+            state.counters[L.C_DEVICE_CALLOC] += 1  # as free_frame() counts cfree
     return pfn
 
 

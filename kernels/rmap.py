@@ -20,8 +20,8 @@ def try_to_unmap(st, pfn):
     migration entry with the same write permission, dropping each mapping's
     mapcount and reference. Mlock is ignored, so it never leaves a mapping.
     """
+    counters = st.counters
     slot = st.page["rmap"][pfn]
-    flushed = False
     while slot != -1:
         pte = st.pte[slot]
         kind = mm.pte_kind(pte)
@@ -29,10 +29,9 @@ def try_to_unmap(st, pfn):
             st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, mm.pte_write(pte))
             st.page["mapcount"][pfn] -= 1
             mm.put_page(st, pfn)
-            flushed = flushed or kind == L.PTE_PRESENT
+            if kind == L.PTE_PRESENT:
+                counters[L.C_TLB_FLUSH] += 1  # ptep_clear_flush() in try_to_unmap_one()
         slot = st.pte_next[slot]
-    if flushed:
-        st.counters[L.C_TLB_FLUSH] += 1
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")

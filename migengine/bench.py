@@ -104,15 +104,7 @@ _NOT_SNAPSHOTTED = ("data", "swap_data", "engine")
 PASSES = ("collect", "prepare", "unmap", "alloc_and_copy", "pages", "finalize_and_map", "finalize")
 _GB = 1e9
 # CopyEngine attributes recorded in the metadata (chunk_pages varies per record).
-_ENGINE_PARAMS = (
-    "channels",
-    "setup_ns",
-    "gbps",
-    "threads",
-    "model",
-    "curve_b",
-    "parallel_min_bytes",
-)
+_ENGINE_PARAMS = tuple(f for f in CopyEngine._FIELDS if f != "chunk_pages")
 
 
 # --------------------------------------------------------------------- workload
