@@ -68,7 +68,7 @@ def split_huge_page(st, head, caller_refs):
         st.page["mapcount"][pfn] = nmaps
         st.page["refcount"][pfn] = nmaps
         st.page["rmap"][pfn] = -1
-    mm.set_flag(st, head, flags & L.PG_LOCKED)
+    mm.set_flag(st, head, flags & (L.PG_LOCKED | L.PG_EXT_LOCKED))
     st.page["refcount"][head] += caller_refs
     while node != -1:
         nxt = st.pte_next[node]

@@ -393,7 +393,9 @@ def swap_out(state, vma_index, addr):
     ps = state.sys[L.SYS_PAGE_SIZE]
     pmd_i = mm.pmd_slot(state, vma_index, addr)
     if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_THP:
-        if split_huge_page(state, mm.pte_pfn(state.pmd[pmd_i]), 0) != 0:
+        head = mm.pte_pfn(state.pmd[pmd_i])
+        # Reclaim trylocks a page before splitting it, and skips one it cannot lock.
+        if mm.has_flag(state, head, L.PG_LOCKED) or split_huge_page(state, head, 0) != 0:
             return -L.EBUSY
     slot = mm.pte_slot(state, vma_index, addr)
     pte = state.pte[slot]

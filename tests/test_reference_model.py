@@ -229,6 +229,7 @@ def build_world(data: st.DataObject, make_machine: Any, profile: str, hostile: b
             pass  # refused by the machine (segfault, OOM, not pinnable...): state unchanged
     if hostile:
         _make_hostile(data, w)
+    w.m.check()  # the state before migrate_vma(): a failure here is not the passes'
     return w
 
 
@@ -516,3 +517,23 @@ def test_device_pages_from_alloc_page_are_counted_like_they_are_freed(make_machi
     assert p.translate(v.start).pfn < m.ram_pages  # and back: the device page was freed
     assert m.device.counters["cfree"] == 1
     assert m.device.counters["calloc"] == m.device.counters["cfree"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_swap_out_leaves_a_thp_locked_by_someone_else_alone(make_machine, profile):
+    """shrink_page_list(): reclaim trylock_page()s a page before it splits a THP
+    (split_huge_page() needs the page lock) and keeps a page someone else has
+    locked. Found by the reference-model property test while building states: the
+    engine split the THP anyway, then failed with EBUSY, and the split turned the
+    other thread's lock into a lock nobody owns (m.check(): page left locked)."""
+    m = make_machine(1100, 0, page_size=PS, profile=profile)
+    p = m.new_process()
+    v = p.mmap(naive.HPAGE_NR, thp=True)
+    p.populate(v.start, v.end, write=True)
+    head = p.translate(v.start).pfn
+    m.lock_page(head)
+    with pytest.raises(ValueError, match="locked"):
+        p.swap_out(v.start)
+    assert p.translate(v.start).huge  # EBUSY: nothing changed, still PMD-mapped
+    m.check()
+    m.unlock_page(head)  # the lock is still the other thread's to drop
