@@ -11,7 +11,6 @@ from . import layout as L
 from . import mm
 from .copy import memcpy_bytes
 from .device import find_vma
-from .huge_memory import split_huge_page  # noqa: F401  (re-exported for drivers)
 from .memory import access_vm
 
 # translate() kinds, in Pte.kind order.

@@ -18,7 +18,15 @@ drains when a 16th is added, CPU 0 takes user faults and CPU 1 runs the driver,
 putback_lru_page() puts a page straight on the LRU, a free device-private page
 holds one reference in hmm-v25 (page_free when a put brings it back to 1), the
 allocator pops the top of a LIFO free stack and frees push onto it, and a
-migration entry stays on its page's reverse-map chain until it is removed.
+migration entry stays on its page's reverse-map chain until it is removed. The
+simulator's own bookkeeping is modelled as it documents it: vmstat-like counters
+(pgmigrate_success per page moved, pgmigrate_fail per destination offered in
+vain, migrate_vma_calls/collected, one tlb_flush per flush operation, the
+device's calloc/cfree for every device frame handed out/returned) and the device
+mirror forgetting a slot whose device page moved away.
+
+Deliberate deviation: 4.14 leaks the THP reference when the trylock in collect
+fails; like the simulator, the model drops it so that the invariants hold.
 
 Use :func:`snapshot` to build a :class:`Model` from a machine, :func:`migrate_vma`
 to run the passes on it, and :func:`differences` to compare two models.
@@ -26,7 +34,6 @@ to run the passes on it, and :func:`differences` to compare two models.
 
 from __future__ import annotations
 
-import copy as _copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,9 +120,6 @@ class Model:
     @property
     def hmm(self) -> bool:
         return self.profile == "hmm-v25"
-
-    def clone(self) -> Model:
-        return _copy.deepcopy(self)
 
     # ------------------------------------------------------------ MIGRATE_PFN words
     def mpfn(self, pfn: int) -> int:

@@ -26,11 +26,11 @@ import migengine as me
 PROFILES = ("hmm-v25", "seed")
 ERROR_SLOT = -2  # Policy.choose(): write MIGRATE_PFN_ERROR
 PS = 64  # the smallest page: a THP extent (512 pages) stays cheap
+_EXAMPLES = os.environ.get("REFMODEL_EXAMPLES")  # e.g. 4000 for a long local hunt
 SETTINGS = settings(
     deadline=None,
-    # REFMODEL_EXAMPLES=2000 for a long local hunt; the default keeps CI fast.
-    max_examples=int(os.environ.get("REFMODEL_EXAMPLES", "100")),
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    **({"max_examples": int(_EXAMPLES)} if _EXAMPLES else {}),  # else conftest's profile
 )
 
 
@@ -269,7 +269,7 @@ def draw_call(data: st.DataObject, w: World) -> Call:
     if data.draw(st.booleans(), label="sub-range"):
         lo = data.draw(st.integers(0, vma.npages - 1), label="first page")
         hi = data.draw(st.integers(lo + 1, vma.npages), label="end page")
-    shape = data.draw(st.sampled_from(["ok"] * 8 + ["before", "after", "empty"]), label="range")
+    shape = data.draw(st.sampled_from(["ok"] * 12 + ["before", "after", "empty"]), label="range")
     # The kernel rounds both ends down to a page, so sub-page offsets change nothing.
     start = vma.start + lo * PS + data.draw(st.sampled_from([0, 0, 1, PS - 1]))
     end = vma.start + hi * PS + data.draw(st.sampled_from([0, 0, 7, PS - 1]))
@@ -284,9 +284,15 @@ def draw_call(data: st.DataObject, w: World) -> Call:
     junk = data.draw(st.integers(0, 2**40), label="junk") * 4 + 2
     src = np.array([junk + 8 * i for i in range(n)], np.uint64)
     dst = np.array([junk + 16 * i for i in range(n)], np.uint64)
-    masks = st.lists(st.booleans(), min_size=n, max_size=n)
-    policy = Policy(data.draw(masks), data.draw(masks), data.draw(masks))
+    policy = Policy(*(_mask(data, n) for _ in range(3)))
     return Call(vma, start, end, src, dst, policy)
+
+
+def _mask(data: st.DataObject, n: int) -> list[bool]:
+    """A per-slot mask as a repeated short pattern (all, none, every other...): a
+    512-slot THP range costs a few draws instead of 512."""
+    pattern = data.draw(st.lists(st.booleans(), min_size=1, max_size=12))
+    return [pattern[i % len(pattern)] for i in range(n)]
 
 
 # ============================================================================ running both
