@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import pytest
@@ -107,11 +106,7 @@ def test_chunk_sweep(benchmark):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pages", type=int, default=65_536)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--fragmentation", type=float, default=bench.DEFAULT_FRAGMENTATION)
-    args = parser.parse_args()
+    args = bench.script_parser(__doc__).parse_args()
     config = bench.SweepConfig(
         pages=args.pages, repeat=args.repeat, fragmentation=args.fragmentation, passes=True
     )

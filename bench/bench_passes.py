@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 
@@ -90,11 +88,7 @@ def breakdown(pages: int, repeat: int, fragmentation: float) -> dict[str, float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pages", type=int, default=65_536)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--fragmentation", type=float, default=bench.DEFAULT_FRAGMENTATION)
-    args = parser.parse_args()
+    args = bench.script_parser(__doc__).parse_args()
     result = breakdown(args.pages, args.repeat, args.fragmentation)
     info = bench.threading_info()
     print(f"{args.pages:,} pages, best of {args.repeat}, metadata only; {info}")

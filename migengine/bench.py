@@ -690,3 +690,14 @@ def plot_sweep(result: dict[str, Any], path: str | os.PathLike[str]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
+
+
+def script_parser(doc: str) -> Any:
+    """The command line shared by the bench/ scripts that run the built-in workload."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--pages", type=int, default=DEFAULT_PAGES)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--fragmentation", type=float, default=DEFAULT_FRAGMENTATION)
+    return parser
