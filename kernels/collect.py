@@ -5,14 +5,11 @@ unmap while collecting), 16/19 (device-private entries as sources, ``dst = 0`` i
 every slot) and 17/19 (holes and zero-page entries collected as MIGRATE).
 """
 
-import numpy as np
 from numba import njit
 
 from . import layout as L
 from . import mm
 from .huge_memory import split_huge_page, split_huge_pmd_zero
-
-_NO_MPFN = np.uint64(0)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -23,7 +20,7 @@ def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
     ``cpages++`` per page, so the driver may allocate for it (insert-page).
     The Oct 2017 off-by-one (dst of the next slot cleared) is not reproduced.
     """
-    hole_mpfn = _NO_MPFN
+    hole_mpfn = L.MPFN_NONE
     if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
         hole_mpfn = st.layout[L.L_MIGRATE]
     n = mig[L.MIG_NPAGES]
@@ -42,7 +39,7 @@ def migrate_vma_collect_skip(st, src, dst, mig, npages_in_range):
     n = mig[L.MIG_NPAGES]
     for k in range(npages_in_range):
         dst[n + k] = 0
-        src[n + k] = _NO_MPFN
+        src[n + k] = L.MPFN_NONE
     mig[L.MIG_NPAGES] = n + npages_in_range
 
 
@@ -85,15 +82,15 @@ def _collect_pte(st, slot, hmm):
     lay = st.layout
     pte = st.pte[slot]
     kind = mm.pte_kind(pte)
-    hole_mpfn = lay[L.L_MIGRATE] if hmm else _NO_MPFN
-    wbit = lay[L.L_WRITE] if mm.pte_write(pte) else _NO_MPFN
+    hole_mpfn = lay[L.L_MIGRATE] if hmm else L.MPFN_NONE
+    wbit = lay[L.L_WRITE] if mm.pte_write(pte) else L.MPFN_NONE
     if kind == L.PTE_NONE:
         return hole_mpfn, -1, hmm
     pfn = mm.pte_pfn(pte)
     if kind == L.PTE_DEVICE and hmm:
         return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_DEVICE] | wbit, pfn, False
     if kind != L.PTE_PRESENT:
-        return _NO_MPFN, -1, False  # swap, migration and error entries stay put
+        return L.MPFN_NONE, -1, False  # swap, migration and error entries stay put
     if mm.is_zero_pfn(st, pfn):
         return hole_mpfn, -1, hmm
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
@@ -116,7 +113,7 @@ def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
             if st.page["mapping"][pfn] == L.MAPPING_NONE or mm.has_flag(
                 st, pfn, L.PG_HEAD | L.PG_TAIL
             ):
-                mpfn = _NO_MPFN  # no page->mapping, or PageTransCompound()
+                mpfn = L.MPFN_NONE  # no page->mapping, or PageTransCompound()
             else:
                 mm.get_page(st, pfn)
                 mig[L.MIG_CPAGES] += 1

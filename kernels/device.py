@@ -38,8 +38,6 @@ from .migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
 DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
 
-_NO_MPFN = np.uint64(0)
-
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _allocation_fails(st, private):
@@ -139,7 +137,7 @@ def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
     n = 0
     for i in range(npages):
         mpfn = src[i]
-        dst[i] = _NO_MPFN  # the seed's collect leaves dst alone, so a driver writes every slot
+        dst[i] = L.MPFN_NONE  # the seed's collect leaves dst alone, so a driver writes every slot
         if (mpfn & lay[L.L_MIGRATE]) == 0:
             continue
         spfn = mm.mpfn_to_pfn(lay, mpfn)
@@ -194,7 +192,7 @@ def _alloc_system_pages(state, src, dst, npages, private, sp, dp):
     n = 0
     for i in range(npages):
         mpfn = src[i]
-        dst[i] = _NO_MPFN
+        dst[i] = L.MPFN_NONE
         spfn = mm.mpfn_to_pfn(lay, mpfn)
         if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
             continue
@@ -412,7 +410,7 @@ def _fault_alloc_and_copy(state, src, dst):
     """The fault path's copy routine for its single slot (dmirror_devmem_fault_alloc_and_copy)."""
     lay = state.layout
     mpfn = src[0]
-    dst[0] = _NO_MPFN
+    dst[0] = L.MPFN_NONE
     spfn = mm.mpfn_to_pfn(lay, mpfn)
     if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
         return
@@ -440,7 +438,7 @@ def device_fault(state, vma_index, addr):
     addr -= addr % ps
     src = state.fault_mpfn[0:1]
     dst = state.fault_mpfn[1:2]
-    dst[0] = _NO_MPFN
+    dst[0] = L.MPFN_NONE
     if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
         _fault_alloc_and_copy(state, src, dst)
         migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)

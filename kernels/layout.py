@@ -44,6 +44,9 @@ PROFILE_HMM_V25 = 1
 PROFILES = {"seed": PROFILE_SEED, "hmm-v25": PROFILE_HMM_V25}
 LAYOUTS = {PROFILE_SEED: SEED_LAYOUT, PROFILE_HMM_V25: HMM_V25_LAYOUT}
 
+# An mpfn with no flag set: no page, not migrating.
+MPFN_NONE = U64(0)
+
 # Indices into state.layout.
 L_VALID, L_MIGRATE, L_LOCKED, L_WRITE, L_DEVICE, L_ERROR, L_SHIFT = range(7)
 

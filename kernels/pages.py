@@ -6,13 +6,10 @@ no hole insertion; ``hmm-v25`` clears MIGRATE on slots without a destination
 refuses page-cache pages for a device-private destination (16/19).
 """
 
-import numpy as np
 from numba import njit
 
 from . import layout as L
 from . import mm
-
-_NO_MPFN = np.uint64(0)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")

@@ -6,14 +6,11 @@ already locked and unmapped by collect are restored ("remapped") on failure,
 and ZONE_DEVICE pages skip the LRU steps.
 """
 
-import numpy as np
 from numba import njit
 
 from . import layout as L
 from . import mm
 from .rmap import remove_migration_pte
-
-_NO_MPFN = np.uint64(0)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -51,7 +48,7 @@ def _prepare_seed(st, src, mig):
             continue
         k = i - 1
         if not mm.trylock_page(st, pfn):
-            src[k] = _NO_MPFN  # best effort: back off rather than risk an ABBA deadlock
+            src[k] = L.MPFN_NONE  # best effort: back off rather than risk an ABBA deadlock
             mig[L.MIG_CPAGES] -= 1
             mm.put_page(st, pfn)
             continue
@@ -60,7 +57,7 @@ def _prepare_seed(st, src, mig):
             mm.lru_add_drain_all(st)
             allow_drain = False
         if mm.isolate_lru_page(st, pfn) != 0:
-            src[k] = _NO_MPFN
+            src[k] = L.MPFN_NONE
             mm.unlock_page(st, pfn)
             mig[L.MIG_CPAGES] -= 1
             mm.put_page(st, pfn)
@@ -71,7 +68,7 @@ def _prepare_seed(st, src, mig):
         # comments describe and as 4.14 does.
         mm.put_page(st, pfn)
         if not migrate_vma_check_page(st, pfn):
-            src[k] = _NO_MPFN
+            src[k] = L.MPFN_NONE
             mm.unlock_page(st, pfn)
             mig[L.MIG_CPAGES] -= 1
             mm.putback_lru_page(st, pfn)
@@ -85,7 +82,7 @@ def _drop(st, src, k, pfn, mig, remap):
     if remap:
         src[k] &= ~lay[L.L_MIGRATE]
         return 1
-    src[k] = _NO_MPFN
+    src[k] = L.MPFN_NONE
     mm.unlock_page(st, pfn)
     return 0
 
@@ -106,7 +103,7 @@ def _prepare_hmm(st, v, src, mig):
         remap = True
         if (src[k] & lay[L.L_LOCKED]) == 0:
             if not mm.trylock_page(st, pfn):
-                src[k] = _NO_MPFN
+                src[k] = L.MPFN_NONE
                 mig[L.MIG_CPAGES] -= 1
                 mm.put_page(st, pfn)
                 continue
@@ -147,7 +144,7 @@ def _restore_remapped(st, v, src, mig, restore):
         pfn = mm.mpfn_to_pfn(lay, src[i])
         if pfn >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
             remove_migration_pte(st, slot0 + i, pfn, pfn)
-            src[i] = _NO_MPFN
+            src[i] = L.MPFN_NONE
             mm.unlock_page(st, pfn)
             mm.put_page(st, pfn)
             restore -= 1

@@ -5,15 +5,12 @@ Profiles: ``seed`` unmaps every page here (its collect maps nothing away);
 processes after fork, other VMAs), since collect already unmapped the walked PTE.
 """
 
-import numpy as np
 from numba import njit
 
 from . import layout as L
 from . import mm
 from .prepare import migrate_vma_check_page
 from .rmap import remove_migration_ptes, try_to_unmap
-
-_NO_MPFN = np.uint64(0)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -56,7 +53,7 @@ def migrate_vma_unmap(st, src, mig):
         pfn = mm.mpfn_to_pfn(lay, src[i])
         if pfn >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
             remove_migration_ptes(st, pfn, pfn)
-            src[i] = _NO_MPFN
+            src[i] = L.MPFN_NONE
             mm.unlock_page(st, pfn)
             restore -= 1
             if mm.is_zone_device(st, pfn):
