@@ -10,6 +10,17 @@ from numba import njit
 from . import layout as L
 from . import mm
 from .huge_memory import split_huge_page, split_huge_pmd_zero
+from .prefetch import PREFETCH_AHEAD
+from .prepare import prepare_slot, restore_remapped_slot
+from .unmap import restore_slot, unmap_slot
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _count(mig, n):
+    """cpages += n; MIG_COLLECTED keeps what collect counted, whatever prepare
+    and unmap take off cpages later in a fused setup sweep."""
+    mig[L.MIG_CPAGES] += n
+    mig[L.MIG_COLLECTED] += n
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -29,7 +40,7 @@ def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
         src[n + k] = hole_mpfn
     mig[L.MIG_NPAGES] = n + npages_in_hole
     if hole_mpfn != 0:
-        mig[L.MIG_CPAGES] += npages_in_hole
+        _count(mig, npages_in_hole)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -96,37 +107,96 @@ def _collect_pte(st, slot, hmm):
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
 
 
-@njit(cache=True, nogil=True, _nrt=False)
-def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
-    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def collect_slot(st, slot, hmm, mig):
+    """One PTE of migrate_vma_collect_pmd(): (its mpfn, 1 if collect unmapped it)."""
     lay = st.layout
-    ps = st.sys[L.SYS_PAGE_SIZE]
+    mpfn, pfn, hole = _collect_pte(st, slot, hmm)
+    if hole:
+        _count(mig, 1)
+        return mpfn, 0
+    if pfn < 0:
+        return mpfn, 0
+    if st.page["mapping"][pfn] == L.MAPPING_NONE or mm.has_flag(st, pfn, L.PG_HEAD | L.PG_TAIL):
+        return L.MPFN_NONE, 0  # no page->mapping, or PageTransCompound()
+    mm.get_page(st, pfn)
+    _count(mig, 1)
+    if hmm and mm.trylock_page(st, pfn):
+        mpfn |= lay[L.L_LOCKED]
+        return mpfn, _install_migration_entry(st, slot, pfn, (mpfn & lay[L.L_WRITE]) != 0)
+    return mpfn, 0
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
+    """The fused setup sweep: prepare and unmap for a slot just collected.
+
+    Each page's steps only touch that page, its own mappings and commuting
+    LRU-batch drains, so running them slot by slot ends in the state the
+    three separate passes reach (tests/test_fused.py compares them). prepare's
+    local lru_add_drain() runs before its first page, as in the separate pass.
+    """
+    if mm.mpfn_to_pfn(st.layout, src[k]) < 0:
+        return
+    if mig[L.MIG_DRAINED] == 0:
+        mm.lru_add_drain(st, L.CPU_DRIVER)
+        mig[L.MIG_DRAINED] = 1
+    if prepare_slot(st, src, k, mig, hmm):
+        restore_remapped_slot(st, slot, src, k)
+    elif unmap_slot(st, src, k, mig, hmm):
+        restore_slot(st, src, k)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _collect_ptes(st, v, addr, end, src, dst, mig, hmm, fused):
+    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
     slot = mm.pte_slot(st, v, addr)
     n = mig[L.MIG_NPAGES]
     unmapped = 0
-    count = (end - addr) // ps
+    count = mm.pages_in(st, end - addr)
     for k in range(count):
-        mpfn, pfn, hole = _collect_pte(st, slot + k, hmm)
-        if hole:
-            mig[L.MIG_CPAGES] += 1
-        elif pfn >= 0:
-            if st.page["mapping"][pfn] == L.MAPPING_NONE or mm.has_flag(
-                st, pfn, L.PG_HEAD | L.PG_TAIL
-            ):
-                mpfn = L.MPFN_NONE  # no page->mapping, or PageTransCompound()
-            else:
-                mm.get_page(st, pfn)
-                mig[L.MIG_CPAGES] += 1
-                if hmm and mm.trylock_page(st, pfn):
-                    mpfn |= lay[L.L_LOCKED]
-                    write = (mpfn & lay[L.L_WRITE]) != 0
-                    unmapped += _install_migration_entry(st, slot + k, pfn, write)
+        if k + PREFETCH_AHEAD < count:
+            ahead = st.pte[slot + k + PREFETCH_AHEAD]
+            if mm.pte_kind(ahead) != L.PTE_NONE:
+                mm.prefetch_page(st, mm.pte_pfn(ahead))
+        mpfn, was_unmapped = collect_slot(st, slot + k, hmm, mig)
+        unmapped += was_unmapped
         if hmm:
             dst[n + k] = 0  # 16/19 writes dst for every slot; the seed only for holes
         src[n + k] = mpfn
+        if fused:
+            _prepare_and_unmap_slot(st, slot + k, src, n + k, mig, hmm)
     mig[L.MIG_NPAGES] = n + count
     if unmapped:
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def collect_range(st, v, start, end, src, dst, mig, fused):
+    """migrate_vma_collect()'s walk; with ``fused`` every collected page goes on
+    through prepare and unmap in the same sweep (migrate_vma_setup())."""
+    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    ext = mm.pmd_extent(st)
+    addr = start
+    while addr < end:
+        stop = min((addr | (ext - 1)) + 1, end)  # the end of addr's PMD extent
+        count = mm.pages_in(st, stop - addr)
+        pmd_i = mm.pmd_slot(st, v, addr)
+        kind = mm.pmd_kind(st.pmd[pmd_i])
+        if kind == L.PMD_NONE:
+            migrate_vma_collect_hole(st, src, dst, mig, count)
+        elif kind != L.PMD_TABLE and not _collect_huge(
+            st, v, addr, pmd_i, mm.pte_slot(st, v, addr & -ext)
+        ):
+            if hmm:
+                migrate_vma_collect_skip(st, src, dst, mig, count)
+            else:
+                migrate_vma_collect_hole(st, src, dst, mig, count)
+        else:
+            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm, fused)
+        addr = stop
+    mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * ps
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -148,26 +218,4 @@ def migrate_vma_collect(st, v, start, end, src, dst, mig):
     hmm-v25 - holes and zero pages give MIGRATE; device-private entries give
     VALID|MIGRATE|DEVICE; pages that trylock are locked and unmapped here.
     """
-    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
-    ps = st.sys[L.SYS_PAGE_SIZE]
-    ext = mm.pmd_extent(st)
-    addr = start
-    while addr < end:
-        next_ext = (addr // ext + 1) * ext
-        stop = min(next_ext, end)
-        count = (stop - addr) // ps
-        pmd_i = mm.pmd_slot(st, v, addr)
-        kind = mm.pmd_kind(st.pmd[pmd_i])
-        if kind == L.PMD_NONE:
-            migrate_vma_collect_hole(st, src, dst, mig, count)
-        elif kind != L.PMD_TABLE and not _collect_huge(
-            st, v, addr, pmd_i, mm.pte_slot(st, v, addr - addr % ext)
-        ):
-            if hmm:
-                migrate_vma_collect_skip(st, src, dst, mig, count)
-            else:
-                migrate_vma_collect_hole(st, src, dst, mig, count)
-        else:
-            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm)
-        addr = stop
-    mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * ps
+    collect_range(st, v, start, end, src, dst, mig, False)

@@ -60,7 +60,9 @@ __all__ = [
     "copy_descriptors_parallel",
     "copy_descriptors_serial",
     "engine_copy",
+    "engine_copy_into",
     "memcpy_bytes",
+    "model_time_into",
     "model_time_ns",
 ]
 
@@ -361,22 +363,36 @@ def model_time_ns(desc_len, ndesc, page_size, channels, setup_ns, gbps, model_ki
         channel with the least accumulated time (lowest index on ties) and
         the busiest channel's total is returned. 0.0 when ``ndesc <= 0``.
     """
+    load = np.zeros(max(channels, 1), dtype=np.float64)
+    return model_time_into(load, desc_len, ndesc, page_size, setup_ns, gbps, model_kind, curve_b)
+
+
+@njit(cache=True, nogil=True)
+def model_time_into(load, desc_len, ndesc, page_size, setup_ns, gbps, model_kind, curve_b):
+    """model_time_into() - ``model_time_ns`` with the channels' loads in ``load``.
+
+    ``load.shape[0]`` is the number of channels; it is overwritten. Nothing is
+    allocated, so compiled code without reference counting can call it.
+    """
     if ndesc <= 0:
         return 0.0
-    nch = max(channels, 1)
+    nch = load.shape[0]
     if nch == 1:
         total = 0.0
         for k in range(ndesc):
             total += _descriptor_ns(desc_len[k] * page_size, setup_ns, gbps, model_kind, curve_b)
         return total
-    load = np.zeros(nch, dtype=np.float64)
+    load[:] = 0.0
     for k in range(ndesc):
         best = 0
         for c in range(1, nch):
             if load[c] < load[best]:
                 best = c
         load[best] += _descriptor_ns(desc_len[k] * page_size, setup_ns, gbps, model_kind, curve_b)
-    return load.max()
+    busiest = 0.0
+    for c in range(nch):
+        busiest = max(busiest, load[c])
+    return busiest
 
 
 @njit(cache=True, nogil=True)
@@ -426,21 +442,40 @@ def _engine_copy_ns(data, page_size, engine, desc_src, desc_dst, desc_len, ndesc
 
 
 @njit(cache=True, nogil=True)
-def _engine_model_ns(engine, desc_len, ndesc, page_size):
-    """_engine_model_ns() - ``model_time_ns`` with the parameters of ``engine``."""
-    channels = np.int64(engine[ENG_CHANNELS])
+def _engine_model_ns(engine, desc_len, ndesc, page_size, load):
+    """_engine_model_ns() - the modelled time with the parameters of ``engine``;
+    ``load`` is scratch of at least ``engine[ENG_CHANNELS]`` entries."""
+    channels = max(np.int64(engine[ENG_CHANNELS]), 1)
     kind = np.int64(engine[ENG_MODEL])
     setup_ns = engine[ENG_SETUP_NS]
-    return model_time_ns(
-        desc_len, ndesc, page_size, channels, setup_ns, engine[ENG_GBPS], kind, engine[ENG_CURVE_B]
+    return model_time_into(
+        load[:channels],
+        desc_len,
+        ndesc,
+        page_size,
+        setup_ns,
+        engine[ENG_GBPS],
+        kind,
+        engine[ENG_CURVE_B],
     )
 
 
 @njit(cache=True, nogil=True)
-def engine_copy(
-    data, page_size, store_data, src_pfns, dst_pfns, n, engine, stats, desc_src, desc_dst, desc_len
+def engine_copy_into(
+    data,
+    page_size,
+    store_data,
+    src_pfns,
+    dst_pfns,
+    n,
+    engine,
+    stats,
+    desc_src,
+    desc_dst,
+    desc_len,
+    load,
 ):
-    """engine_copy() - copy a batch of pages through the modelled copy engine.
+    """engine_copy_into() - copy a batch of pages through the modelled copy engine.
 
     Arguments:
         data: uint8 flat frame store (see module docstring).
@@ -452,6 +487,7 @@ def engine_copy(
             it with ``CopyEngine.to_array()``).
         stats: float64[STATS_FIELDS] accumulator (``STAT_*`` layout).
         desc_src, desc_dst, desc_len: int64 scratch, at least ``n`` entries.
+        load: float64 scratch, at least ``engine[ENG_CHANNELS]`` entries.
 
     Preconditions:
         Source and destination frames are disjoint and destinations are
@@ -469,7 +505,7 @@ def engine_copy(
         seconds (0 without ``store_data``), the modelled seconds and one
         call. Returns ``ndesc``. Raises ValueError if the scratch is too
         short or ``n`` exceeds the pfn arrays, and IndexError if a frame lies
-        outside ``data``; all before anything is copied.
+        outside ``data``; all before anything is copied. Allocates nothing.
     """
     if n > src_pfns.shape[0] or n > dst_pfns.shape[0]:
         raise ValueError("engine_copy: n exceeds the pfn arrays")
@@ -483,10 +519,32 @@ def engine_copy(
         wall_ns = _engine_copy_ns(
             data, page_size, engine, desc_src, desc_dst, desc_len, ndesc, nbytes
         )
-    model_ns = _engine_model_ns(engine, desc_len, ndesc, page_size)
+    model_ns = _engine_model_ns(engine, desc_len, ndesc, page_size, load)
     stats[STAT_DESCRIPTORS] += ndesc
     stats[STAT_BYTES] += nbytes
     stats[STAT_WALL_S] += wall_ns * _S_PER_NS
     stats[STAT_MODEL_S] += model_ns * _S_PER_NS
     stats[STAT_CALLS] += 1.0
     return ndesc
+
+
+@njit(cache=True, nogil=True)
+def engine_copy(
+    data, page_size, store_data, src_pfns, dst_pfns, n, engine, stats, desc_src, desc_dst, desc_len
+):
+    """engine_copy() - :func:`engine_copy_into` with its channel scratch allocated here."""
+    load = np.zeros(max(np.int64(engine[ENG_CHANNELS]), 1), np.float64)
+    return engine_copy_into(
+        data,
+        page_size,
+        store_data,
+        src_pfns,
+        dst_pfns,
+        n,
+        engine,
+        stats,
+        desc_src,
+        desc_dst,
+        desc_len,
+        load,
+    )

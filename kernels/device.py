@@ -30,10 +30,13 @@ from .copy import (
     STAT_MODEL_S,
     STAT_WALL_S,
     _descriptor_ns,
-    engine_copy,
+    engine_copy_into,
     memcpy_bytes,
 )
+from .finalize import finalize_slot
 from .migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
+from .pages import pages_slot
+from .prefetch import PREFETCH_AHEAD, prefetch_for_write
 
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
 DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
@@ -70,24 +73,32 @@ def _system_alloc_page(st, private):
     return pfn
 
 
-@njit(cache=True, nogil=True)
-def _copy_pairs(data, page_size, store_data, engine, stats, sp, dp, n, private):
-    """One engine batch over the (source, destination) pairs.
-
-    It takes arrays, not the state: a reference-counted function that takes the
-    22-array state pays an incref and a decref per array on every call.
-    """
+@njit(cache=True, nogil=True, _nrt=False)
+def _copy_pairs(state, n, private):
+    """One engine batch over the first ``n`` pairs of ``state.copy_scratch``."""
+    stats = state.copy_stats
     if (private & DEV_KEEP_STATS) == 0:
         stats[:] = 0.0
     if n == 0:
         return
-    ds = np.empty(n, np.int64)
-    dd = np.empty(n, np.int64)
-    dl = np.empty(n, np.int64)
-    engine_copy(data, page_size, store_data, sp, dp, n, engine, stats, ds, dd, dl)
+    scr = state.copy_scratch
+    engine_copy_into(
+        state.data,
+        state.sys[L.SYS_PAGE_SIZE],
+        state.sys[L.SYS_STORE_DATA] != 0,
+        scr[L.COPY_SRC],
+        scr[L.COPY_DST],
+        n,
+        state.engine,
+        stats,
+        scr[L.COPY_DESC_SRC],
+        scr[L.COPY_DESC_DST],
+        scr[L.COPY_DESC_LEN],
+        state.engine_load,
+    )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_alloc_and_copy() - system to device.
 
@@ -102,29 +113,19 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     _alloc_and_copy(state, True, src, dst, start, end, private)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _alloc_and_copy(state, to_device, src, dst, start, end, private):
     """Allocate destinations for one direction, then copy them in one engine batch."""
-    npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
-    sp = np.empty(npages, np.int64)
-    dp = np.empty(npages, np.int64)
-    n = _alloc_pairs(state, to_device, src, dst, npages, private, sp, dp)
-    _copy_pairs(
-        state.data,
-        state.sys[L.SYS_PAGE_SIZE],
-        state.sys[L.SYS_STORE_DATA] != 0,
-        state.engine,
-        state.copy_stats,
-        sp,
-        dp,
-        n,
-        private,
-    )
+    npages = mm.pages_in(state, end - start)
+    _copy_pairs(state, _alloc_pairs(state, to_device, src, dst, npages, private), private)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _alloc_pairs(state, to_device, src, dst, npages, private, sp, dp):
-    """Allocate the destinations of one direction; returns the copy pairs."""
+def _alloc_pairs(state, to_device, src, dst, npages, private):
+    """Allocate the destinations of one direction; returns how many copy pairs
+    it left in ``state.copy_scratch``."""
+    sp = state.copy_scratch[L.COPY_SRC]
+    dp = state.copy_scratch[L.COPY_DST]
     if to_device:
         return _alloc_device_pages(state, src, dst, npages, private, sp, dp)
     return _alloc_system_pages(state, src, dst, npages, private, sp, dp)
@@ -156,6 +157,28 @@ def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
     return n
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _mirror_slot(state, slot, src, dst, i):
+    """dmirror_migrate_finalize_and_map() for slot ``i``: map a page that moved
+    to the device in the mirror page table."""
+    lay = state.layout
+    dpfn = mm.mpfn_to_pfn(lay, dst[i])
+    if (src[i] & lay[L.L_MIGRATE]) == 0 or dpfn < 0 or not mm.is_device_pfn(state, dpfn):
+        return
+    state.mirror[slot] = (dpfn << 1) | (1 if (dst[i] & lay[L.L_WRITE]) != 0 else 0)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _unmirror_slot(state, slot, src, dst, i):
+    """The device-to-system finalize_and_map for slot ``i``: forget a page that
+    left the device."""
+    lay = state.layout
+    spfn = mm.mpfn_to_pfn(lay, src[i])
+    moved = (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) >= 0
+    if moved and spfn >= 0 and mm.is_device_pfn(state, spfn):
+        state.mirror[slot] = -1
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_finalize_and_map() - record migrated pages in the mirror.
@@ -163,17 +186,13 @@ def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     Post: every slot that kept MIGRATE with a device destination is mapped in
     the device's mirror page table, writable when ``dst`` has WRITE.
     """
-    lay = state.layout
-    npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
+    npages = mm.pages_in(state, end - start)
     slot0 = mm.pte_slot(state, vma_index, start)
     for i in range(npages):
-        dpfn = mm.mpfn_to_pfn(lay, dst[i])
-        if (src[i] & lay[L.L_MIGRATE]) == 0 or dpfn < 0 or not mm.is_device_pfn(state, dpfn):
-            continue
-        state.mirror[slot0 + i] = (dpfn << 1) | (1 if (dst[i] & lay[L.L_WRITE]) != 0 else 0)
+        _mirror_slot(state, slot0 + i, src, dst, i)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """The device-to-system copy routine (fault path, migrate_to_system, evict).
 
@@ -211,84 +230,87 @@ def _alloc_system_pages(state, src, dst, npages, private, sp, dp):
 @njit(cache=True, nogil=True, _nrt=False)
 def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """Erase the mirror entries of pages that left the device."""
-    lay = state.layout
-    npages = (end - start) // state.sys[L.SYS_PAGE_SIZE]
+    npages = mm.pages_in(state, end - start)
     slot0 = mm.pte_slot(state, vma_index, start)
     for i in range(npages):
-        spfn = mm.mpfn_to_pfn(lay, src[i])
-        moved = (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) >= 0
-        if moved and spfn >= 0 and mm.is_device_pfn(state, spfn):
-            state.mirror[slot0 + i] = -1
+        _unmirror_slot(state, slot0 + i, src, dst, i)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _moved(lay, src, dst, i):
+    """dmirror's cpages for MIGRATE_TO_SYS counts slots with VALID and MIGRATE
+    and a destination after the pages pass."""
+    if mm.mpfn_to_pfn(lay, src[i]) < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
+        return 0
+    return 1 if mm.mpfn_to_pfn(lay, dst[i]) >= 0 else 0
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _count_moved(lay, src, dst, npages):
-    """dmirror's cpages for MIGRATE_TO_SYS: slots with VALID and MIGRATE after pages."""
-    moved = 0
-    for i in range(npages):
-        if mm.mpfn_to_pfn(lay, src[i]) >= 0 and (src[i] & lay[L.L_MIGRATE]) != 0:
-            if mm.mpfn_to_pfn(lay, dst[i]) >= 0:
-                moved += 1
-    return moved
-
-
-@njit(cache=True, nogil=True)
 def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device's own callbacks for one direction.
 
     Called directly rather than through callback arguments, so it stays cached.
     Returns -EINVAL, or the slots that kept VALID and MIGRATE with a destination
-    after the pages pass (dmirror's cpages for MIGRATE_TO_SYS).
-
-    It spells out _alloc_and_copy() rather than calling it: every
-    reference-counted function that receives the state pays an incref and a
-    decref per state array, and this keeps that to one per migration
-    (a 16-page migration went from 2.4 to 1.7 us).
+    after the pages pass (dmirror's cpages for MIGRATE_TO_SYS). Its scratch is
+    in the state, so it runs without reference counting.
     """
     cpages = migrate_vma_setup(state, vma_index, start, end, src, dst)
     if cpages <= 0:
         return min(cpages, 0)
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    start -= start % ps
-    end -= end % ps
-    npages = (end - start) // ps
-    sp = np.empty(npages, np.int64)
-    dp = np.empty(npages, np.int64)
-    n = _alloc_pairs(state, to_device, src, dst, npages, private, sp, dp)
-    _copy_pairs(
-        state.data,
-        ps,
-        state.sys[L.SYS_STORE_DATA] != 0,
-        state.engine,
-        state.copy_stats,
-        sp,
-        dp,
-        n,
-        private,
-    )
-    return _finish_driver(state, to_device, vma_index, start, end, src, dst, private)
+    start = mm.page_down(state, start)
+    end = mm.page_down(state, end)
+    _alloc_and_copy(state, to_device, src, dst, start, end, private)
+    return _finish_driver(state, to_device, vma_index, start, end, src, dst)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _prefetch_slot(state, src, dst, i):
+    """Start loading what finishing slot ``i`` will touch: both struct pages and
+    the source's free-stack position (it is freed there)."""
+    lay = state.layout
+    page = mm.mpfn_to_pfn(lay, src[i])
+    if page >= 0:
+        mm.prefetch_page(state, page)
+        prefetch_for_write(state.free_pos, page)
+    newpage = mm.mpfn_to_pfn(lay, dst[i])
+    if newpage >= 0:
+        mm.prefetch_page(state, newpage)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _finish_driver(state, to_device, vma_index, start, end, src, dst, private):
-    """pages, finalize_and_map and finalize of the device's own pipeline."""
-    migrate_vma_pages(state, vma_index, start, end, src, dst)
-    moved = _count_moved(state.layout, src, dst, (end - start) // state.sys[L.SYS_PAGE_SIZE])
-    if to_device:
-        device_finalize_and_map(state, vma_index, src, dst, start, end, private)
-    else:
-        system_finalize_and_map(state, vma_index, src, dst, start, end, private)
-    migrate_vma_finalize(state, vma_index, start, end, src, dst)
+def _finish_driver(state, to_device, vma_index, start, end, src, dst):
+    """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
+
+    Slot by slot rather than pass by pass: each slot's steps touch only its own
+    pages and mappings, so the outcome is the one the three separate loops give
+    (tests/test_fused.py compares them). Returns dmirror's moved count.
+    """
+    lay = state.layout
+    hmm = state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(state, vma_index, start)
+    moved = 0
+    npages = mm.pages_in(state, end - start)
+    for i in range(npages):
+        if i + PREFETCH_AHEAD < npages:
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
+        pages_slot(state, vma_index, start + i * ps, src, dst, i, hmm)
+        moved += _moved(lay, src, dst, i)
+        if to_device:
+            _mirror_slot(state, slot0 + i, src, dst, i)
+        else:
+            _unmirror_slot(state, slot0 + i, src, dst, i)
+        finalize_slot(state, src, dst, i, hmm)
     return moved
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_to_device(state, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device's ops, all compiled and cached: 0 or -EINVAL."""
     return min(_run_driver(state, True, vma_index, start, end, src, dst, private), 0)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device-to-system routine; returns pages moved or -EINVAL."""
     return _run_driver(state, False, vma_index, start, end, src, dst, private)
@@ -308,13 +330,13 @@ def find_vma(st, mm_id, addr):
 def _mirrored_pages(st, v, start, end):
     slot0 = mm.pte_slot(st, v, start)
     count = 0
-    for k in range((end - start) // st.sys[L.SYS_PAGE_SIZE]):
+    for k in range(mm.pages_in(st, end - start)):
         if st.mirror[slot0 + k] >= 0:
             count += 1
     return count
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_to_device(state, mm_id, start, end):
     """dmirror_migrate_to_device(): migrate every VMA piece of ``[start, end)``.
 
@@ -322,7 +344,6 @@ def migrate_to_device(state, mm_id, start, end):
     when a piece is not covered by a readable VMA (the driver's own check).
     """
     state.copy_stats[:] = 0.0
-    ps = state.sys[L.SYS_PAGE_SIZE]
     addr = start
     mapped = 0
     while addr < end:
@@ -330,23 +351,22 @@ def migrate_to_device(state, mm_id, start, end):
         if v < 0 or (state.vma["flags"][v] & L.VM_READ) == 0:
             return -L.EINVAL
         stop = min(end, state.vma["end"][v])
-        n = (stop - addr) // ps
-        src = np.zeros(n, np.uint64)
-        dst = np.zeros(n, np.uint64)
+        n = mm.pages_in(state, stop - addr)
+        src = state.range_src[:n]
+        dst = state.range_dst[:n]
         migrate_vma_to_device(state, v, addr, stop, src, dst, DEV_KEEP_STATS)
         mapped += _mirrored_pages(state, v, addr, stop)
         addr = stop
     return mapped
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_to_system(state, mm_id, start, end, private):
     """dmirror_migrate_to_system(): move the range's device pages back to RAM.
 
     Returns the number of pages moved, or -EINVAL for a range not covered."""
     if (private & DEV_KEEP_STATS) == 0:
         state.copy_stats[:] = 0.0
-    ps = state.sys[L.SYS_PAGE_SIZE]
     addr = start
     moved = 0
     while addr < end:
@@ -354,15 +374,15 @@ def migrate_to_system(state, mm_id, start, end, private):
         if v < 0:
             return -L.EINVAL
         stop = min(end, state.vma["end"][v])
-        n = (stop - addr) // ps
-        src = np.zeros(n, np.uint64)
-        dst = np.zeros(n, np.uint64)
+        n = mm.pages_in(state, stop - addr)
+        src = state.range_src[:n]
+        dst = state.range_dst[:n]
         moved += max(migrate_vma_to_system(state, v, addr, stop, src, dst, private | 1), 0)
         addr = stop
     return moved
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def evict(state):
     """Move every device page of every process back to RAM (driver removal).
 
@@ -435,7 +455,7 @@ def device_fault(state, vma_index, addr):
     counters = state.counters
     counters[L.C_DEVICE_FAULTS] += 1
     ps = state.sys[L.SYS_PAGE_SIZE]
-    addr -= addr % ps
+    addr = mm.page_down(state, addr)
     src = state.fault_mpfn[0:1]
     dst = state.fault_mpfn[1:2]
     dst[0] = L.MPFN_NONE

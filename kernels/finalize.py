@@ -22,7 +22,7 @@ def _release(st, pfn, hmm):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _finalize_slot(st, src, dst, i, hmm):
+def finalize_slot(st, src, dst, i, hmm):
     """Finish one slot; returns 1 when it was a collected page (cpages--)."""
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -65,5 +65,5 @@ def migrate_vma_finalize(st, npages, src, dst):
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     done = 0
     for i in range(npages):
-        done += _finalize_slot(st, src, dst, i, hmm)
+        done += finalize_slot(st, src, dst, i, hmm)
     return done

@@ -129,6 +129,7 @@ SYS_PCACHE_USED = 11
 SYS_SWAP_FREE = 12
 SYS_FAIL_ALLOC = 13  # device allocations left to fail (m.device.fail_alloc)
 SYS_NR_SWAP = 14
+SYS_PAGE_SHIFT = 15  # log2(page size): a shift, not a 64-bit division, per address
 SYS_FIELDS = 16
 
 # --- state.counters: vmstat-like, cumulative.
@@ -194,7 +195,16 @@ MIG_CPAGES = 1
 MIG_START = 2
 MIG_END = 3
 MIG_VMA = 4
-MIG_FIELDS = 5
+MIG_DRAINED = 5  # 1 once the setup sweep has done prepare's lru_add_drain()
+MIG_DRAINED_ALL = 6  # 1 once prepare has called lru_add_drain_all() (at most once)
+MIG_COLLECTED = 7  # what collect counted into cpages (setup's vmstat counter)
+MIG_FIELDS = 8
+
+# --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, nframes]):
+# the (source, destination) pairs of one engine batch and its descriptors.
+COPY_SRC, COPY_DST, COPY_DESC_SRC, COPY_DESC_DST, COPY_DESC_LEN = range(5)
+COPY_ROWS = 5
+MAX_CHANNELS = 1024  # modelled DMA channels; real engines have 1-16
 
 # --- results of compiled CPU accesses and faults.
 FAULT_OK = 0

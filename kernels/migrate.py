@@ -11,11 +11,11 @@ written in numba calls them directly and stays cacheable.
 from numba import njit
 
 from . import layout as L
-from .collect import migrate_vma_collect
+from . import mm
+from .collect import collect_range
 from .finalize import migrate_vma_finalize as _finalize
+from .mm import lru_add_drain
 from .pages import migrate_vma_pages as _pages
-from .prepare import migrate_vma_prepare
-from .unmap import migrate_vma_unmap
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -27,9 +27,8 @@ def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
     outside [vm_start, vm_end), an end outside (vm_start, vm_end], start >= end,
     or (compiled level only) arrays shorter than the range.
     """
-    ps = st.sys[L.SYS_PAGE_SIZE]
-    start -= start % ps
-    end -= end % ps
+    start = mm.page_down(st, start)
+    end = mm.page_down(st, end)
     if v < 0 or v >= st.sys[L.SYS_NR_VMAS] or st.vma["live"][v] == 0:
         return -L.EINVAL
     if (st.vma["flags"][v] & (L.VM_HUGETLB | L.VM_SPECIAL)) != 0:
@@ -40,7 +39,7 @@ def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
         return -L.EINVAL
     if start >= end:
         return -L.EINVAL
-    npages = (end - start) // ps
+    npages = mm.pages_in(st, end - start)
     if nsrc < npages or ndst < npages:
         return -L.EINVAL
     return npages
@@ -55,7 +54,11 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
         src, dst: writable uint64 arrays of at least (end - start) / page_size.
     Returns: the number of pages left to migrate (cpages), or -22 (-EINVAL).
     Post: ``src`` is zeroed over the range, then filled as collect/prepare/unmap
-    leave it: every MIGRATE slot with a page is locked and unmapped. When it
+    leave it: every MIGRATE slot with a page is locked and unmapped. The three
+    passes run as one sweep (collect_range(fused=True)): each page goes through
+    prepare and unmap as soon as it is collected, which ends in the same state
+    as three separate loops because each page's steps touch only that page and
+    its mappings (tests/test_fused.py checks this against the passes). When it
     returns a positive count the caller must fill ``dst`` and then call
     migrate_vma_pages() and migrate_vma_finalize() over the same range.
     """
@@ -63,7 +66,7 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     if npages < 0:
         return npages
     ps = state.sys[L.SYS_PAGE_SIZE]
-    start -= start % ps
+    start = mm.page_down(state, start)
     mig = state.mig
     mig[:] = 0
     mig[L.MIG_START] = start
@@ -71,14 +74,10 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     mig[L.MIG_VMA] = vma_index
     src[:npages] = 0
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
-    migrate_vma_collect(state, vma_index, start, mig[L.MIG_END], src, dst, mig)
-    state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_CPAGES]
-    if mig[L.MIG_CPAGES] == 0:
-        return 0
-    migrate_vma_prepare(state, vma_index, src, mig)
-    if mig[L.MIG_CPAGES] == 0:
-        return 0
-    migrate_vma_unmap(state, src, mig)
+    collect_range(state, vma_index, start, mig[L.MIG_END], src, dst, mig, True)
+    state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_COLLECTED]
+    if mig[L.MIG_COLLECTED] > 0 and mig[L.MIG_DRAINED] == 0:
+        lru_add_drain(state, L.CPU_DRIVER)  # prepare runs (for holes only) and drains first
     return mig[L.MIG_CPAGES]
 
 
@@ -86,18 +85,16 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
 def migrate_vma_pages(state, vma_index, start, end, src, dst):
     """migrate_vma_pages() - the struct-page move for a range set up by
     migrate_vma_setup(); see :func:`kernels.pages.migrate_vma_pages`."""
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    start -= start % ps
-    end -= end % ps
-    _pages(state, vma_index, start, (end - start) // ps, src, dst)
+    start = mm.page_down(state, start)
+    _pages(state, vma_index, start, mm.pages_in(state, mm.page_down(state, end) - start), src, dst)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_finalize(state, vma_index, start, end, src, dst):
     """migrate_vma_finalize() - remap and release a range after
     migrate_vma_pages(); see :func:`kernels.finalize.migrate_vma_finalize`."""
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    _finalize(state, (end - end % ps - (start - start % ps)) // ps, src, dst)
+    npages = mm.pages_in(state, mm.page_down(state, end) - mm.page_down(state, start))
+    _finalize(state, npages, src, dst)
 
 
 @njit(nogil=True)
@@ -117,9 +114,8 @@ def migrate_vma(state, alloc_and_copy, finalize_and_map, vma_index, start, end, 
     cpages = migrate_vma_setup(state, vma_index, start, end, src, dst)
     if cpages <= 0:
         return min(cpages, 0)
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    start -= start % ps
-    end -= end % ps
+    start = mm.page_down(state, start)
+    end = mm.page_down(state, end)
     alloc_and_copy(state, vma_index, src, dst, start, end, private)
     migrate_vma_pages(state, vma_index, start, end, src, dst)
     finalize_and_map(state, vma_index, src, dst, start, end, private)

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from . import layout as L
+from .prefetch import prefetch_for_write
 
 _NOT = np.uint32(0xFFFFFFFF)
 
@@ -80,10 +81,22 @@ def page_size(st):
     return st.sys[L.SYS_PAGE_SIZE]
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def pages_in(st, nbytes):
+    """``nbytes // page_size``: page sizes are powers of two, so a shift."""
+    return nbytes >> st.sys[L.SYS_PAGE_SHIFT]
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def page_down(st, addr):
+    """``addr - addr % page_size`` (round down to a page)."""
+    return addr & -st.sys[L.SYS_PAGE_SIZE]
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def pte_slot(st, v, addr):
     """PTE slot of ``addr`` inside VMA ``v``."""
-    return st.vma["pte_base"][v] + (addr - st.vma["start"][v]) // st.sys[L.SYS_PAGE_SIZE]
+    return st.vma["pte_base"][v] + pages_in(st, addr - st.vma["start"][v])
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -94,8 +107,8 @@ def pmd_extent(st):
 @njit(cache=True, nogil=True, _nrt=False)
 def pmd_slot(st, v, addr):
     """PMD slot of the 2 MiB extent holding ``addr`` inside VMA ``v``."""
-    ext = pmd_extent(st)
-    return st.vma["pmd_base"][v] + addr // ext - st.vma["start"][v] // ext
+    shift = st.sys[L.SYS_PAGE_SHIFT] + L.HPAGE_PMD_ORDER
+    return st.vma["pmd_base"][v] + (addr >> shift) - (st.vma["start"][v] >> shift)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -134,6 +147,13 @@ def compound_head(st, pfn):
     if has_flag(st, pfn, L.PG_TAIL):
         return pfn - pfn % L.HPAGE_PMD_NR
     return pfn
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def prefetch_page(st, pfn):
+    """Prefetch a struct page: both cache lines a 48-byte record may span."""
+    prefetch_for_write(st.page["refcount"], pfn)
+    prefetch_for_write(st.page["mapping"], pfn)
 
 
 # --------------------------------------------------------------------- allocator

@@ -82,7 +82,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
         st.pmd[pmd_i] = L.PMD_TABLE  # pte_alloc()
     device = mm.is_zone_device(st, newpage)
     st.page["mapping"][newpage] = L.MAPPING_ANON
-    st.page["index"][newpage] = addr // st.sys[L.SYS_PAGE_SIZE]
+    st.page["index"][newpage] = mm.pages_in(st, addr)
     if (vflags & L.VM_LOCKED) != 0 and not device:
         mm.set_flag(st, newpage, L.PG_MLOCKED)
     if not device:
@@ -126,6 +126,15 @@ def _pages_slot_seed(st, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def pages_slot(st, v, addr, src, dst, i, hmm):
+    """migrate_vma_pages() for slot ``i`` (at ``addr``) alone."""
+    if hmm:
+        _pages_slot_hmm(st, v, addr, src, dst, i)
+    else:
+        _pages_slot_seed(st, src, dst, i)
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_pages(st, v, start, npages, src, dst):
     """migrate_vma_pages() - migrate meta-data from src page to dst page.
@@ -142,7 +151,4 @@ def migrate_vma_pages(st, v, start, npages, src, dst):
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ps = st.sys[L.SYS_PAGE_SIZE]
     for i in range(npages):
-        if hmm:
-            _pages_slot_hmm(st, v, start + i * ps, src, dst, i)
-        else:
-            _pages_slot_seed(st, src, dst, i)
+        pages_slot(st, v, start + i * ps, src, dst, i, hmm)

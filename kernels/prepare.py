@@ -35,43 +35,42 @@ def migrate_vma_check_page(st, pfn):
     return st.page["refcount"][pfn] - extra <= st.page["mapcount"][pfn]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
-def _prepare_seed(st, src, mig):
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _may_drain_all(st, pfn, mig):
+    """lru_add_drain_all() for the first page found off the LRU, once per call:
+    it may sit in another CPU's LRU-add batch."""
+    if not mm.has_flag(st, pfn, L.PG_LRU) and mig[L.MIG_DRAINED_ALL] == 0:
+        mm.lru_add_drain_all(st)
+        mig[L.MIG_DRAINED_ALL] = 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _prepare_seed_slot(st, src, k, pfn, mig):
+    """The seed's loop body for one collected page."""
     lay = st.layout
-    allow_drain = True
-    npages = mig[L.MIG_NPAGES]
-    i = 0
-    while i < npages and mig[L.MIG_CPAGES] > 0:
-        pfn = mm.mpfn_to_pfn(lay, src[i])
-        i += 1
-        if pfn < 0:
-            continue
-        k = i - 1
-        if not mm.trylock_page(st, pfn):
-            src[k] = L.MPFN_NONE  # best effort: back off rather than risk an ABBA deadlock
-            mig[L.MIG_CPAGES] -= 1
-            mm.put_page(st, pfn)
-            continue
-        src[k] |= lay[L.L_LOCKED]
-        if not mm.has_flag(st, pfn, L.PG_LRU) and allow_drain:
-            mm.lru_add_drain_all(st)
-            allow_drain = False
-        if mm.isolate_lru_page(st, pfn) != 0:
-            src[k] = L.MPFN_NONE
-            mm.unlock_page(st, pfn)
-            mig[L.MIG_CPAGES] -= 1
-            mm.put_page(st, pfn)
-            continue
-        # Correction to the patch as posted (api.md, seed profile): its comments say
-        # "the ref taken by migrate_vma_collect() is dropped", but the code never
-        # drops it, so no LRU page could pass the pinned check. Drop it here, as the
-        # comments describe and as 4.14 does.
+    if not mm.trylock_page(st, pfn):
+        src[k] = L.MPFN_NONE  # best effort: back off rather than risk an ABBA deadlock
+        mig[L.MIG_CPAGES] -= 1
         mm.put_page(st, pfn)
-        if not migrate_vma_check_page(st, pfn):
-            src[k] = L.MPFN_NONE
-            mm.unlock_page(st, pfn)
-            mig[L.MIG_CPAGES] -= 1
-            mm.putback_lru_page(st, pfn)
+        return
+    src[k] |= lay[L.L_LOCKED]
+    _may_drain_all(st, pfn, mig)
+    if mm.isolate_lru_page(st, pfn) != 0:
+        src[k] = L.MPFN_NONE
+        mm.unlock_page(st, pfn)
+        mig[L.MIG_CPAGES] -= 1
+        mm.put_page(st, pfn)
+        return
+    # Correction to the patch as posted (api.md, seed profile): its comments say
+    # "the ref taken by migrate_vma_collect() is dropped", but the code never
+    # drops it, so no LRU page could pass the pinned check. Drop it here, as the
+    # comments describe and as 4.14 does.
+    mm.put_page(st, pfn)
+    if not migrate_vma_check_page(st, pfn):
+        src[k] = L.MPFN_NONE
+        mm.unlock_page(st, pfn)
+        mig[L.MIG_CPAGES] -= 1
+        mm.putback_lru_page(st, pfn)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -87,50 +86,69 @@ def _drop(st, src, k, pfn, mig, remap):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
-def _prepare_hmm(st, v, src, mig):
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _prepare_hmm_slot(st, src, k, pfn, mig):
+    """4.14's loop body for one collected page; 1 when it must be remapped."""
     lay = st.layout
-    allow_drain = True
-    npages = mig[L.MIG_NPAGES]
-    restore = 0
-    i = 0
-    while i < npages and mig[L.MIG_CPAGES] > 0:
-        k = i
-        i += 1
-        pfn = mm.mpfn_to_pfn(lay, src[k])
-        if pfn < 0:
-            continue
-        remap = True
-        if (src[k] & lay[L.L_LOCKED]) == 0:
-            if not mm.trylock_page(st, pfn):
-                src[k] = L.MPFN_NONE
-                mig[L.MIG_CPAGES] -= 1
+    remap = True
+    if (src[k] & lay[L.L_LOCKED]) == 0:
+        if not mm.trylock_page(st, pfn):
+            src[k] = L.MPFN_NONE
+            mig[L.MIG_CPAGES] -= 1
+            mm.put_page(st, pfn)
+            return 0
+        remap = False
+        src[k] |= lay[L.L_LOCKED]
+    device = mm.is_zone_device(st, pfn)
+    if not device:
+        _may_drain_all(st, pfn, mig)
+        if mm.isolate_lru_page(st, pfn) != 0:
+            restore = _drop(st, src, k, pfn, mig, remap)
+            if not remap:
                 mm.put_page(st, pfn)
-                continue
-            remap = False
-            src[k] |= lay[L.L_LOCKED]
-        device = mm.is_zone_device(st, pfn)
-        if not device:
-            if not mm.has_flag(st, pfn, L.PG_LRU) and allow_drain:
-                mm.lru_add_drain_all(st)
-                allow_drain = False
-            if mm.isolate_lru_page(st, pfn) != 0:
-                restore += _drop(st, src, k, pfn, mig, remap)
-                if not remap:
-                    mm.put_page(st, pfn)
-                continue
-            mm.put_page(st, pfn)  # drop the reference taken in collect
-        if not migrate_vma_check_page(st, pfn):
-            restore += _drop(st, src, k, pfn, mig, remap)
-            if remap and not device:
-                mm.get_page(st, pfn)
-                mm.putback_lru_page(st, pfn)
-            elif not remap:
-                if device:
-                    mm.put_page(st, pfn)
-                else:
-                    mm.putback_lru_page(st, pfn)
-    _restore_remapped(st, v, src, mig, restore)
+            return restore
+        mm.put_page(st, pfn)  # drop the reference taken in collect
+    if migrate_vma_check_page(st, pfn):
+        return 0
+    restore = _drop(st, src, k, pfn, mig, remap)
+    if remap and not device:
+        mm.get_page(st, pfn)
+        mm.putback_lru_page(st, pfn)
+    elif not remap:
+        if device:
+            mm.put_page(st, pfn)
+        else:
+            mm.putback_lru_page(st, pfn)
+    return restore
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def prepare_slot(st, src, k, mig, hmm):
+    """migrate_vma_prepare() for slot ``k`` alone; 1 when it must be remapped.
+
+    A slot without a page is left alone. seed: trylock, isolate, drop the
+    collect reference, check pins. hmm-v25: pages collect already locked skip
+    the trylock; ZONE_DEVICE pages skip the LRU steps; a failure on a page
+    collect unmapped clears MIGRATE and returns 1 (see restore_remapped_slot).
+    """
+    pfn = mm.mpfn_to_pfn(st.layout, src[k])
+    if pfn < 0:
+        return 0
+    if hmm:
+        return _prepare_hmm_slot(st, src, k, pfn, mig)
+    _prepare_seed_slot(st, src, k, pfn, mig)
+    return 0
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def restore_remapped_slot(st, slot, src, k):
+    """The trailing loop of 4.14 prepare for one slot: re-map at the original
+    address, unlock, drop the collect reference, and clear the slot."""
+    pfn = mm.mpfn_to_pfn(st.layout, src[k])
+    remove_migration_pte(st, slot, pfn, pfn)
+    src[k] = L.MPFN_NONE
+    mm.unlock_page(st, pfn)
+    mm.put_page(st, pfn)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -141,12 +159,8 @@ def _restore_remapped(st, v, src, mig, restore):
     slot0 = mm.pte_slot(st, v, mig[L.MIG_START])
     i = 0
     while i < npages and restore > 0:
-        pfn = mm.mpfn_to_pfn(lay, src[i])
-        if pfn >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
-            remove_migration_pte(st, slot0 + i, pfn, pfn)
-            src[i] = L.MPFN_NONE
-            mm.unlock_page(st, pfn)
-            mm.put_page(st, pfn)
+        if mm.mpfn_to_pfn(lay, src[i]) >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
+            restore_remapped_slot(st, slot0 + i, src, i)
             restore -= 1
         i += 1
 
@@ -167,7 +181,12 @@ def migrate_vma_prepare(st, v, src, mig):
     ``lru_add_drain()`` on the driver's CPU.
     """
     mm.lru_add_drain(st, L.CPU_DRIVER)
-    if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
-        _prepare_hmm(st, v, src, mig)
-    else:
-        _prepare_seed(st, src, mig)
+    mig[L.MIG_DRAINED_ALL] = 0
+    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    npages = mig[L.MIG_NPAGES]
+    restore = 0
+    i = 0
+    while i < npages and mig[L.MIG_CPAGES] > 0:
+        restore += prepare_slot(st, src, i, mig, hmm)
+        i += 1
+    _restore_remapped(st, v, src, mig, restore)

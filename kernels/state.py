@@ -54,6 +54,13 @@ jitclass, no structref). What each array means:
 ``mig``           scratch ``struct migrate_vma`` scalars (MIG_* indices) used by
                   migrate_vma_setup(); setup never nests, so one block suffices.
 ``fault_mpfn``    scratch src/dst slots of the one-page CPU-fault migration.
+``copy_scratch``  int64[COPY_ROWS, nframes]: one engine batch's (source, destination)
+                  pairs and its descriptors. A batch never holds more pairs than
+                  there are frames, so it always fits.
+``engine_load``   float64[MAX_CHANNELS]: per-channel busy time of the cost model.
+``range_src`` / ``range_dst``
+                  uint64 src/dst slots for the device's whole-range migrations, one
+                  per PTE slot (a range lies inside one VMA, so it always fits).
 
 Scratch lives in the state because the per-page kernels are compiled without
 numba's reference counting (``_nrt=False``), so nothing they reach may allocate.
@@ -119,12 +126,16 @@ State = namedtuple(
         "copy_stats",
         "mig",
         "fault_mpfn",
+        "copy_scratch",
+        "engine_load",
+        "range_src",
+        "range_dst",
     ],
 )
 
 # Fields whose length is a table capacity (grown by the Python layer) rather than
 # fixed by the machine's size.
-PTE_TABLES = ("pte", "pte_next", "mirror")
+PTE_TABLES = ("pte", "pte_next", "mirror", "range_src", "range_dst")
 
 
 def new_state(
@@ -160,6 +171,7 @@ def new_state(
     free_pos[dev] = nr_ram + np.arange(dev.size)
     sysv = np.zeros(L.SYS_FIELDS, np.int64)
     sysv[L.SYS_PAGE_SIZE] = page_size
+    sysv[L.SYS_PAGE_SHIFT] = page_size.bit_length() - 1
     sysv[L.SYS_NR_RAM] = nr_ram
     sysv[L.SYS_NR_DEVICE] = nr_device
     sysv[L.SYS_PROFILE] = profile
@@ -195,6 +207,10 @@ def new_state(
         copy_stats=np.zeros(5, np.float64),
         mig=np.zeros(L.MIG_FIELDS, np.int64),
         fault_mpfn=np.zeros(2, np.uint64),
+        copy_scratch=np.zeros((L.COPY_ROWS, nframes), np.int64),
+        engine_load=np.zeros(L.MAX_CHANNELS, np.float64),
+        range_src=np.zeros(pte_capacity, np.uint64),
+        range_dst=np.zeros(pte_capacity, np.uint64),
     )
 
 
@@ -220,6 +236,8 @@ def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
         pte=_grown(st.pte, ptes, 0),
         pte_next=_grown(st.pte_next, ptes, -1),
         mirror=_grown(st.mirror, ptes, -1),
+        range_src=_grown(st.range_src, ptes, 0),
+        range_dst=_grown(st.range_dst, ptes, 0),
         pmd=_grown(st.pmd, pmds, 0),
         pcache=_grown(st.pcache, pcache, -1),
     )

@@ -23,6 +23,38 @@ def _unmap_one(st, pfn, hmm):
     return migrate_vma_check_page(st, pfn)
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def unmap_slot(st, src, i, mig, hmm):
+    """migrate_vma_unmap() for slot ``i`` alone; 1 when the page must be restored.
+
+    A page that stays mapped or pinned loses MIGRATE and cpages drops by one;
+    restore_slot() then puts it back.
+    """
+    lay = st.layout
+    pfn = mm.mpfn_to_pfn(lay, src[i])
+    if pfn < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
+        return 0
+    if _unmap_one(st, pfn, hmm):
+        return 0
+    src[i] &= ~lay[L.L_MIGRATE]
+    mig[L.MIG_CPAGES] -= 1
+    return 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def restore_slot(st, src, i):
+    """The restore loop of migrate_vma_unmap() for one slot: map the page back
+    everywhere, unlock it, put it back (LRU) or put it (ZONE_DEVICE)."""
+    pfn = mm.mpfn_to_pfn(st.layout, src[i])
+    remove_migration_ptes(st, pfn, pfn)
+    src[i] = L.MPFN_NONE
+    mm.unlock_page(st, pfn)
+    if mm.is_zone_device(st, pfn):
+        mm.put_page(st, pfn)
+    else:
+        mm.putback_lru_page(st, pfn)
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def migrate_vma_unmap(st, src, mig):
     """migrate_vma_unmap() - unmap the pages and check again that none is pinned.
@@ -41,23 +73,10 @@ def migrate_vma_unmap(st, src, mig):
     npages = mig[L.MIG_NPAGES]
     restore = 0
     for i in range(npages):
-        pfn = mm.mpfn_to_pfn(lay, src[i])
-        if pfn < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
-            continue
-        if not _unmap_one(st, pfn, hmm):
-            src[i] &= ~lay[L.L_MIGRATE]
-            mig[L.MIG_CPAGES] -= 1
-            restore += 1
+        restore += unmap_slot(st, src, i, mig, hmm)
     i = 0
     while i < npages and restore > 0:
-        pfn = mm.mpfn_to_pfn(lay, src[i])
-        if pfn >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
-            remove_migration_ptes(st, pfn, pfn)
-            src[i] = L.MPFN_NONE
-            mm.unlock_page(st, pfn)
+        if mm.mpfn_to_pfn(lay, src[i]) >= 0 and (src[i] & lay[L.L_MIGRATE]) == 0:
+            restore_slot(st, src, i)
             restore -= 1
-            if mm.is_zone_device(st, pfn):
-                mm.put_page(st, pfn)
-            else:
-                mm.putback_lru_page(st, pfn)
         i += 1

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from migengine.kernels import layout as L
 from migengine.kernels.copy import (
     DEFAULT_PAR_MIN_BYTES,
     ENG_CHANNELS,
@@ -68,6 +69,13 @@ def _positive(name, value):
     value = _finite_real(name, value)
     if value <= 0.0:
         raise ValueError(f"{name} must be > 0, got {value}")
+    return value
+
+
+def _channels(name, value):
+    value = _int_at_least(name, value, 1)
+    if value > L.MAX_CHANNELS:
+        raise ValueError(f"{name} must be <= {L.MAX_CHANNELS}, got {value}")
     return value
 
 
@@ -127,7 +135,7 @@ class CopyEngine:
         chunk_pages: largest descriptor, in pages (int >= 1). Pairs of pages
             that are physically contiguous on both the source and the
             destination side coalesce into one descriptor up to this size.
-        channels: modelled engine channels (int >= 1). Each descriptor goes
+        channels: modelled engine channels (int, 1 to 1024). Each descriptor goes
             to the least-loaded channel; the busiest channel's total is the
             modelled time.
         setup_ns: fixed cost per descriptor in ns (finite, >= 0).
@@ -151,7 +159,7 @@ class CopyEngine:
     """
 
     chunk_pages = _Param(_int_at_least, 1)
-    channels = _Param(_int_at_least, 1)
+    channels = _Param(_channels)
     setup_ns = _Param(_non_negative)
     gbps = _Param(_positive)
     threads = _Param(_threads)

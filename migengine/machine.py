@@ -9,6 +9,7 @@ import numpy as np
 
 from migengine.errors import InvariantError, MigengineError, OutOfMemory
 from migengine.kernels import driver as kdriver
+from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 from migengine.kernels import state as kstate
 from migengine.kernels.check import CHECK_MESSAGES, check_state
@@ -68,12 +69,20 @@ class Machine:
         nswap = ram if swap_pages is None else as_count(swap_pages, "swap_pages")
         engine = CopyEngine()
         self._profile = profile
-        self._state = kstate.new_state(
-            ram, dev, ps, store_data, L.PROFILES[profile], engine.to_array(), nswap
+        self._set_state(
+            kstate.new_state(ram, dev, ps, store_data, L.PROFILES[profile], engine.to_array(), nswap)
         )
         self._processes: list[Process] = []
         self.rng = np.random.default_rng(seed)
         self.device = Device(self, engine)
+
+    def _set_state(self, st: kstate.State) -> None:
+        """Install a state, and the handle table the Python fast paths pass
+        (kernels.handle): it names the arrays by address, so it is rebuilt with
+        every new state and keeps that state's arrays alive with it."""
+        self._state = st
+        self._handle_table = khandle.make_handle(st)
+        self._handle = int(self._handle_table.ctypes.data)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -290,7 +299,7 @@ class Machine:
         st.sys[L.SYS_NR_VMAS] = v + 1
         st.sys[L.SYS_PTE_USED] = pte_base + npages
         st.sys[L.SYS_PMD_USED] = pmd_base + nlevel
-        self._state = st
+        self._set_state(st)
         return v
 
     # ------------------------------------------------------------------ invariants

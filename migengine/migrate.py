@@ -11,7 +11,9 @@ from numba.core.registry import CPUDispatcher
 
 from migengine import kernels
 from migengine.errors import MigrateError
+from migengine.device import log_threading_layer
 from migengine.kernels import driver as kdriver
+from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 from migengine.process import Vma
 
@@ -59,6 +61,27 @@ def _check_range(vma: Vma, start: int, end: int) -> int:
     return (e - s) // ps
 
 
+def _prepare_fast_path() -> Callable[..., int]:
+    """The fast path's dispatcher, loaded (or compiled) for its one signature.
+
+    Compiling is then switched off, so arrays of any other type raise TypeError
+    at the call instead of compiling a variant; the caller falls back to the
+    validating path for those.
+    """
+    entry = khandle.migrate_vma_to_device_at
+    entry.compile(khandle.FAST_SIGNATURE.args)
+    entry.disable_compile()
+    log_threading_layer()
+    return entry  # type: ignore[no-any-return]
+
+
+def _fast_to_device(*args: Any) -> int:
+    """Stands in for the fast path until its first use, then replaces itself."""
+    global _fast_to_device
+    _fast_to_device = _prepare_fast_path()
+    return _fast_to_device(*args)
+
+
 def migrate_vma(
     ops: MigrateOps | None,
     vma: Vma | None,
@@ -75,6 +98,17 @@ def migrate_vma(
     Returns 0, also when nothing migrated. Neither callback runs when no page
     was collected.
     """
+    # Fast path for the device's own ops with plain arguments: one compiled call
+    # that validates as it goes (kernels.handle). Anything it refuses has changed
+    # nothing, and goes on to the checks below for the precise error.
+    if private is None and type(vma) is Vma and type(start) is int and type(end) is int:
+        m = vma.process.machine
+        if ops is m.device.ops:
+            try:
+                if _fast_to_device(m._handle, vma.index, start, end, src, dst) == 0:
+                    return 0
+            except (TypeError, OverflowError):
+                pass
     if vma is None:
         raise MigrateError("migrate_vma: vma is NULL")
     if ops is None or src is None or dst is None:
