@@ -69,8 +69,9 @@ class Machine:
         nswap = ram if swap_pages is None else as_count(swap_pages, "swap_pages")
         engine = CopyEngine()
         self._profile = profile
+        profile_id = L.PROFILES[profile]
         self._set_state(
-            kstate.new_state(ram, dev, ps, store_data, L.PROFILES[profile], engine.to_array(), nswap)
+            kstate.new_state(ram, dev, ps, store_data, profile_id, engine.to_array(), nswap)
         )
         self._processes: list[Process] = []
         self.rng = np.random.default_rng(seed)

@@ -10,8 +10,8 @@ import numpy as np
 from numba.core.registry import CPUDispatcher
 
 from migengine import kernels
-from migengine.errors import MigrateError
 from migengine.device import log_threading_layer
+from migengine.errors import MigrateError
 from migengine.kernels import driver as kdriver
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
@@ -72,7 +72,7 @@ def _prepare_fast_path() -> Callable[..., int]:
     entry.compile(khandle.FAST_SIGNATURE.args)
     entry.disable_compile()
     log_threading_layer()
-    return entry  # type: ignore[no-any-return]
+    return entry
 
 
 def _fast_to_device(*args: Any) -> int:
