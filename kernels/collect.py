@@ -147,7 +147,7 @@ def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
         restore_slot(st, src, k)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _collect_ptes(st, v, addr, end, src, dst, mig, hmm, fused):
     """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
     slot = mm.pte_slot(st, v, addr)

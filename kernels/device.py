@@ -34,7 +34,7 @@ from .copy import (
     memcpy_bytes,
 )
 from .finalize import finalize_slot
-from .migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
+from .migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup, setup_range
 from .pages import pages_slot
 from .prefetch import PREFETCH_AHEAD, prefetch_for_write
 
@@ -113,14 +113,14 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     _alloc_and_copy(state, True, src, dst, start, end, private)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _alloc_and_copy(state, to_device, src, dst, start, end, private):
     """Allocate destinations for one direction, then copy them in one engine batch."""
     npages = mm.pages_in(state, end - start)
     _copy_pairs(state, _alloc_pairs(state, to_device, src, dst, npages, private), private)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _alloc_pairs(state, to_device, src, dst, npages, private):
     """Allocate the destinations of one direction; returns how many copy pairs
     it left in ``state.copy_scratch``."""
@@ -245,7 +245,7 @@ def _moved(lay, src, dst, i):
     return 1 if mm.mpfn_to_pfn(lay, dst[i]) >= 0 else 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device's own callbacks for one direction.
 
@@ -254,7 +254,7 @@ def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
     after the pages pass (dmirror's cpages for MIGRATE_TO_SYS). Its scratch is
     in the state, so it runs without reference counting.
     """
-    cpages = migrate_vma_setup(state, vma_index, start, end, src, dst)
+    cpages = setup_range(state, vma_index, start, end, src, dst)
     if cpages <= 0:
         return min(cpages, 0)
     start = mm.page_down(state, start)
@@ -277,7 +277,7 @@ def _prefetch_slot(state, src, dst, i):
         mm.prefetch_page(state, newpage)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _finish_driver(state, to_device, vma_index, start, end, src, dst):
     """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
 

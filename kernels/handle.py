@@ -18,7 +18,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .device import migrate_vma_to_device
+from .device import _run_driver
 from .state import PAGE_DTYPE, VMA_DTYPE, State
 
 _SLOTS = 3  # per field: data address, shape[0], shape[1] (0 for 1-D)
@@ -151,7 +151,7 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     """
     if _overlap(src, dst):
         return -EBADARG
-    return migrate_vma_to_device(state_at(handle), vma_index, start, end, src, dst, 0)
+    return min(_run_driver(state_at(handle), True, vma_index, start, end, src, dst, 0), 0)
 
 
 MPFN_ARRAY = types.Array(types.uint64, 1, "C")

@@ -62,6 +62,12 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     returns a positive count the caller must fill ``dst`` and then call
     migrate_vma_pages() and migrate_vma_finalize() over the same range.
     """
+    return setup_range(state, vma_index, start, end, src, dst)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def setup_range(state, vma_index, start, end, src, dst):
+    """migrate_vma_setup()'s body, inlined into the device's own pipeline."""
     npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
     if npages < 0:
         return npages

@@ -331,11 +331,12 @@ def lru_cache_add(st, cpu, pfn):
         _drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def lru_add_drain(st, cpu):
     """lru_add_drain(): drain the calling CPU's batch only."""
     st.counters[L.C_LRU_ADD_DRAIN] += 1
-    _drain_cpu(st, cpu)
+    if st.pagevec_n[cpu] != 0:
+        _drain_cpu(st, cpu)
 
 
 @njit(cache=True, nogil=True, _nrt=False)

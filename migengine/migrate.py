@@ -98,9 +98,11 @@ def migrate_vma(
     Returns 0, also when nothing migrated. Neither callback runs when no page
     was collected.
     """
-    # Fast path for the device's own ops with plain arguments: one compiled call
-    # that validates as it goes (kernels.handle). Anything it refuses has changed
-    # nothing, and goes on to the checks below for the precise error.
+    # Fast path for the device's own ops: one compiled call that validates as it
+    # goes (kernels.handle). Whatever it refuses (-EINVAL, arrays of another
+    # type, an address past int64) has changed nothing and goes on to the checks
+    # below, which raise the precise error. Addresses must be exact ints here:
+    # numba would truncate a float to the int64 signature.
     if private is None and type(vma) is Vma and type(start) is int and type(end) is int:
         m = vma.process.machine
         if ops is m.device.ops:
