@@ -148,11 +148,11 @@ def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _collect_ptes(st, v, addr, end, src, dst, mig, hmm, fused):
-    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
+def _collect_ptes(st, v, addr, end, src, dst, mig, hmm, fused, unmapped):
+    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``; ``unmapped``
+    is nonzero when PTEs of this PMD were already cleared (a sweep resumed mid-PMD)."""
     slot = mm.pte_slot(st, v, addr)
     n = mig[L.MIG_NPAGES]
-    unmapped = 0
     count = mm.pages_in(st, end - addr)
     for k in range(count):
         if k + PREFETCH_AHEAD < count:
@@ -172,9 +172,10 @@ def _collect_ptes(st, v, addr, end, src, dst, mig, hmm, fused):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def collect_range(st, v, start, end, src, dst, mig, fused):
+def collect_range(st, v, start, end, src, dst, mig, fused, unmapped0):
     """migrate_vma_collect()'s walk; with ``fused`` every collected page goes on
-    through prepare and unmap in the same sweep (migrate_vma_setup())."""
+    through prepare and unmap in the same sweep (migrate_vma_setup()).
+    ``unmapped0``: the first PMD already had PTEs cleared (see kernels.sweep)."""
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ps = st.sys[L.SYS_PAGE_SIZE]
     ext = mm.pmd_extent(st)
@@ -194,7 +195,8 @@ def collect_range(st, v, start, end, src, dst, mig, fused):
             else:
                 migrate_vma_collect_hole(st, src, dst, mig, count)
         else:
-            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm, fused)
+            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm, fused, unmapped0)
+        unmapped0 = 0
         addr = stop
     mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * ps
 
@@ -218,4 +220,4 @@ def migrate_vma_collect(st, v, start, end, src, dst, mig):
     hmm-v25 - holes and zero pages give MIGRATE; device-private entries give
     VALID|MIGRATE|DEVICE; pages that trylock are locked and unmapped here.
     """
-    collect_range(st, v, start, end, src, dst, mig, False)
+    collect_range(st, v, start, end, src, dst, mig, False, 0)

@@ -39,6 +39,7 @@ from .clock import now_ns
 __all__ = [
     "COPY_PIECE_BYTES",
     "DEFAULT_PAR_MIN_BYTES",
+    "DEFAULT_PAR_MIN_PAGES",
     "ENGINE_FIELDS",
     "ENG_CHANNELS",
     "ENG_CHUNK_PAGES",
@@ -46,6 +47,7 @@ __all__ = [
     "ENG_GBPS",
     "ENG_MODEL",
     "ENG_PAR_MIN_BYTES",
+    "ENG_PAR_MIN_PAGES",
     "ENG_SETUP_NS",
     "ENG_THREADS",
     "MODEL_LINEAR",
@@ -75,7 +77,8 @@ ENG_THREADS = 4  # 0 = engine picks, 1 = serial, k > 1 = at most k threads
 ENG_MODEL = 5  # MODEL_LINEAR or MODEL_UVM_CURVE
 ENG_CURVE_B = 6  # UVM-Smart curve steepness b, per KiB
 ENG_PAR_MIN_BYTES = 7  # batches smaller than this are copied serially
-ENGINE_FIELDS = 8
+ENG_PAR_MIN_PAGES = 8  # migrations with fewer pages sweep their metadata serially
+ENGINE_FIELDS = 9
 
 # Stats array layout (float64[STATS_FIELDS]); engine_copy adds to it.
 STAT_DESCRIPTORS = 0
@@ -101,6 +104,10 @@ MODEL_UVM_CURVE = 1
 # across: below 1 MiB the parallel copy can be 2-3x *slower*. 1 MiB is the
 # smallest size that never lost.
 DEFAULT_PAR_MIN_BYTES = 1 << 20
+
+# Metadata sweeps cost ~10 ns a page and a parallel region ~3-5 us here, so
+# splitting them over threads pays from a few thousand pages.
+DEFAULT_PAR_MIN_PAGES = 4096
 
 # Largest single memcpy call. On the development VM (glibc 2.36, 1 MiB L2 per
 # core) copying 256 MiB in calls of 64 KiB-512 KiB ran at ~24-27 GB/s with 2

@@ -14,7 +14,7 @@ The callbacks take ``private`` as an int64 of ``DEV_*`` bits.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from . import layout as L
 from . import mm
@@ -37,6 +37,13 @@ from .finalize import finalize_slot
 from .migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup, setup_range
 from .pages import pages_slot
 from .prefetch import PREFETCH_AHEAD, prefetch_for_write
+from .sweep import (
+    clear_thread_counts,
+    merge_thread_counts,
+    plan_chunks,
+    sweep_threads,
+    with_counters,
+)
 
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
 DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
@@ -131,9 +138,105 @@ def _alloc_pairs(state, to_device, src, dst, npages, private):
     return _alloc_system_pages(state, src, dst, npages, private, sp, dp)
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _wants_device_page(state, mpfn):
+    """A MIGRATE slot that is not device memory already (device to device
+    would need a device-side copy)."""
+    lay = state.layout
+    if (mpfn & lay[L.L_MIGRATE]) == 0:
+        return False
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    return spfn < 0 or not mm.is_device_pfn(state, spfn)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _count_wants(state, src, t):
+    info = state.sweep_info
+    need = 0
+    pairs = 0
+    for i in range(info[t, L.SW_FIRST], info[t, L.SW_END]):
+        if _wants_device_page(state, src[i]):
+            need += 1
+            if mm.mpfn_to_pfn(state.layout, src[i]) >= 0:
+                pairs += 1
+    info[t, L.SW_NEED] = need
+    info[t, L.SW_PAIRS] = pairs
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _count_wants_all(state, src, threads):
+    for t in prange(threads):
+        _count_wants(state, src, t)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _take_device_pages(state, src, dst, t, sp, dp):
+    """One thread: pop the device frames its slots rank to (slot order), as
+    device_alloc_page() would have popped them one by one."""
+    lay = state.layout
+    info = state.sweep_info
+    top = state.sys[L.SYS_NR_RAM] + state.sys[L.SYS_DEV_FREE] - 1
+    rank = info[t, L.SW_NEED0]
+    n = info[t, L.SW_PAIRS0]
+    for i in range(info[t, L.SW_FIRST], info[t, L.SW_END]):
+        mpfn = src[i]
+        dst[i] = L.MPFN_NONE
+        if not _wants_device_page(state, mpfn):
+            continue
+        dpfn = state.free_stack[top - rank]
+        state.free_stack[top - rank] = -1
+        state.free_pos[dpfn] = -1
+        rank += 1
+        mm.init_allocated(state, dpfn)
+        mm.trylock_page(state, dpfn)
+        spfn = mm.mpfn_to_pfn(lay, mpfn)
+        if spfn >= 0:
+            sp[n] = spfn
+            dp[n] = dpfn
+            n += 1
+        else:
+            mm.zero_frame(state, dpfn)
+        dst[i] = mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _take_device_pages_all(state, src, dst, threads, sp, dp):
+    for t in prange(threads):
+        _take_device_pages(state, src, dst, t, sp, dp)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
+    """device_alloc_and_copy()'s allocation over threads (kernels.sweep): count
+    each thread's wants, rank them in slot order, then pop by rank. Returns the
+    copy pairs, or -1 (nothing done) when the pool cannot serve every slot:
+    then the serial loop decides which slots go without."""
+    used = plan_chunks(state, 0, npages, threads)
+    _count_wants_all(state, src, used)
+    info = state.sweep_info
+    need = 0
+    pairs = 0
+    for t in range(used):
+        info[t, L.SW_NEED0] = need
+        info[t, L.SW_PAIRS0] = pairs
+        need += info[t, L.SW_NEED]
+        pairs += info[t, L.SW_PAIRS]
+    if need > state.sys[L.SYS_DEV_FREE]:
+        return -1
+    _take_device_pages_all(state, src, dst, used, sp, dp)
+    state.sys[L.SYS_DEV_FREE] -= need
+    state.counters[L.C_DEVICE_CALLOC] += need
+    return pairs
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
+    threads = sweep_threads(state, npages)
+    if threads > 1 and state.sys[L.SYS_FAIL_ALLOC] == 0:
+        n = _alloc_device_parallel(state, src, dst, npages, sp, dp, threads)
+        if n >= 0:
+            return n
     lay = state.layout
     n = 0
     for i in range(npages):
@@ -278,30 +381,154 @@ def _prefetch_slot(state, src, dst, i):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm, release_source):
+    """pages, finalize_and_map and finalize for slot ``i``; 1 if dmirror counts it moved."""
+    pages_slot(state, vma_index, addr, src, dst, i, hmm)
+    moved = _moved(state.layout, src, dst, i)
+    if to_device:
+        _mirror_slot(state, slot, src, dst, i)
+    else:
+        _unmirror_slot(state, slot, src, dst, i)
+    finalize_slot(state, src, dst, i, hmm, release_source)
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
+    """The serial finish sweep over slots ``[lo, hi)``; returns the moved count."""
+    hmm = state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(state, vma_index, start)
+    moved = 0
+    for i in range(lo, hi):
+        if i + PREFETCH_AHEAD < hi:
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
+        addr = start + i * ps
+        moved += _finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, hmm, True)
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _plain_to_finish(state, slot, src, dst, i):
+    """A to-device slot whose finish touches only its own two pages and PTE slot,
+    and frees only its source (at the release step): an anonymous 4 KiB source
+    holding just the isolation reference, mapped by this slot's migration entry
+    alone, and a freshly allocated device page."""
+    lay = state.layout
+    if (src[i] & lay[L.L_MIGRATE]) == 0:
+        return False
+    page = mm.mpfn_to_pfn(lay, src[i])
+    newpage = mm.mpfn_to_pfn(lay, dst[i])
+    if page < 0 or newpage < 0:
+        return False
+    if (state.page["flags"][page] & L.PLAIN_SETUP_EXCLUDED & ~L.PG_LOCKED) != 0:
+        return False  # (ZONE_DEVICE among them: the source is RAM)
+    if (state.page["flags"][newpage] & L.PG_ZONE_DEVICE) == 0:
+        return False
+    return (
+        state.page["mapping"][page] == L.MAPPING_ANON
+        and state.page["refcount"][page] == 1
+        and state.page["rmap"][page] == slot
+        and state.pte_next[slot] == -1
+        and state.page["refcount"][newpage] == 2
+        and state.page["mapping"][newpage] == L.MAPPING_NONE
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_plain_run(state, vma_index, start, src, dst, t):
+    """One thread: finish its slots until the first one that is not plain.
+
+    A plain slot's release drops its source's last reference (putback_lru_page()
+    of a page with refcount 1), which frees it; everything of that free but the
+    place on the free stack is done here, the place is assigned in slot order
+    afterwards (_place_plain_frees)."""
+    info = state.sweep_info
+    mine = with_counters(state, state.sweep_counters[t])
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(state, vma_index, start)
+    i = info[t, L.SW_FIRST]
+    end = info[t, L.SW_END]
+    moved = 0
+    while i < end:
+        if i + PREFETCH_AHEAD < end:
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
+        if not _plain_to_finish(state, slot0 + i, src, dst, i):
+            break
+        moved += _finish_slot(
+            mine, True, vma_index, slot0 + i, start + i * ps, src, dst, i, True, False
+        )
+        page = mm.mpfn_to_pfn(state.layout, src[i])
+        state.page["refcount"][page] -= 1  # putback_lru_page(): the last reference
+        mm.mark_free(mine, page)
+        i += 1
+    info[t, L.SW_STOP] = i
+    info[t, L.SW_MOVED] = moved
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _finish_plain_runs(state, vma_index, start, src, dst, threads):
+    for t in prange(threads):
+        _finish_plain_run(state, vma_index, start, src, dst, t)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _place_plain_run(state, src, t):
+    """One thread's plain frees onto the RAM free stack, from the position
+    reserved for them (SW_NEED0), in slot order."""
+    info = state.sweep_info
+    pos = info[t, L.SW_NEED0]
+    for i in range(info[t, L.SW_FIRST], info[t, L.SW_STOP]):
+        mm.place_free(state, mm.mpfn_to_pfn(state.layout, src[i]), pos)
+        pos += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _place_plain_frees(state, src, threads):
+    for t in prange(threads):
+        _place_plain_run(state, src, t)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_parallel(state, vma_index, start, npages, src, dst, threads):
+    """The to-device finish sweep over ``threads`` threads (kernels.sweep).
+
+    Plain slots run in parallel; then, in slot order, each thread's plain
+    frees get their places on the RAM free stack reserved and its remaining
+    slots run serially (freeing onto the stack after them); then the plain
+    frees are written into their places. Frees end up in slot order, as the
+    serial sweep pushes them; nothing allocates in between."""
+    used = plan_chunks(state, start, npages, threads)
+    clear_thread_counts(state, used)
+    _finish_plain_runs(state, vma_index, start, src, dst, used)
+    merge_thread_counts(state, used, state.mig)
+    moved = 0
+    for t in range(used):
+        info = state.sweep_info[t]
+        info[L.SW_NEED0] = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
+        state.sys[L.SYS_RAM_FREE] += info[L.SW_STOP] - info[L.SW_FIRST]
+        moved += info[L.SW_MOVED]
+        moved += _finish_slots(
+            state, True, vma_index, start, src, dst, info[L.SW_STOP], info[L.SW_END]
+        )
+    _place_plain_frees(state, src, used)
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _finish_driver(state, to_device, vma_index, start, end, src, dst):
     """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
 
     Slot by slot rather than pass by pass: each slot's steps touch only its own
     pages and mappings, so the outcome is the one the three separate loops give
-    (tests/test_fused.py compares them). Returns dmirror's moved count.
+    (tests/test_fused.py compares them). Large to-device batches are split over
+    threads (kernels.sweep). Returns dmirror's moved count.
     """
-    lay = state.layout
-    hmm = state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    slot0 = mm.pte_slot(state, vma_index, start)
-    moved = 0
     npages = mm.pages_in(state, end - start)
-    for i in range(npages):
-        if i + PREFETCH_AHEAD < npages:
-            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
-        pages_slot(state, vma_index, start + i * ps, src, dst, i, hmm)
-        moved += _moved(lay, src, dst, i)
-        if to_device:
-            _mirror_slot(state, slot0 + i, src, dst, i)
-        else:
-            _unmirror_slot(state, slot0 + i, src, dst, i)
-        finalize_slot(state, src, dst, i, hmm)
-    return moved
+    threads = sweep_threads(state, npages) if to_device else 1
+    if threads > 1:
+        return _finish_parallel(state, vma_index, start, npages, src, dst, threads)
+    return _finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)
 
 
 @njit(cache=True, nogil=True, _nrt=False)

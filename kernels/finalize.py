@@ -13,7 +13,7 @@ from .rmap import remove_migration_ptes
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _release(st, pfn, hmm):
+def release(st, pfn, hmm):
     """put_page() for ZONE_DEVICE pages, putback_lru_page() for the others."""
     if hmm and mm.is_zone_device(st, pfn):
         mm.put_page(st, pfn)
@@ -22,8 +22,12 @@ def _release(st, pfn, hmm):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def finalize_slot(st, src, dst, i, hmm):
-    """Finish one slot; returns 1 when it was a collected page (cpages--)."""
+def finalize_slot(st, src, dst, i, hmm, release_source):
+    """Finish one slot; returns 1 when it was a collected page (cpages--).
+
+    ``release_source=False`` leaves the source's final release (which frees a
+    migrated page) to the caller: kernels.sweep pushes frees in slot order.
+    """
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
     page = mm.mpfn_to_pfn(lay, src[i])
@@ -40,10 +44,11 @@ def finalize_slot(st, src, dst, i, hmm):
         newpage = page
     remove_migration_ptes(st, page, newpage)
     mm.unlock_page(st, page)
-    _release(st, page, hmm)
+    if release_source:
+        release(st, page, hmm)
     if newpage != page:
         mm.unlock_page(st, newpage)
-        _release(st, newpage, hmm)
+        release(st, newpage, hmm)
         st.counters[L.C_PGMIGRATE_SUCCESS] += 1
     return 1
 
@@ -65,5 +70,5 @@ def migrate_vma_finalize(st, npages, src, dst):
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     done = 0
     for i in range(npages):
-        done += finalize_slot(st, src, dst, i, hmm)
+        done += finalize_slot(st, src, dst, i, hmm, True)
     return done

@@ -115,6 +115,9 @@ def state_at(handle):
         _one(t, 23, f64),
         _one(t, 24, u64),
         _one(t, 25, u64),
+        _two(t, 26, i64),
+        _two(t, 27, i64),
+        _two(t, 28, i64),
     )
 
 

@@ -206,6 +206,29 @@ COPY_SRC, COPY_DST, COPY_DESC_SRC, COPY_DESC_DST, COPY_DESC_LEN = range(5)
 COPY_ROWS = 5
 MAX_CHANNELS = 1024  # modelled DMA channels; real engines have 1-16
 
+# Flags that keep a page off the parallel sweeps' plain path (kernels.sweep).
+PLAIN_SETUP_EXCLUDED = (
+    PG_HEAD
+    | PG_TAIL
+    | PG_LOCKED
+    | PG_PAGEVEC
+    | PG_ZONE_DEVICE
+    | PG_FREE
+    | PG_ZERO
+    | PG_EXT_LOCKED
+    | PG_EXT_ISOLATED
+)
+
+# --- per-thread scratch of the parallel sweeps (``State.sweep_info``, one row a thread).
+MAX_SWEEP_THREADS = 64
+SW_FIRST, SW_END, SW_STOP, SW_PARTIAL, SW_NEED, SW_PAIRS, SW_NEED0, SW_PAIRS0, SW_MOVED = range(9)
+SWEEP_INFO = 9
+# Each thread's own counts sit this many int64 apart (256 and 512 bytes), so no
+# two threads ever write the same cache line: a line bouncing between cores on
+# every page cost more than the second thread gained.
+SWEEP_MIG_STRIDE = 32
+SWEEP_COUNTERS_STRIDE = 64
+
 # --- results of compiled CPU accesses and faults.
 FAULT_OK = 0
 FAULT_SEGV = 1

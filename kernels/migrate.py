@@ -16,6 +16,7 @@ from .collect import collect_range
 from .finalize import migrate_vma_finalize as _finalize
 from .mm import lru_add_drain
 from .pages import migrate_vma_pages as _pages
+from .sweep import setup_parallel, sweep_threads
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -80,10 +81,15 @@ def setup_range(state, vma_index, start, end, src, dst):
     mig[L.MIG_VMA] = vma_index
     src[:npages] = 0
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
-    collect_range(state, vma_index, start, mig[L.MIG_END], src, dst, mig, True)
+    threads = sweep_threads(state, npages)
+    if threads > 1 and state.pagevec_n[L.CPU_DRIVER] == 0:
+        setup_parallel(state, vma_index, start, npages, src, dst, mig, threads)
+    else:
+        collect_range(state, vma_index, start, mig[L.MIG_END], src, dst, mig, True, 0)
     state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_COLLECTED]
     if mig[L.MIG_COLLECTED] > 0 and mig[L.MIG_DRAINED] == 0:
-        lru_add_drain(state, L.CPU_DRIVER)  # prepare runs (for holes only) and drains first
+        lru_add_drain(state, L.CPU_DRIVER)  # prepare ran (for holes or plain pages): it drained
+        mig[L.MIG_DRAINED] = 1
     return mig[L.MIG_CPAGES]
 
 

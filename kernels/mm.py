@@ -185,7 +185,7 @@ def _stack_remove(st, pfn):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _init_allocated(st, pfn):
+def init_allocated(st, pfn):
     st.page["flags"][pfn] &= L.PG_ZONE_DEVICE
     st.page["mapcount"][pfn] = 0
     st.page["pins"][pfn] = 0
@@ -203,7 +203,7 @@ def alloc_frame(st, device):
         return -1
     pfn = st.free_stack[_stack_base(st, device) + st.sys[depth_i] - 1]
     _stack_remove(st, pfn)
-    _init_allocated(st, pfn)
+    init_allocated(st, pfn)
     return pfn
 
 
@@ -212,15 +212,26 @@ def free_frame(st, pfn):
     """Return a frame to its free stack (refcount already at its free value)."""
     device = is_device_pfn(st, pfn)
     depth_i = _depth_index(device)
-    pos = _stack_base(st, device) + st.sys[depth_i]
+    place_free(st, pfn, _stack_base(st, device) + st.sys[depth_i])
+    st.sys[depth_i] += 1
+    mark_free(st, pfn)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def place_free(st, pfn, pos):
+    """Put a freed frame at position ``pos`` of the free stack."""
     st.free_stack[pos] = pfn
     st.free_pos[pfn] = pos
-    st.sys[depth_i] += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def mark_free(st, pfn):
+    """The struct-page side of freeing a frame (free_frame() without the stack)."""
     st.page["flags"][pfn] = (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) | L.PG_FREE
     st.page["mapcount"][pfn] = 0
     st.page["mapping"][pfn] = L.MAPPING_NONE
     st.page["rmap"][pfn] = -1
-    if device:
+    if is_device_pfn(st, pfn):
         st.counters[L.C_DEVICE_CFREE] += 1
 
 
@@ -237,7 +248,7 @@ def alloc_thp(st):
         if ok:
             for j in range(L.HPAGE_PMD_NR):
                 _stack_remove(st, head + j)
-                _init_allocated(st, head + j)
+                init_allocated(st, head + j)
                 st.page["refcount"][head + j] = 0
                 set_flag(st, head + j, L.PG_TAIL)
             clear_flag(st, head, L.PG_TAIL)

@@ -58,6 +58,10 @@ jitclass, no structref). What each array means:
                   pairs and its descriptors. A batch never holds more pairs than
                   there are frames, so it always fits.
 ``engine_load``   float64[MAX_CHANNELS]: per-channel busy time of the cost model.
+``sweep_info`` / ``sweep_mig`` / ``sweep_counters``
+                  per-thread scratch of the parallel sweeps (kernels.sweep): each
+                  thread's slots and where it stopped (SW_*), its own ``mig`` and its
+                  own counters, summed into the machine's after the parallel region.
 ``range_src`` / ``range_dst``
                   uint64 src/dst slots for the device's whole-range migrations, one
                   per PTE slot (a range lies inside one VMA, so it always fits).
@@ -130,6 +134,9 @@ State = namedtuple(
         "engine_load",
         "range_src",
         "range_dst",
+        "sweep_info",
+        "sweep_mig",
+        "sweep_counters",
     ],
 )
 
@@ -211,6 +218,9 @@ def new_state(
         engine_load=np.zeros(L.MAX_CHANNELS, np.float64),
         range_src=np.zeros(pte_capacity, np.uint64),
         range_dst=np.zeros(pte_capacity, np.uint64),
+        sweep_info=np.zeros((L.MAX_SWEEP_THREADS, L.SWEEP_INFO), np.int64),
+        sweep_mig=np.zeros((L.MAX_SWEEP_THREADS, L.SWEEP_MIG_STRIDE), np.int64),
+        sweep_counters=np.zeros((L.MAX_SWEEP_THREADS, L.SWEEP_COUNTERS_STRIDE), np.int64),
     )
 
 

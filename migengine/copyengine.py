@@ -20,12 +20,14 @@ import numpy as np
 from migengine.kernels import layout as L
 from migengine.kernels.copy import (
     DEFAULT_PAR_MIN_BYTES,
+    DEFAULT_PAR_MIN_PAGES,
     ENG_CHANNELS,
     ENG_CHUNK_PAGES,
     ENG_CURVE_B,
     ENG_GBPS,
     ENG_MODEL,
     ENG_PAR_MIN_BYTES,
+    ENG_PAR_MIN_PAGES,
     ENG_SETUP_NS,
     ENG_THREADS,
     ENGINE_FIELDS,
@@ -141,10 +143,11 @@ class CopyEngine:
         setup_ns: fixed cost per descriptor in ns (finite, >= 0).
         gbps: per-channel rate in GB/s, i.e. bytes per ns (finite, > 0). For
             ``model="uvm-curve"`` it is the curve's asymptote ``a``.
-        threads: host threads for the real copy. None lets the engine pick
-            (parallel above ``parallel_min_bytes`` with numba's current
-            thread count); 1 forces the serial path; k > 1 caps the
-            parallel copy at k threads (and at numba's current count).
+        threads: host threads for the real copy and for the metadata sweeps
+            of large migrations. None lets the engine pick (parallel above
+            ``parallel_min_bytes`` / ``parallel_min_pages`` with numba's
+            current thread count); 1 forces the serial path; k > 1 caps the
+            parallel work at k threads (and at numba's current count).
         model: ``"linear"``: ``t(s) = setup_ns + s / gbps``;
             ``"uvm-curve"``: ``t(s) = setup_ns + s / speed(s)`` with
             ``speed(s) = (2 * gbps / pi) * atan(curve_b * s / 1024)`` GB/s.
@@ -152,6 +155,9 @@ class CopyEngine:
         parallel_min_bytes: batches smaller than this are copied serially
             (int >= 0), because a parallel region only pays for itself
             above about 1 MiB on a 2-core machine.
+        parallel_min_pages: migrations of fewer pages run their metadata
+            sweeps (setup, allocation, pages and finalize) on one thread
+            (int >= 1). The outcome is the same either way; see kernels.sweep.
 
     Only the modelled time depends on ``channels``, ``setup_ns``, ``gbps``,
     ``model`` and ``curve_b``; the real copy always runs at host memcpy
@@ -166,6 +172,7 @@ class CopyEngine:
     model = _Param(_model)
     curve_b = _Param(_positive)
     parallel_min_bytes = _Param(_int_at_least, 0)
+    parallel_min_pages = _Param(_int_at_least, 1)
 
     _FIELDS = (
         "chunk_pages",
@@ -176,6 +183,7 @@ class CopyEngine:
         "model",
         "curve_b",
         "parallel_min_bytes",
+        "parallel_min_pages",
     )
 
     def __init__(
@@ -189,6 +197,7 @@ class CopyEngine:
         model="linear",
         curve_b=0.07292,
         parallel_min_bytes=DEFAULT_PAR_MIN_BYTES,
+        parallel_min_pages=DEFAULT_PAR_MIN_PAGES,
     ):
         self.chunk_pages = chunk_pages
         self.channels = channels
@@ -198,6 +207,7 @@ class CopyEngine:
         self.model = model
         self.curve_b = curve_b
         self.parallel_min_bytes = parallel_min_bytes
+        self.parallel_min_pages = parallel_min_pages
 
     def _params(self):
         return {name: getattr(self, name) for name in self._FIELDS}
@@ -233,6 +243,7 @@ class CopyEngine:
         arr[ENG_MODEL] = _MODELS[self.model]
         arr[ENG_CURVE_B] = self.curve_b
         arr[ENG_PAR_MIN_BYTES] = self.parallel_min_bytes
+        arr[ENG_PAR_MIN_PAGES] = self.parallel_min_pages
         return arr
 
     def model_time_s(self, page_counts, page_size=4096):

@@ -1,0 +1,239 @@
+"""The parallel schedule of a large migration's metadata sweeps (hmm-v25).
+
+A sweep (migrate_vma_setup()'s collect + prepare + unmap, the device's page
+allocation, and its pages + finalize_and_map + finalize) does the same steps
+for every slot, and each slot's steps touch only that slot's own pages and
+page-table entry (tests/test_fused.py holds the fused sweeps to the separate
+passes). What slots share is:
+
+* counters and the ``struct migrate_vma`` counts: each thread keeps its own
+  (``State.sweep_counters`` / ``sweep_mig``) and they are summed afterwards;
+* the free stacks, whose order decides which frame the next allocation gets:
+  pops are ranked in slot order before the parallel region, and the frees
+  of the finish sweep are pushed afterwards, in slot order;
+* the LRU-add batches and their drains, THP splits, pins, foreign locks and
+  pages mapped twice: a thread handles only *plain* slots (an anonymous 4 KiB
+  page on the LRU, mapped once, nobody else holding it) and stops at the first
+  other slot. After the region, each thread's remaining slots run through
+  the serial sweep, in slot order.
+
+So the parallel sweep ends in exactly the state of the serial one: the plain
+slots commute with everything (they share nothing with any other slot), and
+everything else still happens in slot order. Threads own whole PMD extents,
+so the one-flush-per-PMD accounting and a PMD-level pte_alloc() stay within a
+thread. The per-thread bodies are separate functions called from the prange
+loop, not inlined into it: inlined, numba 0.68 lowered a thread's while-loop
+counter as if it never moved (every thread "stopped" at its first slot).
+Only ``hmm-v25`` takes this path; ``seed`` unmaps through
+try_to_unmap(), which counts TLB flushes as it goes, and stays serial.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import layout as L
+from . import mm
+from .collect import collect_range, collect_slot
+from .copy import ENG_PAR_MIN_PAGES, ENG_THREADS, _get_thread_count
+from .prefetch import PREFETCH_AHEAD
+from .prepare import prepare_slot
+from .state import State
+from .unmap import unmap_slot
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def with_counters(st, counters):
+    """The same state with another counters array (a thread's own)."""
+    return State(
+        st.page,
+        st.data,
+        st.free_stack,
+        st.free_pos,
+        st.vma,
+        st.pte,
+        st.pte_next,
+        st.pmd,
+        st.mirror,
+        st.pcache,
+        st.swap_map,
+        st.swap_stack,
+        st.swap_data,
+        st.pagevec,
+        st.pagevec_n,
+        st.sys,
+        counters,
+        st.layout,
+        st.engine,
+        st.copy_stats,
+        st.mig,
+        st.fault_mpfn,
+        st.copy_scratch,
+        st.engine_load,
+        st.range_src,
+        st.range_dst,
+        st.sweep_info,
+        st.sweep_mig,
+        st.sweep_counters,
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def sweep_threads(st, npages):
+    """How many threads a sweep of ``npages`` slots uses (1: stay serial).
+
+    Parallel only in hmm-v25, from ``parallel_min_pages`` up, within the
+    engine's ``threads`` cap and numba's current thread count, and with at
+    least one PMD extent per thread.
+    """
+    if st.sys[L.SYS_PROFILE] != L.PROFILE_HMM_V25:
+        return 1
+    if npages < st.engine[ENG_PAR_MIN_PAGES]:
+        return 1
+    cap = np.int64(st.engine[ENG_THREADS])
+    threads = _get_thread_count()
+    if cap > 0:
+        threads = min(threads, cap)
+    threads = min(threads, L.MAX_SWEEP_THREADS, npages // L.HPAGE_PMD_NR)
+    return max(threads, 1)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def plan_chunks(st, start, npages, threads):
+    """Split slots ``[0, npages)`` into ``threads`` runs of whole PMD extents.
+
+    Writes SW_FIRST / SW_END of each thread's row in ``st.sweep_info`` and
+    sets SW_STOP to SW_FIRST; returns the number of threads that got slots.
+    """
+    info = st.sweep_info
+    ext_pages = L.HPAGE_PMD_NR
+    first_ext = mm.pages_in(st, (start | (mm.pmd_extent(st) - 1)) + 1 - start)  # slots to 1st edge
+    if first_ext == ext_pages:
+        first_ext = 0  # start is on an extent edge
+    extents = (npages - first_ext + ext_pages - 1) // ext_pages
+    per = (extents + threads - 1) // threads
+    used = 0
+    lo = 0
+    for t in range(threads):
+        hi = min(npages, first_ext + (t + 1) * per * ext_pages)
+        if t == threads - 1:
+            hi = npages
+        if hi <= lo:
+            continue
+        info[used, L.SW_FIRST] = lo
+        info[used, L.SW_END] = hi
+        info[used, L.SW_STOP] = lo
+        info[used, L.SW_PARTIAL] = 0
+        used += 1
+        lo = hi
+    return used
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def clear_thread_counts(st, threads):
+    for t in range(threads):
+        st.sweep_mig[t, :] = 0
+        st.sweep_counters[t, :] = 0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def merge_thread_counts(st, threads, mig):
+    """Add each thread's counters and cpages / collected counts to the machine's."""
+    for t in range(threads):
+        for c in range(st.counters.shape[0]):
+            st.counters[c] += st.sweep_counters[t, c]
+        mig[L.MIG_CPAGES] += st.sweep_mig[t, L.MIG_CPAGES]
+        mig[L.MIG_COLLECTED] += st.sweep_mig[t, L.MIG_COLLECTED]
+
+
+# --------------------------------------------------------------------- setup
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _plain_to_collect(st, slot):
+    """A slot whose collect + prepare + unmap touch nothing but its own page and
+    PTE: a present anonymous 4 KiB page on the LRU, mapped once, with no other
+    reference (so not pinned, not in an LRU-add batch, not locked)."""
+    pte = st.pte[slot]
+    if mm.pte_kind(pte) != L.PTE_PRESENT:
+        return False
+    pfn = mm.pte_pfn(pte)
+    if mm.is_zero_pfn(st, pfn):
+        return False
+    flags = st.page["flags"][pfn]
+    if (flags & L.PG_LRU) == 0 or (flags & L.PLAIN_SETUP_EXCLUDED) != 0:
+        return False
+    return (
+        st.page["mapping"][pfn] == L.MAPPING_ANON
+        and st.page["refcount"][pfn] == 1
+        and st.page["mapcount"][pfn] == 1
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _setup_plain_run(st, v, start, src, dst, t):
+    """One thread: collect + prepare + unmap its slots until the first one that
+    is not plain (or whose PMD is not a page table); records where it stopped."""
+    info = st.sweep_info
+    mig = st.sweep_mig[t]
+    mine = with_counters(st, st.sweep_counters[t])
+    mig[L.MIG_DRAINED] = 1  # plain pages never need prepare's drains
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(st, v, start)
+    ext_mask = mm.pmd_extent(st) - 1
+    i = info[t, L.SW_FIRST]
+    end = info[t, L.SW_END]
+    unmapped = 0
+    while i < end:
+        addr = start + i * ps
+        if i == info[t, L.SW_FIRST] or (addr & ext_mask) == 0:
+            if unmapped:
+                mine.counters[L.C_TLB_FLUSH] += 1  # the extent before was all plain
+            unmapped = 0
+            if mm.pmd_kind(st.pmd[mm.pmd_slot(st, v, addr)]) != L.PMD_TABLE:
+                break
+        if i + PREFETCH_AHEAD < end:
+            ahead = st.pte[slot0 + i + PREFETCH_AHEAD]
+            if mm.pte_kind(ahead) == L.PTE_PRESENT:
+                mm.prefetch_page(st, mm.pte_pfn(ahead))
+        if not _plain_to_collect(st, slot0 + i):
+            break
+        mpfn, was_unmapped = collect_slot(mine, slot0 + i, True, mig)
+        unmapped += was_unmapped
+        dst[i] = 0
+        src[i] = mpfn
+        prepare_slot(mine, src, i, mig, True)
+        unmap_slot(mine, src, i, mig, True)
+        i += 1
+    if i == end and unmapped:
+        mine.counters[L.C_TLB_FLUSH] += 1
+        unmapped = 0
+    info[t, L.SW_STOP] = i
+    info[t, L.SW_PARTIAL] = unmapped  # the stopped extent's flush is still owed
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _setup_plain_runs(st, v, start, src, dst, threads):
+    for t in prange(threads):
+        _setup_plain_run(st, v, start, src, dst, t)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def setup_parallel(st, v, start, npages, src, dst, mig, threads):
+    """migrate_vma_setup()'s sweep over ``threads`` threads (see the module doc).
+
+    Pre: hmm-v25; ``mig`` zeroed but for START/END/VMA; the driver CPU's LRU-add
+    batch is empty, so prepare's local lru_add_drain() would only be counted.
+    Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves.
+    """
+    used = plan_chunks(st, start, npages, threads)
+    clear_thread_counts(st, used)
+    _setup_plain_runs(st, v, start, src, dst, used)
+    merge_thread_counts(st, used, mig)
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    for t in range(used):
+        stop = st.sweep_info[t, L.SW_STOP]
+        end = st.sweep_info[t, L.SW_END]
+        if stop < end:
+            mig[L.MIG_NPAGES] = stop
+            partial = st.sweep_info[t, L.SW_PARTIAL]
+            collect_range(st, v, start + stop * ps, start + end * ps, src, dst, mig, True, partial)
+    mig[L.MIG_NPAGES] = npages
+    mig[L.MIG_END] = start + npages * ps
