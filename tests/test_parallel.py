@@ -1,0 +1,144 @@
+"""The parallel metadata sweeps (kernels.sweep) against the serial ones.
+
+A large hmm-v25 migration splits its setup, allocation and finish sweeps over
+threads, taking only *plain* slots in parallel and everything else in slot
+order afterwards. That must not change anything: here a process of several
+PMD extents is built in a random state (fragmented faults, forks, pins,
+foreign locks and isolations, swapped-out pages, pages already on the device,
+holes, a THP, pages left in an LRU-add batch), and the device's migrate_vma
+runs there and back twice on identical copies of the state: once with
+``threads=1`` and once with the sweeps forced parallel
+(``parallel_min_pages=1``). Every array of the state must come out identical.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import migengine as me
+from migengine import kernels
+from migengine.kernels import layout as L
+from migengine.kernels.copy import STAT_WALL_S
+from migengine.kernels.state import State
+
+PS = 64  # a PMD extent is 512 pages of 64 bytes: several extents stay cheap
+EXTENT = 512
+SCRATCH = ("sweep_info", "sweep_mig", "sweep_counters", "mig", "copy_scratch", "engine")
+
+pytestmark = pytest.mark.skipif(
+    numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads to run anything in parallel"
+)
+
+
+def _engine(threads: int) -> np.ndarray:
+    return me.CopyEngine(threads=threads, parallel_min_pages=1).to_array()
+
+
+def _comparable(s: State) -> dict[str, np.ndarray]:
+    out = {name: arr for name, arr in zip(State._fields, s, strict=True) if name not in SCRATCH}
+    stats = s.copy_stats.copy()
+    stats[STAT_WALL_S] = 0.0
+    out["copy_stats"] = stats
+    return out
+
+
+def _perturb(data: st.DataObject, m: me.Machine, p: me.Process, vma: me.Vma) -> None:
+    """Make some slots anything but plain."""
+    n = vma.npages
+    picks = data.draw(st.lists(st.integers(0, n - 1), max_size=24), label="pages to disturb")
+    for k in picks:
+        addr = vma.start + k * PS
+        op = data.draw(st.sampled_from(["pin", "lock", "isolate", "swap", "device", "none"]))
+        tr = p.translate(addr)
+        if op == "swap" and tr.kind == "present":
+            try:
+                p.swap_out(addr)
+            except (ValueError, me.MigengineError):
+                pass  # not swappable (a THP, a locked page...)
+        elif op == "device" and tr.kind == "present":
+            m.device.migrate_to_device(p, addr, addr + PS)
+        elif tr.kind == "present" and tr.pfn > 0 and op != "none":
+            try:
+                {"pin": m.pin, "lock": m.lock_page, "isolate": m.isolate_lru_page}[op](tr.pfn)
+            except ValueError:
+                pass  # already held that way
+
+
+def _world(data: st.DataObject, make_machine) -> tuple[me.Machine, me.Process, me.Vma, bool]:
+    extents = data.draw(st.integers(2, 4), label="extents")
+    npages = extents * EXTENT + data.draw(st.integers(0, EXTENT - 1), label="extra pages")
+    m = make_machine(npages + 700, npages + 64, page_size=PS, swap_pages=64)
+    p = m.new_process()
+    if data.draw(st.booleans(), label="a THP first"):
+        thp = p.mmap(EXTENT, thp=True)
+        p.populate(thp.start, thp.end)
+    vma = p.mmap(npages)
+    runs = data.draw(st.integers(1, 40), label="fault runs")
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, npages - 1), max_size=runs))))
+    bounds = [0, *cuts, npages]
+    pieces = list(zip(bounds[:-1], bounds[1:], strict=True))
+    order = data.draw(st.permutations(pieces), label="fault order")
+    for lo, hi in order:
+        if data.draw(st.integers(0, 9), label="hole?") > 0:  # leave a few holes
+            p.populate(vma.start + lo * PS, vma.start + hi * PS)
+    m.lru_add_drain_all()
+    if data.draw(st.booleans(), label="fork"):
+        p.fork()
+    _perturb(data, m, p, vma)
+    if data.draw(st.booleans(), label="a batch left undrained"):
+        p.write(vma.start + data.draw(st.integers(0, npages - 1)) * PS, b"x")
+    m.check()
+    return m, p, vma, data.draw(st.booleans(), label="whole VMA")
+
+
+@settings(
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_parallel_sweeps_equal_the_serial_ones(make_machine, data):
+    """hmm-v25 migrate_vma_to_device / _to_system with the metadata sweeps on two
+    threads == on one thread: page tables, struct pages, free stacks (order
+    included), rmap, mirror, LRU batches, counters, copy stats and data."""
+    m, p, vma, whole = _world(data, make_machine)
+    lo, hi = 0, vma.npages
+    if not whole:
+        lo = data.draw(st.integers(0, min(EXTENT - 1, vma.npages - 2 * EXTENT)), label="first page")
+        hi = data.draw(st.integers(lo + 2 * EXTENT, vma.npages), label="end page")
+    start, end = vma.start + lo * PS, vma.start + hi * PS
+    outcome = {}
+    for threads in (1, 2):
+        s = State(*(arr.copy() for arr in m.state))
+        s.engine[:] = _engine(threads)
+        n = hi - lo
+        src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
+        to_dev = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
+        back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
+        again = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
+        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s))
+    serial, parallel = outcome[1], outcome[2]
+    assert serial[:3] == parallel[:3]
+    np.testing.assert_array_equal(serial[3], parallel[3])
+    np.testing.assert_array_equal(serial[4], parallel[4])
+    for name, arr in serial[5].items():
+        np.testing.assert_array_equal(arr, parallel[5][name], err_msg=f"state.{name} differs")
+
+
+def test_a_plain_migration_really_runs_in_parallel(make_machine):
+    """The comparison above is not vacuous: on a plain process every thread of
+    the setup and finish sweeps gets to the end of its slots."""
+    m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
+    p = m.new_process()
+    vma = p.mmap(3 * EXTENT)
+    p.populate(vma.start, vma.end)
+    m.lru_add_drain_all()
+    m.device.engine = me.CopyEngine(threads=2, parallel_min_pages=1)
+    assert m.device.migrate_to_device(p, vma.start, vma.end) == vma.npages
+    info = m.state.sweep_info  # as the finish sweep left it
+    assert info[0, L.SW_END] > info[0, L.SW_FIRST] and info[1, L.SW_END] > info[1, L.SW_FIRST]
+    assert (info[:2, L.SW_STOP] == info[:2, L.SW_END]).all()  # each thread did all its slots
