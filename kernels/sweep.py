@@ -77,7 +77,7 @@ def with_counters(st, counters):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def sweep_threads(st, npages):
     """How many threads a sweep of ``npages`` slots uses (1: stay serial).
 
