@@ -5,7 +5,7 @@ These model the kernel helpers the migration passes call: the page allocator,
 ``lru_add_drain_all``, LRU isolation, the reverse map, and the PTE/PMD encoding.
 Every function is a small ``@njit(cache=True, nogil=True, _nrt=False)`` kernel that numba
 inlines into the passes. ``_nrt=False`` because with numba's reference counting on,
-each call taking the 22-array state increfs and decrefs every array (measured at
+each call taking the state increfs and decrefs every array (measured at
 ~600 ns per call); nothing on the per-page path allocates, so it needs none.
 Refcount conventions (both profiles unless stated):
 
