@@ -81,27 +81,28 @@ def _system_alloc_page(st, private):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _copy_pairs(state, n, private):
-    """One engine batch over the first ``n`` pairs of ``state.copy_scratch``."""
-    stats = state.copy_stats
+def _copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
+    """One engine batch over the first ``n`` pairs of the copy scratch.
+
+    It takes the six arrays it uses, not the state: a call that passes the state
+    hands over ~1.9 KB of array fields, which a one-page migration notices."""
     if (private & DEV_KEEP_STATS) == 0:
         stats[:] = 0.0
     if n == 0:
         return
-    scr = state.copy_scratch
     engine_copy_into(
-        state.data,
-        state.sys[L.SYS_PAGE_SIZE],
-        state.sys[L.SYS_STORE_DATA] != 0,
-        scr[L.COPY_SRC],
-        scr[L.COPY_DST],
+        data,
+        sysv[L.SYS_PAGE_SIZE],
+        sysv[L.SYS_STORE_DATA] != 0,
+        scratch[L.COPY_SRC],
+        scratch[L.COPY_DST],
         n,
-        state.engine,
+        engine,
         stats,
-        scr[L.COPY_DESC_SRC],
-        scr[L.COPY_DESC_DST],
-        scr[L.COPY_DESC_LEN],
-        state.engine_load,
+        scratch[L.COPY_DESC_SRC],
+        scratch[L.COPY_DESC_DST],
+        scratch[L.COPY_DESC_LEN],
+        load,
     )
 
 
@@ -123,8 +124,17 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _alloc_and_copy(state, to_device, src, dst, start, end, private):
     """Allocate destinations for one direction, then copy them in one engine batch."""
-    npages = mm.pages_in(state, end - start)
-    _copy_pairs(state, _alloc_pairs(state, to_device, src, dst, npages, private), private)
+    n = _alloc_pairs(state, to_device, src, dst, mm.pages_in(state, end - start), private)
+    _copy_pairs(
+        state.data,
+        state.sys,
+        state.engine,
+        state.copy_stats,
+        state.copy_scratch,
+        state.engine_load,
+        n,
+        private,
+    )
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -229,7 +239,7 @@ def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
     return pairs
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
     threads = sweep_threads(state, npages)
@@ -307,7 +317,7 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     _alloc_and_copy(state, False, src, dst, start, end, private)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _alloc_system_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of system_alloc_and_copy(); returns the copy pairs."""
     lay = state.layout
