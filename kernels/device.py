@@ -179,11 +179,26 @@ def _count_wants_all(state, src, threads):
         _count_wants(state, src, t)
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _hand_over(state, dst, i, mpfn, dpfn, sp, dp, n):
+    """Give slot ``i`` its new device page: queue the copy (or zero-fill a
+    hole) and write ``dst``. Returns the new number of copy pairs."""
+    lay = state.layout
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    if spfn >= 0:
+        sp[n] = spfn
+        dp[n] = dpfn
+        n += 1
+    else:
+        mm.zero_frame(state, dpfn)
+    dst[i] = mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+    return n
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _take_device_pages(state, src, dst, t, sp, dp):
     """One thread: pop the device frames its slots rank to (slot order), as
     device_alloc_page() would have popped them one by one."""
-    lay = state.layout
     info = state.sweep_info
     top = state.sys[L.SYS_NR_RAM] + state.sys[L.SYS_DEV_FREE] - 1
     rank = info[t, L.SW_NEED0]
@@ -199,14 +214,7 @@ def _take_device_pages(state, src, dst, t, sp, dp):
         rank += 1
         mm.init_allocated(state, dpfn)
         mm.trylock_page(state, dpfn)
-        spfn = mm.mpfn_to_pfn(lay, mpfn)
-        if spfn >= 0:
-            sp[n] = spfn
-            dp[n] = dpfn
-            n += 1
-        else:
-            mm.zero_frame(state, dpfn)
-        dst[i] = mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+        n = _hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
 
 
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
@@ -247,26 +255,15 @@ def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
         n = _alloc_device_parallel(state, src, dst, npages, sp, dp, threads)
         if n >= 0:
             return n
-    lay = state.layout
     n = 0
     for i in range(npages):
         mpfn = src[i]
         dst[i] = L.MPFN_NONE  # the seed's collect leaves dst alone, so a driver writes every slot
-        if (mpfn & lay[L.L_MIGRATE]) == 0:
+        if not _wants_device_page(state, mpfn):
             continue
-        spfn = mm.mpfn_to_pfn(lay, mpfn)
-        if spfn >= 0 and mm.is_device_pfn(state, spfn):
-            continue  # device to device would need a device-side copy
         dpfn = device_alloc_page(state, private)
-        if dpfn < 0:
-            continue
-        if spfn >= 0:
-            sp[n] = spfn
-            dp[n] = dpfn
-            n += 1
-        else:
-            mm.zero_frame(state, dpfn)
-        dst[i] = mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+        if dpfn >= 0:
+            n = _hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
     return n
 
 

@@ -140,10 +140,6 @@ State = namedtuple(
     ],
 )
 
-# Fields whose length is a table capacity (grown by the Python layer) rather than
-# fixed by the machine's size.
-PTE_TABLES = ("pte", "pte_next", "mirror", "range_src", "range_dst")
-
 
 def new_state(
     nr_ram: int,
