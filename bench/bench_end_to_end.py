@@ -22,6 +22,7 @@ from migengine import bench
 PAGES = bench.bench_sizes(full=[65_536], smoke=[1_024])
 CHUNKS = bench.bench_sizes(full=list(bench.DEFAULT_CHUNKS), smoke=[1, 16])
 TARGET_RATIO = 0.90  # end to end / np.copyto, chunk >= 16 pages
+TARGET_META_SHARE = 0.05  # metadata-only migration / np.copyto of the same bytes
 
 
 class MigrationRunner:
@@ -117,8 +118,12 @@ def main() -> None:
     worst = min(r["memcpy_ratio"] for r in big)
     verdict = "meets" if worst >= TARGET_RATIO else "misses"
     print(f"end to end / np.copyto at chunk >= 16: worst {worst:.3f} ({verdict} >= {TARGET_RATIO})")
-    meta = min(r["meta_ns_per_page"] for r in result["records"])
-    print(f"metadata, best chunk: {meta:.1f} ns/page (target <= ~15)")
+    meta = min(result["records"], key=lambda r: r["meta_share"])
+    verdict = "meets" if meta["meta_share"] <= TARGET_META_SHARE else "misses"
+    print(
+        f"metadata, best chunk: {meta['meta_ns_per_page']:.1f} ns/page = "
+        f"{meta['meta_share']:.3f} of a 4 KiB memcpy ({verdict} <= {TARGET_META_SHARE})"
+    )
     assert math.isfinite(worst)
 
 

@@ -5,6 +5,7 @@ unmap while collecting), 16/19 (device-private entries as sources, ``dst = 0`` i
 every slot) and 17/19 (holes and zero-page entries collected as MIGRATE).
 """
 
+import numpy as np
 from numba import njit
 
 from . import layout as L
@@ -220,4 +221,4 @@ def migrate_vma_collect(st, v, start, end, src, dst, mig):
     hmm-v25 - holes and zero pages give MIGRATE; device-private entries give
     VALID|MIGRATE|DEVICE; pages that trylock are locked and unmapped here.
     """
-    collect_range(st, v, start, end, src, dst, mig, False, 0)
+    collect_range(st, v, start, end, src, dst, mig, np.bool_(False), np.int64(0))

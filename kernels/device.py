@@ -106,7 +106,13 @@ def _copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+# The public entry points below are inlined wrappers that pass their scalars on as
+# np.int64: a constant argument (``0``, ``DEV_KEEP_STATS``) is a literal type to
+# numba, and each literal value would compile the whole body once more. Through the
+# wrapper every caller, Python or compiled, shares one compiled body.
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_alloc_and_copy() - system to device.
 
@@ -118,7 +124,12 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     and ``dst = pfn | VALID | LOCKED`` plus WRITE when the source had it.
     A failed allocation leaves ``dst = 0``: that page stays where it is.
     """
-    _alloc_and_copy(state, True, src, dst, start, end, private)
+    _alloc_and_copy_to(state, True, src, dst, np.int64(start), np.int64(end), np.int64(private))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _alloc_and_copy_to(state, to_device, src, dst, start, end, private):
+    _alloc_and_copy(state, to_device, src, dst, start, end, private)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -176,7 +187,7 @@ def _count_wants(state, src, t):
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
 def _count_wants_all(state, src, threads):
     for t in prange(threads):
-        _count_wants(state, src, t)
+        _count_wants(state, src, np.int64(t))
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -220,7 +231,7 @@ def _take_device_pages(state, src, dst, t, sp, dp):
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
 def _take_device_pages_all(state, src, dst, threads, sp, dp):
     for t in prange(threads):
-        _take_device_pages(state, src, dst, t, sp, dp)
+        _take_device_pages(state, src, dst, np.int64(t), sp, dp)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -289,20 +300,29 @@ def _unmirror_slot(state, slot, src, dst, i):
         state.mirror[slot] = -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_finalize_and_map() - record migrated pages in the mirror.
 
     Post: every slot that kept MIGRATE with a device destination is mapped in
     the device's mirror page table, writable when ``dst`` has WRITE.
     """
-    npages = mm.pages_in(state, end - start)
-    slot0 = mm.pte_slot(state, vma_index, start)
-    for i in range(npages):
-        _mirror_slot(state, slot0 + i, src, dst, i)
+    _finalize_and_map(state, True, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _finalize_and_map(state, to_device, vma_index, src, dst, start, end):
+    """Both directions' finalize_and_map: map (or forget) each moved page in the mirror."""
+    npages = mm.pages_in(state, end - start)
+    slot0 = mm.pte_slot(state, vma_index, start)
+    for i in range(npages):
+        if to_device:
+            _mirror_slot(state, slot0 + i, src, dst, i)
+        else:
+            _unmirror_slot(state, slot0 + i, src, dst, i)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """The device-to-system copy routine (fault path, migrate_to_system, evict).
 
@@ -311,7 +331,7 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     allocation fails and the slot carries MIGRATE_PFN_DEVICE (hmm-v25), the
     driver writes ``dst = MIGRATE_PFN_ERROR``, as migrate.h requires of it.
     """
-    _alloc_and_copy(state, False, src, dst, start, end, private)
+    _alloc_and_copy_to(state, False, src, dst, np.int64(start), np.int64(end), np.int64(private))
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -337,13 +357,10 @@ def _alloc_system_pages(state, src, dst, npages, private, sp, dp):
     return n
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """Erase the mirror entries of pages that left the device."""
-    npages = mm.pages_in(state, end - start)
-    slot0 = mm.pte_slot(state, vma_index, start)
-    for i in range(npages):
-        _unmirror_slot(state, slot0 + i, src, dst, i)
+    _finalize_and_map(state, False, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -479,7 +496,7 @@ def _finish_plain_run(state, vma_index, start, src, dst, t):
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
 def _finish_plain_runs(state, vma_index, start, src, dst, threads):
     for t in prange(threads):
-        _finish_plain_run(state, vma_index, start, src, dst, t)
+        _finish_plain_run(state, vma_index, start, src, dst, np.int64(t))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -496,7 +513,7 @@ def _place_plain_run(state, src, t):
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
 def _place_plain_frees(state, src, threads):
     for t in prange(threads):
-        _place_plain_run(state, src, t)
+        _place_plain_run(state, src, np.int64(t))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -541,16 +558,24 @@ def _finish_driver(state, to_device, vma_index, start, end, src, dst):
     return _finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def migrate_vma_to_device(state, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device's ops, all compiled and cached: 0 or -EINVAL."""
-    return min(_run_driver(state, True, vma_index, start, end, src, dst, private), 0)
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    return min(_migrate_vma_driver(state, True, v, s, e, src, dst, np.int64(private)), 0)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
+    """migrate_vma() with the device-to-system routine; returns pages moved or -EINVAL."""
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    return _migrate_vma_driver(state, False, v, s, e, src, dst, np.int64(private))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
-    """migrate_vma() with the device-to-system routine; returns pages moved or -EINVAL."""
-    return _run_driver(state, False, vma_index, start, end, src, dst, private)
+def _migrate_vma_driver(state, to_device, vma_index, start, end, src, dst, private):
+    """The one compiled body of both directions' migrate_vma_to_*()."""
+    return _run_driver(state, to_device, vma_index, start, end, src, dst, private)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -591,17 +616,23 @@ def migrate_to_device(state, mm_id, start, end):
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]
-        migrate_vma_to_device(state, v, addr, stop, src, dst, DEV_KEEP_STATS)
+        migrate_vma_to_device(state, v, addr, stop, src, dst, np.int64(DEV_KEEP_STATS))
         mapped += _mirrored_pages(state, v, addr, stop)
         addr = stop
     return mapped
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def migrate_to_system(state, mm_id, start, end, private):
     """dmirror_migrate_to_system(): move the range's device pages back to RAM.
 
     Returns the number of pages moved, or -EINVAL for a range not covered."""
+    s, e = np.int64(start), np.int64(end)
+    return _migrate_to_system(state, np.int64(mm_id), s, e, np.int64(private))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _migrate_to_system(state, mm_id, start, end, private):
     if (private & DEV_KEEP_STATS) == 0:
         state.copy_stats[:] = 0.0
     addr = start
@@ -699,7 +730,7 @@ def device_fault(state, vma_index, addr):
     if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
         _fault_alloc_and_copy(state, src, dst)
         migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
-        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
+        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, np.int64(0))
         migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
     if dst[0] == state.layout[L.L_ERROR]:
         counters[L.C_DEVICE_SIGBUS] += 1

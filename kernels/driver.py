@@ -68,14 +68,14 @@ def mpfn_to_pfn(state, mpfn):
 def cpu_read(state, mm_id, addr, buf):
     """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
     fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
-    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], False)
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(False))
     return status
 
 
 @njit(cache=True, nogil=True, _nrt=False)
 def cpu_write(state, mm_id, addr, buf):
     """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
-    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], True)
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(True))
     return status
 
 

@@ -8,6 +8,7 @@ same passes without callbacks (the shape later kernels adopted), so a driver
 written in numba calls them directly and stays cacheable.
 """
 
+import numpy as np
 from numba import njit
 
 from . import layout as L
@@ -85,7 +86,9 @@ def setup_range(state, vma_index, start, end, src, dst):
     if threads > 1 and state.pagevec_n[L.CPU_DRIVER] == 0:
         setup_parallel(state, vma_index, start, npages, src, dst, mig, threads)
     else:
-        collect_range(state, vma_index, start, mig[L.MIG_END], src, dst, mig, True, 0)
+        collect_range(
+            state, vma_index, start, mig[L.MIG_END], src, dst, mig, np.bool_(True), np.int64(0)
+        )
     state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_COLLECTED]
     if mig[L.MIG_COLLECTED] > 0 and mig[L.MIG_DRAINED] == 0:
         lru_add_drain(state, L.CPU_DRIVER)  # prepare ran (for holes or plain pages): it drained

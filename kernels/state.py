@@ -141,6 +141,18 @@ State = namedtuple(
 )
 
 
+def page_aligned_zeros(nbytes: int, page_size: int) -> np.ndarray:
+    """Zeroed uint8 memory whose first byte starts a page, as a physical frame does.
+
+    numpy's large allocations start 16 bytes past a page boundary, which would
+    split every frame's first and last cache line and keep streaming stores
+    from writing whole lines.
+    """
+    raw = np.zeros(nbytes + page_size, np.uint8)
+    skip = -raw.ctypes.data % page_size
+    return raw[skip : skip + nbytes]
+
+
 def new_state(
     nr_ram: int,
     nr_device: int,
@@ -184,8 +196,8 @@ def new_state(
     sysv[L.SYS_DEV_FREE] = dev.size
     sysv[L.SYS_SWAP_FREE] = nr_swap
     sysv[L.SYS_NR_SWAP] = nr_swap
-    data = np.zeros(nframes * page_size if store_data else 0, np.uint8)
-    swap_data = np.zeros(nr_swap * page_size if store_data else 0, np.uint8)
+    data = page_aligned_zeros(nframes * page_size if store_data else 0, page_size)
+    swap_data = page_aligned_zeros(nr_swap * page_size if store_data else 0, page_size)
     layout = np.array(L.LAYOUTS[profile], dtype=np.uint64)
     return State(
         page=page,

@@ -212,7 +212,7 @@ def _setup_plain_run(st, v, start, src, dst, t):
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
 def _setup_plain_runs(st, v, start, src, dst, threads):
     for t in prange(threads):
-        _setup_plain_run(st, v, start, src, dst, t)
+        _setup_plain_run(st, v, start, src, dst, np.int64(t))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -234,6 +234,8 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads):
         if stop < end:
             mig[L.MIG_NPAGES] = stop
             partial = st.sweep_info[t, L.SW_PARTIAL]
-            collect_range(st, v, start + stop * ps, start + end * ps, src, dst, mig, True, partial)
+            collect_range(
+                st, v, start + stop * ps, start + end * ps, src, dst, mig, np.bool_(True), partial
+            )
     mig[L.MIG_NPAGES] = npages
     mig[L.MIG_END] = start + npages * ps

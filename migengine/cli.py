@@ -130,6 +130,11 @@ def _build_parser() -> _Parser:
         default=None,
         help="numba threads for the copy (default: numba's)",
     )
+    b.add_argument(
+        "--no-stream",
+        action="store_true",
+        help="copy every batch through memcpy and the caches (no streaming stores)",
+    )
     b.add_argument("--seed", type=_int_in(0), default=0, help="layout seed (default 0)")
     b.add_argument(
         "--profile", choices=("hmm-v25", "seed"), default="hmm-v25", help="kernel profile"
@@ -161,6 +166,7 @@ def _bench(args: argparse.Namespace) -> int:
         fragmentation=args.fragmentation,
         engine=args.engine,
         threads=args.threads,
+        stream=not args.no_stream,
         seed=args.seed,
         profile=args.profile,
         passes=args.passes,

@@ -21,6 +21,7 @@ from migengine.kernels import layout as L
 from migengine.kernels.copy import (
     DEFAULT_PAR_MIN_BYTES,
     DEFAULT_PAR_MIN_PAGES,
+    DEFAULT_STREAM_MIN_BYTES,
     ENG_CHANNELS,
     ENG_CHUNK_PAGES,
     ENG_CURVE_B,
@@ -29,6 +30,7 @@ from migengine.kernels.copy import (
     ENG_PAR_MIN_BYTES,
     ENG_PAR_MIN_PAGES,
     ENG_SETUP_NS,
+    ENG_STREAM_MIN_BYTES,
     ENG_THREADS,
     ENGINE_FIELDS,
     MODEL_LINEAR,
@@ -85,6 +87,12 @@ def _threads(name, value):
     if value is None:
         return None
     return _int_at_least(name, value, 1)
+
+
+def _optional_bytes(name, value):
+    if value is None:
+        return None
+    return _int_at_least(name, value, 0)
 
 
 def _model(name, value):
@@ -158,9 +166,14 @@ class CopyEngine:
         parallel_min_pages: migrations of fewer pages run their metadata
             sweeps (setup, allocation, pages and finalize) on one thread
             (int >= 1). The outcome is the same either way; see kernels.sweep.
+        stream_min_bytes: batches of at least this many bytes are written
+            with streaming (non-temporal) stores, which skip the destination's
+            read-for-ownership and leave the caches alone, as a DMA engine's
+            writes do (int >= 0); smaller batches go through memcpy and the
+            caches. None never streams. The bytes copied are the same either way.
 
     Only the modelled time depends on ``channels``, ``setup_ns``, ``gbps``,
-    ``model`` and ``curve_b``; the real copy always runs at host memcpy
+    ``model`` and ``curve_b``; the real copy always runs at host memory
     speed. Every attribute re-validates on assignment.
     """
 
@@ -173,6 +186,7 @@ class CopyEngine:
     curve_b = _Param(_positive)
     parallel_min_bytes = _Param(_int_at_least, 0)
     parallel_min_pages = _Param(_int_at_least, 1)
+    stream_min_bytes = _Param(_optional_bytes)
 
     _FIELDS = (
         "chunk_pages",
@@ -184,6 +198,7 @@ class CopyEngine:
         "curve_b",
         "parallel_min_bytes",
         "parallel_min_pages",
+        "stream_min_bytes",
     )
 
     def __init__(
@@ -198,6 +213,7 @@ class CopyEngine:
         curve_b=0.07292,
         parallel_min_bytes=DEFAULT_PAR_MIN_BYTES,
         parallel_min_pages=DEFAULT_PAR_MIN_PAGES,
+        stream_min_bytes=DEFAULT_STREAM_MIN_BYTES,
     ):
         self.chunk_pages = chunk_pages
         self.channels = channels
@@ -208,6 +224,7 @@ class CopyEngine:
         self.curve_b = curve_b
         self.parallel_min_bytes = parallel_min_bytes
         self.parallel_min_pages = parallel_min_pages
+        self.stream_min_bytes = stream_min_bytes
 
     def _params(self):
         return {name: getattr(self, name) for name in self._FIELDS}
@@ -233,7 +250,8 @@ class CopyEngine:
         return CopyEngine(**params)
 
     def to_array(self):
-        """Return the ``float64[ENGINE_FIELDS]`` array the kernels take (threads None -> 0)."""
+        """Return the ``float64[ENGINE_FIELDS]`` array the kernels take (threads None -> 0,
+        stream_min_bytes None -> -1)."""
         arr = np.zeros(ENGINE_FIELDS, dtype=np.float64)
         arr[ENG_CHUNK_PAGES] = self.chunk_pages
         arr[ENG_CHANNELS] = self.channels
@@ -244,6 +262,7 @@ class CopyEngine:
         arr[ENG_CURVE_B] = self.curve_b
         arr[ENG_PAR_MIN_BYTES] = self.parallel_min_bytes
         arr[ENG_PAR_MIN_PAGES] = self.parallel_min_pages
+        arr[ENG_STREAM_MIN_BYTES] = -1 if self.stream_min_bytes is None else self.stream_min_bytes
         return arr
 
     def model_time_s(self, page_counts, page_size=4096):

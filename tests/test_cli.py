@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from migengine import bench, cli
+from migengine.kernels.copy import DEFAULT_STREAM_MIN_BYTES
 
 PAGES = 256
 REQUIRED = ("chunk_pages", "wall_gbps", "model_gbps", "descriptors", "memcpy_ratio")
@@ -83,9 +84,10 @@ def test_bench_results_json_records(sweep, make_machine):
     for rec in records:
         assert set(REQUIRED) <= rec.keys()
         assert rec["descriptors"] == _expected_descriptors(runs, rec["chunk_pages"])
-        for key in ("wall_gbps", "memcpy_ratio", "copyto_gbps", "meta_ns_per_page"):
+        for key in ("wall_gbps", "memcpy_ratio", "copyto_gbps", "meta_ns_per_page", "meta_share"):
             assert math.isfinite(rec[key]) and rec[key] > 0, key
         assert rec["memcpy_ratio"] == pytest.approx(rec["copyto_s"] / rec["wall_s"])
+        assert rec["meta_share"] == pytest.approx(rec["meta_wall_s"] / rec["copyto_s"])
         assert rec["wall_gbps"] == pytest.approx(PAGES * 4096 / rec["wall_s"] / 1e9)
 
 
@@ -133,6 +135,17 @@ def test_bench_fragmentation_extremes(capsys, tmp_path, fragmentation, chunk):
         assert rec["descriptors"] == PAGES // chunk
     else:
         assert rec["descriptors"] >= PAGES - 3
+
+
+def test_no_stream_copies_through_memcpy(capsys, tmp_path):
+    """--no-stream: the engine never streams (stream_min_bytes None); the default streams
+    batches from DEFAULT_STREAM_MIN_BYTES."""
+    assert bench.SweepConfig().engine_for(16).stream_min_bytes == DEFAULT_STREAM_MIN_BYTES
+    argv = ["--pages", str(PAGES), "--chunk-pages", "16", "--repeat", "1", "--no-stream"]
+    _run_ok(capsys, *argv, "--out", str(tmp_path))
+    meta = json.loads((tmp_path / "results.json").read_text())["metadata"]
+    assert meta["parameters"]["stream"] is False
+    assert meta["parameters"]["engine_params"]["stream_min_bytes"] is None
 
 
 BAD_ARGV = [

@@ -176,20 +176,46 @@ def test_memcpy_bytes_rejects_non_uint8():
         _memcpy_wrapper(np.zeros(4, np.int64), 0, np.zeros(4, np.int64), 0, 8)
 
 
+@njit
+def _stream_wrapper(dst, dst_off, src, src_off, nbytes):
+    kcopy.stream_bytes(dst, dst_off, src, src_off, nbytes)
+    kcopy.store_fence()
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    dst_off=st.integers(0, 200),
+    src_off=st.integers(0, 200),
+    nbytes=st.integers(0, 700),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_stream_bytes_copies_any_alignment_and_length(dst_off, src_off, nbytes, seed):
+    # Head, whole 64-byte lines and tail: every split of the range, in both arrays'
+    # alignments, copies exactly the bytes asked for and nothing beside them.
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, size=1000, dtype=np.uint8)
+    dst = rng.integers(0, 256, size=1000, dtype=np.uint8)
+    expect = dst.copy()
+    expect[dst_off : dst_off + nbytes] = src[src_off : src_off + nbytes]
+    _stream_wrapper(dst, dst_off, src, src_off, nbytes)
+    np.testing.assert_array_equal(dst, expect)
+
+
 # --------------------------------------------------------- data integrity
 
 
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("kernel", ["serial", "parallel"])
 @pytest.mark.parametrize("chunk", [1, 3, 16, 1000])
 @pytest.mark.parametrize("max_run", [1, 8, 120])
-def test_copy_descriptors_match_reference(kernel, chunk, max_run):
+def test_copy_descriptors_match_reference(kernel, chunk, max_run, stream):
     npages = 300
     data, src, dst = make_batch(chunk * 31 + max_run, npages, max_run)
     expect = reference_copy(data, PS, src, dst)
     ds, dd, dl = scratch(npages)
     nd = kcopy.build_descriptors(src, dst, npages, chunk, ds, dd, dl)
     fn = kcopy.copy_descriptors_serial if kernel == "serial" else kcopy.copy_descriptors_parallel
-    fn(data, PS, ds, dd, dl, nd)
+    fn(data, PS, ds, dd, dl, nd, stream)
     np.testing.assert_array_equal(data, expect)
 
 
@@ -209,16 +235,17 @@ def test_descriptor_larger_than_copy_piece():
     np.testing.assert_array_equal(data, expect)
 
 
+@pytest.mark.parametrize("stream_min", [None, 0])
 @pytest.mark.parametrize("threads", [None, 1, 2, 3])
 @pytest.mark.parametrize("par_min", [0, 1 << 40])
 @pytest.mark.parametrize("chunk", [1, 4, 64])
-def test_engine_copy_matches_reference(threads, par_min, chunk):
+def test_engine_copy_matches_reference(threads, par_min, chunk, stream_min):
     npages = 257
     data, src, dst = make_batch(chunk + (threads or 0), npages, 20)
     expect = reference_copy(data, PS, src, dst)
     before = numba.get_num_threads()
     stats = np.zeros(kcopy.STATS_FIELDS)
-    eng = engine_array(chunk, threads=threads, par_min=par_min)
+    eng = engine_array(chunk, threads=threads, par_min=par_min, stream_min_bytes=stream_min)
     kcopy.engine_copy(data, PS, True, src, dst, npages, eng, stats, *scratch(npages))
     np.testing.assert_array_equal(data, expect)
     assert numba.get_num_threads() == before
@@ -498,6 +525,9 @@ def test_copy_engine_defaults_and_array_layout():
     assert arr[kcopy.ENG_CURVE_B] == 0.5
     assert arr[kcopy.ENG_PAR_MIN_BYTES] == 4096
     assert eng.to_array()[kcopy.ENG_THREADS] == 0  # None -> engine picks
+    assert eng.stream_min_bytes == kcopy.DEFAULT_STREAM_MIN_BYTES
+    assert eng.to_array()[kcopy.ENG_STREAM_MIN_BYTES] == kcopy.DEFAULT_STREAM_MIN_BYTES
+    assert CopyEngine(stream_min_bytes=None).to_array()[kcopy.ENG_STREAM_MIN_BYTES] == -1
 
 
 def test_copy_engine_repr_round_trips():
@@ -526,6 +556,8 @@ def test_copy_engine_repr_round_trips():
         ({"model": 1}, TypeError, "model must be a str"),
         ({"curve_b": 0.0}, ValueError, "curve_b must be > 0"),
         ({"parallel_min_bytes": -1}, ValueError, "parallel_min_bytes must be >= 0"),
+        ({"stream_min_bytes": -1}, ValueError, "stream_min_bytes must be >= 0"),
+        ({"stream_min_bytes": 1.0}, TypeError, "stream_min_bytes must be an int"),
     ],
 )
 def test_copy_engine_validation(kwargs, exc, match):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
-from numba import njit
+from numba import njit, types
 from numba.core.dispatcher import Dispatcher
 
 import migengine as me
@@ -168,6 +168,30 @@ def _count_alloc(state, vma_index, src, dst, start, end, log):
 @njit(cache=True)
 def _count_finalize(state, vma_index, src, dst, start, end, log):
     log[1] += 1
+
+
+@njit  # not cached: typing it must reach the pipeline's own dispatcher
+def _constant_flags(state, v, start, end, src, dst):
+    there = kernels.migrate_vma_to_device(state, v, start, end, src, dst, 0)
+    back = kernels.migrate_vma_to_system(state, v, start, end, src, dst, 1)
+    return there, back
+
+
+def test_constant_arguments_share_the_compiled_pipeline(make_machine):
+    """Literal flags (``0``, ``1``) reach the one int64 body of the device pipeline:
+    the entry points pass their scalars on as np.int64, where a literal would have
+    compiled the whole pipeline again for each value."""
+    m = make_machine(16, 8)
+    p = m.new_process()
+    vma = p.mmap(4)
+    p.populate(vma.start, vma.end)
+    src = np.zeros(4, np.uint64)
+    dst = np.zeros(4, np.uint64)
+    assert _constant_flags(m.state, vma.index, vma.start, vma.end, src, dst) == (0, 4)
+    body = kernels.device._migrate_vma_driver
+    assert body.signatures, "typing _constant_flags must have resolved the pipeline's body"
+    for sig in body.signatures:
+        assert sig[2:5] == (types.int64,) * 3 and sig[-1] == types.int64, sig
 
 
 def _bad_calls(m, p):

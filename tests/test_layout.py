@@ -181,3 +181,15 @@ def test_importing_migengine_compiles_nothing() -> None:
     assert seen > 20  # the scan really walked the compiled modules
     assert "dispatchers-with-signatures: []" in out.stdout
     assert "top-level-kernels: False" in out.stdout
+
+
+@pytest.mark.parametrize("page_size", [4096, 16384])
+def test_frames_start_on_page_boundaries(page_size: int) -> None:
+    """Physical frames are page-aligned, so a frame's first byte starts a cache line and
+    the copy engine's streaming stores write whole lines (kernels.state.page_aligned_zeros)."""
+    m = me.Machine(ram_pages=8, device_pages=4, page_size=page_size, swap_pages=2)
+    for name in ("data", "swap_data"):
+        arr = getattr(m.state, name)
+        assert arr.ctypes.data % page_size == 0, name
+        assert arr.size > 0 and not arr.any(), name
+    m.check()
