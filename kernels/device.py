@@ -129,6 +129,8 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
 
 @njit(cache=True, nogil=True, _nrt=False)
 def _alloc_and_copy_to(state, to_device, src, dst, start, end, private):
+    """The compiled body of both directions' alloc_and_copy callbacks
+    (_run_driver inlines _alloc_and_copy itself, for the one-page path)."""
     _alloc_and_copy(state, to_device, src, dst, start, end, private)
 
 

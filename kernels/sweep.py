@@ -23,7 +23,9 @@ everything else still happens in slot order. Threads own whole PMD extents,
 so the one-flush-per-PMD accounting and a PMD-level pte_alloc() stay within a
 thread. The per-thread bodies are separate functions called from the prange
 loop, not inlined into it: inlined, numba 0.68 lowered a thread's while-loop
-counter as if it never moved (every thread "stopped" at its first slot).
+counter as if it never moved (every thread "stopped" at its first slot). They
+take the thread index as ``np.int64(t)``: numba types a prange index as uint64
+in one pass and int64 in another, and an uncast index compiled each body twice.
 Only ``hmm-v25`` takes this path; ``seed`` unmaps through
 try_to_unmap(), which counts TLB flushes as it goes, and stays serial.
 """
