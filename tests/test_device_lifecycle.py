@@ -183,12 +183,16 @@ def apply(model: Lifecycle, op: tuple) -> None:
     max_examples=5 * settings().max_examples,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(ops=st.lists(OPS, max_size=40))
-def test_device_lifecycle_loses_nothing(make_machine, profile, ops):
+@given(ops=st.lists(OPS, max_size=40), streamed=st.booleans())
+def test_device_lifecycle_loses_nothing(make_machine, profile, ops, streamed):
     """hmm-tests.c migrate_multiple / anon_write_child / hmm_cow_in_device /
     migrate_release and the FAIL_ALLOC variants, interleaved at random: after every
-    step each process still sees exactly what it stored, and the state checks out."""
+    step each process still sees exactly what it stored, and the state checks out.
+    ``streamed``: the device's engine writes every batch with streaming stores, on
+    threads, as it does for batches past stream_min_bytes."""
     m = make_machine(RAM_PAGES, DEVICE_PAGES, page_size=PS, profile=profile)
+    if streamed:
+        m.device.engine = me.CopyEngine(stream_min_bytes=0, parallel_min_bytes=0)
     model = Lifecycle(m)
     model.assert_nothing_lost()
     for op in ops:
