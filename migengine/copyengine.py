@@ -83,16 +83,10 @@ def _channels(name, value):
     return value
 
 
-def _threads(name, value):
+def _none_or_int_at_least(name, value, low):
     if value is None:
         return None
-    return _int_at_least(name, value, 1)
-
-
-def _optional_bytes(name, value):
-    if value is None:
-        return None
-    return _int_at_least(name, value, 0)
+    return _int_at_least(name, value, low)
 
 
 def _model(name, value):
@@ -181,12 +175,12 @@ class CopyEngine:
     channels = _Param(_channels)
     setup_ns = _Param(_non_negative)
     gbps = _Param(_positive)
-    threads = _Param(_threads)
+    threads = _Param(_none_or_int_at_least, 1)
     model = _Param(_model)
     curve_b = _Param(_positive)
     parallel_min_bytes = _Param(_int_at_least, 0)
     parallel_min_pages = _Param(_int_at_least, 1)
-    stream_min_bytes = _Param(_optional_bytes)
+    stream_min_bytes = _Param(_none_or_int_at_least, 0)
 
     _FIELDS = (
         "chunk_pages",
