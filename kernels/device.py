@@ -618,7 +618,7 @@ def migrate_to_device(state, mm_id, start, end):
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]
-        migrate_vma_to_device(state, v, addr, stop, src, dst, np.int64(DEV_KEEP_STATS))
+        migrate_vma_to_device(state, v, addr, stop, src, dst, DEV_KEEP_STATS)
         mapped += _mirrored_pages(state, v, addr, stop)
         addr = stop
     return mapped
@@ -732,7 +732,7 @@ def device_fault(state, vma_index, addr):
     if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
         _fault_alloc_and_copy(state, src, dst)
         migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
-        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, np.int64(0))
+        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
         migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
     if dst[0] == state.layout[L.L_ERROR]:
         counters[L.C_DEVICE_SIGBUS] += 1
