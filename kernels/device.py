@@ -454,14 +454,52 @@ def _plain_to_finish(state, slot, src, dst, i):
         return False  # (ZONE_DEVICE among them: the source is RAM)
     if (state.page["flags"][newpage] & L.PG_ZONE_DEVICE) == 0:
         return False
+    pte = state.pte[slot]
     return (
         state.page["mapping"][page] == L.MAPPING_ANON
         and state.page["refcount"][page] == 1
         and state.page["rmap"][page] == slot
         and state.pte_next[slot] == -1
+        and mm.pte_kind(pte) == L.PTE_MIGRATION
+        and mm.pte_pfn(pte) == page
         and state.page["refcount"][newpage] == 2
         and state.page["mapping"][newpage] == L.MAPPING_NONE
     )
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _finish_plain_slot(state, slot, src, dst, i):
+    """pages_slot() + _mirror_slot() + finalize_slot() of a plain slot, written
+    as their net effect, all but the source's place on the free stack.
+
+    For a slot _plain_to_finish() admits, the steps are:
+    migrate_page_move_mapping() (refcount 1 as expected: index, mapping,
+    dirty and mlocked move over), dmirror's mirror entry,
+    remove_migration_ptes() (the one entry becomes a device entry for the new
+    page: mapcount 1, refcount 3, the slot moves to its rmap chain), both
+    pages unlocked, the device page's driver reference put (2), and the
+    source's last reference dropped (putback_lru_page(): freed). One
+    pgmigrate_success. The generic calls re-test every branch the plain test
+    already decided; tests/test_parallel.py holds this path to the serial
+    sweep, which takes them.
+    """
+    lay = state.layout
+    page = mm.mpfn_to_pfn(lay, src[i])
+    newpage = mm.mpfn_to_pfn(lay, dst[i])
+    pages = state.page
+    pages["index"][newpage] = pages["index"][page]
+    pages["mapping"][newpage] = L.MAPPING_ANON
+    moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
+    mm.set_flag(state, newpage, moved_flags)
+    mm.unlock_page(state, newpage)
+    state.mirror[slot] = (newpage << 1) | (1 if (dst[i] & lay[L.L_WRITE]) != 0 else 0)
+    write = mm.pte_write(state.pte[slot])
+    state.pte[slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
+    pages["mapcount"][newpage] += 1
+    mm.rmap_add(state, newpage, slot)
+    pages["refcount"][page] = 0
+    mm.mark_free(state, page)
+    state.counters[L.C_PGMIGRATE_SUCCESS] += 1
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -474,25 +512,18 @@ def _finish_plain_run(state, vma_index, start, src, dst, t):
     afterwards (_place_plain_frees)."""
     info = state.sweep_info
     mine = with_counters(state, state.sweep_counters[t])
-    ps = state.sys[L.SYS_PAGE_SIZE]
     slot0 = mm.pte_slot(state, vma_index, start)
     i = info[t, L.SW_FIRST]
     end = info[t, L.SW_END]
-    moved = 0
     while i < end:
         if i + PREFETCH_AHEAD < end:
             _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
         if not _plain_to_finish(state, slot0 + i, src, dst, i):
             break
-        moved += _finish_slot(
-            mine, True, vma_index, slot0 + i, start + i * ps, src, dst, i, True, False
-        )
-        page = mm.mpfn_to_pfn(state.layout, src[i])
-        state.page["refcount"][page] -= 1  # putback_lru_page(): the last reference
-        mm.mark_free(mine, page)
+        _finish_plain_slot(mine, slot0 + i, src, dst, i)
         i += 1
     info[t, L.SW_STOP] = i
-    info[t, L.SW_MOVED] = moved
+    info[t, L.SW_MOVED] = i - info[t, L.SW_FIRST]
 
 
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)

@@ -35,12 +35,10 @@ from numba import njit, prange
 
 from . import layout as L
 from . import mm
-from .collect import collect_range, collect_slot
+from .collect import collect_range
 from .copy import ENG_PAR_MIN_PAGES, ENG_THREADS, _get_thread_count
 from .prefetch import PREFETCH_AHEAD
-from .prepare import prepare_slot
 from .state import State
-from .unmap import unmap_slot
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -169,14 +167,41 @@ def _plain_to_collect(st, slot):
     )
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _setup_plain_slot(st, slot):
+    """collect_slot() + prepare_slot() + unmap_slot() of a plain slot, written
+    as their net effect; returns the slot's mpfn.
+
+    For a page _plain_to_collect() admits, the three steps are: get_page()
+    (refcount 2), trylock_page(), the migration entry (mapcount 0, put_page():
+    1), isolate_lru_page() (LRU off, 2), the collect reference dropped (1),
+    and the pin checks of prepare and unmap, which pass (refcount - 1 == 0 ==
+    mapcount). No counter moves. What is left is written here: the generic
+    calls re-test every branch the plain test already decided, and were two
+    thirds of the sweep's time. tests/test_parallel.py holds this path to the
+    serial sweep, which takes the generic one.
+    """
+    lay = st.layout
+    pte = st.pte[slot]
+    pfn = mm.pte_pfn(pte)
+    write = mm.pte_write(pte)
+    st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
+    st.page["mapcount"][pfn] -= 1
+    mm.clear_flag(st, pfn, L.PG_LRU)
+    mm.set_flag(st, pfn, L.PG_LOCKED)
+    mpfn = mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_LOCKED]
+    if write:
+        mpfn |= lay[L.L_WRITE]
+    return mpfn
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _setup_plain_run(st, v, start, src, dst, t):
     """One thread: collect + prepare + unmap its slots until the first one that
     is not plain (or whose PMD is not a page table); records where it stopped."""
     info = st.sweep_info
     mig = st.sweep_mig[t]
-    mine = with_counters(st, st.sweep_counters[t])
-    mig[L.MIG_DRAINED] = 1  # plain pages never need prepare's drains
+    counters = st.sweep_counters[t]
     ps = st.sys[L.SYS_PAGE_SIZE]
     slot0 = mm.pte_slot(st, v, start)
     ext_mask = mm.pmd_extent(st) - 1
@@ -187,7 +212,7 @@ def _setup_plain_run(st, v, start, src, dst, t):
         addr = start + i * ps
         if i == info[t, L.SW_FIRST] or (addr & ext_mask) == 0:
             if unmapped:
-                mine.counters[L.C_TLB_FLUSH] += 1  # the extent before was all plain
+                counters[L.C_TLB_FLUSH] += 1  # the extent before was all plain
             unmapped = 0
             if mm.pmd_kind(st.pmd[mm.pmd_slot(st, v, addr)]) != L.PMD_TABLE:
                 break
@@ -197,15 +222,15 @@ def _setup_plain_run(st, v, start, src, dst, t):
                 mm.prefetch_page(st, mm.pte_pfn(ahead))
         if not _plain_to_collect(st, slot0 + i):
             break
-        mpfn, was_unmapped = collect_slot(mine, slot0 + i, True, mig)
-        unmapped += was_unmapped
         dst[i] = 0
-        src[i] = mpfn
-        prepare_slot(mine, src, i, mig, True)
-        unmap_slot(mine, src, i, mig, True)
+        src[i] = _setup_plain_slot(st, slot0 + i)
+        unmapped += 1
         i += 1
+    collected = i - info[t, L.SW_FIRST]
+    mig[L.MIG_CPAGES] += collected
+    mig[L.MIG_COLLECTED] += collected
     if i == end and unmapped:
-        mine.counters[L.C_TLB_FLUSH] += 1
+        counters[L.C_TLB_FLUSH] += 1
         unmapped = 0
     info[t, L.SW_STOP] = i
     info[t, L.SW_PARTIAL] = unmapped  # the stopped extent's flush is still owed
