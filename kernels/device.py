@@ -131,13 +131,18 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
 def _alloc_and_copy_to(state, to_device, src, dst, start, end, private):
     """The compiled body of both directions' alloc_and_copy callbacks
     (_run_driver inlines _alloc_and_copy itself, for the one-page path)."""
-    _alloc_and_copy(state, to_device, src, dst, start, end, private)
+    _alloc_and_copy(state, to_device, src, dst, start, end, private, np.bool_(False))
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _alloc_and_copy(state, to_device, src, dst, start, end, private):
-    """Allocate destinations for one direction, then copy them in one engine batch."""
-    n = _alloc_pairs(state, to_device, src, dst, mm.pages_in(state, end - start), private)
+def _alloc_and_copy(state, to_device, src, dst, start, end, private, all_plain):
+    """Allocate destinations for one direction, then copy them in one engine batch.
+
+    ``all_plain``: src is as a parallel setup sweep that took every slot as
+    plain left it (only _run_driver, which calls nothing in between, knows).
+    Returns the copy pairs."""
+    npages = mm.pages_in(state, end - start)
+    n = _alloc_pairs(state, to_device, src, dst, npages, private, all_plain)
     _copy_pairs(
         state.data,
         state.sys,
@@ -148,16 +153,17 @@ def _alloc_and_copy(state, to_device, src, dst, start, end, private):
         n,
         private,
     )
+    return n
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _alloc_pairs(state, to_device, src, dst, npages, private):
+def _alloc_pairs(state, to_device, src, dst, npages, private, all_plain):
     """Allocate the destinations of one direction; returns how many copy pairs
     it left in ``state.copy_scratch``."""
     sp = state.copy_scratch[L.COPY_SRC]
     dp = state.copy_scratch[L.COPY_DST]
     if to_device:
-        return _alloc_device_pages(state, src, dst, npages, private, sp, dp)
+        return _alloc_device_pages(state, src, dst, npages, private, sp, dp, all_plain)
     return _alloc_system_pages(state, src, dst, npages, private, sp, dp)
 
 
@@ -237,14 +243,21 @@ def _take_device_pages_all(state, src, dst, threads, sp, dp):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
+def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads, all_plain):
     """device_alloc_and_copy()'s allocation over threads (kernels.sweep): count
     each thread's wants, rank them in slot order, then pop by rank. Returns the
     copy pairs, or -1 (nothing done) when the pool cannot serve every slot:
-    then the serial loop decides which slots go without."""
+    then the serial loop decides which slots go without. After an all-plain
+    setup every slot is a RAM page that wants a device page, so the counting
+    pass is skipped."""
     used = plan_chunks(state, 0, npages, threads)
-    _count_wants_all(state, src, used)
     info = state.sweep_info
+    if all_plain:
+        for t in range(used):
+            info[t, L.SW_NEED] = info[t, L.SW_END] - info[t, L.SW_FIRST]
+            info[t, L.SW_PAIRS] = info[t, L.SW_NEED]
+    else:
+        _count_wants_all(state, src, used)
     need = 0
     pairs = 0
     for t in range(used):
@@ -261,11 +274,11 @@ def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
+def _alloc_device_pages(state, src, dst, npages, private, sp, dp, all_plain):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
     threads = sweep_threads(state, npages)
     if threads > 1 and state.sys[L.SYS_FAIL_ALLOC] == 0:
-        n = _alloc_device_parallel(state, src, dst, npages, sp, dp, threads)
+        n = _alloc_device_parallel(state, src, dst, npages, sp, dp, threads, all_plain)
         if n >= 0:
             return n
     n = 0
@@ -388,8 +401,11 @@ def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
         return min(cpages, 0)
     start = mm.page_down(state, start)
     end = mm.page_down(state, end)
-    _alloc_and_copy(state, to_device, src, dst, start, end, private)
-    return _finish_driver(state, to_device, vma_index, start, end, src, dst)
+    all_plain = state.mig[L.MIG_ALL_PLAIN] != 0
+    pairs = _alloc_and_copy(state, to_device, src, dst, start, end, private, all_plain)
+    # Every slot plain in setup and given a fresh page: every slot is plain in finish.
+    known_plain = all_plain and pairs == mm.pages_in(state, end - start)
+    return _finish_driver(state, to_device, vma_index, start, end, src, dst, known_plain)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -503,13 +519,15 @@ def _finish_plain_slot(state, slot, src, dst, i):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _finish_plain_run(state, vma_index, start, src, dst, t):
+def _finish_plain_run(state, vma_index, start, src, dst, t, known_plain):
     """One thread: finish its slots until the first one that is not plain.
 
     A plain slot's release drops its source's last reference (putback_lru_page()
     of a page with refcount 1), which frees it; everything of that free but the
     place on the free stack is done here, the place is assigned in slot order
-    afterwards (_place_plain_frees)."""
+    afterwards (_place_plain_frees). ``known_plain``: _run_driver knows every
+    slot is plain (each was plain in setup and got a fresh device page, and
+    nothing ran in between but the copy), so the test is skipped."""
     info = state.sweep_info
     mine = with_counters(state, state.sweep_counters[t])
     slot0 = mm.pte_slot(state, vma_index, start)
@@ -518,7 +536,7 @@ def _finish_plain_run(state, vma_index, start, src, dst, t):
     while i < end:
         if i + PREFETCH_AHEAD < end:
             _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
-        if not _plain_to_finish(state, slot0 + i, src, dst, i):
+        if not known_plain and not _plain_to_finish(state, slot0 + i, src, dst, i):
             break
         _finish_plain_slot(mine, slot0 + i, src, dst, i)
         i += 1
@@ -527,9 +545,9 @@ def _finish_plain_run(state, vma_index, start, src, dst, t):
 
 
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
-def _finish_plain_runs(state, vma_index, start, src, dst, threads):
+def _finish_plain_runs(state, vma_index, start, src, dst, threads, known_plain):
     for t in prange(threads):
-        _finish_plain_run(state, vma_index, start, src, dst, np.int64(t))
+        _finish_plain_run(state, vma_index, start, src, dst, np.int64(t), known_plain)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -550,7 +568,7 @@ def _place_plain_frees(state, src, threads):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _finish_parallel(state, vma_index, start, npages, src, dst, threads):
+def _finish_parallel(state, vma_index, start, npages, src, dst, threads, known_plain):
     """The to-device finish sweep over ``threads`` threads (kernels.sweep).
 
     Plain slots run in parallel; then, in slot order, each thread's plain
@@ -560,7 +578,7 @@ def _finish_parallel(state, vma_index, start, npages, src, dst, threads):
     serial sweep pushes them; nothing allocates in between."""
     used = plan_chunks(state, start, npages, threads)
     clear_thread_counts(state, used)
-    _finish_plain_runs(state, vma_index, start, src, dst, used)
+    _finish_plain_runs(state, vma_index, start, src, dst, used, known_plain)
     merge_thread_counts(state, used, state.mig)
     moved = 0
     for t in range(used):
@@ -576,7 +594,7 @@ def _finish_parallel(state, vma_index, start, npages, src, dst, threads):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _finish_driver(state, to_device, vma_index, start, end, src, dst):
+def _finish_driver(state, to_device, vma_index, start, end, src, dst, known_plain):
     """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
 
     Slot by slot rather than pass by pass: each slot's steps touch only its own
@@ -587,7 +605,7 @@ def _finish_driver(state, to_device, vma_index, start, end, src, dst):
     npages = mm.pages_in(state, end - start)
     threads = sweep_threads(state, npages) if to_device else 1
     if threads > 1:
-        return _finish_parallel(state, vma_index, start, npages, src, dst, threads)
+        return _finish_parallel(state, vma_index, start, npages, src, dst, threads, known_plain)
     return _finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)
 
 

@@ -254,11 +254,13 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads):
     clear_thread_counts(st, used)
     _setup_plain_runs(st, v, start, src, dst, used)
     merge_thread_counts(st, used, mig)
+    mig[L.MIG_ALL_PLAIN] = 1
     ps = st.sys[L.SYS_PAGE_SIZE]
     for t in range(used):
         stop = st.sweep_info[t, L.SW_STOP]
         end = st.sweep_info[t, L.SW_END]
         if stop < end:
+            mig[L.MIG_ALL_PLAIN] = 0
             mig[L.MIG_NPAGES] = stop
             partial = st.sweep_info[t, L.SW_PARTIAL]
             collect_range(
