@@ -19,7 +19,14 @@ passes). What slots share is:
 
 So the parallel sweep ends in exactly the state of the serial one: the plain
 slots commute with everything (they share nothing with any other slot), and
-everything else still happens in slot order. Threads own whole PMD extents,
+everything else still happens in slot order. A plain slot's steps are also
+fully decided by the plain test, so the threads write their net effect
+(_setup_plain_slot, device._finish_plain_slot) instead of calling the generic
+per-slot steps, which re-test every branch; the serial sweep keeps the generic
+steps, and tests/test_parallel.py holds the two to the same state. When setup
+took every slot as plain (``mig[MIG_ALL_PLAIN]``), the device's own pipeline
+also knows every slot's allocation and finish in advance and skips the
+allocation's counting pass and finish's plain test. Threads own whole PMD extents,
 so the one-flush-per-PMD accounting and a PMD-level pte_alloc() stay within a
 thread. The per-thread bodies are separate functions called from the prange
 loop, not inlined into it: inlined, numba 0.68 lowered a thread's while-loop

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 import migengine as me
 from migengine import kernels
 from migengine.kernels import layout as L
+from migengine.kernels.check import check_state
 from migengine.kernels.copy import STAT_WALL_S
 from migengine.kernels.state import State
 
@@ -110,23 +111,49 @@ def test_parallel_sweeps_equal_the_serial_ones(make_machine, data):
     if not whole:
         lo = data.draw(st.integers(0, min(EXTENT - 1, vma.npages - 2 * EXTENT)), label="first page")
         hi = data.draw(st.integers(lo + 2 * EXTENT, vma.npages), label="end page")
-    start, end = vma.start + lo * PS, vma.start + hi * PS
+    _assert_parallel_equals_serial(m, vma, vma.start + lo * PS, vma.start + hi * PS)
+
+
+def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: int) -> bool:
+    """To the device, back, and to the device again, on copies of ``m.state``
+    with one thread and with two: both end in the same state. Returns whether
+    the two-thread setup sweep of the first migration found every slot plain."""
     outcome = {}
     for threads in (1, 2):
         s = State(*(arr.copy() for arr in m.state))
         s.engine[:] = _engine(threads)
-        n = hi - lo
+        n = (end - start) // PS
         src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
         to_dev = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
+        all_plain = s.mig[L.MIG_ALL_PLAIN]
         back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
         again = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
-        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s))
+        assert check_state(s)[0] == 0, f"invariant {check_state(s)} broken on {threads} thread(s)"
+        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s), all_plain)
     serial, parallel = outcome[1], outcome[2]
     assert serial[:3] == parallel[:3]
     np.testing.assert_array_equal(serial[3], parallel[3])
     np.testing.assert_array_equal(serial[4], parallel[4])
     for name, arr in serial[5].items():
         np.testing.assert_array_equal(arr, parallel[5][name], err_msg=f"state.{name} differs")
+    assert serial[6] == 0  # one thread never takes the parallel sweeps
+    return bool(parallel[6])
+
+
+def test_an_all_plain_migration_equals_the_serial_one(make_machine):
+    """The net-effect path (kernels.sweep._setup_plain_slot, device._finish_plain_slot)
+    with the tests it skips once setup found every slot plain: a fully faulted
+    process with some pages written (dirty), on two threads == the generic
+    per-slot steps on one, data included."""
+    m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
+    p = m.new_process()
+    vma = p.mmap(3 * EXTENT)
+    p.populate(vma.start, vma.end)
+    for k in range(0, vma.npages, 7):
+        p.write(vma.start + k * PS, bytes([k % 251]) * PS)
+    m.lru_add_drain_all()
+    m.check()
+    assert _assert_parallel_equals_serial(m, vma, vma.start, vma.end)  # the known-plain path ran
 
 
 def test_a_plain_migration_really_runs_in_parallel(make_machine):
