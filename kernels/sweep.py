@@ -19,22 +19,26 @@ passes). What slots share is:
 
 So the parallel sweep ends in exactly the state of the serial one: the plain
 slots commute with everything (they share nothing with any other slot), and
-everything else still happens in slot order. A plain slot's steps are also
-fully decided by the plain test, so the threads write their net effect
-(_setup_plain_slot, device._finish_plain_slot) instead of calling the generic
-per-slot steps, which re-test every branch; the serial sweep keeps the generic
-steps, and tests/test_parallel.py holds the two to the same state. When setup
-took every slot as plain (``mig[MIG_ALL_PLAIN]``), the device's own pipeline
-also knows every slot's allocation and finish in advance and skips the
-allocation's counting pass and finish's plain test. Threads own whole PMD extents,
-so the one-flush-per-PMD accounting and a PMD-level pte_alloc() stay within a
-thread. The per-thread bodies are separate functions called from the prange
-loop, not inlined into it: inlined, numba 0.68 lowered a thread's while-loop
-counter as if it never moved (every thread "stopped" at its first slot). They
-take the thread index as ``np.int64(t)``: numba types a prange index as uint64
-in one pass and int64 in another, and an uncast index compiled each body twice.
-Only ``hmm-v25`` takes this path; ``seed`` unmaps through
-try_to_unmap(), which counts TLB flushes as it goes, and stays serial.
+everything else still happens in slot order.
+
+The plain test also decides every branch of a plain slot's steps, so the
+threads write those steps' net effect (_setup_plain_slot,
+device._finish_plain_slot) instead of calling the generic per-slot steps,
+which re-test each branch. The serial sweep keeps the generic steps, and
+tests/test_parallel.py holds the two to the same state. When setup took every
+slot as plain (``mig[MIG_ALL_PLAIN]``), the device's own pipeline knows each
+slot's allocation and finish in advance, and skips the allocation's counting
+pass and finish's plain test.
+
+Threads own whole PMD extents, so the one-flush-per-PMD accounting and a
+PMD-level pte_alloc() stay within a thread. The per-thread bodies are separate
+functions called from the prange loop, not inlined into it: inlined, numba 0.68
+lowered a thread's while-loop counter as if it never moved (every thread
+"stopped" at its first slot). They take the thread index as ``np.int64(t)``:
+numba types a prange index as uint64 in one pass and int64 in another, and an
+uncast index compiled each body twice. Only ``hmm-v25`` takes this path;
+``seed`` unmaps through try_to_unmap(), which counts TLB flushes as it goes,
+and stays serial.
 """
 
 import numpy as np
@@ -183,10 +187,10 @@ def _setup_plain_slot(st, slot):
     (refcount 2), trylock_page(), the migration entry (mapcount 0, put_page():
     1), isolate_lru_page() (LRU off, 2), the collect reference dropped (1),
     and the pin checks of prepare and unmap, which pass (refcount - 1 == 0 ==
-    mapcount). No counter moves. What is left is written here: the generic
-    calls re-test every branch the plain test already decided, and were two
-    thirds of the sweep's time. tests/test_parallel.py holds this path to the
-    serial sweep, which takes the generic one.
+    mapcount). No counter moves. What is left is written here, because the
+    generic calls re-test every branch the plain test already decided.
+    tests/test_parallel.py holds this path to the serial sweep, which takes
+    the generic one.
     """
     lay = st.layout
     pte = st.pte[slot]
