@@ -89,7 +89,7 @@ def _install_migration_entry(st, slot, pfn, write):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _collect_pte(st, slot, hmm):
+def collect_pte(st, slot, hmm):
     """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
     lay = st.layout
     pte = st.pte[slot]
@@ -112,7 +112,7 @@ def _collect_pte(st, slot, hmm):
 def collect_slot(st, slot, hmm, mig):
     """One PTE of migrate_vma_collect_pmd(): (its mpfn, 1 if collect unmapped it)."""
     lay = st.layout
-    mpfn, pfn, hole = _collect_pte(st, slot, hmm)
+    mpfn, pfn, hole = collect_pte(st, slot, hmm)
     if hole:
         _count(mig, 1)
         return mpfn, 0

@@ -294,6 +294,13 @@ def _alloc_device_pages(state, src, dst, npages, private, sp, dp, all_plain):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _mirror_entry(lay, dpfn, dst_mpfn):
+    """dmirror's mirror page-table entry for device frame ``dpfn``: the frame and,
+    in bit 0, whether the destination was handed over writable."""
+    return (dpfn << 1) | (1 if (dst_mpfn & lay[L.L_WRITE]) != 0 else 0)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _mirror_slot(state, slot, src, dst, i):
     """dmirror_migrate_finalize_and_map() for slot ``i``: map a page that moved
     to the device in the mirror page table."""
@@ -301,7 +308,7 @@ def _mirror_slot(state, slot, src, dst, i):
     dpfn = mm.mpfn_to_pfn(lay, dst[i])
     if (src[i] & lay[L.L_MIGRATE]) == 0 or dpfn < 0 or not mm.is_device_pfn(state, dpfn):
         return
-    state.mirror[slot] = (dpfn << 1) | (1 if (dst[i] & lay[L.L_WRITE]) != 0 else 0)
+    state.mirror[slot] = _mirror_entry(lay, dpfn, dst[i])
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -423,7 +430,7 @@ def _prefetch_slot(state, src, dst, i):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm, release_source):
+def _finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
     """pages, finalize_and_map and finalize for slot ``i``; 1 if dmirror counts it moved."""
     pages_slot(state, vma_index, addr, src, dst, i, hmm)
     moved = _moved(state.layout, src, dst, i)
@@ -431,7 +438,7 @@ def _finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm, rele
         _mirror_slot(state, slot, src, dst, i)
     else:
         _unmirror_slot(state, slot, src, dst, i)
-    finalize_slot(state, src, dst, i, hmm, release_source)
+    finalize_slot(state, src, dst, i, hmm)
     return moved
 
 
@@ -449,7 +456,7 @@ def _finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
         if i + PREFETCH_AHEAD < hi:
             _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
         addr = start + i * ps
-        moved += _finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, hmm, True)
+        moved += _finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, hmm)
     return moved
 
 
@@ -508,7 +515,7 @@ def _finish_plain_slot(state, slot, src, dst, i):
     moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
     mm.set_flag(state, newpage, moved_flags)
     mm.unlock_page(state, newpage)
-    state.mirror[slot] = (newpage << 1) | (1 if (dst[i] & lay[L.L_WRITE]) != 0 else 0)
+    state.mirror[slot] = _mirror_entry(lay, newpage, dst[i])
     write = mm.pte_write(state.pte[slot])
     state.pte[slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
     pages["mapcount"][newpage] += 1

@@ -22,12 +22,8 @@ def release(st, pfn, hmm):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def finalize_slot(st, src, dst, i, hmm, release_source):
-    """Finish one slot; returns 1 when it was a collected page (cpages--).
-
-    ``release_source=False`` leaves the source's final release (which frees a
-    migrated page) to the caller: kernels.sweep pushes frees in slot order.
-    """
+def finalize_slot(st, src, dst, i, hmm):
+    """Finish one slot; returns 1 when it was a collected page (cpages--)."""
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
     page = mm.mpfn_to_pfn(lay, src[i])
@@ -44,8 +40,7 @@ def finalize_slot(st, src, dst, i, hmm, release_source):
         newpage = page
     remove_migration_ptes(st, page, newpage)
     mm.unlock_page(st, page)
-    if release_source:
-        release(st, page, hmm)
+    release(st, page, hmm)
     if newpage != page:
         mm.unlock_page(st, newpage)
         release(st, newpage, hmm)
@@ -70,5 +65,5 @@ def migrate_vma_finalize(st, npages, src, dst):
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     done = 0
     for i in range(npages):
-        done += finalize_slot(st, src, dst, i, hmm, True)
+        done += finalize_slot(st, src, dst, i, hmm)
     return done

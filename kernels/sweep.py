@@ -46,7 +46,7 @@ from numba import njit, prange
 
 from . import layout as L
 from . import mm
-from .collect import collect_range
+from .collect import collect_pte, collect_range
 from .copy import ENG_PAR_MIN_PAGES, ENG_THREADS, _get_thread_count
 from .prefetch import PREFETCH_AHEAD
 from .state import State
@@ -193,17 +193,12 @@ def _setup_plain_slot(st, slot):
     the generic one.
     """
     lay = st.layout
-    pte = st.pte[slot]
-    pfn = mm.pte_pfn(pte)
-    write = mm.pte_write(pte)
-    st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
+    mpfn, pfn, _ = collect_pte(st, slot, True)
+    st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, (mpfn & lay[L.L_WRITE]) != 0)
     st.page["mapcount"][pfn] -= 1
     mm.clear_flag(st, pfn, L.PG_LRU)
     mm.set_flag(st, pfn, L.PG_LOCKED)
-    mpfn = mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_LOCKED]
-    if write:
-        mpfn |= lay[L.L_WRITE]
-    return mpfn
+    return mpfn | lay[L.L_LOCKED]
 
 
 @njit(cache=True, nogil=True, _nrt=False)
