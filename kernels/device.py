@@ -131,18 +131,20 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
 def _alloc_and_copy_to(state, to_device, src, dst, start, end, private):
     """The compiled body of both directions' alloc_and_copy callbacks
     (_run_driver inlines _alloc_and_copy itself, for the one-page path)."""
-    _alloc_and_copy(state, to_device, src, dst, start, end, private, np.bool_(False))
+    _alloc_and_copy(state, to_device, src, dst, start, end, private)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _alloc_and_copy(state, to_device, src, dst, start, end, private, all_plain):
-    """Allocate destinations for one direction, then copy them in one engine batch.
-
-    ``all_plain``: src is as a parallel setup sweep that took every slot as
-    plain left it (only _run_driver, which calls nothing in between, knows).
-    Returns the copy pairs."""
+def _alloc_and_copy(state, to_device, src, dst, start, end, private):
+    """Allocate destinations for one direction, then copy them in one engine batch."""
     npages = mm.pages_in(state, end - start)
-    n = _alloc_pairs(state, to_device, src, dst, npages, private, all_plain)
+    n = _alloc_pairs(state, to_device, src, dst, npages, private)
+    _copy_engine_batch(state, n, private)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _copy_engine_batch(state, n, private):
+    """Copy the first ``n`` pairs of the copy scratch in one engine batch."""
     _copy_pairs(
         state.data,
         state.sys,
@@ -153,17 +155,16 @@ def _alloc_and_copy(state, to_device, src, dst, start, end, private, all_plain):
         n,
         private,
     )
-    return n
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _alloc_pairs(state, to_device, src, dst, npages, private, all_plain):
+def _alloc_pairs(state, to_device, src, dst, npages, private):
     """Allocate the destinations of one direction; returns how many copy pairs
     it left in ``state.copy_scratch``."""
     sp = state.copy_scratch[L.COPY_SRC]
     dp = state.copy_scratch[L.COPY_DST]
     if to_device:
-        return _alloc_device_pages(state, src, dst, npages, private, sp, dp, all_plain)
+        return _alloc_device_pages(state, src, dst, npages, private, sp, dp)
     return _alloc_system_pages(state, src, dst, npages, private, sp, dp)
 
 
@@ -214,12 +215,24 @@ def _hand_over(state, dst, i, mpfn, dpfn, sp, dp, n):
     return n
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _take_device_frame(state, pos):
+    """device_alloc_page() of the frame at free-stack position ``pos``, which
+    the caller ranked: the stack's depth is settled afterwards, for all pops."""
+    dpfn = state.free_stack[pos]
+    state.free_stack[pos] = -1
+    state.free_pos[dpfn] = -1
+    mm.init_allocated(state, dpfn)
+    mm.trylock_page(state, dpfn)
+    return dpfn
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _take_device_pages(state, src, dst, t, sp, dp):
     """One thread: pop the device frames its slots rank to (slot order), as
     device_alloc_page() would have popped them one by one."""
     info = state.sweep_info
-    top = state.sys[L.SYS_NR_RAM] + state.sys[L.SYS_DEV_FREE] - 1
+    top = mm.free_top(state, True)
     rank = info[t, L.SW_NEED0]
     n = info[t, L.SW_PAIRS0]
     for i in range(info[t, L.SW_FIRST], info[t, L.SW_END]):
@@ -227,12 +240,8 @@ def _take_device_pages(state, src, dst, t, sp, dp):
         dst[i] = L.MPFN_NONE
         if not _wants_device_page(state, mpfn):
             continue
-        dpfn = state.free_stack[top - rank]
-        state.free_stack[top - rank] = -1
-        state.free_pos[dpfn] = -1
+        dpfn = _take_device_frame(state, top - rank)
         rank += 1
-        mm.init_allocated(state, dpfn)
-        mm.trylock_page(state, dpfn)
         n = _hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
 
 
@@ -243,21 +252,14 @@ def _take_device_pages_all(state, src, dst, threads, sp, dp):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads, all_plain):
+def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
     """device_alloc_and_copy()'s allocation over threads (kernels.sweep): count
     each thread's wants, rank them in slot order, then pop by rank. Returns the
     copy pairs, or -1 (nothing done) when the pool cannot serve every slot:
-    then the serial loop decides which slots go without. After an all-plain
-    setup every slot is a RAM page that wants a device page, so the counting
-    pass is skipped."""
+    then the serial loop decides which slots go without."""
     used = plan_chunks(state, 0, npages, threads)
     info = state.sweep_info
-    if all_plain:
-        for t in range(used):
-            info[t, L.SW_NEED] = info[t, L.SW_END] - info[t, L.SW_FIRST]
-            info[t, L.SW_PAIRS] = info[t, L.SW_NEED]
-    else:
-        _count_wants_all(state, src, used)
+    _count_wants_all(state, src, used)
     need = 0
     pairs = 0
     for t in range(used):
@@ -274,11 +276,11 @@ def _alloc_device_parallel(state, src, dst, npages, sp, dp, threads, all_plain):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _alloc_device_pages(state, src, dst, npages, private, sp, dp, all_plain):
+def _alloc_device_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
     threads = sweep_threads(state, npages)
     if threads > 1 and state.sys[L.SYS_FAIL_ALLOC] == 0:
-        n = _alloc_device_parallel(state, src, dst, npages, sp, dp, threads, all_plain)
+        n = _alloc_device_parallel(state, src, dst, npages, sp, dp, threads)
         if n >= 0:
             return n
     n = 0
@@ -401,18 +403,19 @@ def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
     Called directly rather than through callback arguments, so it stays cached.
     Returns -EINVAL, or the slots that kept VALID and MIGRATE with a destination
     after the pages pass (dmirror's cpages for MIGRATE_TO_SYS). Its scratch is
-    in the state, so it runs without reference counting.
+    in the state, so it runs without reference counting. When a parallel setup
+    found every slot plain and named each one's device page (kernels.sweep),
+    the allocation happens in the finish sweep instead (_finish_reserved).
     """
-    cpages = setup_range(state, vma_index, start, end, src, dst)
+    cpages = setup_range(state, vma_index, start, end, src, dst, to_device)
     if cpages <= 0:
         return min(cpages, 0)
     start = mm.page_down(state, start)
     end = mm.page_down(state, end)
-    all_plain = state.mig[L.MIG_ALL_PLAIN] != 0
-    pairs = _alloc_and_copy(state, to_device, src, dst, start, end, private, all_plain)
-    # Every slot plain in setup and given a fresh page: every slot is plain in finish.
-    known_plain = all_plain and pairs == mm.pages_in(state, end - start)
-    return _finish_driver(state, to_device, vma_index, start, end, src, dst, known_plain)
+    if state.mig[L.MIG_RESERVED] != 0:
+        return _copy_and_finish_reserved(state, vma_index, start, end, src, dst, private)
+    _alloc_and_copy(state, to_device, src, dst, start, end, private)
+    return _finish_driver(state, to_device, vma_index, start, end, src, dst)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -526,15 +529,13 @@ def _finish_plain_slot(state, slot, src, dst, i):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _finish_plain_run(state, vma_index, start, src, dst, t, known_plain):
+def _finish_plain_run(state, vma_index, start, src, dst, t):
     """One thread: finish its slots until the first one that is not plain.
 
     A plain slot's release drops its source's last reference (putback_lru_page()
     of a page with refcount 1), which frees it; everything of that free but the
     place on the free stack is done here, the place is assigned in slot order
-    afterwards (_place_plain_frees). ``known_plain``: _run_driver knows every
-    slot is plain (each was plain in setup and got a fresh device page, and
-    nothing ran in between but the copy), so the test is skipped."""
+    afterwards (_place_plain_frees)."""
     info = state.sweep_info
     mine = with_counters(state, state.sweep_counters[t])
     slot0 = mm.pte_slot(state, vma_index, start)
@@ -543,7 +544,7 @@ def _finish_plain_run(state, vma_index, start, src, dst, t, known_plain):
     while i < end:
         if i + PREFETCH_AHEAD < end:
             _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
-        if not known_plain and not _plain_to_finish(state, slot0 + i, src, dst, i):
+        if not _plain_to_finish(state, slot0 + i, src, dst, i):
             break
         _finish_plain_slot(mine, slot0 + i, src, dst, i)
         i += 1
@@ -552,9 +553,9 @@ def _finish_plain_run(state, vma_index, start, src, dst, t, known_plain):
 
 
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
-def _finish_plain_runs(state, vma_index, start, src, dst, threads, known_plain):
+def _finish_plain_runs(state, vma_index, start, src, dst, threads):
     for t in prange(threads):
-        _finish_plain_run(state, vma_index, start, src, dst, np.int64(t), known_plain)
+        _finish_plain_run(state, vma_index, start, src, dst, np.int64(t))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -575,7 +576,7 @@ def _place_plain_frees(state, src, threads):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _finish_parallel(state, vma_index, start, npages, src, dst, threads, known_plain):
+def _finish_parallel(state, vma_index, start, npages, src, dst, threads):
     """The to-device finish sweep over ``threads`` threads (kernels.sweep).
 
     Plain slots run in parallel; then, in slot order, each thread's plain
@@ -585,7 +586,7 @@ def _finish_parallel(state, vma_index, start, npages, src, dst, threads, known_p
     serial sweep pushes them; nothing allocates in between."""
     used = plan_chunks(state, start, npages, threads)
     clear_thread_counts(state, used)
-    _finish_plain_runs(state, vma_index, start, src, dst, used, known_plain)
+    _finish_plain_runs(state, vma_index, start, src, dst, used)
     merge_thread_counts(state, used, state.mig)
     moved = 0
     for t in range(used):
@@ -600,8 +601,67 @@ def _finish_parallel(state, vma_index, start, npages, src, dst, threads, known_p
     return moved
 
 
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
+    """One thread of _finish_reserved: for each of its slots, the device page's
+    allocation (device_alloc_page() of the frame setup named), then the plain
+    finish, then the source's place on the RAM free stack. In slot order both
+    stacks move by one a slot, so slot ``i`` pops ``top - i`` and pushes at
+    ``ram_free + i``, where the serial sweep pops and pushes them."""
+    info = state.sweep_info
+    mine = with_counters(state, state.sweep_counters[t])
+    slot0 = mm.pte_slot(state, vma_index, start)
+    end = info[t, L.SW_END]
+    for i in range(info[t, L.SW_FIRST], end):
+        if i + PREFETCH_AHEAD < end:
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
+        _take_device_frame(mine, top - i)
+        _finish_plain_slot(mine, slot0 + i, src, dst, i)
+        mm.place_free(mine, mm.mpfn_to_pfn(state.layout, src[i]), ram_free + i)
+    info[t, L.SW_STOP] = end
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _finish_reserved_runs(state, vma_index, start, src, dst, threads, top, ram_free):
+    for t in prange(threads):
+        _finish_reserved_run(state, vma_index, start, src, dst, np.int64(t), top, ram_free)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_reserved(state, vma_index, start, npages, src, dst):
+    """The allocation and the finish sweep of a batch the setup threads took as
+    all plain, naming each slot's device page (mig[MIG_RESERVED], kernels.sweep).
+
+    Pre: setup left every slot plain, ``dst[i]`` naming the frame ``i`` below
+    the device free stack's top, and only the copy ran since.
+    Post: the state device_alloc_and_copy()'s allocation and the finish sweep
+    leave (tests/test_parallel.py holds it to the serial steps). Returns the
+    moved count, ``npages``.
+    """
+    threads = sweep_threads(state, npages)
+    used = plan_chunks(state, start, npages, threads)
+    clear_thread_counts(state, used)
+    top = mm.free_top(state, True)
+    ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
+    _finish_reserved_runs(state, vma_index, start, src, dst, used, top, ram_free)
+    merge_thread_counts(state, used, state.mig)
+    state.sys[L.SYS_DEV_FREE] -= npages
+    state.counters[L.C_DEVICE_CALLOC] += npages
+    state.sys[L.SYS_RAM_FREE] += npages
+    return npages
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _copy_and_finish_reserved(state, vma_index, start, end, src, dst, private):
+    """_run_driver's rest after a reserving setup: copy the named pairs in one
+    engine batch, then allocate and finish (_finish_reserved)."""
+    npages = mm.pages_in(state, end - start)
+    _copy_engine_batch(state, npages, private)
+    return _finish_reserved(state, vma_index, start, npages, src, dst)
+
+
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _finish_driver(state, to_device, vma_index, start, end, src, dst, known_plain):
+def _finish_driver(state, to_device, vma_index, start, end, src, dst):
     """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
 
     Slot by slot rather than pass by pass: each slot's steps touch only its own
@@ -612,7 +672,7 @@ def _finish_driver(state, to_device, vma_index, start, end, src, dst, known_plai
     npages = mm.pages_in(state, end - start)
     threads = sweep_threads(state, npages) if to_device else 1
     if threads > 1:
-        return _finish_parallel(state, vma_index, start, npages, src, dst, threads, known_plain)
+        return _finish_parallel(state, vma_index, start, npages, src, dst, threads)
     return _finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)
 
 

@@ -198,7 +198,8 @@ MIG_VMA = 4
 MIG_DRAINED = 5  # 1 once the setup sweep has done prepare's lru_add_drain()
 MIG_DRAINED_ALL = 6  # 1 once prepare has called lru_add_drain_all() (at most once)
 MIG_COLLECTED = 7  # what collect counted into cpages (setup's vmstat counter)
-MIG_ALL_PLAIN = 8  # 1 when the parallel setup sweep took every slot as plain (kernels.sweep)
+# 1: the parallel setup took every slot as plain and named its device page (kernels.sweep)
+MIG_RESERVED = 8
 MIG_FIELDS = 9
 
 # --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, nframes]):

@@ -64,12 +64,13 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     returns a positive count the caller must fill ``dst`` and then call
     migrate_vma_pages() and migrate_vma_finalize() over the same range.
     """
-    return setup_range(state, vma_index, start, end, src, dst)
+    return setup_range(state, vma_index, start, end, src, dst, np.bool_(False))
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def setup_range(state, vma_index, start, end, src, dst):
-    """migrate_vma_setup()'s body, inlined into the device's own pipeline."""
+def setup_range(state, vma_index, start, end, src, dst, reserve):
+    """migrate_vma_setup()'s body, inlined into the device's own pipeline;
+    ``reserve``: let a parallel sweep name device pages (kernels.sweep)."""
     npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
     if npages < 0:
         return npages
@@ -80,12 +81,13 @@ def setup_range(state, vma_index, start, end, src, dst):
     mig[L.MIG_START] = start
     mig[L.MIG_END] = start + npages * ps
     mig[L.MIG_VMA] = vma_index
-    src[:npages] = 0
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
     threads = sweep_threads(state, npages)
     if threads > 1 and state.pagevec_n[L.CPU_DRIVER] == 0:
-        setup_parallel(state, vma_index, start, npages, src, dst, mig, threads)
+        # No memset of src first: the sweep writes every slot of it.
+        setup_parallel(state, vma_index, start, npages, src, dst, mig, threads, reserve)
     else:
+        src[:npages] = 0
         collect_range(
             state, vma_index, start, mig[L.MIG_END], src, dst, mig, np.bool_(True), np.int64(0)
         )

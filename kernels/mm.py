@@ -170,11 +170,17 @@ def _stack_base(st, device):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def free_top(st, device):
+    """The free-stack position of the frame alloc_frame() would pop next."""
+    return _stack_base(st, device) + st.sys[_depth_index(device)] - 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _stack_remove(st, pfn):
     """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
     device = is_device_pfn(st, pfn)
     depth_i = _depth_index(device)
-    top = _stack_base(st, device) + st.sys[depth_i] - 1
+    top = free_top(st, device)
     pos = st.free_pos[pfn]
     moved = st.free_stack[top]
     st.free_stack[pos] = moved
@@ -201,7 +207,7 @@ def alloc_frame(st, device):
     depth_i = _depth_index(device)
     if st.sys[depth_i] == 0:
         return -1
-    pfn = st.free_stack[_stack_base(st, device) + st.sys[depth_i] - 1]
+    pfn = st.free_stack[free_top(st, device)]
     _stack_remove(st, pfn)
     init_allocated(st, pfn)
     return pfn

@@ -25,10 +25,17 @@ The plain test also decides every branch of a plain slot's steps, so the
 threads write those steps' net effect (_setup_plain_slot,
 device._finish_plain_slot) instead of calling the generic per-slot steps,
 which re-test each branch. The serial sweep keeps the generic steps, and
-tests/test_parallel.py holds the two to the same state. When setup took every
-slot as plain (``mig[MIG_ALL_PLAIN]``), the device's own pipeline knows each
-slot's allocation and finish in advance, and skips the allocation's counting
-pass and finish's plain test.
+tests/test_parallel.py holds the two to the same state.
+
+The device's own pipeline (device._run_driver) goes one step further. When
+every slot is plain, every slot wants a device page and slot ``i`` gets the
+``i``-th frame below the device free stack's top, so the setup threads name
+that frame (``dst``, the copy pairs) as they go, without taking it. If a
+thread stops early the names are wrong and dropped (``dst`` back to 0); if
+none does (``mig[MIG_RESERVED]``), the copy runs on the named pairs and the
+finish threads take each frame with the rest of its slot's steps
+(device._finish_reserved): a device page's struct page is touched once, and
+the allocation's own pass disappears. Nothing but the copy runs in between.
 
 Threads own whole PMD extents, so the one-flush-per-PMD accounting and a
 PMD-level pte_alloc() stay within a thread. The per-thread bodies are separate
@@ -201,10 +208,23 @@ def _setup_plain_slot(st, slot):
     return mpfn | lay[L.L_LOCKED]
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _reserve_device_page(st, i, mpfn, top):
+    """The ``dst`` slot ``i`` gets when every slot before it wants a device page:
+    the frame ``i`` below the device free stack's ``top``, as _hand_over()
+    writes it. The frame stays on the stack; the copy pair is queued."""
+    lay = st.layout
+    dpfn = st.free_stack[top - i]
+    st.copy_scratch[L.COPY_SRC, i] = mm.mpfn_to_pfn(lay, mpfn)
+    st.copy_scratch[L.COPY_DST, i] = dpfn
+    return mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+
+
 @njit(cache=True, nogil=True, _nrt=False)
-def _setup_plain_run(st, v, start, src, dst, t):
+def _setup_plain_run(st, v, start, src, dst, t, top):
     """One thread: collect + prepare + unmap its slots until the first one that
-    is not plain (or whose PMD is not a page table); records where it stopped."""
+    is not plain (or whose PMD is not a page table); records where it stopped.
+    ``top`` >= 0: also name each slot's device page (_reserve_device_page)."""
     info = st.sweep_info
     mig = st.sweep_mig[t]
     counters = st.sweep_counters[t]
@@ -228,8 +248,9 @@ def _setup_plain_run(st, v, start, src, dst, t):
                 mm.prefetch_page(st, mm.pte_pfn(ahead))
         if not _plain_to_collect(st, slot0 + i):
             break
-        dst[i] = 0
-        src[i] = _setup_plain_slot(st, slot0 + i)
+        mpfn = _setup_plain_slot(st, slot0 + i)
+        src[i] = mpfn
+        dst[i] = _reserve_device_page(st, i, mpfn, top) if top >= 0 else L.MPFN_NONE
         unmapped += 1
         i += 1
     collected = i - info[t, L.SW_FIRST]
@@ -243,34 +264,62 @@ def _setup_plain_run(st, v, start, src, dst, t):
 
 
 @njit(cache=True, nogil=True, _nrt=False, parallel=True)
-def _setup_plain_runs(st, v, start, src, dst, threads):
+def _setup_plain_runs(st, v, start, src, dst, threads, top):
     for t in prange(threads):
-        _setup_plain_run(st, v, start, src, dst, np.int64(t))
+        _setup_plain_run(st, v, start, src, dst, np.int64(t), top)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _reservation_top(st, npages, reserve):
+    """Where the setup threads may name device pages from (-1: they may not):
+    only for the device's own pipeline, with no allocation failure injected
+    and enough free device frames for every slot."""
+    if not reserve or st.sys[L.SYS_FAIL_ALLOC] != 0 or st.sys[L.SYS_DEV_FREE] < npages:
+        return np.int64(-1)
+    return mm.free_top(st, True)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def setup_parallel(st, v, start, npages, src, dst, mig, threads):
+def setup_parallel(st, v, start, npages, src, dst, mig, threads, reserve):
     """migrate_vma_setup()'s sweep over ``threads`` threads (see the module doc).
 
     Pre: hmm-v25; ``mig`` zeroed but for START/END/VMA; the driver CPU's LRU-add
     batch is empty, so prepare's local lru_add_drain() would only be counted.
-    Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves.
+    ``reserve``: the caller is device._run_driver migrating to the device.
+    Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves,
+    except that with ``mig[MIG_RESERVED]`` set ``dst`` and the copy pairs hold
+    the device pages the allocation would hand out (still on the free stack).
     """
     used = plan_chunks(st, start, npages, threads)
+    top = _reservation_top(st, npages, reserve)
     clear_thread_counts(st, used)
-    _setup_plain_runs(st, v, start, src, dst, used)
+    _setup_plain_runs(st, v, start, src, dst, used, top)
     merge_thread_counts(st, used, mig)
-    mig[L.MIG_ALL_PLAIN] = 1
-    ps = st.sys[L.SYS_PAGE_SIZE]
+    all_plain = True
     for t in range(used):
-        stop = st.sweep_info[t, L.SW_STOP]
-        end = st.sweep_info[t, L.SW_END]
+        all_plain = all_plain and st.sweep_info[t, L.SW_STOP] == st.sweep_info[t, L.SW_END]
+    if all_plain:
+        mig[L.MIG_RESERVED] = 1 if top >= 0 else 0
+    else:
+        _finish_setup_serially(st, v, start, src, dst, mig, used, top >= 0)
+    mig[L.MIG_NPAGES] = npages
+    mig[L.MIG_END] = start + npages * st.sys[L.SYS_PAGE_SIZE]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_setup_serially(st, v, start, src, dst, mig, used, reserved):
+    """After a thread stopped early: drop the device pages named (an earlier
+    slot may not want one), then sweep each thread's remaining slots serially."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    info = st.sweep_info
+    for t in range(used):
+        if reserved:
+            dst[info[t, L.SW_FIRST] : info[t, L.SW_STOP]] = L.MPFN_NONE
+        stop = info[t, L.SW_STOP]
+        end = info[t, L.SW_END]
         if stop < end:
-            mig[L.MIG_ALL_PLAIN] = 0
             mig[L.MIG_NPAGES] = stop
-            partial = st.sweep_info[t, L.SW_PARTIAL]
+            partial = info[t, L.SW_PARTIAL]
             collect_range(
                 st, v, start + stop * ps, start + end * ps, src, dst, mig, np.bool_(True), partial
             )
-    mig[L.MIG_NPAGES] = npages
-    mig[L.MIG_END] = start + npages * ps

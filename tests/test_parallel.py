@@ -117,7 +117,8 @@ def test_parallel_sweeps_equal_the_serial_ones(make_machine, data):
 def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: int) -> bool:
     """To the device, back, and to the device again, on copies of ``m.state``
     with one thread and with two: both end in the same state. Returns whether
-    the two-thread setup sweep of the first migration found every slot plain."""
+    the two-thread setup sweep of the first migration found every slot plain
+    and named its device page (mig[MIG_RESERVED])."""
     outcome = {}
     for threads in (1, 2):
         s = State(*(arr.copy() for arr in m.state))
@@ -125,11 +126,11 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
         n = (end - start) // PS
         src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
         to_dev = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
-        all_plain = s.mig[L.MIG_ALL_PLAIN]
+        reserved = s.mig[L.MIG_RESERVED]
         back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
         again = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
         assert check_state(s)[0] == 0, f"invariant {check_state(s)} broken on {threads} thread(s)"
-        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s), all_plain)
+        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s), reserved)
     serial, parallel = outcome[1], outcome[2]
     assert serial[:3] == parallel[:3]
     np.testing.assert_array_equal(serial[3], parallel[3])
@@ -141,10 +142,11 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
 
 
 def test_an_all_plain_migration_equals_the_serial_one(make_machine):
-    """The net-effect path (kernels.sweep._setup_plain_slot, device._finish_plain_slot)
-    with the tests it skips once setup found every slot plain: a fully faulted
-    process with some pages written (dirty), on two threads == the generic
-    per-slot steps on one, data included."""
+    """The reserved path (kernels.sweep._reserve_device_page, device._finish_reserved):
+    setup names each slot's device page, the finish threads allocate it with
+    the rest of the slot's net effect. A fully faulted process with some pages
+    written (dirty), on two threads == the generic per-slot steps on one, data
+    included."""
     m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
@@ -153,12 +155,13 @@ def test_an_all_plain_migration_equals_the_serial_one(make_machine):
         p.write(vma.start + k * PS, bytes([k % 251]) * PS)
     m.lru_add_drain_all()
     m.check()
-    assert _assert_parallel_equals_serial(m, vma, vma.start, vma.end)  # the known-plain path ran
+    assert _assert_parallel_equals_serial(m, vma, vma.start, vma.end)  # the reserved path ran
 
 
 def test_a_plain_migration_really_runs_in_parallel(make_machine):
     """The comparison above is not vacuous: on a plain process every thread of
-    the setup and finish sweeps gets to the end of its slots."""
+    the setup and finish sweeps gets to the end of its slots, and the setup
+    threads name the device pages (kernels.sweep, mig[MIG_RESERVED])."""
     m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
@@ -169,3 +172,4 @@ def test_a_plain_migration_really_runs_in_parallel(make_machine):
     info = m.state.sweep_info  # as the finish sweep left it
     assert info[0, L.SW_END] > info[0, L.SW_FIRST] and info[1, L.SW_END] > info[1, L.SW_FIRST]
     assert (info[:2, L.SW_STOP] == info[:2, L.SW_END]).all()  # each thread did all its slots
+    assert m.state.mig[L.MIG_RESERVED] == 1
