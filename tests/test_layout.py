@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import migengine as me
+from migengine.kernels import layout as L
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -192,4 +193,26 @@ def test_frames_start_on_page_boundaries(page_size: int) -> None:
         arr = getattr(m.state, name)
         assert arr.ctypes.data % page_size == 0, name
         assert arr.size > 0 and not arr.any(), name
+    m.check()
+
+
+def test_struct_pages_are_cache_line_aligned_32_byte_records() -> None:
+    """Two struct pages per 64-byte line, none spanning two (kernels.state.PAGE_DTYPE):
+    the sweeps of a large migration are bound by this traffic."""
+    m = me.Machine(ram_pages=64, device_pages=64)
+    assert m.state.page.dtype.itemsize == 32
+    assert m.state.page.ctypes.data % 64 == 0
+    assert m.state.page.shape == (128,) and (m.state.page["rmap"] == -1).all()
+    m.check()
+
+
+def test_a_pte_table_past_what_rmap_can_name_is_refused() -> None:
+    """page["rmap"] is int32: an mmap that would grow the PTE level past
+    MAX_PTE_SLOTS raises before anything is reallocated or mapped."""
+    m = me.Machine(ram_pages=8, device_pages=4)
+    p = m.new_process()
+    before = m.state
+    with pytest.raises(ValueError, match="PTE slots"):
+        p.mmap(L.MAX_PTE_SLOTS + 1)
+    assert m.state is before and int(m.state.sys[L.SYS_NR_VMAS]) == 0
     m.check()
