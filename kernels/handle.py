@@ -18,7 +18,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .device import _run_driver
+from .device import _migrate_to_system, _run_driver, migrate_to_device
 from .state import PAGE_DTYPE, VMA_DTYPE, State
 
 _SLOTS = 3  # per field: data address, shape[0], shape[1] (0 for 1-D)
@@ -155,6 +155,19 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     if _overlap(src, dst):
         return -EBADARG
     return min(_run_driver(state_at(handle), True, vma_index, start, end, src, dst, 0), 0)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_to_device_at(handle, mm_id, start, end):
+    """m.device.migrate_to_device() from Python: device.migrate_to_device() on the
+    state behind ``handle`` (the Python layer has validated the arguments)."""
+    return migrate_to_device(state_at(handle), mm_id, start, end)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_to_system_at(handle, mm_id, start, end):
+    """m.device.migrate_to_system() from Python, on the state behind ``handle``."""
+    return _migrate_to_system(state_at(handle), mm_id, start, end, np.int64(0))
 
 
 MPFN_ARRAY = types.Array(types.uint64, 1, "C")
