@@ -124,8 +124,8 @@ def state_at(handle):
 def make_handle(state: State) -> np.ndarray:
     """The int64 table behind a handle (its address is ``table.ctypes.data``).
 
-    Checks that every array has the dtype, rank and C layout ``state_at``
-    assumes, so a handle never describes memory differently from the state.
+    Checks that every array has the rank and C layout ``state_at`` assumes. The
+    dtypes are not checked: states come from ``new_state``/``reserve``, which fix them.
     """
     table = np.zeros(HANDLE_WORDS, np.int64)
     for k, (name, arr) in enumerate(zip(State._fields, state, strict=True)):

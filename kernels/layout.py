@@ -206,7 +206,9 @@ MIG_FIELDS = 9
 # the (source, destination) pairs of one engine batch and its descriptors.
 COPY_SRC, COPY_DST, COPY_DESC_SRC, COPY_DESC_DST, COPY_DESC_LEN = range(5)
 COPY_ROWS = 5
-MAX_PTE_SLOTS = 2**31 - 1  # page["rmap"] is int32
+# page["rmap"] is int32, and a page's int32 counts need headroom above its mappings
+# (pins, LRU batches, isolation): PTE slots stop at 2^30.
+MAX_PTE_SLOTS = 2**30
 MAX_CHANNELS = 1024  # modelled DMA channels; real engines have 1-16
 
 # Flags that keep a page off the parallel sweeps' plain path (kernels.sweep).

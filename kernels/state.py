@@ -80,7 +80,7 @@ from . import layout as L
 # 32 bytes, so a record never straddles a cache line and the sweeps of a large
 # migration move a third less struct-page traffic than with 48 (measured: the
 # setup and finish sweeps' floor fell by about a fifth). The counts are int32, as
-# the kernel's atomic_t; ``rmap`` holds a PTE slot, below MAX_PTE_SLOTS.
+# the kernel's atomic_t; ``rmap`` holds a PTE slot, at most MAX_PTE_SLOTS.
 PAGE_DTYPE = np.dtype(
     [
         ("index", np.int64),
@@ -251,6 +251,12 @@ def _grown(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
     return out
 
 
+def check_pte_slots(ptes: int) -> None:
+    """ValueError when a machine would need more than MAX_PTE_SLOTS PTE slots."""
+    if ptes > L.MAX_PTE_SLOTS:
+        raise ValueError(f"{ptes} PTE slots exceed the {L.MAX_PTE_SLOTS} a page's rmap can name")
+
+
 def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
     """Return a state whose tables hold at least the given numbers of entries.
 
@@ -258,8 +264,7 @@ def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
     ``mmap`` or ``fork``; page, frame and counter arrays are never reallocated.
     Raises ValueError, before anything changes, past MAX_PTE_SLOTS PTE slots.
     """
-    if ptes > L.MAX_PTE_SLOTS:
-        raise ValueError(f"{ptes} PTE slots exceed the {L.MAX_PTE_SLOTS} a page's rmap can name")
+    check_pte_slots(ptes)
     return st._replace(
         vma=_grown(st.vma, vmas, 0),
         pte=_grown(st.pte, ptes, 0),

@@ -11,6 +11,7 @@ from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
 from migengine.kernels import driver as kdriver
 from migengine.kernels import layout as L
 from migengine.kernels import memory as kmemory
+from migengine.kernels import state as kstate
 
 from ._validate import as_count, as_int
 
@@ -177,6 +178,8 @@ class Process:
     def fork(self) -> Process:
         """A child sharing private anonymous pages copy-on-write, shmem/file shared."""
         m = self.machine
+        # All the child's page tables must fit, or no child at all.
+        kstate.check_pte_slots(int(m.state.sys[L.SYS_PTE_USED]) + sum(v.npages for v in self.vmas))
         child = m.new_process()
         for vma in self.vmas:
             rec = m.state.vma[vma.index]

@@ -216,3 +216,16 @@ def test_a_pte_table_past_what_rmap_can_name_is_refused() -> None:
         p.mmap(L.MAX_PTE_SLOTS + 1)
     assert m.state is before and int(m.state.sys[L.SYS_NR_VMAS]) == 0
     m.check()
+
+
+def test_a_fork_whose_page_tables_would_not_fit_makes_no_child(monkeypatch) -> None:
+    """The PTE-slot cap is checked for the whole child before any of it exists."""
+    m = me.Machine(ram_pages=64, device_pages=8)
+    p = m.new_process()
+    p.mmap(40)
+    p.mmap(40)
+    monkeypatch.setattr(L, "MAX_PTE_SLOTS", 120)  # the parent's 80 fit, a child's 80 more do not
+    with pytest.raises(ValueError, match="PTE slots"):
+        p.fork()
+    assert len(m.processes) == 1 and int(m.state.sys[L.SYS_NR_VMAS]) == 2
+    m.check()

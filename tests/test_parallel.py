@@ -158,6 +158,38 @@ def test_an_all_plain_migration_equals_the_serial_one(make_machine):
     assert _assert_parallel_equals_serial(m, vma, vma.start, vma.end)  # the reserved path ran
 
 
+@pytest.mark.parametrize(
+    ("case", "reserved"),
+    [
+        ("range starts and ends inside PMD extents", True),
+        ("device pool one page short", False),
+        ("allocation failure injected", False),
+        ("a pinned page in the second thread's slots", False),
+    ],
+)
+def test_the_reserved_path_runs_only_when_it_holds(make_machine, case, reserved):
+    """kernels.sweep._reservation_top and the dropped names: the setup threads name
+    device pages only with a frame for every slot and no failure injected; when a
+    thread stops early (a pinned page) the names are dropped and the allocation
+    runs. Either way the two-thread state == the one-thread one."""
+    npages = 3 * EXTENT
+    device = npages - 1 if case.startswith("device pool") else npages
+    m = make_machine(npages + 64, device, page_size=PS)
+    p = m.new_process()
+    vma = p.mmap(npages)
+    p.populate(vma.start, vma.end)
+    m.lru_add_drain_all()
+    start, end = vma.start, vma.end
+    if case.startswith("range"):
+        start, end = vma.start + 37 * PS, vma.end - 5 * PS
+    elif case.startswith("allocation"):
+        m.device.fail_alloc(1)
+    elif case.startswith("a pinned"):
+        m.pin(p.translate(vma.start + (2 * EXTENT + 3) * PS).pfn)
+    m.check()
+    assert _assert_parallel_equals_serial(m, vma, start, end) == reserved
+
+
 def test_a_plain_migration_really_runs_in_parallel(make_machine):
     """The comparison above is not vacuous: on a plain process every thread of
     the setup and finish sweeps gets to the end of its slots, and the setup
