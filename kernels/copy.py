@@ -37,6 +37,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .clock import now_ns
+from .mm import ix
 
 __all__ = [
     "COPY_PIECE_BYTES",
@@ -342,21 +343,21 @@ def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, de
     d0 = dst_pfns[0]
     run = 1
     for i in range(1, n):
-        s = src_pfns[i]
-        d = dst_pfns[i]
+        s = src_pfns[ix(i)]
+        d = dst_pfns[ix(i)]
         if run < limit and s == s0 + run and d == d0 + run:
             run += 1
             continue
-        desc_src[ndesc] = s0
-        desc_dst[ndesc] = d0
-        desc_len[ndesc] = run
+        desc_src[ix(ndesc)] = s0
+        desc_dst[ix(ndesc)] = d0
+        desc_len[ix(ndesc)] = run
         ndesc += 1
         s0 = s
         d0 = d
         run = 1
-    desc_src[ndesc] = s0
-    desc_dst[ndesc] = d0
-    desc_len[ndesc] = run
+    desc_src[ix(ndesc)] = s0
+    desc_dst[ix(ndesc)] = d0
+    desc_len[ix(ndesc)] = run
     return ndesc + 1
 
 

@@ -494,6 +494,25 @@ def _plain_to_finish(state, slot, src, dst, i):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _remap_to_device_and_free(state, slot, page, newpage, dst_mpfn):
+    """The end both plain finishes share: dmirror's mirror entry, the slot's
+    migration entry replaced by a device entry for ``newpage``, and the RAM
+    source's last reference dropped: free_frame() but for the free-stack place
+    (mm.mark_free(), with no ZONE_DEVICE bit to keep or device count to bump)."""
+    at_slot = mm.ix(slot)
+    state.mirror[at_slot] = _mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
+    write = mm.pte_write(state.pte[at_slot])
+    state.pte[at_slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
+    at = mm.ix(page)
+    pages = state.page
+    pages["refcount"][at] = 0
+    pages["flags"][at] = L.PG_FREE
+    pages["mapcount"][at] = 0
+    pages["mapping"][at] = L.MAPPING_NONE
+    pages["rmap"][at] = -1
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def _finish_plain_slot(state, slot, src, dst, i):
     """pages_slot() + _mirror_slot() + finalize_slot() of a plain slot, written
     as their net effect, all but the source's place on the free stack.
@@ -518,14 +537,54 @@ def _finish_plain_slot(state, slot, src, dst, i):
     moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
     mm.set_flag(state, newpage, moved_flags)
     mm.unlock_page(state, newpage)
-    state.mirror[slot] = _mirror_entry(lay, newpage, dst[i])
-    write = mm.pte_write(state.pte[slot])
-    state.pte[slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
     pages["mapcount"][newpage] += 1
     mm.rmap_add(state, newpage, slot)
-    pages["refcount"][page] = 0
-    mm.mark_free(state, page)
+    _remap_to_device_and_free(state, slot, page, newpage, dst[i])
     state.counters[L.C_PGMIGRATE_SUCCESS] += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos):
+    """_take_device_frame() at ``dev_pos`` + _finish_plain_slot() + the
+    source's free at ``ram_pos``, for a slot setup named a device page for,
+    written as their net effect (pgmigrate_success is counted by the caller).
+
+    The device frame leaves its stack and ends allocated (one reference more
+    than free), unlocked (trylock, then unlock), holding the source's index,
+    dirty and mlocked bits, and mapped by the slot alone. Setup admitted the
+    source only with mapcount 1, and a page's chain holds its mapcount
+    mappings (check()), so the slot ends its chain: ``pte_next[slot]`` is
+    already the -1 rmap_add() would write, and is left untouched. The writes
+    _take_device_frame() and _finish_plain_slot() make twice are made once,
+    and ``src``/``dst`` are VALID, so their pfns need no test: this is the
+    hot loop of a large migration.
+    """
+    shift = state.layout[L.L_SHIFT]
+    page = src[mm.ix(i)] >> shift
+    newpage = dst[mm.ix(i)] >> shift
+    state.free_stack[mm.ix(dev_pos)] = -1
+    state.free_pos[newpage] = -1
+    pages = state.page
+    moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
+    pages["flags"][newpage] = (pages["flags"][newpage] & L.PG_ZONE_DEVICE) | moved_flags
+    pages["refcount"][newpage] += 1
+    pages["mapcount"][newpage] = 1
+    pages["pins"][newpage] = 0
+    pages["mapping"][newpage] = L.MAPPING_ANON
+    pages["index"][newpage] = pages["index"][page]
+    pages["rmap"][newpage] = slot
+    _remap_to_device_and_free(state, slot, page, newpage, dst[mm.ix(i)])
+    state.free_stack[mm.ix(ram_pos)] = np.int64(page)
+    state.free_pos[page] = ram_pos
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _prefetch_reserved_slot(state, src, dst, i, shift):
+    """_prefetch_slot() for a slot whose ``src``/``dst`` are VALID."""
+    page = src[mm.ix(i)] >> shift
+    mm.prefetch_page(state, page)
+    prefetch_for_write(state.free_pos, page)
+    mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -604,20 +663,19 @@ def _finish_parallel(state, vma_index, start, npages, src, dst, threads):
 @njit(cache=True, nogil=True, _nrt=False)
 def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
     """One thread of _finish_reserved: for each of its slots, the device page's
-    allocation (device_alloc_page() of the frame setup named), then the plain
-    finish, then the source's place on the RAM free stack. In slot order both
-    stacks move by one a slot, so slot ``i`` pops ``top - i`` and pushes at
-    ``ram_free + i``, where the serial sweep pops and pushes them."""
+    allocation (device_alloc_page() of the frame setup named), the plain
+    finish and the source's place on the RAM free stack (_finish_reserved_slot).
+    In slot order both stacks move by one a slot, so slot ``i`` pops
+    ``top - i`` and pushes at ``ram_free + i``, where the serial sweep pops and
+    pushes them."""
     info = state.sweep_info
-    mine = with_counters(state, state.sweep_counters[t])
     slot0 = mm.pte_slot(state, vma_index, start)
     end = info[t, L.SW_END]
+    shift = state.layout[L.L_SHIFT]
     for i in range(info[t, L.SW_FIRST], end):
         if i + PREFETCH_AHEAD < end:
-            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
-        _take_device_frame(mine, top - i)
-        _finish_plain_slot(mine, slot0 + i, src, dst, i)
-        mm.place_free(mine, mm.mpfn_to_pfn(state.layout, src[i]), ram_free + i)
+            _prefetch_reserved_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
+        _finish_reserved_slot(state, slot0 + i, src, dst, i, top - i, ram_free + i)
     info[t, L.SW_STOP] = end
 
 
@@ -640,13 +698,13 @@ def _finish_reserved(state, vma_index, start, npages, src, dst):
     """
     threads = sweep_threads(state, npages)
     used = plan_chunks(state, start, npages, threads)
-    clear_thread_counts(state, used)
     top = mm.free_top(state, True)
     ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
+    # No slot moves a counter or a migrate_vma count: all are settled here.
     _finish_reserved_runs(state, vma_index, start, src, dst, used, top, ram_free)
-    merge_thread_counts(state, used, state.mig)
     state.sys[L.SYS_DEV_FREE] -= npages
     state.counters[L.C_DEVICE_CALLOC] += npages
+    state.counters[L.C_PGMIGRATE_SUCCESS] += npages
     state.sys[L.SYS_RAM_FREE] += npages
     return npages
 

@@ -150,6 +150,17 @@ def compound_head(st, pfn):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
+def ix(i):
+    """``i`` as an index numba uses as is: an unsigned one. Only for ``i >= 0``.
+
+    numba wraps every signed index (``a[-1]`` is the last element), which
+    costs a shift, an and and an add per access. In the sweeps' hot loops,
+    whose indices are never negative, that was measured at 15-30% of a loop's
+    time (a stripped-down finish loop, int64 against uint64 indices)."""
+    return np.uint64(i)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
 def prefetch_page(st, pfn):
     """Prefetch a struct page (one cache line: records are 32 bytes, aligned)."""
     prefetch_for_write(st.page["refcount"], pfn)

@@ -53,7 +53,7 @@ from numba import njit, prange
 
 from . import layout as L
 from . import mm
-from .collect import collect_pte, collect_range
+from .collect import collect_range
 from .copy import ENG_PAR_MIN_PAGES, ENG_THREADS, _get_thread_count
 from .prefetch import PREFETCH_AHEAD
 from .state import State
@@ -165,32 +165,35 @@ def merge_thread_counts(st, threads, mig):
 
 # --------------------------------------------------------------------- setup
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _plain_to_collect(st, slot):
-    """A slot whose collect + prepare + unmap touch nothing but its own page and
-    PTE: a present anonymous 4 KiB page on the LRU, mapped once, with no other
-    reference (so not pinned, not in an LRU-add batch, not locked)."""
-    pte = st.pte[slot]
+def _plain_pfn(st, slot):
+    """The frame of a slot whose collect + prepare + unmap touch nothing but its
+    own page and PTE, or -1: a present anonymous 4 KiB page on the LRU, mapped
+    once, with no other reference (so not pinned, not in an LRU-add batch, not
+    locked)."""
+    pte = st.pte[mm.ix(slot)]
     if mm.pte_kind(pte) != L.PTE_PRESENT:
-        return False
+        return np.int64(-1)
     pfn = mm.pte_pfn(pte)
     if mm.is_zero_pfn(st, pfn):
-        return False
-    flags = st.page["flags"][pfn]
+        return np.int64(-1)
+    at = mm.ix(pfn)
+    flags = st.page["flags"][at]
     if (flags & L.PG_LRU) == 0 or (flags & L.PLAIN_SETUP_EXCLUDED) != 0:
-        return False
-    return (
-        st.page["mapping"][pfn] == L.MAPPING_ANON
-        and st.page["refcount"][pfn] == 1
-        and st.page["mapcount"][pfn] == 1
+        return np.int64(-1)
+    plain = (
+        st.page["mapping"][at] == L.MAPPING_ANON
+        and st.page["refcount"][at] == 1
+        and st.page["mapcount"][at] == 1
     )
+    return pfn if plain else np.int64(-1)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _setup_plain_slot(st, slot):
-    """collect_slot() + prepare_slot() + unmap_slot() of a plain slot, written
-    as their net effect; returns the slot's mpfn.
+def _setup_plain_slot(st, slot, pfn):
+    """collect_slot() + prepare_slot() + unmap_slot() of a plain slot mapping
+    ``pfn``, written as their net effect; returns the slot's mpfn.
 
-    For a page _plain_to_collect() admits, the three steps are: get_page()
+    For a page _plain_pfn() admits, the three steps are: get_page()
     (refcount 2), trylock_page(), the migration entry (mapcount 0, put_page():
     1), isolate_lru_page() (LRU off, 2), the collect reference dropped (1),
     and the pin checks of prepare and unmap, which pass (refcount - 1 == 0 ==
@@ -200,23 +203,25 @@ def _setup_plain_slot(st, slot):
     the generic one.
     """
     lay = st.layout
-    mpfn, pfn, _ = collect_pte(st, slot, True)
-    st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, (mpfn & lay[L.L_WRITE]) != 0)
-    st.page["mapcount"][pfn] -= 1
-    mm.clear_flag(st, pfn, L.PG_LRU)
-    mm.set_flag(st, pfn, L.PG_LOCKED)
-    return mpfn | lay[L.L_LOCKED]
+    at = mm.ix(pfn)
+    write = mm.pte_write(st.pte[mm.ix(slot)])
+    st.pte[mm.ix(slot)] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
+    st.page["mapcount"][at] = 0  # it was 1
+    st.page["flags"][at] = (st.page["flags"][at] ^ L.PG_LRU) | L.PG_LOCKED  # LRU was set
+    mpfn = mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_LOCKED]
+    return (mpfn | lay[L.L_WRITE]) if write else mpfn
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _reserve_device_page(st, i, mpfn, top):
+def _reserve_device_page(st, i, pfn, mpfn, top):
     """The ``dst`` slot ``i`` gets when every slot before it wants a device page:
     the frame ``i`` below the device free stack's ``top``, as _hand_over()
-    writes it. The frame stays on the stack; the copy pair is queued."""
+    writes it. The frame stays on the stack; the copy pair (from ``pfn``) is
+    queued."""
     lay = st.layout
-    dpfn = st.free_stack[top - i]
-    st.copy_scratch[L.COPY_SRC, i] = mm.mpfn_to_pfn(lay, mpfn)
-    st.copy_scratch[L.COPY_DST, i] = dpfn
+    dpfn = st.free_stack[mm.ix(top - i)]
+    st.copy_scratch[L.COPY_SRC, mm.ix(i)] = pfn
+    st.copy_scratch[L.COPY_DST, mm.ix(i)] = dpfn
     return mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
 
 
@@ -243,14 +248,16 @@ def _setup_plain_run(st, v, start, src, dst, t, top):
             if mm.pmd_kind(st.pmd[mm.pmd_slot(st, v, addr)]) != L.PMD_TABLE:
                 break
         if i + PREFETCH_AHEAD < end:
-            ahead = st.pte[slot0 + i + PREFETCH_AHEAD]
+            ahead = st.pte[mm.ix(slot0 + i + PREFETCH_AHEAD)]
             if mm.pte_kind(ahead) == L.PTE_PRESENT:
                 mm.prefetch_page(st, mm.pte_pfn(ahead))
-        if not _plain_to_collect(st, slot0 + i):
+        pfn = _plain_pfn(st, slot0 + i)
+        if pfn < 0:
             break
-        mpfn = _setup_plain_slot(st, slot0 + i)
-        src[i] = mpfn
-        dst[i] = _reserve_device_page(st, i, mpfn, top) if top >= 0 else L.MPFN_NONE
+        mpfn = _setup_plain_slot(st, slot0 + i, pfn)
+        src[mm.ix(i)] = mpfn
+        reserved = _reserve_device_page(st, i, pfn, mpfn, top) if top >= 0 else L.MPFN_NONE
+        dst[mm.ix(i)] = reserved
         unmapped += 1
         i += 1
     collected = i - info[t, L.SW_FIRST]

@@ -91,6 +91,27 @@ def test_bench_results_json_records(sweep, make_machine):
         assert rec["wall_gbps"] == pytest.approx(PAGES * 4096 / rec["wall_s"] / 1e9)
 
 
+def test_bench_baseline_and_metadata_are_paired_samples(sweep):
+    """Performance-anchors protocol: np.copyto and the metadata-only migration
+    alternate, equally often (META_PAIRS a repetition), and each figure is the
+    best of its own samples."""
+    _, _, _, out = sweep
+    result = json.loads((out / "results.json").read_text())
+    par = result["metadata"]["parameters"]
+    assert par["meta_pairs"] == bench.META_PAIRS >= 1
+    for rec in result["records"]:
+        samples = rec["samples"]
+        assert len(samples["wall_s"]) == par["repeat"]
+        assert (
+            len(samples["copyto_s"])
+            == len(samples["meta_wall_s"])
+            == par["repeat"] * par["meta_pairs"]
+        )
+        assert rec["copyto_s"] == min(samples["copyto_s"])
+        assert rec["meta_wall_s"] == min(samples["meta_wall_s"])
+        assert rec["wall_s"] == min(samples["wall_s"])
+
+
 def test_bench_model_gbps_is_the_ptdma_model(sweep):
     """api.md copy engine: modelled time = sum of setup_ns + bytes / gbps per
     descriptor on one channel (the ptdma preset: 1600 ns, 12.7 GB/s)."""
