@@ -544,7 +544,7 @@ def _finish_plain_slot(state, slot, src, dst, i):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos):
+def _finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
     """_take_device_frame() at ``dev_pos`` + _finish_plain_slot() + the
     source's free at ``ram_pos``, for a slot setup named a device page for,
     written as their net effect (pgmigrate_success is counted by the caller).
@@ -557,9 +557,8 @@ def _finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos):
     already the -1 rmap_add() would write, and is left untouched. The writes
     _take_device_frame() and _finish_plain_slot() make twice are made once,
     and ``src``/``dst`` are VALID, so their pfns need no test: this is the
-    hot loop of a large migration.
+    hot loop of a large migration (``shift``: the layout's, read once per loop).
     """
-    shift = state.layout[L.L_SHIFT]
     page = src[mm.ix(i)] >> shift
     newpage = dst[mm.ix(i)] >> shift
     state.free_stack[mm.ix(dev_pos)] = -1
@@ -675,7 +674,7 @@ def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
     for i in range(info[t, L.SW_FIRST], end):
         if i + PREFETCH_AHEAD < end:
             _prefetch_reserved_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
-        _finish_reserved_slot(state, slot0 + i, src, dst, i, top - i, ram_free + i)
+        _finish_reserved_slot(state, slot0 + i, src, dst, i, top - i, ram_free + i, shift)
     info[t, L.SW_STOP] = end
 
 

@@ -33,10 +33,8 @@ def prefetch_for_write(typingctx, arr, index):
         array = context.make_array(arr_t)(context, builder, args[0])
         idx = context.cast(builder, args[1], idx_t, types.intp)
         size = builder.extract_value(array.shape, 0)
-        inside = builder.and_(
-            builder.icmp_signed(">=", idx, ir.Constant(idx.type, 0)),
-            builder.icmp_signed("<", idx, size),
-        )
+        # One unsigned compare tests both ends: a negative index is a huge one.
+        inside = builder.icmp_unsigned("<", idx, size)
         with builder.if_then(inside, likely=True):
             ptr = cgutils.get_item_pointer(context, builder, arr_t, array, [idx])
             i8p = ir.IntType(8).as_pointer()

@@ -48,6 +48,8 @@ uncast index compiled each body twice. Only ``hmm-v25`` takes this path;
 and stays serial.
 """
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -188,8 +190,21 @@ def _plain_pfn(st, slot):
     return pfn if plain else np.int64(-1)
 
 
+# The layout's bits of a plain slot's mpfns: ``src`` and ``dst`` are ORed into
+# ``pfn << shift``, and ``write`` when the PTE was writable.
+PlainBits = namedtuple("PlainBits", ["shift", "src", "dst", "write"])
+
+
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _setup_plain_slot(st, slot, pfn):
+def _plain_bits(lay):
+    """PlainBits of layout ``lay``, read once a sweep: in the loop, every store
+    to another array makes the compiled code load them from ``lay`` again."""
+    valid_locked = lay[L.L_VALID] | lay[L.L_LOCKED]
+    return PlainBits(lay[L.L_SHIFT], valid_locked | lay[L.L_MIGRATE], valid_locked, lay[L.L_WRITE])
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _setup_plain_slot(st, slot, pfn, bits):
     """collect_slot() + prepare_slot() + unmap_slot() of a plain slot mapping
     ``pfn``, written as their net effect; returns the slot's mpfn.
 
@@ -202,27 +217,25 @@ def _setup_plain_slot(st, slot, pfn):
     tests/test_parallel.py holds this path to the serial sweep, which takes
     the generic one.
     """
-    lay = st.layout
     at = mm.ix(pfn)
     write = mm.pte_write(st.pte[mm.ix(slot)])
     st.pte[mm.ix(slot)] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
     st.page["mapcount"][at] = 0  # it was 1
     st.page["flags"][at] = (st.page["flags"][at] ^ L.PG_LRU) | L.PG_LOCKED  # LRU was set
-    mpfn = mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_LOCKED]
-    return (mpfn | lay[L.L_WRITE]) if write else mpfn
+    mpfn = (np.uint64(pfn) << bits.shift) | bits.src
+    return (mpfn | bits.write) if write else mpfn
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _reserve_device_page(st, i, pfn, mpfn, top):
+def _reserve_device_page(st, i, pfn, mpfn, top, bits):
     """The ``dst`` slot ``i`` gets when every slot before it wants a device page:
     the frame ``i`` below the device free stack's ``top``, as _hand_over()
     writes it. The frame stays on the stack; the copy pair (from ``pfn``) is
     queued."""
-    lay = st.layout
     dpfn = st.free_stack[mm.ix(top - i)]
     st.copy_scratch[L.COPY_SRC, mm.ix(i)] = pfn
     st.copy_scratch[L.COPY_DST, mm.ix(i)] = dpfn
-    return mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+    return (np.uint64(dpfn) << bits.shift) | bits.dst | (mpfn & bits.write)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -236,12 +249,14 @@ def _setup_plain_run(st, v, start, src, dst, t, top):
     ps = st.sys[L.SYS_PAGE_SIZE]
     slot0 = mm.pte_slot(st, v, start)
     ext_mask = mm.pmd_extent(st) - 1
-    i = info[t, L.SW_FIRST]
+    bits = _plain_bits(st.layout)
+    first = info[t, L.SW_FIRST]
+    i = first
     end = info[t, L.SW_END]
     unmapped = 0
     while i < end:
         addr = start + i * ps
-        if i == info[t, L.SW_FIRST] or (addr & ext_mask) == 0:
+        if i == first or (addr & ext_mask) == 0:
             if unmapped:
                 counters[L.C_TLB_FLUSH] += 1  # the extent before was all plain
             unmapped = 0
@@ -254,13 +269,13 @@ def _setup_plain_run(st, v, start, src, dst, t, top):
         pfn = _plain_pfn(st, slot0 + i)
         if pfn < 0:
             break
-        mpfn = _setup_plain_slot(st, slot0 + i, pfn)
+        mpfn = _setup_plain_slot(st, slot0 + i, pfn, bits)
         src[mm.ix(i)] = mpfn
-        reserved = _reserve_device_page(st, i, pfn, mpfn, top) if top >= 0 else L.MPFN_NONE
+        reserved = _reserve_device_page(st, i, pfn, mpfn, top, bits) if top >= 0 else L.MPFN_NONE
         dst[mm.ix(i)] = reserved
         unmapped += 1
         i += 1
-    collected = i - info[t, L.SW_FIRST]
+    collected = i - first
     mig[L.MIG_CPAGES] += collected
     mig[L.MIG_COLLECTED] += collected
     if i == end and unmapped:
