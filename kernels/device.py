@@ -220,8 +220,7 @@ def _take_device_frame(state, pos):
     """device_alloc_page() of the frame at free-stack position ``pos``, which
     the caller ranked: the stack's depth is settled afterwards, for all pops."""
     dpfn = state.free_stack[pos]
-    state.free_stack[pos] = -1
-    state.free_pos[dpfn] = -1
+    mm.unplace_free(state, dpfn, pos)
     mm.init_allocated(state, dpfn)
     mm.trylock_page(state, dpfn)
     return dpfn
@@ -419,17 +418,15 @@ def _run_driver(state, to_device, vma_index, start, end, src, dst, private):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _prefetch_slot(state, src, dst, i):
+def _prefetch_slot(state, src, dst, i, shift):
     """Start loading what finishing slot ``i`` will touch: both struct pages and
-    the source's free-stack position (it is freed there)."""
-    lay = state.layout
-    page = mm.mpfn_to_pfn(lay, src[i])
-    if page >= 0:
-        mm.prefetch_page(state, page)
-        prefetch_for_write(state.free_pos, page)
-    newpage = mm.mpfn_to_pfn(lay, dst[i])
-    if newpage >= 0:
-        mm.prefetch_page(state, newpage)
+    the source's free-stack position (it is freed there). ``shift``: the
+    layout's. VALID is not tested: an mpfn without a page gives frame 0 or a
+    frame past the end, and a prefetch ignores the latter and cannot fault."""
+    page = src[mm.ix(i)] >> shift
+    mm.prefetch_page(state, page)
+    prefetch_for_write(state.free_pos, page)
+    mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -454,10 +451,11 @@ def _finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
     hmm = state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ps = state.sys[L.SYS_PAGE_SIZE]
     slot0 = mm.pte_slot(state, vma_index, start)
+    shift = state.layout[L.L_SHIFT]
     moved = 0
     for i in range(lo, hi):
         if i + PREFETCH_AHEAD < hi:
-            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
         addr = start + i * ps
         moved += _finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, hmm)
     return moved
@@ -497,19 +495,14 @@ def _plain_to_finish(state, slot, src, dst, i):
 def _remap_to_device_and_free(state, slot, page, newpage, dst_mpfn):
     """The end both plain finishes share: dmirror's mirror entry, the slot's
     migration entry replaced by a device entry for ``newpage``, and the RAM
-    source's last reference dropped: free_frame() but for the free-stack place
-    (mm.mark_free(), with no ZONE_DEVICE bit to keep or device count to bump)."""
+    source's last reference dropped: free_frame() but for the free-stack place.
+    A RAM source moves no counter in mark_free(), so threads may share ``state``."""
     at_slot = mm.ix(slot)
     state.mirror[at_slot] = _mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
     write = mm.pte_write(state.pte[at_slot])
     state.pte[at_slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
-    at = mm.ix(page)
-    pages = state.page
-    pages["refcount"][at] = 0
-    pages["flags"][at] = L.PG_FREE
-    pages["mapcount"][at] = 0
-    pages["mapping"][at] = L.MAPPING_NONE
-    pages["rmap"][at] = -1
+    state.page["refcount"][mm.ix(page)] = 0
+    mm.mark_free(state, page)
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
@@ -561,8 +554,7 @@ def _finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
     """
     page = src[mm.ix(i)] >> shift
     newpage = dst[mm.ix(i)] >> shift
-    state.free_stack[mm.ix(dev_pos)] = -1
-    state.free_pos[newpage] = -1
+    mm.unplace_free(state, newpage, dev_pos)
     pages = state.page
     moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
     pages["flags"][newpage] = (pages["flags"][newpage] & L.PG_ZONE_DEVICE) | moved_flags
@@ -573,17 +565,7 @@ def _finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
     pages["index"][newpage] = pages["index"][page]
     pages["rmap"][newpage] = slot
     _remap_to_device_and_free(state, slot, page, newpage, dst[mm.ix(i)])
-    state.free_stack[mm.ix(ram_pos)] = np.int64(page)
-    state.free_pos[page] = ram_pos
-
-
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _prefetch_reserved_slot(state, src, dst, i, shift):
-    """_prefetch_slot() for a slot whose ``src``/``dst`` are VALID."""
-    page = src[mm.ix(i)] >> shift
-    mm.prefetch_page(state, page)
-    prefetch_for_write(state.free_pos, page)
-    mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
+    mm.place_free(state, np.int64(page), ram_pos)
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -599,9 +581,10 @@ def _finish_plain_run(state, vma_index, start, src, dst, t):
     slot0 = mm.pte_slot(state, vma_index, start)
     i = info[t, L.SW_FIRST]
     end = info[t, L.SW_END]
+    shift = state.layout[L.L_SHIFT]
     while i < end:
         if i + PREFETCH_AHEAD < end:
-            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD)
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
         if not _plain_to_finish(state, slot0 + i, src, dst, i):
             break
         _finish_plain_slot(mine, slot0 + i, src, dst, i)
@@ -673,7 +656,7 @@ def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
     shift = state.layout[L.L_SHIFT]
     for i in range(info[t, L.SW_FIRST], end):
         if i + PREFETCH_AHEAD < end:
-            _prefetch_reserved_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
+            _prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
         _finish_reserved_slot(state, slot0 + i, src, dst, i, top - i, ram_free + i, shift)
     info[t, L.SW_STOP] = end
 

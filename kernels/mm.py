@@ -193,10 +193,8 @@ def _stack_remove(st, pfn):
     top = free_top(st, device)
     pos = st.free_pos[pfn]
     moved = st.free_stack[top]
-    st.free_stack[pos] = moved
-    st.free_pos[moved] = pos
-    st.free_stack[top] = -1
-    st.free_pos[pfn] = -1
+    place_free(st, moved, pos)
+    unplace_free(st, pfn, top)
     st.sys[depth_i] -= 1
 
 
@@ -236,17 +234,25 @@ def free_frame(st, pfn):
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def place_free(st, pfn, pos):
     """Put a freed frame at position ``pos`` of the free stack."""
-    st.free_stack[pos] = pfn
-    st.free_pos[pfn] = pos
+    st.free_stack[ix(pos)] = pfn
+    st.free_pos[ix(pfn)] = pos
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def unplace_free(st, pfn, pos):
+    """Empty position ``pos`` of the free stack, where frame ``pfn`` was: it is in use."""
+    st.free_stack[ix(pos)] = -1
+    st.free_pos[ix(pfn)] = -1
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
 def mark_free(st, pfn):
     """The struct-page side of freeing a frame (free_frame() without the stack)."""
-    st.page["flags"][pfn] = (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) | L.PG_FREE
-    st.page["mapcount"][pfn] = 0
-    st.page["mapping"][pfn] = L.MAPPING_NONE
-    st.page["rmap"][pfn] = -1
+    at = ix(pfn)
+    st.page["flags"][at] = (st.page["flags"][at] & L.PG_ZONE_DEVICE) | L.PG_FREE
+    st.page["mapcount"][at] = 0
+    st.page["mapping"][at] = L.MAPPING_NONE
+    st.page["rmap"][at] = -1
     if is_device_pfn(st, pfn):
         st.counters[L.C_DEVICE_CFREE] += 1
 
