@@ -309,6 +309,36 @@ def _set_thread_count(typingctx, n):
     return types.none(n), codegen
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _coalesce(src, dst, n, shift, chunk_pages, desc_src, desc_dst, desc_len):
+    """build_descriptors() over pairs whose frame is ``src[i] >> shift`` (the
+    pfn arrays pass shift 0, which folds away)."""
+    if n <= 0:
+        return 0
+    limit = max(chunk_pages, 1)
+    ndesc = 0
+    s0 = np.int64(src[0] >> shift)
+    d0 = np.int64(dst[0] >> shift)
+    run = 1
+    for i in range(1, n):
+        s = np.int64(src[ix(i)] >> shift)
+        d = np.int64(dst[ix(i)] >> shift)
+        if run < limit and s == s0 + run and d == d0 + run:
+            run += 1
+            continue
+        desc_src[ix(ndesc)] = s0
+        desc_dst[ix(ndesc)] = d0
+        desc_len[ix(ndesc)] = run
+        ndesc += 1
+        s0 = s
+        d0 = d
+        run = 1
+    desc_src[ix(ndesc)] = s0
+    desc_dst[ix(ndesc)] = d0
+    desc_len[ix(ndesc)] = run
+    return ndesc + 1
+
+
 @njit(cache=True, nogil=True)
 def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, desc_len):
     """build_descriptors() - coalesce (src, dst) pfn pairs into copy descriptors.
@@ -335,30 +365,21 @@ def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, de
         current one reaches ``chunk_pages``. ``sum(desc_len) == n``. Returns 0
         when ``n <= 0``.
     """
-    if n <= 0:
-        return 0
-    limit = max(chunk_pages, 1)
-    ndesc = 0
-    s0 = src_pfns[0]
-    d0 = dst_pfns[0]
-    run = 1
-    for i in range(1, n):
-        s = src_pfns[ix(i)]
-        d = dst_pfns[ix(i)]
-        if run < limit and s == s0 + run and d == d0 + run:
-            run += 1
-            continue
-        desc_src[ix(ndesc)] = s0
-        desc_dst[ix(ndesc)] = d0
-        desc_len[ix(ndesc)] = run
-        ndesc += 1
-        s0 = s
-        d0 = d
-        run = 1
-    desc_src[ix(ndesc)] = s0
-    desc_dst[ix(ndesc)] = d0
-    desc_len[ix(ndesc)] = run
-    return ndesc + 1
+    return _coalesce(src_pfns, dst_pfns, n, 0, chunk_pages, desc_src, desc_dst, desc_len)
+
+
+@njit(cache=True, nogil=True)
+def build_descriptors_from_mpfns(
+    src_mpfns, dst_mpfns, n, shift, chunk_pages, desc_src, desc_dst, desc_len
+):
+    """build_descriptors_from_mpfns() - :func:`build_descriptors` over the
+    frames of uint64 ``MIGRATE_PFN_*`` arrays, ``pfn = mpfn >> shift``.
+
+    For a batch whose every slot is a copy pair (the device's reserved path):
+    it reads migrate_vma's own ``src``/``dst``, so no separate pfn list has to
+    be written for the copy. ``shift``: the layout's, uint64.
+    """
+    return _coalesce(src_mpfns, dst_mpfns, n, shift, chunk_pages, desc_src, desc_dst, desc_len)
 
 
 @njit(cache=True, nogil=True)
@@ -499,18 +520,30 @@ def model_time_into(load, desc_len, ndesc, page_size, setup_ns, gbps, model_kind
     if ndesc <= 0:
         return 0.0
     nch = load.shape[0]
+    # A descriptor's time depends only on its length, and neighbours mostly share
+    # one (every descriptor at chunk 1, the full chunks of long runs), so the last
+    # length's time is reused: the same float, without its division (about 1 ns
+    # a descriptor, as much as all the rest of the copy's metadata at chunk 1).
+    last_len = np.int64(-1)
+    cost = 0.0
     if nch == 1:
         total = 0.0
         for k in range(ndesc):
-            total += _descriptor_ns(desc_len[k] * page_size, setup_ns, gbps, model_kind, curve_b)
+            if desc_len[k] != last_len:
+                last_len = desc_len[k]
+                cost = _descriptor_ns(last_len * page_size, setup_ns, gbps, model_kind, curve_b)
+            total += cost
         return total
     load[:] = 0.0
     for k in range(ndesc):
+        if desc_len[k] != last_len:
+            last_len = desc_len[k]
+            cost = _descriptor_ns(last_len * page_size, setup_ns, gbps, model_kind, curve_b)
         best = 0
         for c in range(1, nch):
             if load[c] < load[best]:
                 best = c
-        load[best] += _descriptor_ns(desc_len[k] * page_size, setup_ns, gbps, model_kind, curve_b)
+        load[best] += cost
     busiest = 0.0
     for c in range(nch):
         busiest = max(busiest, load[c])
@@ -633,12 +666,62 @@ def engine_copy_into(
         short or ``n`` exceeds the pfn arrays, and IndexError if a frame lies
         outside ``data``; all before anything is copied. Allocates nothing.
     """
-    if n > src_pfns.shape[0] or n > dst_pfns.shape[0]:
+    _check_batch(src_pfns, dst_pfns, n, desc_src, desc_dst, desc_len)
+    chunk_pages = np.int64(engine[ENG_CHUNK_PAGES])
+    ndesc = build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, desc_len)
+    return _run_descriptors(
+        data, page_size, store_data, n, ndesc, engine, stats, desc_src, desc_dst, desc_len, load
+    )
+
+
+@njit(cache=True, nogil=True)
+def engine_copy_mpfns_into(
+    data,
+    page_size,
+    store_data,
+    src_mpfns,
+    dst_mpfns,
+    shift,
+    n,
+    engine,
+    stats,
+    desc_src,
+    desc_dst,
+    desc_len,
+    load,
+):
+    """engine_copy_mpfns_into() - :func:`engine_copy_into` of the pairs
+    ``(src_mpfns[i] >> shift, dst_mpfns[i] >> shift)``, i < n.
+
+    For a migrate_vma() batch whose every slot is copied: the engine reads
+    ``src``/``dst`` themselves. Same pre- and postconditions as
+    :func:`engine_copy_into`, the mpfns being VALID; ``shift`` is the
+    layout's, uint64.
+    """
+    _check_batch(src_mpfns, dst_mpfns, n, desc_src, desc_dst, desc_len)
+    chunk_pages = np.int64(engine[ENG_CHUNK_PAGES])
+    ndesc = build_descriptors_from_mpfns(
+        src_mpfns, dst_mpfns, n, shift, chunk_pages, desc_src, desc_dst, desc_len
+    )
+    return _run_descriptors(
+        data, page_size, store_data, n, ndesc, engine, stats, desc_src, desc_dst, desc_len, load
+    )
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _check_batch(src, dst, n, desc_src, desc_dst, desc_len):
+    if n > src.shape[0] or n > dst.shape[0]:
         raise ValueError("engine_copy: n exceeds the pfn arrays")
     if n > desc_src.shape[0] or n > desc_dst.shape[0] or n > desc_len.shape[0]:
         raise ValueError("engine_copy: descriptor scratch shorter than n")
-    chunk_pages = np.int64(engine[ENG_CHUNK_PAGES])
-    ndesc = build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, desc_len)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _run_descriptors(
+    data, page_size, store_data, n, ndesc, engine, stats, desc_src, desc_dst, desc_len, load
+):
+    """Copy (with ``store_data``) and model a batch's ``ndesc`` descriptors and
+    add them to ``stats``; returns ``ndesc``."""
     nbytes = max(n, 0) * page_size
     wall_ns = 0
     if store_data and ndesc > 0:

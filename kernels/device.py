@@ -31,6 +31,7 @@ from .copy import (
     STAT_WALL_S,
     _descriptor_ns,
     engine_copy_into,
+    engine_copy_mpfns_into,
     memcpy_bytes,
 )
 from .finalize import finalize_slot
@@ -80,15 +81,21 @@ def _system_alloc_page(st, private):
     return pfn
 
 
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _start_batch(stats, n, private):
+    """Clear the last copy's stats unless DEV_KEEP_STATS; False: nothing to copy."""
+    if (private & DEV_KEEP_STATS) == 0:
+        stats[:] = 0.0
+    return n > 0
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def _copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
     """One engine batch over the first ``n`` pairs of the copy scratch.
 
     It takes the six arrays it uses, not the state: a call that passes the state
     hands over ~1.9 KB of array fields, which a one-page migration notices."""
-    if (private & DEV_KEEP_STATS) == 0:
-        stats[:] = 0.0
-    if n == 0:
+    if not _start_batch(stats, n, private):
         return
     engine_copy_into(
         data,
@@ -692,11 +699,35 @@ def _finish_reserved(state, vma_index, start, npages, src, dst):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _copy_reserved(state, src, dst, n, private):
+    """The engine batch of a reserved migration: every slot ``i < n`` is a copy
+    pair, so the engine reads the frames from ``src``/``dst`` themselves."""
+    if not _start_batch(state.copy_stats, n, private):
+        return
+    scratch = state.copy_scratch
+    engine_copy_mpfns_into(
+        state.data,
+        state.sys[L.SYS_PAGE_SIZE],
+        state.sys[L.SYS_STORE_DATA] != 0,
+        src,
+        dst,
+        state.layout[L.L_SHIFT],
+        n,
+        state.engine,
+        state.copy_stats,
+        scratch[L.COPY_DESC_SRC],
+        scratch[L.COPY_DESC_DST],
+        scratch[L.COPY_DESC_LEN],
+        state.engine_load,
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _copy_and_finish_reserved(state, vma_index, start, end, src, dst, private):
     """_run_driver's rest after a reserving setup: copy the named pairs in one
     engine batch, then allocate and finish (_finish_reserved)."""
     npages = mm.pages_in(state, end - start)
-    _copy_engine_batch(state, npages, private)
+    _copy_reserved(state, src, dst, npages, private)
     return _finish_reserved(state, vma_index, start, npages, src, dst)
 
 

@@ -30,9 +30,10 @@ tests/test_parallel.py holds the two to the same state.
 The device's own pipeline (device._run_driver) goes one step further. When
 every slot is plain, every slot wants a device page and slot ``i`` gets the
 ``i``-th frame below the device free stack's top, so the setup threads name
-that frame (``dst``, the copy pairs) as they go, without taking it. If a
-thread stops early the names are wrong and dropped (``dst`` back to 0); if
-none does (``mig[MIG_RESERVED]``), the copy runs on the named pairs and the
+that frame in ``dst`` as they go, without taking it. If a thread stops
+early the names are wrong and dropped (``dst`` back to 0); if none does
+(``mig[MIG_RESERVED]``), the copy engine reads its pairs from ``src`` and
+``dst`` (no separate pfn list is written) and the
 finish threads take each frame with the rest of its slot's steps
 (device._finish_reserved): a device page's struct page is touched once, and
 the allocation's own pass disappears. Nothing but the copy runs in between.
@@ -227,14 +228,12 @@ def _setup_plain_slot(st, slot, pfn, bits):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _reserve_device_page(st, i, pfn, mpfn, top, bits):
+def _reserve_device_page(st, i, mpfn, top, bits):
     """The ``dst`` slot ``i`` gets when every slot before it wants a device page:
     the frame ``i`` below the device free stack's ``top``, as _hand_over()
-    writes it. The frame stays on the stack; the copy pair (from ``pfn``) is
-    queued."""
+    writes it. The frame stays on the stack. No copy pair is queued: the
+    engine reads a reserved batch's pairs from ``src``/``dst``."""
     dpfn = st.free_stack[mm.ix(top - i)]
-    st.copy_scratch[L.COPY_SRC, mm.ix(i)] = pfn
-    st.copy_scratch[L.COPY_DST, mm.ix(i)] = dpfn
     return (np.uint64(dpfn) << bits.shift) | bits.dst | (mpfn & bits.write)
 
 
@@ -271,7 +270,7 @@ def _setup_plain_run(st, v, start, src, dst, t, top):
             break
         mpfn = _setup_plain_slot(st, slot0 + i, pfn, bits)
         src[mm.ix(i)] = mpfn
-        reserved = _reserve_device_page(st, i, pfn, mpfn, top, bits) if top >= 0 else L.MPFN_NONE
+        reserved = _reserve_device_page(st, i, mpfn, top, bits) if top >= 0 else L.MPFN_NONE
         dst[mm.ix(i)] = reserved
         unmapped += 1
         i += 1
@@ -309,8 +308,8 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads, reserve):
     batch is empty, so prepare's local lru_add_drain() would only be counted.
     ``reserve``: the caller is device._run_driver migrating to the device.
     Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves,
-    except that with ``mig[MIG_RESERVED]`` set ``dst`` and the copy pairs hold
-    the device pages the allocation would hand out (still on the free stack).
+    except that with ``mig[MIG_RESERVED]`` set ``dst`` holds the device pages
+    the allocation would hand out (still on the free stack).
     """
     used = plan_chunks(st, start, npages, threads)
     top = _reservation_top(st, npages, reserve)

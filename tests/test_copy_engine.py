@@ -17,6 +17,7 @@ from numba.core.errors import TypingError
 
 from migengine.copyengine import CopyEngine
 from migengine.kernels import copy as kcopy
+from migengine.kernels import layout as L
 from migengine.kernels.clock import now_ns
 
 PS = 4096
@@ -150,6 +151,33 @@ def test_descriptors_property(pairs, chunk):
     for (s0, d0, n0), (s1, d1, _) in zip(descs, descs[1:], strict=False):
         mergeable = s1 == s0 + n0 and d1 == d0 + n0
         assert not mergeable or n0 == chunk  # greedy: only the chunk limit splits a run
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    pairs=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=0, max_size=60),
+    chunk=st.integers(1, 20),
+    profile=st.sampled_from(sorted(L.LAYOUTS)),
+    write=st.lists(st.booleans(), min_size=60, max_size=60),
+)
+def test_descriptors_from_mpfns_match_pfns(pairs, chunk, profile, write):
+    # The device's reserved path builds from migrate_vma's src/dst, whose flag
+    # bits (VALID, MIGRATE, LOCKED, WRITE on some slots) sit below the frame.
+    lay = L.LAYOUTS[profile]
+    src = np.array([p[0] for p in pairs], np.int64)
+    dst = np.array([p[1] for p in pairs], np.int64)
+    flags = np.array(
+        [lay.VALID | lay.LOCKED | (lay.WRITE if w else 0) for w in write[: len(pairs)]], np.uint64
+    )
+    src_mpfns = (src.astype(np.uint64) << np.uint64(lay.SHIFT)) | flags | np.uint64(lay.MIGRATE)
+    dst_mpfns = (dst.astype(np.uint64) << np.uint64(lay.SHIFT)) | flags
+    size = max(len(pairs), 1)
+    ds, dd, dl = (np.full(size, -7, np.int64) for _ in range(3))
+    nd = kcopy.build_descriptors_from_mpfns(
+        src_mpfns, dst_mpfns, len(pairs), np.uint64(lay.SHIFT), chunk, ds, dd, dl
+    )
+    got = [(int(ds[k]), int(dd[k]), int(dl[k])) for k in range(nd)]
+    assert got == descriptors(src, dst, chunk)
 
 
 # --------------------------------------------------------------- memcpy
@@ -313,6 +341,18 @@ def test_model_time_matches_python(kind, channels):
     got = kcopy.model_time_ns(lens, len(lens), PS, channels, 1600.0, 12.7, kind, 0.07292)
     want = py_model_ns(list(lens), PS, channels, 1600.0, 12.7, kind, 0.07292)
     assert got == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", [kcopy.MODEL_LINEAR, kcopy.MODEL_UVM_CURVE])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_model_time_of_repeated_lengths_is_exact(kind, channels):
+    # The model reuses the last length's time; the result must be the very
+    # float the rule gives, with runs of equal lengths and changes between them.
+    rng = np.random.default_rng(channels + 11 * kind)
+    lens = np.repeat(rng.choice([1, 16, 7, 512], 40), rng.integers(1, 9, 40)).astype(np.int64)
+    got = kcopy.model_time_ns(lens, len(lens), PS, channels, 1600.0, 12.7, kind, 0.07292)
+    want = py_model_ns(list(lens), PS, channels, 1600.0, 12.7, kind, 0.07292)
+    assert got == want
 
 
 def test_model_time_empty_and_prefix():
