@@ -309,36 +309,6 @@ def _set_thread_count(typingctx, n):
     return types.none(n), codegen
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _coalesce(src, dst, n, shift, chunk_pages, desc_src, desc_dst, desc_len):
-    """build_descriptors() over pairs whose frame is ``src[i] >> shift`` (the
-    pfn arrays pass shift 0, which folds away)."""
-    if n <= 0:
-        return 0
-    limit = max(chunk_pages, 1)
-    ndesc = 0
-    s0 = np.int64(src[0] >> shift)
-    d0 = np.int64(dst[0] >> shift)
-    run = 1
-    for i in range(1, n):
-        s = np.int64(src[ix(i)] >> shift)
-        d = np.int64(dst[ix(i)] >> shift)
-        if run < limit and s == s0 + run and d == d0 + run:
-            run += 1
-            continue
-        desc_src[ix(ndesc)] = s0
-        desc_dst[ix(ndesc)] = d0
-        desc_len[ix(ndesc)] = run
-        ndesc += 1
-        s0 = s
-        d0 = d
-        run = 1
-    desc_src[ix(ndesc)] = s0
-    desc_dst[ix(ndesc)] = d0
-    desc_len[ix(ndesc)] = run
-    return ndesc + 1
-
-
 @njit(cache=True, nogil=True)
 def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, desc_len):
     """build_descriptors() - coalesce (src, dst) pfn pairs into copy descriptors.
@@ -365,21 +335,86 @@ def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, de
         current one reaches ``chunk_pages``. ``sum(desc_len) == n``. Returns 0
         when ``n <= 0``.
     """
-    return _coalesce(src_pfns, dst_pfns, n, 0, chunk_pages, desc_src, desc_dst, desc_len)
+    if n <= 0:
+        return 0
+    limit = max(chunk_pages, 1)
+    ndesc = 0
+    s0 = src_pfns[0]
+    d0 = dst_pfns[0]
+    run = 1
+    for i in range(1, n):
+        s = src_pfns[ix(i)]
+        d = dst_pfns[ix(i)]
+        if run < limit and s == s0 + run and d == d0 + run:
+            run += 1
+            continue
+        emit_descriptor(desc_src, desc_dst, desc_len, ndesc, s0, d0, run)
+        ndesc += 1
+        s0 = s
+        d0 = d
+        run = 1
+    emit_descriptor(desc_src, desc_dst, desc_len, ndesc, s0, d0, run)
+    return ndesc + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def emit_descriptor(desc_src, desc_dst, desc_len, k, src_pfn, dst_pfn, npages):
+    """Write descriptor ``k``: ``npages`` pages from ``src_pfn`` to ``dst_pfn``."""
+    desc_src[ix(k)] = src_pfn
+    desc_dst[ix(k)] = dst_pfn
+    desc_len[ix(k)] = npages
 
 
 @njit(cache=True, nogil=True)
-def build_descriptors_from_mpfns(
-    src_mpfns, dst_mpfns, n, shift, chunk_pages, desc_src, desc_dst, desc_len
-):
-    """build_descriptors_from_mpfns() - :func:`build_descriptors` over the
-    frames of uint64 ``MIGRATE_PFN_*`` arrays, ``pfn = mpfn >> shift``.
+def stitch_descriptors(desc_src, desc_dst, desc_len, seg_first, seg_count, chunk_pages):
+    """stitch_descriptors() - join per-segment descriptor lists into one, in place.
 
-    For a batch whose every slot is a copy pair (the device's reserved path):
-    it reads migrate_vma's own ``src``/``dst``, so no separate pfn list has to
-    be written for the copy. ``shift``: the layout's, uint64.
+    Arguments:
+        desc_src, desc_dst, desc_len: int64 descriptor arrays holding the
+            segments.
+        seg_first: int64[nseg], where each segment's list starts; ``seg_first[0]``
+            is 0 and each starts at or after the end of the one before.
+        seg_count: int64[nseg], each segment's descriptor count (>= 1).
+        chunk_pages: largest descriptor, in pages (values < 1 act as 1).
+
+    Preconditions:
+        Segment ``t`` is :func:`build_descriptors` of the ``t``-th slice of a
+        batch's pairs (the parallel setup sweep builds one a thread), and no
+        segment's list is longer than its slice.
+
+    Postconditions:
+        Returns ``ndesc``; ``desc_*[0:ndesc]`` is what build_descriptors gives
+        over the whole batch. Only where a contiguous run crosses a segment edge
+        does that differ from the segments laid end to end: the run continues
+        the descriptor before the edge and is re-chunked from there, until a
+        break starts a new descriptor in both. Each segment's descriptors are
+        read before anything is written over them: a descriptor of the joined
+        list never lies after the one it was read from.
     """
-    return _coalesce(src_mpfns, dst_mpfns, n, shift, chunk_pages, desc_src, desc_dst, desc_len)
+    limit = max(chunk_pages, 1)
+    nd = seg_count[0] - 1  # the last descriptor is held: the next segment may extend it
+    s0 = desc_src[ix(nd)]
+    d0 = desc_dst[ix(nd)]
+    run = desc_len[ix(nd)]
+    for t in range(1, seg_first.shape[0]):
+        for k in range(seg_first[t], seg_first[t] + seg_count[t]):
+            s = desc_src[ix(k)]
+            d = desc_dst[ix(k)]
+            n = desc_len[ix(k)]
+            if run < limit and s == s0 + run and d == d0 + run:
+                take = min(n, limit - run)
+                run += take
+                s += take
+                d += take
+                n -= take
+            if n > 0:  # at most chunk_pages left, so it makes exactly one descriptor
+                emit_descriptor(desc_src, desc_dst, desc_len, nd, s0, d0, run)
+                nd += 1
+                s0 = s
+                d0 = d
+                run = n
+    emit_descriptor(desc_src, desc_dst, desc_len, nd, s0, d0, run)
+    return nd + 1
 
 
 @njit(cache=True, nogil=True)
@@ -666,7 +701,10 @@ def engine_copy_into(
         short or ``n`` exceeds the pfn arrays, and IndexError if a frame lies
         outside ``data``; all before anything is copied. Allocates nothing.
     """
-    _check_batch(src_pfns, dst_pfns, n, desc_src, desc_dst, desc_len)
+    if n > src_pfns.shape[0] or n > dst_pfns.shape[0]:
+        raise ValueError("engine_copy: n exceeds the pfn arrays")
+    if n > desc_src.shape[0] or n > desc_dst.shape[0] or n > desc_len.shape[0]:
+        raise ValueError("engine_copy: descriptor scratch shorter than n")
     chunk_pages = np.int64(engine[ENG_CHUNK_PAGES])
     ndesc = build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, desc_len)
     return _run_descriptors(
@@ -675,45 +713,24 @@ def engine_copy_into(
 
 
 @njit(cache=True, nogil=True)
-def engine_copy_mpfns_into(
-    data,
-    page_size,
-    store_data,
-    src_mpfns,
-    dst_mpfns,
-    shift,
-    n,
-    engine,
-    stats,
-    desc_src,
-    desc_dst,
-    desc_len,
-    load,
+def engine_copy_built_into(
+    data, page_size, store_data, n, ndesc, engine, stats, desc_src, desc_dst, desc_len, load
 ):
-    """engine_copy_mpfns_into() - :func:`engine_copy_into` of the pairs
-    ``(src_mpfns[i] >> shift, dst_mpfns[i] >> shift)``, i < n.
+    """engine_copy_built_into() - :func:`engine_copy_into` of ``n`` pages whose
+    ``ndesc`` descriptors are already in ``desc_*[0:ndesc]``.
 
-    For a migrate_vma() batch whose every slot is copied: the engine reads
-    ``src``/``dst`` themselves. Same pre- and postconditions as
-    :func:`engine_copy_into`, the mpfns being VALID; ``shift`` is the
-    layout's, uint64.
+    For a batch whose descriptors were built as its pairs were named (the
+    parallel setup of the device's reserved path, :func:`stitch_descriptors`).
+    Same postconditions as :func:`engine_copy_into`; raises ValueError if
+    ``ndesc`` exceeds the descriptor arrays or ``n``.
     """
-    _check_batch(src_mpfns, dst_mpfns, n, desc_src, desc_dst, desc_len)
-    chunk_pages = np.int64(engine[ENG_CHUNK_PAGES])
-    ndesc = build_descriptors_from_mpfns(
-        src_mpfns, dst_mpfns, n, shift, chunk_pages, desc_src, desc_dst, desc_len
-    )
+    if ndesc > desc_src.shape[0] or ndesc > desc_dst.shape[0] or ndesc > desc_len.shape[0]:
+        raise ValueError("engine_copy: ndesc exceeds the descriptor arrays")
+    if ndesc > n:
+        raise ValueError("engine_copy: more descriptors than pages")
     return _run_descriptors(
         data, page_size, store_data, n, ndesc, engine, stats, desc_src, desc_dst, desc_len, load
     )
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _check_batch(src, dst, n, desc_src, desc_dst, desc_len):
-    if n > src.shape[0] or n > dst.shape[0]:
-        raise ValueError("engine_copy: n exceeds the pfn arrays")
-    if n > desc_src.shape[0] or n > desc_dst.shape[0] or n > desc_len.shape[0]:
-        raise ValueError("engine_copy: descriptor scratch shorter than n")
 
 
 @njit(cache=True, nogil=True, inline="always")

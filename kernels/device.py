@@ -30,8 +30,8 @@ from .copy import (
     STAT_MODEL_S,
     STAT_WALL_S,
     _descriptor_ns,
+    engine_copy_built_into,
     engine_copy_into,
-    engine_copy_mpfns_into,
     memcpy_bytes,
 )
 from .finalize import finalize_slot
@@ -699,20 +699,18 @@ def _finish_reserved(state, vma_index, start, npages, src, dst):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def _copy_reserved(state, src, dst, n, private):
-    """The engine batch of a reserved migration: every slot ``i < n`` is a copy
-    pair, so the engine reads the frames from ``src``/``dst`` themselves."""
+def _copy_reserved(state, n, private):
+    """The engine batch of a reserved migration, on the descriptors the setup
+    threads built (``mig[MIG_NDESC]``, kernels.sweep)."""
     if not _start_batch(state.copy_stats, n, private):
         return
     scratch = state.copy_scratch
-    engine_copy_mpfns_into(
+    engine_copy_built_into(
         state.data,
         state.sys[L.SYS_PAGE_SIZE],
         state.sys[L.SYS_STORE_DATA] != 0,
-        src,
-        dst,
-        state.layout[L.L_SHIFT],
         n,
+        state.mig[L.MIG_NDESC],
         state.engine,
         state.copy_stats,
         scratch[L.COPY_DESC_SRC],
@@ -727,7 +725,7 @@ def _copy_and_finish_reserved(state, vma_index, start, end, src, dst, private):
     """_run_driver's rest after a reserving setup: copy the named pairs in one
     engine batch, then allocate and finish (_finish_reserved)."""
     npages = mm.pages_in(state, end - start)
-    _copy_reserved(state, src, dst, npages, private)
+    _copy_reserved(state, npages, private)
     return _finish_reserved(state, vma_index, start, npages, src, dst)
 
 

@@ -200,7 +200,9 @@ MIG_DRAINED_ALL = 6  # 1 once prepare has called lru_add_drain_all() (at most on
 MIG_COLLECTED = 7  # what collect counted into cpages (setup's vmstat counter)
 # 1: the parallel setup took every slot as plain and named its device page (kernels.sweep)
 MIG_RESERVED = 8
-MIG_FIELDS = 9
+# with MIG_RESERVED: the copy descriptors the setup threads built (kernels.sweep)
+MIG_NDESC = 9
+MIG_FIELDS = 10
 
 # --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, nframes]):
 # the (source, destination) pairs of one engine batch and its descriptors.
@@ -227,7 +229,8 @@ PLAIN_SETUP_EXCLUDED = (
 # --- per-thread scratch of the parallel sweeps (``State.sweep_info``, one row a thread).
 MAX_SWEEP_THREADS = 64
 SW_FIRST, SW_END, SW_STOP, SW_PARTIAL, SW_NEED, SW_PAIRS, SW_NEED0, SW_PAIRS0, SW_MOVED = range(9)
-SWEEP_INFO = 9
+SW_NDESC = 9  # the copy descriptors a reserving setup thread built
+SWEEP_INFO = 10
 # Each thread's own counts sit this many int64 apart (256 and 512 bytes), so no
 # two threads ever write the same cache line: a line bouncing between cores on
 # every page cost more than the second thread gained.

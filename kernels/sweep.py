@@ -30,10 +30,12 @@ tests/test_parallel.py holds the two to the same state.
 The device's own pipeline (device._run_driver) goes one step further. When
 every slot is plain, every slot wants a device page and slot ``i`` gets the
 ``i``-th frame below the device free stack's top, so the setup threads name
-that frame in ``dst`` as they go, without taking it. If a thread stops
+that frame in ``dst`` as they go, without taking it, and build the copy
+descriptors of their own slots (no pair list is written). If a thread stops
 early the names are wrong and dropped (``dst`` back to 0); if none does
-(``mig[MIG_RESERVED]``), the copy engine reads its pairs from ``src`` and
-``dst`` (no separate pfn list is written) and the
+(``mig[MIG_RESERVED]``), the threads' descriptor lists are joined into the
+batch's (copy.stitch_descriptors(), ``mig[MIG_NDESC]``), the copy runs on
+them and the
 finish threads take each frame with the rest of its slot's steps
 (device._finish_reserved): a device page's struct page is touched once, and
 the allocation's own pass disappears. Nothing but the copy runs in between.
@@ -57,7 +59,14 @@ from numba import njit, prange
 from . import layout as L
 from . import mm
 from .collect import collect_range
-from .copy import ENG_PAR_MIN_PAGES, ENG_THREADS, _get_thread_count
+from .copy import (
+    ENG_CHUNK_PAGES,
+    ENG_PAR_MIN_PAGES,
+    ENG_THREADS,
+    _get_thread_count,
+    emit_descriptor,
+    stitch_descriptors,
+)
 from .prefetch import PREFETCH_AHEAD
 from .state import State
 
@@ -228,20 +237,54 @@ def _setup_plain_slot(st, slot, pfn, bits):
 
 
 @njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _reserve_device_page(st, i, mpfn, top, bits):
-    """The ``dst`` slot ``i`` gets when every slot before it wants a device page:
-    the frame ``i`` below the device free stack's ``top``, as _hand_over()
-    writes it. The frame stays on the stack. No copy pair is queued: the
-    engine reads a reserved batch's pairs from ``src``/``dst``."""
-    dpfn = st.free_stack[mm.ix(top - i)]
+def _device_mpfn(dpfn, mpfn, bits):
+    """The ``dst`` of a slot whose source ``mpfn`` gets device frame ``dpfn``,
+    as _hand_over() writes it."""
     return (np.uint64(dpfn) << bits.shift) | bits.dst | (mpfn & bits.write)
+
+
+# One thread's copy descriptor being built: it covers ``run`` pages from
+# ``src``/``dst`` on (run 0: none yet); ``count`` descriptors are written before it.
+OpenDescriptor = namedtuple("OpenDescriptor", ["src", "dst", "run", "count"])
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _add_pair(desc, st, at, pfn, dpfn, limit):
+    """build_descriptors()'s step for the pair (``pfn``, ``dpfn``): extend the open
+    descriptor, or write it at ``at + count`` and open one at this pair."""
+    if desc.run < limit and pfn == desc.src + desc.run and dpfn == desc.dst + desc.run:
+        return OpenDescriptor(desc.src, desc.dst, desc.run + 1, desc.count)
+    count = desc.count
+    if desc.run > 0:
+        _write_descriptor(st, at + count, desc)
+        count += 1
+    return OpenDescriptor(pfn, dpfn, np.int64(1), count)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _write_descriptor(st, k, desc):
+    scratch = st.copy_scratch
+    emit_descriptor(
+        scratch[L.COPY_DESC_SRC],
+        scratch[L.COPY_DESC_DST],
+        scratch[L.COPY_DESC_LEN],
+        k,
+        desc.src,
+        desc.dst,
+        desc.run,
+    )
 
 
 @njit(cache=True, nogil=True, _nrt=False)
 def _setup_plain_run(st, v, start, src, dst, t, top):
     """One thread: collect + prepare + unmap its slots until the first one that
     is not plain (or whose PMD is not a page table); records where it stopped.
-    ``top`` >= 0: also name each slot's device page (_reserve_device_page)."""
+
+    ``top`` >= 0: also name each slot's device page, the frame ``i`` below the
+    device free stack's ``top`` (it stays on the stack), and build the copy
+    descriptors of the thread's slots (build_descriptors() of its pairs, at
+    the thread's first slot in the descriptor scratch; SW_NDESC of them).
+    """
     info = st.sweep_info
     mig = st.sweep_mig[t]
     counters = st.sweep_counters[t]
@@ -249,7 +292,9 @@ def _setup_plain_run(st, v, start, src, dst, t, top):
     slot0 = mm.pte_slot(st, v, start)
     ext_mask = mm.pmd_extent(st) - 1
     bits = _plain_bits(st.layout)
+    limit = max(np.int64(st.engine[ENG_CHUNK_PAGES]), 1)
     first = info[t, L.SW_FIRST]
+    desc = OpenDescriptor(np.int64(-1), np.int64(-1), np.int64(0), np.int64(0))
     i = first
     end = info[t, L.SW_END]
     unmapped = 0
@@ -270,10 +315,19 @@ def _setup_plain_run(st, v, start, src, dst, t, top):
             break
         mpfn = _setup_plain_slot(st, slot0 + i, pfn, bits)
         src[mm.ix(i)] = mpfn
-        reserved = _reserve_device_page(st, i, mpfn, top, bits) if top >= 0 else L.MPFN_NONE
-        dst[mm.ix(i)] = reserved
+        if top >= 0:
+            dpfn = st.free_stack[mm.ix(top - i)]
+            dst[mm.ix(i)] = _device_mpfn(dpfn, mpfn, bits)
+            desc = _add_pair(desc, st, first, pfn, dpfn, limit)
+        else:
+            dst[mm.ix(i)] = L.MPFN_NONE
         unmapped += 1
         i += 1
+    ndesc = desc.count
+    if desc.run > 0:
+        _write_descriptor(st, first + ndesc, desc)
+        ndesc += 1
+    info[t, L.SW_NDESC] = ndesc
     collected = i - first
     mig[L.MIG_CPAGES] += collected
     mig[L.MIG_COLLECTED] += collected
@@ -309,7 +363,8 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads, reserve):
     ``reserve``: the caller is device._run_driver migrating to the device.
     Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves,
     except that with ``mig[MIG_RESERVED]`` set ``dst`` holds the device pages
-    the allocation would hand out (still on the free stack).
+    the allocation would hand out (still on the free stack), and the copy
+    scratch the batch's ``mig[MIG_NDESC]`` descriptors.
     """
     used = plan_chunks(st, start, npages, threads)
     top = _reservation_top(st, npages, reserve)
@@ -321,10 +376,27 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads, reserve):
         all_plain = all_plain and st.sweep_info[t, L.SW_STOP] == st.sweep_info[t, L.SW_END]
     if all_plain:
         mig[L.MIG_RESERVED] = 1 if top >= 0 else 0
+        if top >= 0:
+            mig[L.MIG_NDESC] = _join_descriptors(st, used)
     else:
         _finish_setup_serially(st, v, start, src, dst, mig, used, top >= 0)
     mig[L.MIG_NPAGES] = npages
     mig[L.MIG_END] = start + npages * st.sys[L.SYS_PAGE_SIZE]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _join_descriptors(st, used):
+    """The batch's descriptors from the ``used`` threads' lists (stitch_descriptors())."""
+    info = st.sweep_info
+    scratch = st.copy_scratch
+    return stitch_descriptors(
+        scratch[L.COPY_DESC_SRC],
+        scratch[L.COPY_DESC_DST],
+        scratch[L.COPY_DESC_LEN],
+        info[:used, L.SW_FIRST],
+        info[:used, L.SW_NDESC],
+        max(np.int64(st.engine[ENG_CHUNK_PAGES]), 1),
+    )
 
 
 @njit(cache=True, nogil=True, _nrt=False)

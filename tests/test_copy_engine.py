@@ -17,7 +17,6 @@ from numba.core.errors import TypingError
 
 from migengine.copyengine import CopyEngine
 from migengine.kernels import copy as kcopy
-from migengine.kernels import layout as L
 from migengine.kernels.clock import now_ns
 
 PS = 4096
@@ -153,29 +152,33 @@ def test_descriptors_property(pairs, chunk):
         assert not mergeable or n0 == chunk  # greedy: only the chunk limit splits a run
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=60)
 @given(
-    pairs=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), min_size=0, max_size=60),
+    runs=st.lists(st.tuples(st.integers(1, 30), st.booleans()), min_size=1, max_size=12),
     chunk=st.integers(1, 20),
-    profile=st.sampled_from(sorted(L.LAYOUTS)),
-    write=st.lists(st.booleans(), min_size=60, max_size=60),
+    cuts=st.lists(st.integers(1, 200), max_size=4),
 )
-def test_descriptors_from_mpfns_match_pfns(pairs, chunk, profile, write):
-    # The device's reserved path builds from migrate_vma's src/dst, whose flag
-    # bits (VALID, MIGRATE, LOCKED, WRITE on some slots) sit below the frame.
-    lay = L.LAYOUTS[profile]
-    src = np.array([p[0] for p in pairs], np.int64)
-    dst = np.array([p[1] for p in pairs], np.int64)
-    flags = np.array(
-        [lay.VALID | lay.LOCKED | (lay.WRITE if w else 0) for w in write[: len(pairs)]], np.uint64
-    )
-    src_mpfns = (src.astype(np.uint64) << np.uint64(lay.SHIFT)) | flags | np.uint64(lay.MIGRATE)
-    dst_mpfns = (dst.astype(np.uint64) << np.uint64(lay.SHIFT)) | flags
-    size = max(len(pairs), 1)
-    ds, dd, dl = (np.full(size, -7, np.int64) for _ in range(3))
-    nd = kcopy.build_descriptors_from_mpfns(
-        src_mpfns, dst_mpfns, len(pairs), np.uint64(lay.SHIFT), chunk, ds, dd, dl
-    )
+def test_stitched_segments_equal_one_build(runs, chunk, cuts):
+    # The parallel setup builds one descriptor list a thread, each at its first
+    # slot, and stitches them: runs that cross a thread's edge must come out
+    # chunked as one serial build chunks them (sweep._join_descriptors).
+    src, dst, s, d = [], [], 0, 1000
+    for length, jump in runs:  # contiguous runs on both sides, some broken by a jump
+        s, d = (s + 7, d + 3) if jump else (s, d)
+        src += range(s, s + length)
+        dst += range(d, d + length)
+        s, d = s + length, d + length
+    n = len(src)
+    edges = sorted({0, n, *(c for c in cuts if c < n)})
+    ds, dd, dl = (np.full(n, -7, np.int64) for _ in range(3))
+    first, count = [], []
+    for lo, hi in zip(edges, edges[1:], strict=False):
+        nd = kcopy.build_descriptors(
+            np.array(src[lo:hi]), np.array(dst[lo:hi]), hi - lo, chunk, ds[lo:], dd[lo:], dl[lo:]
+        )
+        first.append(lo)
+        count.append(nd)
+    nd = kcopy.stitch_descriptors(ds, dd, dl, np.array(first), np.array(count), chunk)
     got = [(int(ds[k]), int(dd[k]), int(dl[k])) for k in range(nd)]
     assert got == descriptors(src, dst, chunk)
 

@@ -23,7 +23,7 @@ import migengine as me
 from migengine import kernels
 from migengine.kernels import layout as L
 from migengine.kernels.check import check_state
-from migengine.kernels.copy import STAT_WALL_S
+from migengine.kernels.copy import STAT_DESCRIPTORS, STAT_WALL_S
 from migengine.kernels.state import State
 
 PS = 64  # a PMD extent is 512 pages of 64 bytes: several extents stay cheap
@@ -35,8 +35,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+# Not a divisor of a PMD extent: a run crossing a thread's edge is chunked from
+# where it started, not from the edge (kernels.copy.stitch_descriptors).
+CHUNK = 7
+
+
 def _engine(threads: int) -> np.ndarray:
-    return me.CopyEngine(threads=threads, parallel_min_pages=1).to_array()
+    return me.CopyEngine(CHUNK, threads=threads, parallel_min_pages=1).to_array()
+
+
+def _descriptors(s: State) -> np.ndarray:
+    """The last engine batch's descriptors, (src, dst, len) rows."""
+    ndesc = int(s.copy_stats[STAT_DESCRIPTORS])
+    return s.copy_scratch[[L.COPY_DESC_SRC, L.COPY_DESC_DST, L.COPY_DESC_LEN], :ndesc].T.copy()
 
 
 def _comparable(s: State) -> dict[str, np.ndarray]:
@@ -127,10 +138,11 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
         src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
         to_dev = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
         reserved = s.mig[L.MIG_RESERVED]
+        descriptors = _descriptors(s)
         back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
         again = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
         assert check_state(s)[0] == 0, f"invariant {check_state(s)} broken on {threads} thread(s)"
-        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s), reserved)
+        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s), reserved, descriptors)
     serial, parallel = outcome[1], outcome[2]
     assert serial[:3] == parallel[:3]
     np.testing.assert_array_equal(serial[3], parallel[3])
@@ -138,11 +150,12 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
     for name, arr in serial[5].items():
         np.testing.assert_array_equal(arr, parallel[5][name], err_msg=f"state.{name} differs")
     assert serial[6] == 0  # one thread never takes the parallel sweeps
+    np.testing.assert_array_equal(serial[7], parallel[7], err_msg="first batch's descriptors")
     return bool(parallel[6])
 
 
 def test_an_all_plain_migration_equals_the_serial_one(make_machine):
-    """The reserved path (kernels.sweep._reserve_device_page, device._finish_reserved):
+    """The reserved path (kernels.sweep._setup_plain_run, device._finish_reserved):
     setup names each slot's device page, the finish threads allocate it with
     the rest of the slot's net effect. A fully faulted process with some pages
     written (dirty), on two threads == the generic per-slot steps on one, data
