@@ -35,10 +35,9 @@ descriptors of their own slots (no pair list is written). If a thread stops
 early the names are wrong and dropped (``dst`` back to 0); if none does
 (``mig[MIG_RESERVED]``), the threads' descriptor lists are joined into the
 batch's (copy.stitch_descriptors(), ``mig[MIG_NDESC]``), the copy runs on
-them and the
-finish threads take each frame with the rest of its slot's steps
-(device._finish_reserved): a device page's struct page is touched once, and
-the allocation's own pass disappears. Nothing but the copy runs in between.
+them, and the finish threads take each frame with the rest of its slot's
+steps (device._finish_reserved): a device page's struct page is touched once,
+and the allocation's own pass disappears. Nothing but the copy runs in between.
 
 Threads own whole PMD extents, so the one-flush-per-PMD accounting and a
 PMD-level pte_alloc() stay within a thread. The per-thread bodies are separate
