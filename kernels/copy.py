@@ -557,8 +557,8 @@ def model_time_into(load, desc_len, ndesc, page_size, setup_ns, gbps, model_kind
     nch = load.shape[0]
     # A descriptor's time depends only on its length, and neighbours mostly share
     # one (every descriptor at chunk 1, the full chunks of long runs), so the last
-    # length's time is reused: the same float, without its division (about 1 ns
-    # a descriptor, as much as all the rest of the copy's metadata at chunk 1).
+    # length's time is reused: the same float, without its division (about 0.5 ns
+    # a descriptor at chunk 1, where every descriptor is one page).
     last_len = np.int64(-1)
     cost = 0.0
     if nch == 1:

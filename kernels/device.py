@@ -723,7 +723,8 @@ def _copy_reserved(state, n, private):
 @njit(cache=True, nogil=True, _nrt=False)
 def _copy_and_finish_reserved(state, vma_index, start, end, src, dst, private):
     """_run_driver's rest after a reserving setup: copy the named pairs in one
-    engine batch, then allocate and finish (_finish_reserved)."""
+    engine batch, on the descriptors the setup threads built, then allocate and
+    finish (_finish_reserved)."""
     npages = mm.pages_in(state, end - start)
     _copy_reserved(state, npages, private)
     return _finish_reserved(state, vma_index, start, npages, src, dst)
