@@ -345,7 +345,7 @@ def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, de
     for i in range(1, n):
         s = src_pfns[ix(i)]
         d = dst_pfns[ix(i)]
-        if run < limit and s == s0 + run and d == d0 + run:
+        if extends_run(s0, d0, run, s, d, limit):
             run += 1
             continue
         emit_descriptor(desc_src, desc_dst, desc_len, ndesc, s0, d0, run)
@@ -355,6 +355,13 @@ def build_descriptors(src_pfns, dst_pfns, n, chunk_pages, desc_src, desc_dst, de
         run = 1
     emit_descriptor(desc_src, desc_dst, desc_len, ndesc, s0, d0, run)
     return ndesc + 1
+
+
+@njit(cache=True, nogil=True, inline="always")
+def extends_run(s0, d0, run, s, d, limit):
+    """Whether the pair (``s``, ``d``) continues the descriptor of ``run`` pages
+    from (``s0``, ``d0``) without passing ``limit`` pages."""
+    return run < limit and s == s0 + run and d == d0 + run
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -401,7 +408,7 @@ def stitch_descriptors(desc_src, desc_dst, desc_len, seg_first, seg_count, chunk
             s = desc_src[ix(k)]
             d = desc_dst[ix(k)]
             n = desc_len[ix(k)]
-            if run < limit and s == s0 + run and d == d0 + run:
+            if extends_run(s0, d0, run, s, d, limit):
                 take = min(n, limit - run)
                 run += take
                 s += take

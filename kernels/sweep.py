@@ -64,6 +64,7 @@ from .copy import (
     ENG_THREADS,
     _get_thread_count,
     emit_descriptor,
+    extends_run,
     stitch_descriptors,
 )
 from .prefetch import PREFETCH_AHEAD
@@ -251,7 +252,7 @@ OpenDescriptor = namedtuple("OpenDescriptor", ["src", "dst", "run", "count"])
 def _add_pair(desc, st, at, pfn, dpfn, limit):
     """build_descriptors()'s step for the pair (``pfn``, ``dpfn``): extend the open
     descriptor, or write it at ``at + count`` and open one at this pair."""
-    if desc.run < limit and pfn == desc.src + desc.run and dpfn == desc.dst + desc.run:
+    if extends_run(desc.src, desc.dst, desc.run, pfn, dpfn, limit):
         return OpenDescriptor(desc.src, desc.dst, desc.run + 1, desc.count)
     count = desc.count
     if desc.run > 0:
