@@ -28,7 +28,7 @@ from migengine.kernels.driver import TR_DEVICE, TR_NONE, TR_PRESENT, TR_ZERO
 
 PS = 4096
 EINVAL = -22
-DOC = Path(__file__).resolve().parents[1] / "docs" / "embedding.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "embedding.md"
 
 
 # ----------------------------------------------------------------------------- the user driver

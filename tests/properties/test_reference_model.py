@@ -1,4 +1,4 @@
-"""The compiled passes against a slow, independent Python model (tests/naive.py).
+"""The compiled passes against a slow, independent Python model (tests/reference/naive.py).
 
 Hypothesis builds small machines through the public API (mmaps of every kind,
 faults, forks, swap, pins, foreign page locks and isolations, pages already on
@@ -15,13 +15,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import naive
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import migengine as me
+from tests.reference import naive
 
 PROFILES = ("hmm-v25", "seed")
 ERROR_SLOT = -2  # Policy.choose(): write MIGRATE_PFN_ERROR

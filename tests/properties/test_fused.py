@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_reference_model import PROFILES, SETTINGS, build_world, draw_call
 
 from migengine import kernels
 from migengine.kernels import collect, device, finalize, pages, prepare, unmap
 from migengine.kernels import layout as L
 from migengine.kernels.copy import STAT_WALL_S
 from migengine.kernels.state import State
+from tests.properties.test_reference_model import PROFILES, SETTINGS, build_world, draw_call
 
 
 def _copy(state: State) -> State:
