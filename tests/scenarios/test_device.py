@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import errno
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 
 import migengine as me
+from tests import helpers
 
 PS = 256  # small pages: the selftests' shapes at a fraction of the bytes
 INTS = PS // 4  # int32 values per page
@@ -27,10 +29,9 @@ V25 = "hmm-v25"
 # ------------------------------------------------------------------ helpers
 
 
-def pattern(npages: int, base: int = 0, sign: int = 1) -> bytes:
-    """The selftests' buffer: int32 ``ptr[i] = sign * (i + base)``."""
-    values = sign * (np.arange(npages * INTS, dtype=np.int64) + base)
-    return values.astype(np.int32).tobytes()
+# The selftests' buffer and the PTE kinds, at this file's page size.
+pattern = partial(helpers.selftest_pattern, ps=PS)
+kinds = partial(helpers.kinds, ps=PS)
 
 
 def fill(p: me.Process, vma: me.Vma, base: int = 0, sign: int = 1) -> bytes:
@@ -46,10 +47,6 @@ def page_addr(vma: me.Vma, i: int) -> int:
 
 def ptes(p: me.Process, vma: me.Vma) -> list[me.Pte]:
     return [p.translate(page_addr(vma, i)) for i in range(vma.npages)]
-
-
-def kinds(p: me.Process, vma: me.Vma) -> list[str]:
-    return [pte.kind for pte in ptes(p, vma)]
 
 
 def frames(m: me.Machine, p: me.Process, vma: me.Vma) -> bytes:
