@@ -106,7 +106,6 @@ def _world(data: st.DataObject, make_machine) -> tuple[me.Machine, me.Process, m
 
 
 @settings(
-    deadline=None,
     max_examples=25,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

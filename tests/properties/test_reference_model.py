@@ -28,7 +28,6 @@ ERROR_SLOT = -2  # Policy.choose(): write MIGRATE_PFN_ERROR
 PS = 64  # the smallest page: a THP extent (512 pages) stays cheap
 _EXAMPLES = os.environ.get("REFMODEL_EXAMPLES")  # e.g. 4000 for a long local hunt
 SETTINGS = settings(
-    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     **({"max_examples": int(_EXAMPLES)} if _EXAMPLES else {}),  # else conftest's profile
 )

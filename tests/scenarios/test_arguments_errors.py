@@ -144,7 +144,8 @@ MALFORMED = [
 
 @pytest.mark.parametrize("case", MALFORMED)
 def test_malformed_arguments_change_nothing(target, case):
-    """api.md: malformed arguments are TypeError/ValueError, raised before any change."""
+    """The public contract: malformed arguments are TypeError/ValueError, raised before
+    any change."""
     m, p, vma = target
     drv = Driver(m)
     args = malformed_calls(vma, drv.ops)[case]

@@ -444,8 +444,8 @@ def test_foreign_driver_moves_device_pages_back(make_machine):
     ],
 )
 def test_shared_device_page_leaving_erases_every_mirror_entry(make_machine, profile, how):
-    """A fork-shared device page moved back through the other process (§6, Jul 2019
-    "fix bad subpage pointer in try_to_unmap_one": both mappings are found and
+    """A fork-shared device page moved back through the other process (the Jul 2019
+    fix "fix bad subpage pointer in try_to_unmap_one": both mappings are found and
     redirected). The mapping the device mirrors is redirected by the rmap walk, so
     its mirror entry must go too (dmirror's notifier on that mm), or the device
     would keep a freed page mapped."""
@@ -502,7 +502,7 @@ def test_error_dst_restores_device_entry(make_machine):
 
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
 def test_sigbus_leaves_device_entry_and_mirror(make_machine, write):
-    """4.14 device_private_entry_fault() -> VM_FAULT_SIGBUS (§2.7): the fault-back
+    """4.14 device_private_entry_fault() -> VM_FAULT_SIGBUS (dmirror's fault path): the fault-back
     allocation fails, the driver writes dst=ERROR, the core restores the device entry;
     the entry, the mirror and the page are as before and the access can be retried."""
     m = v25(make_machine)
@@ -537,7 +537,7 @@ def test_sigbus_leaves_device_entry_and_mirror(make_machine, write):
 
 
 def test_device_page_refcount_convention(make_machine):
-    """4.14 ZONE_DEVICE refcounts (§2.5, §5.17): a free device page holds 1, an
+    """4.14 ZONE_DEVICE refcounts (hmm_devmem page_free()): a free device page holds 1, an
     allocated one 2, a mapped one 1 + mapcount; a put back to 1 is page_free: the
     frame returns to the device's free list."""
     m = v25(make_machine, dev=16)
