@@ -177,7 +177,7 @@ class DataIntegritySeed(DataIntegrity):
     PROFILE = "seed"
 
 
-RUNS = settings(max_examples=60, stateful_step_count=40, deadline=None)
+RUNS = settings(max_examples=60, stateful_step_count=40)  # deadline: conftest's profiles
 TestDataIntegrityHmmV25 = DataIntegrity.TestCase
 TestDataIntegrityHmmV25.settings = RUNS
 TestDataIntegritySeed = DataIntegritySeed.TestCase

@@ -1,4 +1,4 @@
-"""``migengine bench`` (api.md "The command line") and the workload behind it.
+"""``migengine bench`` (the public contract's command line) and the workload behind it.
 
 The CLI runs in-process with tiny --pages and a tmp --out. Timings are never
 asserted (this VM is noisy); what is checked is what the numbers must satisfy
@@ -57,7 +57,7 @@ def sweep(tmp_path_factory):
 
 
 def test_bench_prints_a_table_row_per_chunk(sweep):
-    """api.md: `migengine bench` prints a table (chunk sizes sorted, one row each)."""
+    """The public contract: `migengine bench` prints a table (chunk sizes sorted, one row each)."""
     status, out, err, _ = sweep
     assert status == 0
     lines = out.splitlines()
@@ -70,7 +70,7 @@ def test_bench_prints_a_table_row_per_chunk(sweep):
 
 
 def test_bench_results_json_records(sweep, make_machine):
-    """api.md: results.json holds one record per chunk size with chunk_pages,
+    """The public contract: results.json holds one record per chunk size with chunk_pages,
     wall_gbps, model_gbps, descriptors and memcpy_ratio; descriptors follow the
     physical layout of the fragmented process."""
     _, _, _, out = sweep
@@ -113,7 +113,7 @@ def test_bench_baseline_and_metadata_are_paired_samples(sweep):
 
 
 def test_bench_model_gbps_is_the_ptdma_model(sweep):
-    """api.md copy engine: modelled time = sum of setup_ns + bytes / gbps per
+    """The public contract's copy engine: modelled time = sum of setup_ns + bytes / gbps per
     descriptor on one channel (the ptdma preset: 1600 ns, 12.7 GB/s)."""
     _, _, _, out = sweep
     result = json.loads((out / "results.json").read_text())
@@ -139,7 +139,7 @@ def test_bench_results_json_metadata(sweep):
 
 
 def test_bench_writes_png(sweep):
-    """api.md: DIR/chunk_sweep.png is written."""
+    """The public contract: DIR/chunk_sweep.png is written."""
     _, _, _, out = sweep
     assert (out / "chunk_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -191,7 +191,7 @@ BAD_ARGV = [
 
 @pytest.mark.parametrize("argv", BAD_ARGV, ids=lambda a: " ".join(a) or "no-command")
 def test_bad_flag_exits_2_with_one_line(capsys, argv):
-    """api.md: a bad flag exits non-zero with a one-line message."""
+    """The public contract: a bad flag exits non-zero with a one-line message."""
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2

@@ -16,22 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_reference_model import PROFILES, SETTINGS, build_world, draw_call
 
 from migengine import kernels
 from migengine.kernels import collect, device, finalize, pages, prepare, unmap
 from migengine.kernels import layout as L
-from migengine.kernels.copy import STAT_WALL_S
 from migengine.kernels.state import State
-
-
-def _copy(state: State) -> State:
-    return State(*(arr.copy() for arr in state))
-
-
-def _assert_same(a: State, b: State) -> None:
-    for name, x, y in zip(State._fields, a, b, strict=True):
-        np.testing.assert_array_equal(x, y, err_msg=f"state.{name} differs")
+from tests.helpers import assert_same_state, comparable_state, copy_state
+from tests.properties.test_reference_model import PROFILES, SETTINGS, build_world, draw_call
 
 
 def _setup_by_passes(s: State, v: int, start: int, end: int, src, dst) -> int:
@@ -56,12 +47,10 @@ def _setup_by_passes(s: State, v: int, start: int, end: int, src, dst) -> int:
     return int(mig[L.MIG_CPAGES])
 
 
-def _scratch_free(s: State) -> State:
-    """The state without what may differ: scratch (rewritten before every use)
-    and the copy's measured wall time."""
-    stats = s.copy_stats.copy()
-    stats[STAT_WALL_S] = 0.0
-    return s._replace(mig=s.mig[:0], copy_scratch=s.copy_scratch[:, :0], copy_stats=stats)
+def _scratch_free(s: State) -> dict[str, np.ndarray]:
+    """The state without what may differ: scratch (rewritten before every use,
+    compared as empty slices) and the copy's measured wall time."""
+    return comparable_state(s._replace(mig=s.mig[:0], copy_scratch=s.copy_scratch[:, :0]))
 
 
 @pytest.mark.parametrize("hostile", [False, True], ids=["plain", "hostile"])
@@ -74,7 +63,7 @@ def test_fused_setup_equals_collect_prepare_unmap(make_machine, profile, hostile
     and lru_add_drain()/lru_add_drain_all() calls."""
     w = build_world(data, make_machine, profile, hostile=hostile)
     call = draw_call(data, w)
-    fused, passes = _copy(w.m.state), _copy(w.m.state)
+    fused, passes = copy_state(w.m.state), copy_state(w.m.state)
     src_f, dst_f = call.src.copy(), call.dst.copy()
     src_p, dst_p = call.src.copy(), call.dst.copy()
     v = call.vma.index
@@ -83,7 +72,7 @@ def test_fused_setup_equals_collect_prepare_unmap(make_machine, profile, hostile
     assert got == want
     np.testing.assert_array_equal(src_f, src_p)
     np.testing.assert_array_equal(dst_f, dst_p)
-    _assert_same(_scratch_free(fused), _scratch_free(passes))
+    assert_same_state(_scratch_free(fused), _scratch_free(passes))
 
 
 def _driver_by_passes(s: State, to_device: bool, v: int, start: int, end: int, src, dst) -> int:
@@ -126,7 +115,7 @@ def test_fused_driver_equals_the_passes(make_machine, profile, to_device, data):
         for vma in w.vmas:
             w.m.device.migrate_to_device(vma.process, vma.start, vma.end)
     call = draw_call(data, w)
-    fused, passes = _copy(w.m.state), _copy(w.m.state)
+    fused, passes = copy_state(w.m.state), copy_state(w.m.state)
     src_f, dst_f = call.src.copy(), call.dst.copy()
     src_p, dst_p = call.src.copy(), call.dst.copy()
     v, s, e = call.vma.index, call.start, call.end
@@ -138,4 +127,4 @@ def test_fused_driver_equals_the_passes(make_machine, profile, to_device, data):
     assert got == (min(want, 0) if to_device else want)
     np.testing.assert_array_equal(src_f, src_p)
     np.testing.assert_array_equal(dst_f, dst_p)
-    _assert_same(_scratch_free(fused), _scratch_free(passes))
+    assert_same_state(_scratch_free(fused), _scratch_free(passes))

@@ -4,10 +4,10 @@ Everything here is plain Python over plain Python objects (lists, ints, small
 dataclasses) built from a snapshot of ``m.state``. It is written from the kernel
 semantics, not from ``kernels/*.py``:
 
-* ``seed``: HMM v25 14/19 as posted (``/work/shared/seed/...v5.txt``), with the one
-  correction api.md asks for: prepare drops the collect reference after a
-  successful isolate_lru_page().
-* ``hmm-v25``: the 4.14 merge of patches 14-17 (kernel-semantics.md 2.1-2.5):
+* ``seed``: the seed patch (HMM v25 14/19, migrate_vma v5) as posted, with the one
+  correction the public contract asks for: prepare drops the collect reference
+  after a successful isolate_lru_page().
+* ``hmm-v25``: the 4.14 merge of patches 14-17 (mm/migrate.c's migrate_vma()):
   collect locks and unmaps, device-private sources, holes and zero pages as
   MIGRATE, no-destination clears MIGRATE, insert_page on holes.
 
@@ -626,7 +626,7 @@ def _prepare_seed(md: Model, mig: Migrate) -> None:
                 mig.cpages -= 1
                 md.put_page(page)
             else:
-                # The correction api.md asks for: drop the collect reference here.
+                # The correction the public contract asks for: drop the collect reference here.
                 md.put_page(page)
                 if not check_page(md, page):
                     mig.notes.add("prepare: pinned")

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import errno
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 
 import migengine as me
+from tests import helpers
 
 PS = 256  # small pages: the selftests' shapes at a fraction of the bytes
 INTS = PS // 4  # int32 values per page
@@ -27,10 +29,9 @@ V25 = "hmm-v25"
 # ------------------------------------------------------------------ helpers
 
 
-def pattern(npages: int, base: int = 0, sign: int = 1) -> bytes:
-    """The selftests' buffer: int32 ``ptr[i] = sign * (i + base)``."""
-    values = sign * (np.arange(npages * INTS, dtype=np.int64) + base)
-    return values.astype(np.int32).tobytes()
+# The selftests' buffer and the PTE kinds, at this file's page size.
+pattern = partial(helpers.selftest_pattern, ps=PS)
+kinds = partial(helpers.kinds, ps=PS)
 
 
 def fill(p: me.Process, vma: me.Vma, base: int = 0, sign: int = 1) -> bytes:
@@ -46,10 +47,6 @@ def page_addr(vma: me.Vma, i: int) -> int:
 
 def ptes(p: me.Process, vma: me.Vma) -> list[me.Pte]:
     return [p.translate(page_addr(vma, i)) for i in range(vma.npages)]
-
-
-def kinds(p: me.Process, vma: me.Vma) -> list[str]:
-    return [pte.kind for pte in ptes(p, vma)]
 
 
 def frames(m: me.Machine, p: me.Process, vma: me.Vma) -> bytes:
@@ -447,8 +444,8 @@ def test_foreign_driver_moves_device_pages_back(make_machine):
     ],
 )
 def test_shared_device_page_leaving_erases_every_mirror_entry(make_machine, profile, how):
-    """A fork-shared device page moved back through the other process (§6, Jul 2019
-    "fix bad subpage pointer in try_to_unmap_one": both mappings are found and
+    """A fork-shared device page moved back through the other process (the Jul 2019
+    fix "fix bad subpage pointer in try_to_unmap_one": both mappings are found and
     redirected). The mapping the device mirrors is redirected by the rmap walk, so
     its mirror entry must go too (dmirror's notifier on that mm), or the device
     would keep a freed page mapped."""
@@ -505,7 +502,7 @@ def test_error_dst_restores_device_entry(make_machine):
 
 @pytest.mark.parametrize("write", [False, True], ids=["read", "write"])
 def test_sigbus_leaves_device_entry_and_mirror(make_machine, write):
-    """4.14 device_private_entry_fault() -> VM_FAULT_SIGBUS (§2.7): the fault-back
+    """4.14 device_private_entry_fault() -> VM_FAULT_SIGBUS (dmirror's fault path): the fault-back
     allocation fails, the driver writes dst=ERROR, the core restores the device entry;
     the entry, the mirror and the page are as before and the access can be retried."""
     m = v25(make_machine)
@@ -540,7 +537,7 @@ def test_sigbus_leaves_device_entry_and_mirror(make_machine, write):
 
 
 def test_device_page_refcount_convention(make_machine):
-    """4.14 ZONE_DEVICE refcounts (§2.5, §5.17): a free device page holds 1, an
+    """4.14 ZONE_DEVICE refcounts (hmm_devmem page_free()): a free device page holds 1, an
     allocated one 2, a mapped one 1 + mapcount; a put back to 1 is page_free: the
     frame returns to the device's free list."""
     m = v25(make_machine, dev=16)

@@ -23,8 +23,9 @@ import migengine as me
 from migengine import kernels
 from migengine.kernels import layout as L
 from migengine.kernels.check import check_state
-from migengine.kernels.copy import STAT_DESCRIPTORS, STAT_WALL_S
+from migengine.kernels.copy import STAT_DESCRIPTORS
 from migengine.kernels.state import State
+from tests.helpers import assert_same_state, comparable_state, copy_state
 
 PS = 64  # a PMD extent is 512 pages of 64 bytes: several extents stay cheap
 EXTENT = 512
@@ -51,11 +52,8 @@ def _descriptors(s: State) -> np.ndarray:
 
 
 def _comparable(s: State) -> dict[str, np.ndarray]:
-    out = {name: arr for name, arr in zip(State._fields, s, strict=True) if name not in SCRATCH}
-    stats = s.copy_stats.copy()
-    stats[STAT_WALL_S] = 0.0
-    out["copy_stats"] = stats
-    return out
+    """The state without its scratch arrays, wall time zeroed."""
+    return comparable_state(s, drop=SCRATCH)
 
 
 def _perturb(data: st.DataObject, m: me.Machine, p: me.Process, vma: me.Vma) -> None:
@@ -108,7 +106,6 @@ def _world(data: st.DataObject, make_machine) -> tuple[me.Machine, me.Process, m
 
 
 @settings(
-    deadline=None,
     max_examples=25,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -132,7 +129,7 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
     and named its device page (mig[MIG_RESERVED])."""
     outcome = {}
     for threads in (1, 2):
-        s = State(*(arr.copy() for arr in m.state))
+        s = copy_state(m.state)
         s.engine[:] = _engine(threads)
         n = (end - start) // PS
         src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
@@ -147,8 +144,7 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
     assert serial[:3] == parallel[:3]
     np.testing.assert_array_equal(serial[3], parallel[3])
     np.testing.assert_array_equal(serial[4], parallel[4])
-    for name, arr in serial[5].items():
-        np.testing.assert_array_equal(arr, parallel[5][name], err_msg=f"state.{name} differs")
+    assert_same_state(serial[5], parallel[5])
     assert serial[6] == 0  # one thread never takes the parallel sweeps
     np.testing.assert_array_equal(serial[7], parallel[7], err_msg="first batch's descriptors")
     return bool(parallel[6])

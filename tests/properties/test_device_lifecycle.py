@@ -5,8 +5,9 @@ sub-ranges, injected allocation failures and device eviction run against a
 shadow copy of every byte of every process. After every step each page is read
 through the page tables (without faulting: present, zero, device-private or
 empty) and compared with the shadow, and ``m.check()`` must hold. A SIGBUS is
-allowed only while an injected allocation failure is pending (hmm-v25, §2.7),
-and the same access retried without it must succeed.
+allowed only while an injected allocation failure is pending (hmm-v25's
+device_private_entry_fault() -> VM_FAULT_SIGBUS), and the same access retried
+without it must succeed.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The compiled level (api.md "The compiled level"): every ``migengine.kernels``
+"""The compiled level of the public contract: every ``migengine.kernels``
 function called from users' own ``@njit`` code, with no Python in the loop.
 
 The user driver below is the one docs/embedding.md shows; a test keeps the two
@@ -28,7 +28,7 @@ from migengine.kernels.driver import TR_DEVICE, TR_NONE, TR_PRESENT, TR_ZERO
 
 PS = 4096
 EINVAL = -22
-DOC = Path(__file__).resolve().parents[1] / "docs" / "embedding.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "embedding.md"
 
 
 # ----------------------------------------------------------------------------- the user driver
@@ -301,7 +301,7 @@ def test_kernels_migrate_vma_skips_callbacks_when_nothing_is_collected(make_mach
 
 
 def test_migrate_vma_from_python_takes_njit_callbacks(make_machine, profile):
-    """api.md: me.migrate_vma accepts MigrateOps built from @njit callbacks and runs
+    """The public contract: me.migrate_vma accepts MigrateOps built from @njit callbacks and runs
     kernels.migrate_vma on m.state."""
     m, p, vma, data = _machine_with_data(make_machine, profile, 2, 2)
     log = np.zeros(4, np.int64)
@@ -603,7 +603,7 @@ def test_user_driver_keeps_every_byte(make_machine, ops, profile):
 
 # ----------------------------------------------------------------------------- the API surface
 def test_every_compiled_api_name_is_exercised_from_njit():
-    """api.md's compiled level is callable from user code: each public kernel is
+    """The contract's compiled level is callable from user code: each public kernel is
     called (or passed as a callback) inside one of this file's @njit functions."""
     used: set[str] = set()
     for obj in list(globals().values()):
@@ -633,11 +633,11 @@ def test_a_new_process_runs_cached_and_fresh_user_code(make_machine):
     copy_to_device(m.state, vma.index, vma.start, vma.end, src, dst, 4)  # writes the cache
     child = f"""
 import json, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 import numpy as np, migengine as me
 from numba import njit
 from migengine import kernels
-from test_embedding import copy_to_device
+from tests.interfaces.test_embedding import copy_to_device
 
 @njit
 def fresh(state, v, start, end, src, dst):

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 import migengine as me
 from migengine.kernels import layout as L
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
-# api.md's table, written out bit by bit so a shifted flag cannot hide behind the
+# The public contract's table, written out bit by bit so a shifted flag cannot hide behind the
 # engine's own constants.
 EXPECTED = {
     "hmm-v25": dict(VALID=1, MIGRATE=2, LOCKED=4, WRITE=8, DEVICE=16, ERROR=32, SHIFT=6),
@@ -39,7 +39,7 @@ def test_machine_layout_matches_the_profile_table(profile_name: str) -> None:
 
 
 def test_module_constants_are_the_hmm_v25_values_as_uint64() -> None:
-    """api.md: me.MIGRATE_PFN_* carry the 4.14 (hmm-v25) layout."""
+    """The public contract: me.MIGRATE_PFN_* carry the 4.14 (hmm-v25) layout."""
     for name, value in EXPECTED["hmm-v25"].items():
         const = getattr(me, f"MIGRATE_PFN_{name}")
         assert type(const) is np.uint64, name
@@ -150,7 +150,7 @@ def test_kernels_is_the_repos_kernels_directory_installed_as_a_subpackage() -> N
 
 
 def test_importing_migengine_compiles_nothing() -> None:
-    """api.md: nothing compiles at import time; every dispatcher is still empty."""
+    """The public contract: nothing compiles at import time; every dispatcher is still empty."""
     script = textwrap.dedent(
         """
         import sys

@@ -15,6 +15,7 @@ import pytest
 
 import migengine as me
 from migengine.kernels import collect, finalize, layout, pages, prepare, unmap
+from tests.helpers import kinds, refs
 
 PS = 4096
 POISON = np.uint64(0xDEAD)
@@ -97,15 +98,6 @@ def mpfn(m: me.Machine, pfn: int, *flags: str) -> int:
     for f in flags:
         value |= getattr(m.layout, f)
     return int(value)
-
-
-def kinds(p: me.Process, vma: me.Vma) -> list[str]:
-    return [p.translate(vma.start + i * PS).kind for i in range(vma.npages)]
-
-
-def refs(m: me.Machine, pfn: int) -> tuple[int, int]:
-    info = m.page(pfn)
-    return info.refcount, info.mapcount
 
 
 def delta(m: me.Machine, before: dict[str, int]) -> Callable[[str], int]:

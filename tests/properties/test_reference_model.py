@@ -1,4 +1,4 @@
-"""The compiled passes against a slow, independent Python model (tests/naive.py).
+"""The compiled passes against a slow, independent Python model (tests/reference/naive.py).
 
 Hypothesis builds small machines through the public API (mmaps of every kind,
 faults, forks, swap, pins, foreign page locks and isolations, pages already on
@@ -15,20 +15,19 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import naive
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import migengine as me
+from tests.reference import naive
 
 PROFILES = ("hmm-v25", "seed")
 ERROR_SLOT = -2  # Policy.choose(): write MIGRATE_PFN_ERROR
 PS = 64  # the smallest page: a THP extent (512 pages) stays cheap
 _EXAMPLES = os.environ.get("REFMODEL_EXAMPLES")  # e.g. 4000 for a long local hunt
 SETTINGS = settings(
-    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     **({"max_examples": int(_EXAMPLES)} if _EXAMPLES else {}),  # else conftest's profile
 )

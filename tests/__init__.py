@@ -1,0 +1,1 @@
+"""The test suite: unit/, scenarios/, properties/, interfaces/ (see README.md)."""

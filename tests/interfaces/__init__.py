@@ -1,0 +1,1 @@
+"""Interface tests: the command line, the embedding surface (compiled level) and examples/."""

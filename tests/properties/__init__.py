@@ -1,0 +1,1 @@
+"""Property tests: the engine against a reference (model, unfused passes, serial run)."""

@@ -1,0 +1,1 @@
+"""Unit tests: one compiled piece at a time (layout, copy engine, each pass)."""
