@@ -1,9 +1,10 @@
 """migengine.kernels - the compiled level: plain ``@njit`` functions over ``m.state``.
 
-This namespace is the stable API for users' own numba code (see the README's
-"Embedding" section). Every function takes the machine's flat state first and
-only arrays, scalars and module-level namedtuples after it; all but
-``migrate_vma`` (which takes ``@njit`` callbacks) load from numba's cache.
+This namespace is the stable API for users' own numba code (see
+docs/embedding.md); the constants an embedder needs are re-exported here too.
+Every function takes the machine's flat state first and only arrays, scalars
+and module-level namedtuples after it; all but ``migrate_vma`` (which takes
+``@njit`` callbacks) load from numba's cache.
 Nothing compiles at import time.
 
 Pipeline (HMM v25 ``migrate_vma`` and its callback-free split form):
@@ -17,6 +18,7 @@ The device (lib/test_hmm.c model):
     system_alloc_and_copy, system_finalize_and_map, migrate_to_device,
     migrate_to_system, evict
 Passes, one module each: collect, prepare, unmap, pages, finalize.
+docs/architecture.md maps every import path and kernel function to its file.
 """
 
 from ._cache_guard import ensure_coherent_cache
@@ -24,7 +26,28 @@ from ._cache_guard import ensure_coherent_cache
 ensure_coherent_cache()
 
 from . import layout  # noqa: E402  (after the cache guard, before any dispatcher loads)
-from .device import (  # noqa: E402
+from .copy import (  # noqa: E402
+    STAT_BYTES,
+    STAT_CALLS,
+    STAT_DESCRIPTORS,
+    STAT_MODEL_S,
+    STAT_WALL_S,
+)
+from .cpu import (  # noqa: E402
+    TR_DEVICE,
+    TR_ERROR,
+    TR_MIGRATION,
+    TR_NONE,
+    TR_PRESENT,
+    TR_SWAP,
+    TR_ZERO,
+    cpu_read,
+    cpu_write,
+    translate,
+)
+from .device import (  # noqa: E402  # noqa: E402
+    DEV_KEEP_STATS,
+    DEV_NOFAIL,
     device_alloc_and_copy,
     device_fault,
     device_finalize_and_map,
@@ -40,19 +63,36 @@ from .device import (  # noqa: E402
 from .driver import (  # noqa: E402
     alloc_page,
     copy_page,
-    cpu_read,
-    cpu_write,
     migrate_pfn,
     mpfn_to_pfn,
     put_page,
-    translate,
     unlock_page,
 )
+from .layout import FAULT_OK, FAULT_OOM, FAULT_RETRY, FAULT_SEGV, FAULT_SIGBUS  # noqa: E402
 from .memory import handle_mm_fault, populate  # noqa: E402
 from .migrate import migrate_vma, migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup  # noqa: E402
 from .state import State  # noqa: E402
 
 __all__ = [
+    "DEV_KEEP_STATS",
+    "DEV_NOFAIL",
+    "FAULT_OK",
+    "FAULT_OOM",
+    "FAULT_RETRY",
+    "FAULT_SEGV",
+    "FAULT_SIGBUS",
+    "STAT_BYTES",
+    "STAT_CALLS",
+    "STAT_DESCRIPTORS",
+    "STAT_MODEL_S",
+    "STAT_WALL_S",
+    "TR_DEVICE",
+    "TR_ERROR",
+    "TR_MIGRATION",
+    "TR_NONE",
+    "TR_PRESENT",
+    "TR_SWAP",
+    "TR_ZERO",
     "State",
     "layout",
     "migrate_vma",

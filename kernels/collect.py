@@ -5,18 +5,15 @@ unmap while collecting), 16/19 (device-private entries as sources, ``dst = 0`` i
 every slot) and 17/19 (holes and zero-page entries collected as MIGRATE).
 """
 
-import numpy as np
 from numba import njit
 
 from . import layout as L
 from . import mm
+from ._indices import PREFETCH_AHEAD
 from .huge_memory import split_huge_page, split_huge_pmd_zero
-from .prefetch import PREFETCH_AHEAD
-from .prepare import prepare_slot, restore_remapped_slot
-from .unmap import restore_slot, unmap_slot
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _count(mig, n):
     """cpages += n; MIG_COLLECTED keeps what collect counted, whatever prepare
     and unmap take off cpages later in a fused setup sweep."""
@@ -77,7 +74,7 @@ def _collect_huge(st, v, addr, pmd_i, first_slot):
     return ret == 0
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _install_migration_entry(st, slot, pfn, write):
     """15/19: replace the PTE by a migration entry, drop rmap count and the
     mapping's reference (the collect reference keeps the page alive)."""
@@ -88,7 +85,7 @@ def _install_migration_entry(st, slot, pfn, write):
     return was_present
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def collect_pte(st, slot, hmm):
     """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
     lay = st.layout
@@ -108,7 +105,7 @@ def collect_pte(st, slot, hmm):
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def collect_slot(st, slot, hmm, mig):
     """One PTE of migrate_vma_collect_pmd(): (its mpfn, 1 if collect unmapped it)."""
     lay = st.layout
@@ -128,78 +125,78 @@ def collect_slot(st, slot, hmm, mig):
     return mpfn, 0
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
-    """The fused setup sweep: prepare and unmap for a slot just collected.
-
-    Each page's steps only touch that page, its own mappings and commuting
-    LRU-batch drains, so running them slot by slot ends in the state the
-    three separate passes reach (tests/test_fused.py compares them). prepare's
-    local lru_add_drain() runs before its first page, as in the separate pass.
-    """
-    if mm.mpfn_to_pfn(st.layout, src[k]) < 0:
-        return
-    if mig[L.MIG_DRAINED] == 0:
-        mm.lru_add_drain(st, L.CPU_DRIVER)
-        mig[L.MIG_DRAINED] = 1
-    if prepare_slot(st, src, k, mig, hmm):
-        restore_remapped_slot(st, slot, src, k)
-    elif unmap_slot(st, src, k, mig, hmm):
-        restore_slot(st, src, k)
+@njit(cache=True, nogil=True, _nrt=False)
+def collect_pte_slot(st, slot, src, dst, n, mig, hmm):
+    """The PTE loop's body for slot ``n`` of the range: collect_slot() and the
+    ``src``/``dst`` writes. Returns 1 when collect unmapped the page."""
+    mpfn, was_unmapped = collect_slot(st, slot, hmm, mig)
+    if hmm:
+        dst[n] = 0  # 16/19 writes dst for every slot; the seed only for holes
+    src[n] = mpfn
+    return was_unmapped
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
-def _collect_ptes(st, v, addr, end, src, dst, mig, hmm, fused, unmapped):
-    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``; ``unmapped``
-    is nonzero when PTEs of this PMD were already cleared (a sweep resumed mid-PMD)."""
+@njit(cache=True, nogil=True, _nrt=False)
+def prefetch_ahead(st, slot, k, count):
+    """Prefetch the struct page PREFETCH_AHEAD slots on, if any."""
+    if k + PREFETCH_AHEAD < count:
+        ahead = st.pte[slot + k + PREFETCH_AHEAD]
+        if mm.pte_kind(ahead) != L.PTE_NONE:
+            mm.prefetch_page(st, mm.pte_pfn(ahead))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
+    """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
     slot = mm.pte_slot(st, v, addr)
     n = mig[L.MIG_NPAGES]
     count = mm.pages_in(st, end - addr)
+    unmapped = 0
     for k in range(count):
-        if k + PREFETCH_AHEAD < count:
-            ahead = st.pte[slot + k + PREFETCH_AHEAD]
-            if mm.pte_kind(ahead) != L.PTE_NONE:
-                mm.prefetch_page(st, mm.pte_pfn(ahead))
-        mpfn, was_unmapped = collect_slot(st, slot + k, hmm, mig)
-        unmapped += was_unmapped
-        if hmm:
-            dst[n + k] = 0  # 16/19 writes dst for every slot; the seed only for holes
-        src[n + k] = mpfn
-        if fused:
-            _prepare_and_unmap_slot(st, slot + k, src, n + k, mig, hmm)
+        prefetch_ahead(st, slot, k, count)
+        unmapped += collect_pte_slot(st, slot + k, src, dst, n + k, mig, hmm)
     mig[L.MIG_NPAGES] = n + count
     if unmapped:
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def collect_range(st, v, start, end, src, dst, mig, fused, unmapped0):
-    """migrate_vma_collect()'s walk; with ``fused`` every collected page goes on
-    through prepare and unmap in the same sweep (migrate_vma_setup()).
-    ``unmapped0``: the first PMD already had PTEs cleared (see kernels.sweep)."""
+def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
+    """migrate_vma_collect_pmd()'s PMD-level branches for the extent ``[addr, stop)``.
+
+    Returns True when they handled it (a hole, or a huge entry that could not be
+    split), False when it is a page table (split here if it was huge) whose
+    PTEs the caller's loop walks."""
+    ext = mm.pmd_extent(st)
+    count = mm.pages_in(st, stop - addr)
+    pmd_i = mm.pmd_slot(st, v, addr)
+    kind = mm.pmd_kind(st.pmd[pmd_i])
+    if kind == L.PMD_NONE:
+        migrate_vma_collect_hole(st, src, dst, mig, count)
+        return True
+    if kind != L.PMD_TABLE and not _collect_huge(
+        st, v, addr, pmd_i, mm.pte_slot(st, v, addr & -ext)
+    ):
+        if hmm:
+            migrate_vma_collect_skip(st, src, dst, mig, count)
+        else:
+            migrate_vma_collect_hole(st, src, dst, mig, count)
+        return True
+    return False
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def collect_range(st, v, start, end, src, dst, mig):
+    """migrate_vma_collect()'s walk over ``[start, end)``, one PMD extent at a time."""
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
-    ps = st.sys[L.SYS_PAGE_SIZE]
     ext = mm.pmd_extent(st)
     addr = start
     while addr < end:
         stop = min((addr | (ext - 1)) + 1, end)  # the end of addr's PMD extent
-        count = mm.pages_in(st, stop - addr)
-        pmd_i = mm.pmd_slot(st, v, addr)
-        kind = mm.pmd_kind(st.pmd[pmd_i])
-        if kind == L.PMD_NONE:
-            migrate_vma_collect_hole(st, src, dst, mig, count)
-        elif kind != L.PMD_TABLE and not _collect_huge(
-            st, v, addr, pmd_i, mm.pte_slot(st, v, addr & -ext)
-        ):
-            if hmm:
-                migrate_vma_collect_skip(st, src, dst, mig, count)
-            else:
-                migrate_vma_collect_hole(st, src, dst, mig, count)
-        else:
-            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm, fused, unmapped0)
-        unmapped0 = 0
+        if not collect_extent(st, v, addr, stop, src, dst, mig, hmm):
+            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm)
         addr = stop
-    mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * ps
+    mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * st.sys[L.SYS_PAGE_SIZE]
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -221,4 +218,4 @@ def migrate_vma_collect(st, v, start, end, src, dst, mig):
     hmm-v25 - holes and zero pages give MIGRATE; device-private entries give
     VALID|MIGRATE|DEVICE; pages that trylock are locked and unmapped here.
     """
-    collect_range(st, v, start, end, src, dst, mig, np.bool_(False), np.int64(0))
+    collect_range(st, v, start, end, src, dst, mig)

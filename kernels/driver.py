@@ -9,13 +9,7 @@ from numba import njit
 
 from . import layout as L
 from . import mm
-from .copy import memcpy_bytes
-from .device import find_vma
-from .memory import access_vm
-
-# translate() kinds, in Pte.kind order.
-TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR = range(7)
-TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error")
+from ._llvm import memcpy_bytes
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -62,55 +56,6 @@ def migrate_pfn(state, pfn):
 def mpfn_to_pfn(state, mpfn):
     """The pfn of an mpfn, or -1 when VALID is not set."""
     return mm.mpfn_to_pfn(state.layout, np.uint64(mpfn))
-
-
-@njit(cache=True, nogil=True, _nrt=False)
-def cpu_read(state, mm_id, addr, buf):
-    """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
-    fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
-    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(False))
-    return status
-
-
-@njit(cache=True, nogil=True, _nrt=False)
-def cpu_write(state, mm_id, addr, buf):
-    """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
-    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(True))
-    return status
-
-
-@njit(cache=True, nogil=True, _nrt=False)
-def translate(state, mm_id, addr):
-    """Walk the page table: (TR_* kind, pfn or -1, writable, huge)."""
-    v = find_vma(state, mm_id, addr)
-    if v < 0:
-        return TR_NONE, -1, False, False
-    pword = state.pmd[mm.pmd_slot(state, v, addr)]
-    pk = mm.pmd_kind(pword)
-    if pk == L.PMD_NONE:
-        return TR_NONE, -1, False, False
-    if pk == L.PMD_HUGE_ZERO:
-        return TR_ZERO, state.sys[L.SYS_ZERO_PFN], False, True
-    if pk == L.PMD_THP:
-        pfn = mm.pte_pfn(pword) + (addr % mm.pmd_extent(state)) // mm.page_size(state)
-        return TR_PRESENT, pfn, (pword & L.PMD_WRITE) != 0, True
-    pte = state.pte[mm.pte_slot(state, v, addr)]
-    kind = mm.pte_kind(pte)
-    pfn = mm.pte_pfn(pte)
-    write = mm.pte_write(pte)
-    if kind == L.PTE_NONE:
-        return TR_NONE, -1, False, False
-    if kind == L.PTE_PRESENT:
-        if mm.is_zero_pfn(state, pfn):
-            return TR_ZERO, pfn, False, False
-        return TR_PRESENT, pfn, write, False
-    if kind == L.PTE_SWAP:
-        return TR_SWAP, -1, False, False
-    if kind == L.PTE_MIGRATION:
-        return TR_MIGRATION, pfn, write, False
-    if kind == L.PTE_DEVICE:
-        return TR_DEVICE, pfn, write, False
-    return TR_ERROR, -1, False, False
 
 
 @njit(cache=True, nogil=True)
@@ -174,7 +119,7 @@ def isolate_by_other(state, pfn):
     in first, as callers of isolate_lru_page() do). Returns 0 or -EBUSY."""
     if mm.has_flag(state, pfn, L.PG_PAGEVEC):
         for cpu in range(L.NR_CPUS):
-            mm._drain_cpu(state, cpu)
+            mm.drain_cpu(state, cpu)
     if mm.isolate_lru_page(state, pfn) != 0:
         return -L.EBUSY
     mm.set_flag(state, pfn, L.PG_EXT_ISOLATED)

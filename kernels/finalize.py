@@ -12,7 +12,7 @@ from . import mm
 from .rmap import remove_migration_ptes
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def release(st, pfn, hmm):
     """put_page() for ZONE_DEVICE pages, putback_lru_page() for the others."""
     if hmm and mm.is_zone_device(st, pfn):
@@ -21,7 +21,7 @@ def release(st, pfn, hmm):
         mm.putback_lru_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def finalize_slot(st, src, dst, i, hmm):
     """Finish one slot; returns 1 when it was a collected page (cpages--)."""
     lay = st.layout

@@ -198,44 +198,13 @@ MIG_VMA = 4
 MIG_DRAINED = 5  # 1 once the setup sweep has done prepare's lru_add_drain()
 MIG_DRAINED_ALL = 6  # 1 once prepare has called lru_add_drain_all() (at most once)
 MIG_COLLECTED = 7  # what collect counted into cpages (setup's vmstat counter)
-# 1: the parallel setup took every slot as plain and named its device page (kernels.sweep)
-MIG_RESERVED = 8
-# with MIG_RESERVED: the copy descriptors the setup threads built (kernels.sweep)
-MIG_NDESC = 9
+# 8: the engine's own (kernels._indices.MIG_ALL_PLAIN)
 MIG_FIELDS = 10
 
-# --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, nframes]):
-# the (source, destination) pairs of one engine batch and its descriptors.
-COPY_SRC, COPY_DST, COPY_DESC_SRC, COPY_DESC_DST, COPY_DESC_LEN = range(5)
-COPY_ROWS = 5
 # page["rmap"] is int32, and a page's int32 counts need headroom above its mappings
 # (pins, LRU batches, isolation): PTE slots stop at 2^30.
 MAX_PTE_SLOTS = 2**30
 MAX_CHANNELS = 1024  # modelled DMA channels; real engines have 1-16
-
-# Flags that keep a page off the parallel sweeps' plain path (kernels.sweep).
-PLAIN_SETUP_EXCLUDED = (
-    PG_HEAD
-    | PG_TAIL
-    | PG_LOCKED
-    | PG_PAGEVEC
-    | PG_ZONE_DEVICE
-    | PG_FREE
-    | PG_ZERO
-    | PG_EXT_LOCKED
-    | PG_EXT_ISOLATED
-)
-
-# --- per-thread scratch of the parallel sweeps (``State.sweep_info``, one row a thread).
-MAX_SWEEP_THREADS = 64
-SW_FIRST, SW_END, SW_STOP, SW_PARTIAL, SW_NEED, SW_PAIRS, SW_NEED0, SW_PAIRS0, SW_MOVED = range(9)
-SW_NDESC = 9  # the copy descriptors a reserving setup thread built
-SWEEP_INFO = 10
-# Each thread's own counts sit this many int64 apart (256 and 512 bytes), so no
-# two threads ever write the same cache line: a line bouncing between cores on
-# every page cost more than the second thread gained.
-SWEEP_MIG_STRIDE = 32
-SWEEP_COUNTERS_STRIDE = 64
 
 # --- results of compiled CPU accesses and faults.
 FAULT_OK = 0

@@ -11,8 +11,8 @@ from numba import njit
 
 from . import layout as L
 from . import mm
-from .copy import memcpy_bytes
-from .device import device_fault, find_vma
+from ._llvm import memcpy_bytes
+from .device.fault import device_fault
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 
 _FAULT_RETRIES = 4
@@ -176,7 +176,7 @@ def _fault_wp(st, v, addr, slot):
     if not mm.is_zero_pfn(st, pfn):
         _copy_frame(st, new, pfn, 1)
         st.counters[L.C_COW_BREAK] += 1
-    mm.unmap_slot(st, slot)
+    mm.zap_pte(st, slot)
     mm.map_new_page(st, slot, new, True, False)
     return L.FAULT_OK
 
@@ -289,7 +289,7 @@ def access_vm(state, mm_id, addr, buf, nbytes, write):
     done = 0
     while done < nbytes:
         a = addr + done
-        v = find_vma(state, mm_id, a)
+        v = mm.find_vma(state, mm_id, a)
         if v < 0:
             return L.FAULT_SEGV, done
         status, pfn = _resolve(state, v, a, write)
@@ -423,7 +423,7 @@ def swap_out(state, vma_index, addr):
     while s != -1:
         nxt = state.pte_next[s]
         state.swap_map[entry] += 1
-        mm.unmap_slot(state, s)
+        mm.zap_pte(state, s)
         state.pte[s] = word
         s = nxt
     state.counters[L.C_PSWPOUT] += 1

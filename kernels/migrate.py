@@ -13,11 +13,15 @@ from numba import njit
 
 from . import layout as L
 from . import mm
-from .collect import collect_range
+from .collect import migrate_vma_collect
 from .finalize import migrate_vma_finalize as _finalize
+from .fused_setup import setup_sweep
 from .mm import lru_add_drain
 from .pages import migrate_vma_pages as _pages
-from .sweep import setup_parallel, sweep_threads
+from .parallel.schedule import sweep_threads
+from .parallel.setup import setup_parallel
+from .prepare import migrate_vma_prepare
+from .unmap import migrate_vma_unmap
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -57,44 +61,75 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     Returns: the number of pages left to migrate (cpages), or -22 (-EINVAL).
     Post: ``src`` is zeroed over the range, then filled as collect/prepare/unmap
     leave it: every MIGRATE slot with a page is locked and unmapped. The three
-    passes run as one sweep (collect_range(fused=True)): each page goes through
-    prepare and unmap as soon as it is collected, which ends in the same state
-    as three separate loops because each page's steps touch only that page and
-    its mappings (tests/test_fused.py checks this against the passes). When it
-    returns a positive count the caller must fill ``dst`` and then call
+    passes run as one sweep (kernels.fused_setup), over threads for a large
+    range (kernels.parallel); both end in the state of setup_by_passes(). When
+    it returns a positive count the caller must fill ``dst`` and then call
     migrate_vma_pages() and migrate_vma_finalize() over the same range.
     """
-    return setup_range(state, vma_index, start, end, src, dst, np.bool_(False))
+    return setup_range(state, vma_index, start, end, src, dst)
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
-def setup_range(state, vma_index, start, end, src, dst, reserve):
-    """migrate_vma_setup()'s body, inlined into the device's own pipeline;
-    ``reserve``: let a parallel sweep name device pages (kernels.sweep)."""
-    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
-    if npages < 0:
-        return npages
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    start = mm.page_down(state, start)
+@njit(cache=True, nogil=True, _nrt=False)
+def _begin(state, vma_index, start, npages):
+    """Zero the call's ``struct migrate_vma`` scalars and count the call."""
     mig = state.mig
     mig[:] = 0
     mig[L.MIG_START] = start
-    mig[L.MIG_END] = start + npages * ps
+    mig[L.MIG_END] = start + npages * state.sys[L.SYS_PAGE_SIZE]
     mig[L.MIG_VMA] = vma_index
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def setup_range(state, vma_index, start, end, src, dst):
+    """migrate_vma_setup()'s body, shared with the device's own pipeline.
+
+    Post: as migrate_vma_setup(); ``state.mig`` holds the call's scalars, with
+    ``MIG_ALL_PLAIN`` set when the parallel sweep found every slot plain."""
+    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
+    if npages < 0:
+        return npages
+    start = mm.page_down(state, start)
+    _begin(state, vma_index, start, npages)
+    mig = state.mig
     threads = sweep_threads(state, npages)
     if threads > 1 and state.pagevec_n[L.CPU_DRIVER] == 0:
         # No memset of src first: the sweep writes every slot of it.
-        setup_parallel(state, vma_index, start, npages, src, dst, mig, threads, reserve)
+        setup_parallel(state, vma_index, start, npages, src, dst, mig, threads)
     else:
         src[:npages] = 0
-        collect_range(
-            state, vma_index, start, mig[L.MIG_END], src, dst, mig, np.bool_(True), np.int64(0)
-        )
+        setup_sweep(state, vma_index, start, mig[L.MIG_END], src, dst, mig, np.int64(0))
     state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_COLLECTED]
     if mig[L.MIG_COLLECTED] > 0 and mig[L.MIG_DRAINED] == 0:
         lru_add_drain(state, L.CPU_DRIVER)  # prepare ran (for holes or plain pages): it drained
         mig[L.MIG_DRAINED] = 1
+    return mig[L.MIG_CPAGES]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def setup_by_passes(state, vma_index, start, end, src, dst):
+    """migrate_vma_setup() as 14/19's migrate_vma() writes it: three loops, early returns.
+
+    The unfused form of setup_range(): collect, then prepare, then unmap, each
+    over the whole range, returning as soon as cpages reaches 0. The tests and
+    the bench's per-pass timing hold the fused and parallel sweeps to it.
+    Returns cpages or -EINVAL; ``state.mig`` holds the call's scalars.
+    """
+    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
+    if npages < 0:
+        return npages
+    start = mm.page_down(state, start)
+    _begin(state, vma_index, start, npages)
+    mig = state.mig
+    src[:npages] = 0
+    migrate_vma_collect(state, vma_index, start, mig[L.MIG_END], src, dst, mig)
+    state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_CPAGES]
+    if mig[L.MIG_CPAGES] == 0:
+        return np.int64(0)
+    migrate_vma_prepare(state, vma_index, src, mig)
+    if mig[L.MIG_CPAGES] == 0:
+        return np.int64(0)
+    migrate_vma_unmap(state, src, mig)
     return mig[L.MIG_CPAGES]
 
 

@@ -12,7 +12,7 @@ from . import layout as L
 from . import mm
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def migrate_page_move_mapping(st, newpage, page):
     """migrate_page(mapping, newpage, page, MIGRATE_SYNC_NO_COPY).
 
@@ -94,7 +94,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     src[i] = lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _pages_slot_hmm(st, v, addr, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -115,7 +115,7 @@ def _pages_slot_hmm(st, v, addr, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _pages_slot_seed(st, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -126,7 +126,7 @@ def _pages_slot_seed(st, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def pages_slot(st, v, addr, src, dst, i, hmm):
     """migrate_vma_pages() for slot ``i`` (at ``addr``) alone."""
     if hmm:

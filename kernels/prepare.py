@@ -1,6 +1,6 @@
 """migrate_vma_prepare(): lock the collected pages and isolate them from the LRU.
 
-Profiles: ``seed`` is 14/19 as posted, with the one correction api.md asks for
+Profiles: ``seed`` is 14/19 as posted, with the one correction the public contract makes
 (the collect reference is dropped after isolation). ``hmm-v25`` is 4.14: pages
 already locked and unmapped by collect are restored ("remapped") on failure,
 and ZONE_DEVICE pages skip the LRU steps.
@@ -10,32 +10,11 @@ from numba import njit
 
 from . import layout as L
 from . import mm
+from .pin_check import migrate_vma_check_page
 from .rmap import remove_migration_pte
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
-def migrate_vma_check_page(st, pfn):
-    """migrate_vma_check_page() - False when the page is pinned.
-
-    Args: st, pfn. Pre: the caller holds one reference beyond the mappings
-    (isolation for an LRU page, collect for a device page).
-    seed: compound pages fail; pinned iff ``page_count - 1 > page_mapcount``.
-    hmm-v25 adds: device-private pages always pass (a waiter on a migration
-    entry holds a transient reference); a page-cache page has one more expected
-    reference.
-    """
-    if mm.has_flag(st, pfn, L.PG_HEAD | L.PG_TAIL):
-        return False
-    extra = 1
-    if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
-        if mm.is_zone_device(st, pfn):
-            return True
-        if st.page["mapping"][pfn] == L.MAPPING_FILE:
-            extra += 1
-    return st.page["refcount"][pfn] - extra <= st.page["mapcount"][pfn]
-
-
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _may_drain_all(st, pfn, mig):
     """lru_add_drain_all() for the first page found off the LRU, once per call:
     it may sit in another CPU's LRU-add batch."""
@@ -44,7 +23,7 @@ def _may_drain_all(st, pfn, mig):
         mig[L.MIG_DRAINED_ALL] = 1
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _prepare_seed_slot(st, src, k, pfn, mig):
     """The seed's loop body for one collected page."""
     lay = st.layout
@@ -61,7 +40,7 @@ def _prepare_seed_slot(st, src, k, pfn, mig):
         mig[L.MIG_CPAGES] -= 1
         mm.put_page(st, pfn)
         return
-    # Correction to the patch as posted (api.md, seed profile): its comments say
+    # Correction to the patch as posted (the public contract, seed profile): its comments say
     # "the ref taken by migrate_vma_collect() is dropped", but the code never
     # drops it, so no LRU page could pass the pinned check. Drop it here, as the
     # comments describe and as 4.14 does.
@@ -73,7 +52,7 @@ def _prepare_seed_slot(st, src, k, pfn, mig):
         mm.putback_lru_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _drop(st, src, k, pfn, mig, remap):
     """A prepare failure: restore later if collect unmapped it, else let go now."""
     lay = st.layout
@@ -86,7 +65,7 @@ def _drop(st, src, k, pfn, mig, remap):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _prepare_hmm_slot(st, src, k, pfn, mig):
     """4.14's loop body for one collected page; 1 when it must be remapped."""
     lay = st.layout
@@ -122,7 +101,7 @@ def _prepare_hmm_slot(st, src, k, pfn, mig):
     return restore
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def prepare_slot(st, src, k, mig, hmm):
     """migrate_vma_prepare() for slot ``k`` alone; 1 when it must be remapped.
 
@@ -140,7 +119,7 @@ def prepare_slot(st, src, k, mig, hmm):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def restore_remapped_slot(st, slot, src, k):
     """The trailing loop of 4.14 prepare for one slot: re-map at the original
     address, unlock, drop the collect reference, and clear the slot."""

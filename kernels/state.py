@@ -60,7 +60,7 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
                   there are frames, so it always fits.
 ``engine_load``   float64[MAX_CHANNELS]: per-channel busy time of the cost model.
 ``sweep_info`` / ``sweep_mig`` / ``sweep_counters``
-                  per-thread scratch of the parallel sweeps (kernels.sweep): each
+                  per-thread scratch of the parallel sweeps (kernels.parallel): each
                   thread's slots and where it stopped (SW_*), its own ``mig`` and its
                   own counters, summed into the machine's after the parallel region.
 ``range_src`` / ``range_dst``
@@ -73,15 +73,17 @@ numba's reference counting (``_nrt=False``), so nothing they reach may allocate.
 
 from collections import namedtuple
 
+import numba
 import numpy as np
+from numba import types
 
+from . import _indices as I
 from . import layout as L
 
 # 32 bytes, so a record never straddles a cache line and the sweeps of a large
-# migration move a third less struct-page traffic than with 48 (measured against
-# 48-byte records: a stripped-down sweep ran about a fifth faster, the real
-# migration 1-7%). The counts are int32, as the kernel's atomic_t; ``rmap``
-# holds a PTE slot, at most MAX_PTE_SLOTS.
+# migration move a third less struct-page traffic than with 48 (measured in
+# docs/performance.md, "Struct page layout"). The counts are int32, as the
+# kernel's atomic_t; ``rmap`` holds a PTE slot, at most MAX_PTE_SLOTS.
 PAGE_DTYPE = np.dtype(
     [
         ("index", np.int64),
@@ -112,39 +114,44 @@ VMA_DTYPE = np.dtype(
     align=True,
 )
 
-State = namedtuple(
-    "State",
-    [
-        "page",
-        "data",
-        "free_stack",
-        "free_pos",
-        "vma",
-        "pte",
-        "pte_next",
-        "pmd",
-        "mirror",
-        "pcache",
-        "swap_map",
-        "swap_stack",
-        "swap_data",
-        "pagevec",
-        "pagevec_n",
-        "sys",
-        "counters",
-        "layout",
-        "engine",
-        "copy_stats",
-        "mig",
-        "fault_mpfn",
-        "copy_scratch",
-        "engine_load",
-        "range_src",
-        "range_dst",
-        "sweep_info",
-        "sweep_mig",
-        "sweep_counters",
-    ],
+# Each State array's name, dtype and rank, in field order. The namedtuple, the
+# handle table (kernels.handle) and _llvm.state_with() all follow this one list.
+STATE_SPEC = (
+    ("page", PAGE_DTYPE, 1),
+    ("data", np.uint8, 1),
+    ("free_stack", np.int64, 1),
+    ("free_pos", np.int64, 1),
+    ("vma", VMA_DTYPE, 1),
+    ("pte", np.uint64, 1),
+    ("pte_next", np.int64, 1),
+    ("pmd", np.uint64, 1),
+    ("mirror", np.int64, 1),
+    ("pcache", np.int64, 1),
+    ("swap_map", np.int64, 1),
+    ("swap_stack", np.int64, 1),
+    ("swap_data", np.uint8, 1),
+    ("pagevec", np.int64, 2),
+    ("pagevec_n", np.int64, 1),
+    ("sys", np.int64, 1),
+    ("counters", np.int64, 1),
+    ("layout", np.uint64, 1),
+    ("engine", np.float64, 1),
+    ("copy_stats", np.float64, 1),
+    ("mig", np.int64, 1),
+    ("fault_mpfn", np.uint64, 1),
+    ("copy_scratch", np.int64, 2),
+    ("engine_load", np.float64, 1),
+    ("range_src", np.uint64, 1),
+    ("range_dst", np.uint64, 1),
+    ("sweep_info", np.int64, 2),
+    ("sweep_mig", np.int64, 2),
+    ("sweep_counters", np.int64, 2),
+)
+
+State = namedtuple("State", [name for name, _, _ in STATE_SPEC])
+# numba's type of each field, for the handle's arrays_at().
+State.ARRAY_TYPES = tuple(
+    types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C") for _, dtype, ndim in STATE_SPEC
 )
 
 
@@ -231,13 +238,13 @@ def new_state(
         copy_stats=np.zeros(5, np.float64),
         mig=np.zeros(L.MIG_FIELDS, np.int64),
         fault_mpfn=np.zeros(2, np.uint64),
-        copy_scratch=np.zeros((L.COPY_ROWS, nframes), np.int64),
+        copy_scratch=np.zeros((I.COPY_ROWS, nframes), np.int64),
         engine_load=np.zeros(L.MAX_CHANNELS, np.float64),
         range_src=np.zeros(pte_capacity, np.uint64),
         range_dst=np.zeros(pte_capacity, np.uint64),
-        sweep_info=np.zeros((L.MAX_SWEEP_THREADS, L.SWEEP_INFO), np.int64),
-        sweep_mig=np.zeros((L.MAX_SWEEP_THREADS, L.SWEEP_MIG_STRIDE), np.int64),
-        sweep_counters=np.zeros((L.MAX_SWEEP_THREADS, L.SWEEP_COUNTERS_STRIDE), np.int64),
+        sweep_info=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_INFO), np.int64),
+        sweep_mig=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_MIG_STRIDE), np.int64),
+        sweep_counters=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_COUNTERS_STRIDE), np.int64),
     )
 
 

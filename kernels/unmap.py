@@ -9,11 +9,11 @@ from numba import njit
 
 from . import layout as L
 from . import mm
-from .prepare import migrate_vma_check_page
+from .pin_check import migrate_vma_check_page
 from .rmap import remove_migration_ptes, try_to_unmap
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def _unmap_one(st, pfn, hmm):
     """True when the page is fully unmapped and not pinned."""
     if not hmm or mm.page_mapped(st, pfn):
@@ -23,7 +23,7 @@ def _unmap_one(st, pfn, hmm):
     return migrate_vma_check_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def unmap_slot(st, src, i, mig, hmm):
     """migrate_vma_unmap() for slot ``i`` alone; 1 when the page must be restored.
 
@@ -41,7 +41,7 @@ def unmap_slot(st, src, i, mig, hmm):
     return 1
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@njit(cache=True, nogil=True, _nrt=False)
 def restore_slot(st, src, i):
     """The restore loop of migrate_vma_unmap() for one slot: map the page back
     everywhere, unlock it, put it back (LRU) or put it (ZONE_DEVICE)."""

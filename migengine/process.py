@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
+from migengine.kernels import cpu as kcpu
 from migengine.kernels import driver as kdriver
 from migengine.kernels import layout as L
 from migengine.kernels import memory as kmemory
@@ -194,8 +195,8 @@ class Process:
     def translate(self, addr: int) -> Pte:
         """Walk the page table at ``addr``."""
         a = as_count(addr, "addr")
-        kind, pfn, writable, huge = kdriver.translate(self.machine.state, self.pid, a)
-        return Pte(kdriver.TRANSLATE_KINDS[kind], int(pfn), bool(writable), bool(huge))
+        kind, pfn, writable, huge = kcpu.translate(self.machine.state, self.pid, a)
+        return Pte(kcpu.TRANSLATE_KINDS[kind], int(pfn), bool(writable), bool(huge))
 
     def __repr__(self) -> str:
         return f"Process(pid={self.pid}, vmas={len(self.vmas)})"

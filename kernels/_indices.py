@@ -1,0 +1,55 @@
+"""The engine's private indices and tuning constants: not part of the ABI.
+
+Users' ``@njit`` code reads :mod:`kernels.layout`; what is here may change
+between versions: scratch rows, per-thread sweep fields and the sweeps'
+prefetch distance.
+"""
+
+from .layout import (
+    PG_EXT_ISOLATED,
+    PG_EXT_LOCKED,
+    PG_FREE,
+    PG_HEAD,
+    PG_LOCKED,
+    PG_PAGEVEC,
+    PG_TAIL,
+    PG_ZERO,
+    PG_ZONE_DEVICE,
+)
+
+# --- struct migrate_vma scalars the engine adds (``mig``, after the kernel's).
+# 1: migrate_vma_setup()'s parallel sweep took every slot as plain (kernels.parallel)
+MIG_ALL_PLAIN = 8
+
+# Slots a sweep prefetches ahead. A slot misses on several lines (two struct pages,
+# free-stack entries), so the distance keeps many misses in flight rather than
+# covering one latency; measured in docs/performance.md ("Prefetch distance").
+PREFETCH_AHEAD = 64
+
+# --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, nframes]):
+# the (source, destination) pairs of one engine batch and its descriptors.
+COPY_SRC, COPY_DST, COPY_DESC_SRC, COPY_DESC_DST, COPY_DESC_LEN = range(5)
+COPY_ROWS = 5
+# Flags that keep a page off the parallel sweeps' plain path (kernels.parallel).
+PLAIN_SETUP_EXCLUDED = (
+    PG_HEAD
+    | PG_TAIL
+    | PG_LOCKED
+    | PG_PAGEVEC
+    | PG_ZONE_DEVICE
+    | PG_FREE
+    | PG_ZERO
+    | PG_EXT_LOCKED
+    | PG_EXT_ISOLATED
+)
+
+# --- per-thread scratch of the parallel sweeps (``State.sweep_info``, one row a thread).
+MAX_SWEEP_THREADS = 64
+SW_FIRST, SW_END, SW_STOP, SW_PARTIAL, SW_NEED, SW_PAIRS, SW_NEED0, SW_PAIRS0, SW_MOVED = range(9)
+SW_NDESC = 9  # the copy descriptors a device naming thread built
+SWEEP_INFO = 10
+# Each thread's own counts sit this many int64 apart (256 and 512 bytes), so no
+# two threads ever write the same cache line: a line bouncing between cores on
+# every page cost more than the second thread gained.
+SWEEP_MIG_STRIDE = 32
+SWEEP_COUNTERS_STRIDE = 64

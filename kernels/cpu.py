@@ -1,0 +1,66 @@
+"""CPU loads, stores and page-table lookups, callable from users' ``@njit`` code.
+
+They take ``m.state`` first and return plain scalars or ``FAULT_*`` codes; the
+Python ``Process`` methods of the same names wrap them.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from . import mm
+from .memory import access_vm
+
+# translate() kinds, in Pte.kind order.
+TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR = range(7)
+
+TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error")
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def cpu_read(state, mm_id, addr, buf):
+    """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
+    fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(False))
+    return status
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def cpu_write(state, mm_id, addr, buf):
+    """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(True))
+    return status
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def translate(state, mm_id, addr):
+    """Walk the page table: (TR_* kind, pfn or -1, writable, huge)."""
+    v = mm.find_vma(state, mm_id, addr)
+    if v < 0:
+        return TR_NONE, -1, False, False
+    pword = state.pmd[mm.pmd_slot(state, v, addr)]
+    pk = mm.pmd_kind(pword)
+    if pk == L.PMD_NONE:
+        return TR_NONE, -1, False, False
+    if pk == L.PMD_HUGE_ZERO:
+        return TR_ZERO, state.sys[L.SYS_ZERO_PFN], False, True
+    if pk == L.PMD_THP:
+        pfn = mm.pte_pfn(pword) + (addr % mm.pmd_extent(state)) // mm.page_size(state)
+        return TR_PRESENT, pfn, (pword & L.PMD_WRITE) != 0, True
+    pte = state.pte[mm.pte_slot(state, v, addr)]
+    kind = mm.pte_kind(pte)
+    pfn = mm.pte_pfn(pte)
+    write = mm.pte_write(pte)
+    if kind == L.PTE_NONE:
+        return TR_NONE, -1, False, False
+    if kind == L.PTE_PRESENT:
+        if mm.is_zero_pfn(state, pfn):
+            return TR_ZERO, pfn, False, False
+        return TR_PRESENT, pfn, write, False
+    if kind == L.PTE_SWAP:
+        return TR_SWAP, -1, False, False
+    if kind == L.PTE_MIGRATION:
+        return TR_MIGRATION, pfn, write, False
+    if kind == L.PTE_DEVICE:
+        return TR_DEVICE, pfn, write, False
+    return TR_ERROR, -1, False, False

@@ -1,0 +1,51 @@
+"""The device driver model, after the kernel's test driver (lib/test_hmm.c, dmirror).
+
+The device owns the frames ``[nr_ram, nr_ram + nr_device)``: a free list
+(``free_stack``), a mirror page table (``state.mirror``, per PTE slot), a copy
+engine (``state.engine``) and the CPU-fault handler for its pages.
+
+Profiles: in ``hmm-v25`` its frames are device-private ZONE_DEVICE memory (a
+free page holds one reference; a CPU access to a device entry faults the page
+back through :func:`device_fault`). In ``seed`` they are CPU-addressable device
+memory, as in the patch's CAPI example: migrated pages are mapped by ordinary
+present PTEs and no fault path exists.
+
+One module per concern: :mod:`.alloc` (the alloc_and_copy callbacks),
+:mod:`.alloc_parallel`, :mod:`.mirror` (finalize_and_map), :mod:`.finish`
+(the pipeline's finish sweeps), :mod:`.reserve` (a batch taken as a whole),
+:mod:`.pipeline` (the device's own migrate_vma), :mod:`.ranges`
+(migrate_to_device / _system, evict) and :mod:`.fault` (the CPU-fault handler).
+"""
+
+from ..mm import find_vma
+from .alloc import device_alloc_and_copy, device_alloc_page, system_alloc_and_copy
+from .common import DEV_KEEP_STATS, DEV_NOFAIL
+from .fault import device_fault
+from .finish import finish_plain_slot, finish_reserved, finish_reserved_slot
+from .mirror import device_finalize_and_map, mirror_entry, system_finalize_and_map
+from .pipeline import migrate_vma_driver, migrate_vma_to_device, migrate_vma_to_system, run_driver
+from .ranges import evict, migrate_range_to_system, migrate_to_device, migrate_to_system
+
+__all__ = [
+    "DEV_KEEP_STATS",
+    "DEV_NOFAIL",
+    "device_alloc_and_copy",
+    "device_alloc_page",
+    "device_fault",
+    "device_finalize_and_map",
+    "evict",
+    "find_vma",
+    "finish_plain_slot",
+    "finish_reserved",
+    "finish_reserved_slot",
+    "migrate_range_to_system",
+    "migrate_to_device",
+    "migrate_to_system",
+    "migrate_vma_driver",
+    "migrate_vma_to_device",
+    "migrate_vma_to_system",
+    "mirror_entry",
+    "run_driver",
+    "system_alloc_and_copy",
+    "system_finalize_and_map",
+]

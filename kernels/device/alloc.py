@@ -1,0 +1,184 @@
+"""dmirror's allocation and copy: the ``alloc_and_copy`` callbacks, both directions.
+
+dmirror_migrate_alloc_and_copy() (system to device) and the device-to-system
+copy routine of the fault path, migrate_to_system and evict. Destinations are
+allocated slot by slot (or over threads, kernels.device.alloc_parallel), their
+pairs queued in the copy scratch, and copied in one engine batch. The callbacks
+take ``private`` as an int64 of ``DEV_*`` bits.
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import _indices as I
+from .. import layout as L
+from .. import mm
+from ..copy import engine_copy_into
+from ..parallel.schedule import sweep_threads
+from .alloc_parallel import alloc_device_parallel
+from .common import DEV_KEEP_STATS, allocation_fails, hand_over, wants_device_page
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def device_alloc_page(st, private):
+    """dmirror_devmem_alloc_page(): pop a device frame, take a reference, lock it."""
+    if allocation_fails(st, private):
+        return -1
+    pfn = mm.alloc_frame(st, True)
+    if pfn >= 0:
+        mm.trylock_page(st, pfn)
+        st.counters[L.C_DEVICE_CALLOC] += 1
+    return pfn
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def system_alloc_page(st, private):
+    if allocation_fails(st, private):
+        return -1
+    pfn = mm.alloc_frame(st, False)
+    if pfn >= 0:
+        mm.trylock_page(st, pfn)
+    return pfn
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def start_batch(stats, n, private):
+    """Clear the last copy's stats unless DEV_KEEP_STATS; False: nothing to copy."""
+    if (private & DEV_KEEP_STATS) == 0:
+        stats[:] = 0.0
+    return n > 0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
+    """One engine batch over the first ``n`` pairs of the copy scratch.
+
+    It takes the six arrays it uses, not the state: a call that passes the state
+    hands over ~1.9 KB of array fields, which a one-page migration notices."""
+    if not start_batch(stats, n, private):
+        return
+    engine_copy_into(
+        data,
+        sysv[L.SYS_PAGE_SIZE],
+        sysv[L.SYS_STORE_DATA] != 0,
+        scratch[I.COPY_SRC],
+        scratch[I.COPY_DST],
+        n,
+        engine,
+        stats,
+        scratch[I.COPY_DESC_SRC],
+        scratch[I.COPY_DESC_DST],
+        scratch[I.COPY_DESC_LEN],
+        load,
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
+    """dmirror_migrate_alloc_and_copy() - system to device.
+
+    Args: the migrate_vma() callback arguments; ``private``: DEV_* bits.
+    Pre: MIGRATE slots are locked and unmapped (or holes / zero pages).
+    Post: for each MIGRATE slot that is not already device memory and for
+    which a device page could be had: the page is allocated and locked, the
+    data copied through the copy engine (zero-filled for a hole or zero page),
+    and ``dst = pfn | VALID | LOCKED`` plus WRITE when the source had it.
+    A failed allocation leaves ``dst = 0``: that page stays where it is.
+    """
+    alloc_and_copy_to(state, True, src, dst, np.int64(start), np.int64(end), np.int64(private))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_and_copy_to(state, to_device, src, dst, start, end, private):
+    """The compiled body of both directions' alloc_and_copy callbacks
+    (run_driver inlines alloc_and_copy itself, for the one-page path)."""
+    alloc_and_copy(state, to_device, src, dst, start, end, private)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_and_copy(state, to_device, src, dst, start, end, private):
+    """Allocate destinations for one direction, then copy them in one engine batch."""
+    npages = mm.pages_in(state, end - start)
+    n = alloc_pairs(state, to_device, src, dst, npages, private)
+    copy_engine_batch(state, n, private)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def copy_engine_batch(state, n, private):
+    """Copy the first ``n`` pairs of the copy scratch in one engine batch."""
+    copy_pairs(
+        state.data,
+        state.sys,
+        state.engine,
+        state.copy_stats,
+        state.copy_scratch,
+        state.engine_load,
+        n,
+        private,
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_pairs(state, to_device, src, dst, npages, private):
+    """Allocate the destinations of one direction; returns how many copy pairs
+    it left in ``state.copy_scratch``."""
+    sp = state.copy_scratch[I.COPY_SRC]
+    dp = state.copy_scratch[I.COPY_DST]
+    if to_device:
+        return alloc_device_pages(state, src, dst, npages, private, sp, dp)
+    return alloc_system_pages(state, src, dst, npages, private, sp, dp)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_device_pages(state, src, dst, npages, private, sp, dp):
+    """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
+    threads = sweep_threads(state, npages)
+    if threads > 1 and state.sys[L.SYS_FAIL_ALLOC] == 0:
+        n = alloc_device_parallel(state, src, dst, npages, sp, dp, threads)
+        if n >= 0:
+            return n
+    n = 0
+    for i in range(npages):
+        mpfn = src[i]
+        dst[i] = L.MPFN_NONE  # the seed's collect leaves dst alone, so a driver writes every slot
+        if not wants_device_page(state, mpfn):
+            continue
+        dpfn = device_alloc_page(state, private)
+        if dpfn >= 0:
+            n = hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
+    return n
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
+    """The device-to-system copy routine (fault path, migrate_to_system, evict).
+
+    Post: each MIGRATE slot holding a device page gets a locked system page with
+    the data copied and ``dst = pfn | VALID | LOCKED`` (+ WRITE). If the
+    allocation fails and the slot carries MIGRATE_PFN_DEVICE (hmm-v25), the
+    driver writes ``dst = MIGRATE_PFN_ERROR``, as migrate.h requires of it.
+    """
+    alloc_and_copy_to(state, False, src, dst, np.int64(start), np.int64(end), np.int64(private))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_system_pages(state, src, dst, npages, private, sp, dp):
+    """The per-page part of system_alloc_and_copy(); returns the copy pairs."""
+    lay = state.layout
+    n = 0
+    for i in range(npages):
+        mpfn = src[i]
+        dst[i] = L.MPFN_NONE
+        spfn = mm.mpfn_to_pfn(lay, mpfn)
+        if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
+            continue
+        rpfn = system_alloc_page(state, private)
+        if rpfn < 0:
+            if lay[L.L_DEVICE] != 0 and (mpfn & lay[L.L_DEVICE]) != 0:
+                dst[i] = lay[L.L_ERROR]
+            continue
+        sp[n] = spfn
+        dp[n] = rpfn
+        n += 1
+        dst[i] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+    return n

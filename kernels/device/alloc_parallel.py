@@ -1,0 +1,83 @@
+"""device_alloc_and_copy()'s allocation over threads (kernels.parallel.schedule).
+
+Each thread counts the device pages its slots want; the counts are ranked in
+slot order; then each thread pops the frames its slots rank to, which are the
+frames device_alloc_page() would have popped one by one.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _indices as I
+from .. import layout as L
+from .. import mm
+from ..parallel.schedule import plan_chunks
+from .common import hand_over, take_device_frame, wants_device_page
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _count_wants(state, src, t):
+    info = state.sweep_info
+    need = 0
+    pairs = 0
+    for i in range(info[t, I.SW_FIRST], info[t, I.SW_END]):
+        if wants_device_page(state, src[i]):
+            need += 1
+            if mm.mpfn_to_pfn(state.layout, src[i]) >= 0:
+                pairs += 1
+    info[t, I.SW_NEED] = need
+    info[t, I.SW_PAIRS] = pairs
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _count_wants_all(state, src, threads):
+    for t in prange(threads):
+        _count_wants(state, src, np.int64(t))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _take_device_pages(state, src, dst, t, sp, dp):
+    """One thread: pop the device frames its slots rank to (slot order), as
+    device_alloc_page() would have popped them one by one."""
+    info = state.sweep_info
+    top = mm.free_top(state, True)
+    rank = info[t, I.SW_NEED0]
+    n = info[t, I.SW_PAIRS0]
+    for i in range(info[t, I.SW_FIRST], info[t, I.SW_END]):
+        mpfn = src[i]
+        dst[i] = L.MPFN_NONE
+        if not wants_device_page(state, mpfn):
+            continue
+        dpfn = take_device_frame(state, top - rank)
+        rank += 1
+        n = hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _take_device_pages_all(state, src, dst, threads, sp, dp):
+    for t in prange(threads):
+        _take_device_pages(state, src, dst, np.int64(t), sp, dp)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
+    """device_alloc_and_copy()'s allocation over threads (kernels.parallel): count
+    each thread's wants, rank them in slot order, then pop by rank. Returns the
+    copy pairs, or -1 (nothing done) when the pool cannot serve every slot:
+    then the serial loop decides which slots go without."""
+    used = plan_chunks(state, 0, npages, threads)
+    info = state.sweep_info
+    _count_wants_all(state, src, used)
+    need = 0
+    pairs = 0
+    for t in range(used):
+        info[t, I.SW_NEED0] = need
+        info[t, I.SW_PAIRS0] = pairs
+        need += info[t, I.SW_NEED]
+        pairs += info[t, I.SW_PAIRS]
+    if need > state.sys[L.SYS_DEV_FREE]:
+        return -1
+    _take_device_pages_all(state, src, dst, used, sp, dp)
+    state.sys[L.SYS_DEV_FREE] -= need
+    state.counters[L.C_DEVICE_CALLOC] += need
+    return pairs

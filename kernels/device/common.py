@@ -1,0 +1,57 @@
+"""What every part of the device model shares: its ``private`` bits, the
+one-shot allocation failure and the hand-over of a new device page to a slot."""
+
+from numba import njit
+
+from .. import layout as L
+from .. import mm
+
+DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
+DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def allocation_fails(st, private):
+    """One-shot failure injection (m.device.fail_alloc / HMM_DMIRROR_FLAG_FAIL_ALLOC)."""
+    if (private & DEV_NOFAIL) == 0 and st.sys[L.SYS_FAIL_ALLOC] > 0:
+        st.sys[L.SYS_FAIL_ALLOC] -= 1
+        return True
+    return False
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def wants_device_page(state, mpfn):
+    """A MIGRATE slot that is not device memory already (device to device
+    would need a device-side copy)."""
+    lay = state.layout
+    if (mpfn & lay[L.L_MIGRATE]) == 0:
+        return False
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    return spfn < 0 or not mm.is_device_pfn(state, spfn)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def hand_over(state, dst, i, mpfn, dpfn, sp, dp, n):
+    """Give slot ``i`` its new device page: queue the copy (or zero-fill a
+    hole) and write ``dst``. Returns the new number of copy pairs."""
+    lay = state.layout
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    if spfn >= 0:
+        sp[n] = spfn
+        dp[n] = dpfn
+        n += 1
+    else:
+        mm.zero_frame(state, dpfn)
+    dst[i] = mm.make_mpfn(lay, dpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+    return n
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def take_device_frame(state, pos):
+    """device_alloc_page() of the frame at free-stack position ``pos``, which
+    the caller ranked: the stack's depth is settled afterwards, for all pops."""
+    dpfn = state.free_stack[pos]
+    mm.unplace_free(state, dpfn, pos)
+    mm.init_allocated(state, dpfn)
+    mm.trylock_page(state, dpfn)
+    return dpfn

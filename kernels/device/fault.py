@@ -1,0 +1,92 @@
+"""The device's CPU-fault handler (hmm_devmem_ops.fault / migrate_to_ram).
+
+A CPU access to a device-private entry migrates the one page back to system
+memory through migrate_vma(), with a one-page copy through the engine's model.
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import layout as L
+from .. import mm
+from .._llvm import memcpy_bytes, now_ns
+from ..copy import (
+    ENG_CURVE_B,
+    ENG_GBPS,
+    ENG_MODEL,
+    ENG_SETUP_NS,
+    STAT_BYTES,
+    STAT_CALLS,
+    STAT_DESCRIPTORS,
+    STAT_MODEL_S,
+    STAT_WALL_S,
+    descriptor_ns,
+)
+from ..migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
+from .alloc import system_alloc_page
+from .mirror import system_finalize_and_map
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def copy_one_page(st, dst_pfn, src_pfn):
+    """A one-descriptor copy through the engine's cost model, without scratch arrays."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    stats = st.copy_stats
+    eng = st.engine
+    stats[:] = 0.0
+    t0 = now_ns()
+    if st.sys[L.SYS_STORE_DATA] != 0:
+        memcpy_bytes(st.data, dst_pfn * ps, st.data, src_pfn * ps, ps)
+        stats[STAT_WALL_S] = (now_ns() - t0) * 1e-9
+    stats[STAT_DESCRIPTORS] = 1.0
+    stats[STAT_BYTES] = ps
+    stats[STAT_CALLS] = 1.0
+    model = descriptor_ns(
+        ps, eng[ENG_SETUP_NS], eng[ENG_GBPS], np.int64(eng[ENG_MODEL]), eng[ENG_CURVE_B]
+    )
+    stats[STAT_MODEL_S] = model * 1e-9
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def fault_alloc_and_copy(state, src, dst):
+    """The fault path's copy routine for its single slot (dmirror_devmem_fault_alloc_and_copy)."""
+    lay = state.layout
+    mpfn = src[0]
+    dst[0] = L.MPFN_NONE
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
+        return
+    rpfn = system_alloc_page(state, 0)
+    if rpfn < 0:
+        if (mpfn & lay[L.L_DEVICE]) != 0:
+            dst[0] = lay[L.L_ERROR]
+        return
+    copy_one_page(state, rpfn, spfn)
+    dst[0] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def device_fault(state, vma_index, addr):
+    """The device's CPU-fault handler (hmm_devmem_ops.fault / migrate_to_ram).
+
+    Migrates the faulting page back to system memory with migrate_vma(). Returns
+    FAULT_OK (the access retries) or FAULT_SIGBUS when the allocation failed and
+    the driver wrote ``dst = MIGRATE_PFN_ERROR``; the core then restored the
+    device entry, so a later retry can succeed.
+    """
+    counters = state.counters
+    counters[L.C_DEVICE_FAULTS] += 1
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    addr = mm.page_down(state, addr)
+    src = state.fault_mpfn[0:1]
+    dst = state.fault_mpfn[1:2]
+    dst[0] = L.MPFN_NONE
+    if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
+        fault_alloc_and_copy(state, src, dst)
+        migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
+        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
+        migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
+    if dst[0] == state.layout[L.L_ERROR]:
+        counters[L.C_DEVICE_SIGBUS] += 1
+        return L.FAULT_SIGBUS
+    return L.FAULT_OK

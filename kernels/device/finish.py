@@ -1,0 +1,334 @@
+"""The device pipeline's finish: pages + finalize_and_map + finalize, slot by slot.
+
+The serial sweep (finish_slots) calls the generic per-slot steps. A large
+to-device batch runs its *plain* slots over threads instead, by their net
+effect (the schedule is kernels.parallel.schedule's):
+
+    kernel step (per slot)               plain finish (finish_plain_slot)
+    migrate_page_move_mapping()          index, mapping, dirty and mlocked move
+                                         to the new page (refcount 1 as expected)
+    dmirror finalize_and_map()           mirror entry for the new page
+    remove_migration_ptes()              migration entry -> device entry; new
+                                         page mapcount 1, refcount 3, on the
+                                         slot's rmap chain
+    unlock_page() x2, put_page(newpage)  both unlocked; new page refcount 2
+    putback_lru_page(page)               source's last reference: freed
+    counters                             pgmigrate_success +1
+
+    + device_alloc_page() of the frame   finish_reserved_slot: the device frame
+      setup named (reserved batch)       leaves its stack here, each of its
+                                         fields written once; the source's free
+                                         is placed at its slot-order position
+
+tests/properties/test_parallel.py holds both fast finishes to the serial sweep,
+which takes the generic steps.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _indices as I
+from .. import layout as L
+from .. import mm
+from .._indices import PREFETCH_AHEAD
+from .._llvm import prefetch_for_write
+from ..finalize import finalize_slot
+from ..pages import pages_slot
+from ..parallel.schedule import (
+    clear_thread_counts,
+    merge_thread_counts,
+    plan_chunks,
+    sweep_threads,
+    with_counters,
+)
+from .mirror import mirror_entry, mirror_slot, moved_count, unmirror_slot
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def prefetch_slot(state, src, dst, i, shift):
+    """Start loading what finishing slot ``i`` will touch: both struct pages and
+    the source's free-stack position (it is freed there). ``shift``: the
+    layout's. VALID is not tested: an mpfn without a page gives frame 0 or a
+    frame past the end, and a prefetch ignores the latter and cannot fault."""
+    page = src[mm.ix(i)] >> shift
+    mm.prefetch_page(state, page)
+    prefetch_for_write(state.free_pos, page)
+    mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
+    """pages, finalize_and_map and finalize for slot ``i``; 1 if dmirror counts it moved."""
+    pages_slot(state, vma_index, addr, src, dst, i, hmm)
+    moved = moved_count(state.layout, src, dst, i)
+    if to_device:
+        mirror_slot(state, slot, src, dst, i)
+    else:
+        unmirror_slot(state, slot, src, dst, i)
+    finalize_slot(state, src, dst, i, hmm)
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
+    """The serial finish sweep over slots ``[lo, hi)``; returns the moved count.
+
+    Inlined: a call that passes the state hands over ~1.9 KB of array fields,
+    and as a call on every migration it made a one-page migration 3x slower."""
+    hmm = state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(state, vma_index, start)
+    shift = state.layout[L.L_SHIFT]
+    moved = 0
+    for i in range(lo, hi):
+        if i + PREFETCH_AHEAD < hi:
+            prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
+        addr = start + i * ps
+        moved += finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, hmm)
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def plain_to_finish(state, slot, src, dst, i):
+    """A to-device slot whose finish touches only its own two pages and PTE slot,
+    and frees only its source (at the release step): an anonymous 4 KiB source
+    holding just the isolation reference, mapped by this slot's migration entry
+    alone, and a freshly allocated device page."""
+    lay = state.layout
+    if (src[i] & lay[L.L_MIGRATE]) == 0:
+        return False
+    page = mm.mpfn_to_pfn(lay, src[i])
+    newpage = mm.mpfn_to_pfn(lay, dst[i])
+    if page < 0 or newpage < 0:
+        return False
+    if (state.page["flags"][page] & I.PLAIN_SETUP_EXCLUDED & ~L.PG_LOCKED) != 0:
+        return False  # (ZONE_DEVICE among them: the source is RAM)
+    if (state.page["flags"][newpage] & L.PG_ZONE_DEVICE) == 0:
+        return False
+    pte = state.pte[slot]
+    return (
+        state.page["mapping"][page] == L.MAPPING_ANON
+        and state.page["refcount"][page] == 1
+        and state.page["rmap"][page] == slot
+        and state.pte_next[slot] == -1
+        and mm.pte_kind(pte) == L.PTE_MIGRATION
+        and mm.pte_pfn(pte) == page
+        and state.page["refcount"][newpage] == 2
+        and state.page["mapping"][newpage] == L.MAPPING_NONE
+    )
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def remap_to_device_and_free(state, slot, page, newpage, dst_mpfn):
+    """The end both plain finishes share: dmirror's mirror entry, the slot's
+    migration entry replaced by a device entry for ``newpage``, and the RAM
+    source's last reference dropped: free_frame() but for the free-stack place.
+    A RAM source moves no counter in mark_free(), so threads may share ``state``."""
+    at_slot = mm.ix(slot)
+    state.mirror[at_slot] = mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
+    write = mm.pte_write(state.pte[at_slot])
+    state.pte[at_slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
+    state.page["refcount"][mm.ix(page)] = 0
+    mm.mark_free(state, page)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_plain_slot(state, slot, src, dst, i):
+    """pages_slot() + mirror_slot() + finalize_slot() of a plain slot, written
+    as their net effect, all but the source's place on the free stack.
+
+    For a slot plain_to_finish() admits, the steps are:
+    migrate_page_move_mapping() (refcount 1 as expected: index, mapping,
+    dirty and mlocked move over), dmirror's mirror entry,
+    remove_migration_ptes() (the one entry becomes a device entry for the new
+    page: mapcount 1, refcount 3, the slot moves to its rmap chain), both
+    pages unlocked, the device page's driver reference put (2), and the
+    source's last reference dropped (putback_lru_page(): freed). One
+    pgmigrate_success. The generic calls re-test every branch the plain test
+    already decided; tests/properties/test_parallel.py holds this path to the serial
+    sweep, which takes them.
+    """
+    lay = state.layout
+    page = mm.mpfn_to_pfn(lay, src[i])
+    newpage = mm.mpfn_to_pfn(lay, dst[i])
+    pages = state.page
+    pages["index"][newpage] = pages["index"][page]
+    pages["mapping"][newpage] = L.MAPPING_ANON
+    moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
+    mm.set_flag(state, newpage, moved_flags)
+    mm.unlock_page(state, newpage)
+    pages["mapcount"][newpage] += 1
+    mm.rmap_add(state, newpage, slot)
+    remap_to_device_and_free(state, slot, page, newpage, dst[i])
+    state.counters[L.C_PGMIGRATE_SUCCESS] += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
+    """take_device_frame() at ``dev_pos`` + finish_plain_slot() + the
+    source's free at ``ram_pos``, for a slot setup named a device page for,
+    written as their net effect (pgmigrate_success is counted by the caller).
+
+    The device frame leaves its stack and ends allocated (one reference more
+    than free), unlocked (trylock, then unlock), holding the source's index,
+    dirty and mlocked bits, and mapped by the slot alone. Setup admitted the
+    source only with mapcount 1, and a page's chain holds its mapcount
+    mappings (check()), so the slot ends its chain: ``pte_next[slot]`` is
+    already the -1 rmap_add() would write, and is left untouched. The writes
+    take_device_frame() and finish_plain_slot() make twice are made once,
+    and ``src``/``dst`` are VALID, so their pfns need no test: this is the
+    hot loop of a large migration (``shift``: the layout's, read once per loop).
+    """
+    page = src[mm.ix(i)] >> shift
+    newpage = dst[mm.ix(i)] >> shift
+    mm.unplace_free(state, newpage, dev_pos)
+    pages = state.page
+    moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
+    pages["flags"][newpage] = (pages["flags"][newpage] & L.PG_ZONE_DEVICE) | moved_flags
+    pages["refcount"][newpage] += 1
+    pages["mapcount"][newpage] = 1
+    pages["pins"][newpage] = 0
+    pages["mapping"][newpage] = L.MAPPING_ANON
+    pages["index"][newpage] = pages["index"][page]
+    pages["rmap"][newpage] = slot
+    remap_to_device_and_free(state, slot, page, newpage, dst[mm.ix(i)])
+    mm.place_free(state, np.int64(page), ram_pos)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_plain_run(state, vma_index, start, src, dst, t):
+    """One thread: finish its slots until the first one that is not plain.
+
+    A plain slot's release drops its source's last reference (putback_lru_page()
+    of a page with refcount 1), which frees it; everything of that free but the
+    place on the free stack is done here, the place is assigned in slot order
+    afterwards (_place_plain_frees)."""
+    info = state.sweep_info
+    mine = with_counters(state, state.sweep_counters[t])
+    slot0 = mm.pte_slot(state, vma_index, start)
+    i = info[t, I.SW_FIRST]
+    end = info[t, I.SW_END]
+    shift = state.layout[L.L_SHIFT]
+    while i < end:
+        if i + PREFETCH_AHEAD < end:
+            prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
+        if not plain_to_finish(state, slot0 + i, src, dst, i):
+            break
+        finish_plain_slot(mine, slot0 + i, src, dst, i)
+        i += 1
+    info[t, I.SW_STOP] = i
+    info[t, I.SW_MOVED] = i - info[t, I.SW_FIRST]
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _finish_plain_runs(state, vma_index, start, src, dst, threads):
+    for t in prange(threads):
+        _finish_plain_run(state, vma_index, start, src, dst, np.int64(t))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _place_plain_run(state, src, t):
+    """One thread's plain frees onto the RAM free stack, from the position
+    reserved for them (SW_NEED0), in slot order."""
+    info = state.sweep_info
+    pos = info[t, I.SW_NEED0]
+    for i in range(info[t, I.SW_FIRST], info[t, I.SW_STOP]):
+        mm.place_free(state, mm.mpfn_to_pfn(state.layout, src[i]), pos)
+        pos += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _place_plain_frees(state, src, threads):
+    for t in prange(threads):
+        _place_plain_run(state, src, np.int64(t))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_parallel(state, vma_index, start, npages, src, dst, threads):
+    """The to-device finish sweep over ``threads`` threads (kernels.parallel.schedule).
+
+    Plain slots run in parallel; then, in slot order, each thread's plain
+    frees get their places on the RAM free stack reserved and its remaining
+    slots run serially (freeing onto the stack after them); then the plain
+    frees are written into their places. Frees end up in slot order, as the
+    serial sweep pushes them; nothing allocates in between."""
+    used = plan_chunks(state, start, npages, threads)
+    clear_thread_counts(state, used)
+    _finish_plain_runs(state, vma_index, start, src, dst, used)
+    merge_thread_counts(state, used, state.mig)
+    moved = 0
+    for t in range(used):
+        info = state.sweep_info[t]
+        info[I.SW_NEED0] = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
+        state.sys[L.SYS_RAM_FREE] += info[I.SW_STOP] - info[I.SW_FIRST]
+        moved += info[I.SW_MOVED]
+        moved += finish_slots(
+            state, True, vma_index, start, src, dst, info[I.SW_STOP], info[I.SW_END]
+        )
+    _place_plain_frees(state, src, used)
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
+    """One thread of finish_reserved: for each of its slots, the device page's
+    allocation (device_alloc_page() of the frame setup named), the plain
+    finish and the source's place on the RAM free stack (finish_reserved_slot).
+    In slot order both stacks move by one a slot, so slot ``i`` pops
+    ``top - i`` and pushes at ``ram_free + i``, where the serial sweep pops and
+    pushes them."""
+    info = state.sweep_info
+    slot0 = mm.pte_slot(state, vma_index, start)
+    end = info[t, I.SW_END]
+    shift = state.layout[L.L_SHIFT]
+    for i in range(info[t, I.SW_FIRST], end):
+        if i + PREFETCH_AHEAD < end:
+            prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
+        finish_reserved_slot(state, slot0 + i, src, dst, i, top - i, ram_free + i, shift)
+    info[t, I.SW_STOP] = end
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _finish_reserved_runs(state, vma_index, start, src, dst, threads, top, ram_free):
+    for t in prange(threads):
+        _finish_reserved_run(state, vma_index, start, src, dst, np.int64(t), top, ram_free)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_reserved(state, vma_index, start, npages, src, dst):
+    """The allocation and the finish sweep of a batch taken as a whole (kernels.device.reserve).
+
+    Pre: setup left every slot plain, ``dst[i]`` names the frame ``i`` below
+    the device free stack's top (reserve.name_device_pages()), and only the
+    copy ran since.
+    Post: the state device_alloc_and_copy()'s allocation and the finish sweep
+    leave (tests/properties/test_parallel.py holds it to the serial steps).
+    Returns the moved count, ``npages``.
+    """
+    threads = sweep_threads(state, npages)
+    used = plan_chunks(state, start, npages, threads)
+    top = mm.free_top(state, True)
+    ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
+    # No slot moves a counter or a migrate_vma count: all are settled here.
+    _finish_reserved_runs(state, vma_index, start, src, dst, used, top, ram_free)
+    state.sys[L.SYS_DEV_FREE] -= npages
+    state.counters[L.C_DEVICE_CALLOC] += npages
+    state.counters[L.C_PGMIGRATE_SUCCESS] += npages
+    state.sys[L.SYS_RAM_FREE] += npages
+    return npages
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finish_driver(state, to_device, vma_index, start, end, src, dst):
+    """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
+
+    Slot by slot rather than pass by pass: each slot's steps touch only its own
+    pages and mappings, so the outcome is the one the three separate loops give
+    (tests/properties/test_fused.py compares them). Large to-device batches are
+    split over threads (kernels.parallel.schedule). Returns dmirror's moved count.
+    """
+    npages = mm.pages_in(state, end - start)
+    threads = sweep_threads(state, npages) if to_device else 1
+    if threads > 1:
+        return finish_parallel(state, vma_index, start, npages, src, dst, threads)
+    return finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)

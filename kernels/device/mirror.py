@@ -1,0 +1,87 @@
+"""dmirror's mirror page table and its ``finalize_and_map`` callbacks.
+
+``state.mirror`` holds, per PTE slot, the device frame the device maps there
+(``pfn << 1 | write``, mirror_entry()) or -1.
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import layout as L
+from .. import mm
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def mirror_entry(lay, dpfn, dst_mpfn):
+    """dmirror's mirror page-table entry for device frame ``dpfn``: the frame and,
+    in bit 0, whether the destination was handed over writable."""
+    return (dpfn << 1) | (1 if (dst_mpfn & lay[L.L_WRITE]) != 0 else 0)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def mirror_slot(state, slot, src, dst, i):
+    """dmirror_migrate_finalize_and_map() for slot ``i``: map a page that moved
+    to the device in the mirror page table."""
+    lay = state.layout
+    dpfn = mm.mpfn_to_pfn(lay, dst[i])
+    if (src[i] & lay[L.L_MIGRATE]) == 0 or dpfn < 0 or not mm.is_device_pfn(state, dpfn):
+        return
+    state.mirror[slot] = mirror_entry(lay, dpfn, dst[i])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def unmirror_slot(state, slot, src, dst, i):
+    """The device-to-system finalize_and_map for slot ``i``: forget a page that
+    left the device."""
+    lay = state.layout
+    spfn = mm.mpfn_to_pfn(lay, src[i])
+    moved = (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) >= 0
+    if moved and spfn >= 0 and mm.is_device_pfn(state, spfn):
+        state.mirror[slot] = -1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
+    """dmirror_migrate_finalize_and_map() - record migrated pages in the mirror.
+
+    Post: every slot that kept MIGRATE with a device destination is mapped in
+    the device's mirror page table, writable when ``dst`` has WRITE.
+    """
+    finalize_and_map(state, True, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def finalize_and_map(state, to_device, vma_index, src, dst, start, end):
+    """Both directions' finalize_and_map: map (or forget) each moved page in the mirror."""
+    npages = mm.pages_in(state, end - start)
+    slot0 = mm.pte_slot(state, vma_index, start)
+    for i in range(npages):
+        if to_device:
+            mirror_slot(state, slot0 + i, src, dst, i)
+        else:
+            unmirror_slot(state, slot0 + i, src, dst, i)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
+    """Erase the mirror entries of pages that left the device."""
+    finalize_and_map(state, False, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def moved_count(lay, src, dst, i):
+    """dmirror's cpages for MIGRATE_TO_SYS counts slots with VALID and MIGRATE
+    and a destination after the pages pass."""
+    if mm.mpfn_to_pfn(lay, src[i]) < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
+        return 0
+    return 1 if mm.mpfn_to_pfn(lay, dst[i]) >= 0 else 0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def mirrored_pages(st, v, start, end):
+    slot0 = mm.pte_slot(st, v, start)
+    count = 0
+    for k in range(mm.pages_in(st, end - start)):
+        if st.mirror[slot0 + k] >= 0:
+            count += 1
+    return count

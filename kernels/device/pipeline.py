@@ -1,0 +1,59 @@
+"""The device's own migrate_vma(): its callbacks called directly, so it stays cached.
+
+run_driver() composes the generic passes (kernels.migrate.setup_range, the
+device's alloc_and_copy and finish) for one direction. When the setup sweep
+took every slot as plain and the device can serve them all, it takes the
+batch as a whole (kernels.device.reserve).
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import mm
+from ..migrate import setup_range
+from .alloc import alloc_and_copy
+from .finish import finish_driver
+from .reserve import try_reserved
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def run_driver(state, to_device, vma_index, start, end, src, dst, private):
+    """migrate_vma() with the device's own callbacks for one direction.
+
+    Called directly rather than through callback arguments, so it stays cached.
+    Returns -EINVAL, or the slots that kept VALID and MIGRATE with a destination
+    after the pages pass (dmirror's cpages for MIGRATE_TO_SYS). Its scratch is
+    in the state, so it runs without reference counting. A to-device batch
+    the setup found all plain is taken as a whole (reserve.try_reserved).
+    """
+    cpages = setup_range(state, vma_index, start, end, src, dst)
+    if cpages <= 0:
+        return min(cpages, 0)
+    start = mm.page_down(state, start)
+    end = mm.page_down(state, end)
+    if to_device:
+        moved = try_reserved(state, vma_index, start, end, src, dst, private)
+        if moved >= 0:
+            return moved
+    alloc_and_copy(state, to_device, src, dst, start, end, private)
+    return finish_driver(state, to_device, vma_index, start, end, src, dst)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_vma_to_device(state, vma_index, start, end, src, dst, private):
+    """migrate_vma() with the device's ops, all compiled and cached: 0 or -EINVAL."""
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    return min(migrate_vma_driver(state, True, v, s, e, src, dst, np.int64(private)), 0)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
+    """migrate_vma() with the device-to-system routine; returns pages moved or -EINVAL."""
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    return migrate_vma_driver(state, False, v, s, e, src, dst, np.int64(private))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_vma_driver(state, to_device, vma_index, start, end, src, dst, private):
+    """The one compiled body of both directions' migrate_vma_to_*()."""
+    return run_driver(state, to_device, vma_index, start, end, src, dst, private)

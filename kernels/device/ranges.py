@@ -1,0 +1,92 @@
+"""dmirror's range operations: migrate to the device, back to the system, and evict.
+
+Each walks the VMAs that cover a process's range (mm.find_vma()) and runs the
+device's own pipeline over each piece.
+"""
+
+import numpy as np
+from numba import njit
+
+from .. import layout as L
+from .. import mm
+from .common import DEV_KEEP_STATS, DEV_NOFAIL
+from .mirror import mirrored_pages
+from .pipeline import migrate_vma_driver, migrate_vma_to_system
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_to_device(state, mm_id, start, end):
+    """dmirror_migrate_to_device(): migrate every VMA piece of ``[start, end)``.
+
+    Returns the number of pages of the range the device now maps, or -EINVAL
+    when a piece is not covered by a readable VMA (the driver's own check).
+    """
+    state.copy_stats[:] = 0.0
+    addr = start
+    mapped = 0
+    while addr < end:
+        v = mm.find_vma(state, mm_id, addr)
+        if v < 0 or (state.vma["flags"][v] & L.VM_READ) == 0:
+            return -L.EINVAL
+        stop = min(end, state.vma["end"][v])
+        n = mm.pages_in(state, stop - addr)
+        src = state.range_src[:n]
+        dst = state.range_dst[:n]
+        moved = migrate_vma_driver(state, True, v, addr, stop, src, dst, np.int64(DEV_KEEP_STATS))
+        if moved == n:
+            mapped += n  # every slot moved, so every slot is mirrored: no need to count
+        else:
+            mapped += mirrored_pages(state, v, addr, stop)
+        addr = stop
+    return mapped
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_to_system(state, mm_id, start, end, private):
+    """dmirror_migrate_to_system(): move the range's device pages back to RAM.
+
+    Returns the number of pages moved, or -EINVAL for a range not covered."""
+    s, e = np.int64(start), np.int64(end)
+    return migrate_range_to_system(state, np.int64(mm_id), s, e, np.int64(private))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def migrate_range_to_system(state, mm_id, start, end, private):
+    if (private & DEV_KEEP_STATS) == 0:
+        state.copy_stats[:] = 0.0
+    addr = start
+    moved = 0
+    while addr < end:
+        v = mm.find_vma(state, mm_id, addr)
+        if v < 0:
+            return -L.EINVAL
+        stop = min(end, state.vma["end"][v])
+        n = mm.pages_in(state, stop - addr)
+        src = state.range_src[:n]
+        dst = state.range_dst[:n]
+        moved += max(migrate_vma_to_system(state, v, addr, stop, src, dst, private | 1), 0)
+        addr = stop
+    return moved
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def evict(state):
+    """Move every device page of every process back to RAM (driver removal).
+
+    Allocations cannot fail here (__GFP_NOFAIL). Returns the pages moved.
+    """
+    state.copy_stats[:] = 0.0
+    moved = 0
+    for v in range(state.sys[L.SYS_NR_VMAS]):
+        if state.vma["live"][v] == 0:
+            continue
+        if (state.vma["flags"][v] & (L.VM_HUGETLB | L.VM_SPECIAL)) != 0:
+            continue
+        moved += migrate_to_system(
+            state,
+            state.vma["mm"][v],
+            state.vma["start"][v],
+            state.vma["end"][v],
+            DEV_NOFAIL | DEV_KEEP_STATS,
+        )
+    return moved

@@ -1,0 +1,71 @@
+"""migrate_vma_setup()'s fused sweep: collect, prepare and unmap, slot by slot.
+
+Each collected page goes through prepare and unmap as soon as it is collected.
+That ends in the state three separate loops reach, because each page's steps
+touch only that page, its own mappings and commuting LRU-batch drains;
+``migrate.setup_by_passes`` is the unfused form, and
+tests/properties/test_fused.py holds the two equal. The walk is collect's
+(``collect_extent`` for the PMD level); only the PTE loop adds the two steps.
+"""
+
+from numba import njit
+
+from . import layout as L
+from . import mm
+from .collect import collect_extent, collect_pte_slot, prefetch_ahead
+from .prepare import prepare_slot, restore_remapped_slot
+from .unmap import restore_slot, unmap_slot
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
+    """prepare and unmap for a slot just collected. prepare's local
+    lru_add_drain() runs before its first page, as in the separate pass."""
+    if mm.mpfn_to_pfn(st.layout, src[k]) < 0:
+        return
+    if mig[L.MIG_DRAINED] == 0:
+        mm.lru_add_drain(st, L.CPU_DRIVER)
+        mig[L.MIG_DRAINED] = 1
+    if prepare_slot(st, src, k, mig, hmm):
+        restore_remapped_slot(st, slot, src, k)
+    elif unmap_slot(st, src, k, mig, hmm):
+        restore_slot(st, src, k)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
+    """collect's PTE loop over ``[addr, end)`` with prepare and unmap per slot;
+    ``unmapped`` is nonzero when PTEs of this PMD were already cleared (a sweep
+    resumed mid-PMD, kernels.parallel)."""
+    slot = mm.pte_slot(st, v, addr)
+    n = mig[L.MIG_NPAGES]
+    count = mm.pages_in(st, end - addr)
+    for k in range(count):
+        prefetch_ahead(st, slot, k, count)
+        unmapped += collect_pte_slot(st, slot + k, src, dst, n + k, mig, hmm)
+        _prepare_and_unmap_slot(st, slot + k, src, n + k, mig, hmm)
+    mig[L.MIG_NPAGES] = n + count
+    if unmapped:
+        st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def setup_sweep(st, v, start, end, src, dst, mig, unmapped0):
+    """collect + prepare + unmap of ``[start, end)`` in one walk.
+
+    Args: st; v: VMA index; start, end: page-aligned range in v; src, dst: the
+    range's slots from ``mig[MIG_NPAGES]`` on; mig: the call's scalars;
+    unmapped0: the first PMD already had PTEs cleared (kernels.parallel).
+    Pre: arguments checked. Post: as migrate_vma_collect(), migrate_vma_prepare()
+    and migrate_vma_unmap() one after the other over the range.
+    """
+    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    ext = mm.pmd_extent(st)
+    addr = start
+    while addr < end:
+        stop = min((addr | (ext - 1)) + 1, end)  # the end of addr's PMD extent
+        if not collect_extent(st, v, addr, stop, src, dst, mig, hmm):
+            _setup_ptes(st, v, addr, stop, src, dst, mig, hmm, unmapped0)
+        unmapped0 = 0
+        addr = stop
+    mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * st.sys[L.SYS_PAGE_SIZE]

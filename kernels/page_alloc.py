@@ -1,0 +1,128 @@
+"""The page allocator (mm/page_alloc.c): one indexed free stack per pool.
+
+RAM occupies ``free_stack[0:nr_ram]`` and the device ``free_stack[nr_ram:]``;
+each stack's depth is in ``sys``. ``free_pos[pfn]`` is the frame's position in
+its stack (-1 in use), so a THP allocation takes an aligned run out in O(1) a
+frame. The lowest free frame is on top, so a fresh machine hands out frames in
+ascending order. Re-exported by :mod:`kernels.mm`.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from .pgtable import clear_flag, is_device_pfn, ix, set_flag
+
+
+# --------------------------------------------------------------------- allocator
+@njit(cache=True, nogil=True, _nrt=False)
+def _depth_index(device):
+    """Index in ``sys`` of the free-stack depth of RAM or device memory."""
+    return L.SYS_DEV_FREE if device else L.SYS_RAM_FREE
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _stack_base(st, device):
+    """Where the free stack of RAM (0) or device memory (nr_ram) starts."""
+    return st.sys[L.SYS_NR_RAM] if device else np.int64(0)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def free_top(st, device):
+    """The free-stack position of the frame alloc_frame() would pop next."""
+    return _stack_base(st, device) + st.sys[_depth_index(device)] - 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _stack_remove(st, pfn):
+    """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
+    device = is_device_pfn(st, pfn)
+    depth_i = _depth_index(device)
+    top = free_top(st, device)
+    pos = st.free_pos[pfn]
+    moved = st.free_stack[top]
+    place_free(st, moved, pos)
+    unplace_free(st, pfn, top)
+    st.sys[depth_i] -= 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def init_allocated(st, pfn):
+    st.page["flags"][pfn] &= L.PG_ZONE_DEVICE
+    st.page["mapcount"][pfn] = 0
+    st.page["pins"][pfn] = 0
+    st.page["mapping"][pfn] = L.MAPPING_NONE
+    st.page["index"][pfn] = 0
+    st.page["rmap"][pfn] = -1
+    st.page["refcount"][pfn] += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_frame(st, device):
+    """Allocate one frame (unlocked, refcount +1); -1 when the pool is empty."""
+    depth_i = _depth_index(device)
+    if st.sys[depth_i] == 0:
+        return -1
+    pfn = st.free_stack[free_top(st, device)]
+    _stack_remove(st, pfn)
+    init_allocated(st, pfn)
+    return pfn
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def free_frame(st, pfn):
+    """Return a frame to its free stack (refcount already at its free value)."""
+    device = is_device_pfn(st, pfn)
+    depth_i = _depth_index(device)
+    place_free(st, pfn, _stack_base(st, device) + st.sys[depth_i])
+    st.sys[depth_i] += 1
+    mark_free(st, pfn)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def place_free(st, pfn, pos):
+    """Put a freed frame at position ``pos`` of the free stack."""
+    st.free_stack[ix(pos)] = pfn
+    st.free_pos[ix(pfn)] = pos
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def unplace_free(st, pfn, pos):
+    """Empty position ``pos`` of the free stack, where frame ``pfn`` was: it is in use."""
+    st.free_stack[ix(pos)] = -1
+    st.free_pos[ix(pfn)] = -1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def mark_free(st, pfn):
+    """The struct-page side of freeing a frame (free_frame() without the stack)."""
+    at = ix(pfn)
+    st.page["flags"][at] = (st.page["flags"][at] & L.PG_ZONE_DEVICE) | L.PG_FREE
+    st.page["mapcount"][at] = 0
+    st.page["mapping"][at] = L.MAPPING_NONE
+    st.page["rmap"][at] = -1
+    if is_device_pfn(st, pfn):
+        st.counters[L.C_DEVICE_CFREE] += 1
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def alloc_thp(st):
+    """Allocate an aligned order-9 RAM run as a compound page; head pfn or -1."""
+    nr = st.sys[L.SYS_NR_RAM]
+    for head in range(0, nr - L.HPAGE_PMD_NR + 1, L.HPAGE_PMD_NR):
+        ok = True
+        for j in range(L.HPAGE_PMD_NR):
+            if st.free_pos[head + j] < 0:
+                ok = False
+                break
+        if ok:
+            for j in range(L.HPAGE_PMD_NR):
+                _stack_remove(st, head + j)
+                init_allocated(st, head + j)
+                st.page["refcount"][head + j] = 0
+                set_flag(st, head + j, L.PG_TAIL)
+            clear_flag(st, head, L.PG_TAIL)
+            set_flag(st, head, L.PG_HEAD)
+            st.page["refcount"][head] = 1
+            return head
+    return -1

@@ -1,0 +1,1 @@
+"""The parallel form of the metadata sweeps: the schedule, and the plain setup sweep."""

@@ -1,0 +1,181 @@
+"""migrate_vma_setup()'s sweep over threads: the plain slots in parallel.
+
+A *plain* slot is a present anonymous 4 KiB page on the LRU, mapped once, with
+no other reference (so not pinned, not in an LRU-add batch, not locked): its
+collect + prepare + unmap touch nothing but its own page and PTE, so it
+commutes with every other slot (kernels.parallel.schedule). Each thread takes
+its slots until the first one that is not plain; the rest run through the
+serial fused sweep afterwards, in slot order.
+
+The plain test decides every branch of a plain slot's three steps, so the
+threads write the steps' net effect (_setup_plain_slot) instead of calling the
+generic per-slot steps, which re-test each branch:
+
+    kernel step (per page)            net effect on a plain page
+    get_page()                        refcount 1 -> 2
+    trylock_page()                    PG_locked set
+    migration entry (collect, 15/19)  PTE -> migration entry; mapcount 1 -> 0;
+                                      put_page(): refcount 2 -> 1
+    isolate_lru_page() (prepare)      PG_lru cleared; refcount 1 -> 2
+    the collect reference dropped     refcount 2 -> 1
+    migrate_vma_check_page() x2       passes (refcount - 1 == 0 == mapcount)
+    counters                          none move; cpages and collected +1
+
+tests/properties/test_parallel.py holds this path to the serial sweep, which
+takes the generic steps. When every slot was plain, ``mig[MIG_ALL_PLAIN]`` is
+set: a driver may then take the batch as a whole (kernels.device.reserve).
+"""
+
+from collections import namedtuple
+
+import numpy as np
+from numba import njit, prange
+
+from .. import _indices as I
+from .. import layout as L
+from .. import mm
+from .._indices import PREFETCH_AHEAD
+from ..fused_setup import setup_sweep
+from .schedule import clear_thread_counts, merge_thread_counts, plan_chunks
+
+
+# --------------------------------------------------------------------- setup
+@njit(cache=True, nogil=True, _nrt=False)
+def _plain_pfn(st, slot):
+    """The frame of a slot whose collect + prepare + unmap touch nothing but its
+    own page and PTE, or -1: a present anonymous 4 KiB page on the LRU, mapped
+    once, with no other reference (so not pinned, not in an LRU-add batch, not
+    locked)."""
+    pte = st.pte[mm.ix(slot)]
+    if mm.pte_kind(pte) != L.PTE_PRESENT:
+        return np.int64(-1)
+    pfn = mm.pte_pfn(pte)
+    if mm.is_zero_pfn(st, pfn):
+        return np.int64(-1)
+    at = mm.ix(pfn)
+    flags = st.page["flags"][at]
+    if (flags & L.PG_LRU) == 0 or (flags & I.PLAIN_SETUP_EXCLUDED) != 0:
+        return np.int64(-1)
+    plain = (
+        st.page["mapping"][at] == L.MAPPING_ANON
+        and st.page["refcount"][at] == 1
+        and st.page["mapcount"][at] == 1
+    )
+    return pfn if plain else np.int64(-1)
+
+
+# The layout's bits of a plain slot's mpfns: ``src`` and ``dst`` are ORed into
+# ``pfn << shift``, and ``write`` when the PTE was writable.
+PlainBits = namedtuple("PlainBits", ["shift", "src", "dst", "write"])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _plain_bits(lay):
+    """PlainBits of layout ``lay``, read once a sweep: in the loop, every store
+    to another array makes the compiled code load them from ``lay`` again."""
+    valid_locked = lay[L.L_VALID] | lay[L.L_LOCKED]
+    return PlainBits(lay[L.L_SHIFT], valid_locked | lay[L.L_MIGRATE], valid_locked, lay[L.L_WRITE])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _setup_plain_slot(st, slot, pfn, bits):
+    """collect_slot() + prepare_slot() + unmap_slot() of a plain slot mapping
+    ``pfn``, written as their net effect; returns the slot's mpfn.
+
+    The steps it replaces and their net effect are tabled in the module doc.
+    """
+    at = mm.ix(pfn)
+    write = mm.pte_write(st.pte[mm.ix(slot)])
+    st.pte[mm.ix(slot)] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
+    st.page["mapcount"][at] = 0  # it was 1
+    st.page["flags"][at] = (st.page["flags"][at] ^ L.PG_LRU) | L.PG_LOCKED  # LRU was set
+    mpfn = (np.uint64(pfn) << bits.shift) | bits.src
+    return (mpfn | bits.write) if write else mpfn
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _setup_plain_run(st, v, start, src, dst, t):
+    """One thread: collect + prepare + unmap its slots until the first one that
+    is not plain (or whose PMD is not a page table); records where it stopped."""
+    info = st.sweep_info
+    mig = st.sweep_mig[t]
+    counters = st.sweep_counters[t]
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(st, v, start)
+    ext_mask = mm.pmd_extent(st) - 1
+    bits = _plain_bits(st.layout)
+    first = info[t, I.SW_FIRST]
+    i = first
+    end = info[t, I.SW_END]
+    unmapped = 0
+    while i < end:
+        addr = start + i * ps
+        if i == first or (addr & ext_mask) == 0:
+            if unmapped:
+                counters[L.C_TLB_FLUSH] += 1  # the extent before was all plain
+            unmapped = 0
+            if mm.pmd_kind(st.pmd[mm.pmd_slot(st, v, addr)]) != L.PMD_TABLE:
+                break
+        if i + PREFETCH_AHEAD < end:
+            ahead = st.pte[mm.ix(slot0 + i + PREFETCH_AHEAD)]
+            if mm.pte_kind(ahead) == L.PTE_PRESENT:
+                mm.prefetch_page(st, mm.pte_pfn(ahead))
+        pfn = _plain_pfn(st, slot0 + i)
+        if pfn < 0:
+            break
+        src[mm.ix(i)] = _setup_plain_slot(st, slot0 + i, pfn, bits)
+        dst[mm.ix(i)] = L.MPFN_NONE
+        unmapped += 1
+        i += 1
+    collected = i - first
+    mig[L.MIG_CPAGES] += collected
+    mig[L.MIG_COLLECTED] += collected
+    if i == end and unmapped:
+        counters[L.C_TLB_FLUSH] += 1
+        unmapped = 0
+    info[t, I.SW_STOP] = i
+    info[t, I.SW_PARTIAL] = unmapped  # the stopped extent's flush is still owed
+
+
+@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+def _setup_plain_runs(st, v, start, src, dst, threads):
+    for t in prange(threads):
+        _setup_plain_run(st, v, start, src, dst, np.int64(t))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def setup_parallel(st, v, start, npages, src, dst, mig, threads):
+    """migrate_vma_setup()'s sweep over ``threads`` threads (see the module doc).
+
+    Pre: hmm-v25; ``mig`` zeroed but for START/END/VMA; the driver CPU's LRU-add
+    batch is empty, so prepare's local lru_add_drain() would only be counted.
+    Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves, and
+    ``mig[MIG_ALL_PLAIN]`` set when every slot was plain.
+    """
+    used = plan_chunks(st, start, npages, threads)
+    clear_thread_counts(st, used)
+    _setup_plain_runs(st, v, start, src, dst, used)
+    merge_thread_counts(st, used, mig)
+    all_plain = True
+    for t in range(used):
+        all_plain = all_plain and st.sweep_info[t, I.SW_STOP] == st.sweep_info[t, I.SW_END]
+    if all_plain:
+        mig[I.MIG_ALL_PLAIN] = 1
+    else:
+        _finish_setup_serially(st, v, start, src, dst, mig, used)
+    mig[L.MIG_NPAGES] = npages
+    mig[L.MIG_END] = start + npages * st.sys[L.SYS_PAGE_SIZE]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _finish_setup_serially(st, v, start, src, dst, mig, used):
+    """After a thread stopped early: each thread's remaining slots, in slot order."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    info = st.sweep_info
+    for t in range(used):
+        stop = info[t, I.SW_STOP]
+        end = info[t, I.SW_END]
+        if stop < end:
+            mig[L.MIG_NPAGES] = stop
+            partial = info[t, I.SW_PARTIAL]
+            setup_sweep(st, v, start + stop * ps, start + end * ps, src, dst, mig, partial)

@@ -1,0 +1,156 @@
+"""Page-table words, migrate pfns, struct-page flags and address arithmetic.
+
+The leaf helpers every pass uses: PTE/PMD encodings (see :mod:`kernels.layout`),
+``MIGRATE_PFN_*`` encoding in the active profile's layout, page and PMD-extent
+arithmetic, struct-page flag tests, and the unsigned index the hot loops use.
+Re-exported by :mod:`kernels.mm`, the primitives' one namespace.
+"""
+
+import numpy as np
+from numba import njit
+
+from . import layout as L
+from ._llvm import prefetch_for_write
+
+_NOT = np.uint32(0xFFFFFFFF)
+
+
+# --------------------------------------------------------------------- encodings
+@njit(cache=True, nogil=True, _nrt=False)
+def pte_kind(pte):
+    return pte & L.PTE_KIND_MASK
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pte_pfn(pte):
+    return np.int64(pte >> L.PTE_PFN_SHIFT)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def make_pte(kind, pfn, write):
+    word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
+    if write:
+        word |= L.PTE_WRITE
+    return word
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pte_write(pte):
+    return (pte & L.PTE_WRITE) != 0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pmd_kind(pmd):
+    return pmd & L.PMD_KIND_MASK
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def make_pmd(kind, pfn, write):
+    word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
+    if write:
+        word |= L.PMD_WRITE
+    return word
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def make_mpfn(lay, pfn):
+    """migrate_pfn(): ``(pfn << SHIFT) | VALID`` in the active layout."""
+    return (np.uint64(pfn) << lay[L.L_SHIFT]) | lay[L.L_VALID]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def mpfn_to_pfn(lay, mpfn):
+    """migrate_pfn_to_page() as a pfn: -1 unless VALID is set."""
+    if (mpfn & lay[L.L_VALID]) == 0:
+        return np.int64(-1)
+    return np.int64(mpfn >> lay[L.L_SHIFT])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def page_size(st):
+    return st.sys[L.SYS_PAGE_SIZE]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pages_in(st, nbytes):
+    """``nbytes // page_size``: page sizes are powers of two, so a shift."""
+    return nbytes >> st.sys[L.SYS_PAGE_SHIFT]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def page_down(st, addr):
+    """``addr - addr % page_size`` (round down to a page)."""
+    return addr & -st.sys[L.SYS_PAGE_SIZE]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pte_slot(st, v, addr):
+    """PTE slot of ``addr`` inside VMA ``v``."""
+    return st.vma["pte_base"][v] + pages_in(st, addr - st.vma["start"][v])
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pmd_extent(st):
+    return st.sys[L.SYS_PAGE_SIZE] * L.HPAGE_PMD_NR
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def pmd_slot(st, v, addr):
+    """PMD slot of the 2 MiB extent holding ``addr`` inside VMA ``v``."""
+    shift = st.sys[L.SYS_PAGE_SHIFT] + L.HPAGE_PMD_ORDER
+    return st.vma["pmd_base"][v] + (addr >> shift) - (st.vma["start"][v] >> shift)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def is_device_pfn(st, pfn):
+    return pfn >= st.sys[L.SYS_NR_RAM]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def is_zone_device(st, pfn):
+    """is_device_private_page(): device frames are ZONE_DEVICE only in hmm-v25."""
+    return (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) != 0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def is_zero_pfn(st, pfn):
+    return pfn == st.sys[L.SYS_ZERO_PFN]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def has_flag(st, pfn, flag):
+    return (st.page["flags"][pfn] & flag) != 0
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def set_flag(st, pfn, flag):
+    st.page["flags"][pfn] |= flag
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def clear_flag(st, pfn, flag):
+    st.page["flags"][pfn] &= _NOT ^ flag
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def compound_head(st, pfn):
+    if has_flag(st, pfn, L.PG_TAIL):
+        return pfn - pfn % L.HPAGE_PMD_NR
+    return pfn
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def ix(i):
+    """``i`` as an index numba uses as is: an unsigned one. Only for ``i >= 0``.
+
+    numba wraps every signed index (``a[-1]`` is the last element), which
+    costs a shift, an and and an add per access. In the sweeps' hot loops,
+    whose indices are never negative, that was measured at 15-30% of a loop's
+    time (a stripped-down finish loop, int64 against uint64 indices)."""
+    return np.uint64(i)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def prefetch_page(st, pfn):
+    """Prefetch a struct page (one cache line: records are 32 bytes, aligned)."""
+    prefetch_for_write(st.page["refcount"], pfn)
