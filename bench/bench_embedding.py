@@ -44,6 +44,7 @@ import time
 import numba
 import numpy as np
 import pytest
+from _support import bench_full
 from numba import njit
 
 import migengine as me
@@ -378,7 +379,7 @@ def callback_compile(tmpdir: str) -> dict[str, list[float]]:
 
 
 # ----------------------------------------------------------------------------- pytest mode
-ITERS = 20_000 if mb.bench_full() else 200
+ITERS = 20_000 if bench_full() else 200
 
 
 @pytest.fixture(scope="module")
@@ -414,7 +415,7 @@ def test_njit_loop_16_pages_metadata_only(benchmark, rounds):
 
 
 def test_python_migrate_vma_one_page(benchmark, rounds):
-    work = OnePage(pages=64 if not mb.bench_full() else 2000, store_data=False)
+    work = OnePage(pages=64 if not bench_full() else 2000, store_data=False)
     work.round_ns()
     benchmark.group = "embedding: calls from Python"
     benchmark.pedantic(work.round_ns, rounds=rounds, warmup_rounds=1)

@@ -16,11 +16,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from _support import bench_full, bench_sizes, script_parser
 
 from migengine import bench
 
-PAGES = bench.bench_sizes(full=[65_536], smoke=[1_024])
-CHUNKS = bench.bench_sizes(full=list(bench.DEFAULT_CHUNKS), smoke=[1, 16])
+PAGES = bench_sizes(full=[65_536], smoke=[1_024])
+CHUNKS = bench_sizes(full=list(bench.DEFAULT_CHUNKS), smoke=[1, 16])
 TARGET_RATIO = 0.90  # end to end / np.copyto, chunk >= 16 pages
 TARGET_META_SHARE = 0.05  # metadata-only migration / np.copyto of the same bytes
 
@@ -90,9 +91,7 @@ def test_chunk_sweep(benchmark):
     benchmark JSON's extra_info. Checks what holds on any machine: one record
     per chunk, descriptors never increase with the chunk, the modelled rate
     never decreases."""
-    config = bench.SweepConfig(
-        pages=PAGES[-1], chunks=CHUNKS, repeat=1 if not bench.bench_full() else 3
-    )
+    config = bench.SweepConfig(pages=PAGES[-1], chunks=CHUNKS, repeat=1 if not bench_full() else 3)
     result = benchmark.pedantic(bench.run_sweep, args=(config,), rounds=1, iterations=1)
     records = result["records"]
     assert [r["chunk_pages"] for r in records] == sorted(CHUNKS)
@@ -107,7 +106,7 @@ def test_chunk_sweep(benchmark):
 
 
 def main() -> None:
-    args = bench.script_parser(__doc__).parse_args()
+    args = script_parser(__doc__).parse_args()
     config = bench.SweepConfig(
         pages=args.pages, repeat=args.repeat, fragmentation=args.fragmentation, passes=True
     )

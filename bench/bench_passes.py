@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _support import bench_sizes, script_parser
 
 from migengine import bench
 
-PAGES = bench.bench_sizes(full=[65_536], smoke=[1_024])
+PAGES = bench_sizes(full=[65_536], smoke=[1_024])
 
 
 class PassRunner:
@@ -88,7 +89,7 @@ def breakdown(pages: int, repeat: int, fragmentation: float) -> dict[str, float]
 
 
 def main() -> None:
-    args = bench.script_parser(__doc__).parse_args()
+    args = script_parser(__doc__).parse_args()
     result = breakdown(args.pages, args.repeat, args.fragmentation)
     info = bench.threading_info()
     print(f"{args.pages:,} pages, best of {args.repeat}, metadata only; {info}")

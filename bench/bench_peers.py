@@ -23,11 +23,12 @@ import time
 
 import numpy as np
 import pytest
+from _support import bench_sizes
 from peers import Flat, OffCommonPath, numpy_migrate, python_migrate
 
 from migengine import bench
 
-PAGES = bench.bench_sizes(full=[512, 16_384, 65_536], smoke=[1_024])
+PAGES = bench_sizes(full=[512, 16_384, 65_536], smoke=[1_024])
 PEERS = {"python": python_migrate, "numpy": numpy_migrate}
 
 

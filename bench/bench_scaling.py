@@ -14,12 +14,13 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from _support import bench_sizes
 
 from migengine import bench
 
 KI = 1024
-META_PAGES = bench.bench_sizes(full=[KI, 4 * KI, 16 * KI, 64 * KI, 256 * KI, KI * KI], smoke=[KI])
-DATA_PAGES = bench.bench_sizes(full=[KI, 16 * KI, 256 * KI], smoke=[KI])
+META_PAGES = bench_sizes(full=[KI, 4 * KI, 16 * KI, 64 * KI, 256 * KI, KI * KI], smoke=[KI])
+DATA_PAGES = bench_sizes(full=[KI, 16 * KI, 256 * KI], smoke=[KI])
 
 
 def _bench_migration(benchmark, work: bench.Workload, rounds: int, kind: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
+from _support import bench_full
 
 from migengine import bench
 
@@ -39,4 +40,4 @@ def make_workload() -> Iterator[Callable[..., bench.Workload]]:
 @pytest.fixture
 def rounds() -> int:
     """Timed rounds per benchmark (best of them is what to compare)."""
-    return 7 if bench.bench_full() else 1
+    return 7 if bench_full() else 1

@@ -1,11 +1,13 @@
 """migengine - a numba-accelerated, kernel-faithful simulator of Linux migrate_vma().
 
-The public API is fixed by api.md: ``Machine``, ``Process``, ``Vma``, ``PageInfo``,
-``Pte``, ``MigrateOps``, ``migrate_vma``, ``CopyEngine``, the ``VM_*`` flags, the
+The public API: ``Machine``, ``Process``, ``Vma``, ``PageInfo``, ``Pte``,
+``MigrateOps``, ``migrate_vma``, ``CopyEngine``, the ``VM_*`` flags, the
 ``MIGRATE_PFN_*`` constants (hmm-v25 values) and the exceptions. The compiled
-level lives in ``migengine.kernels``. Nothing compiles at import time.
+level lives in ``migengine.kernels``; ``migengine.bench`` is the built-in
+benchmark behind ``migengine bench``. Nothing compiles at import time.
 """
 
+from migengine._ops import MigrateOps
 from migengine.copyengine import CopyEngine
 from migengine.errors import (
     InvariantError,
@@ -29,7 +31,7 @@ from migengine.kernels.layout import (
     Layout,
 )
 from migengine.machine import Machine, PageInfo
-from migengine.migrate import MigrateOps, migrate_vma
+from migengine.migrate import migrate_vma
 from migengine.process import Process, Pte, Vma
 
 MIGRATE_PFN_VALID = HMM_V25_LAYOUT.VALID

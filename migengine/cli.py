@@ -2,7 +2,8 @@
 
 ``migengine bench`` sweeps the copy engine's chunk size on the built-in
 workload (see :mod:`migengine.bench`): it prints a table and writes
-``results.json`` and ``chunk_sweep.png`` into ``--out``. Any bad flag exits
+``results.json``, ``results.md`` (the same table in Markdown, with the machine
+and the command that reproduces it) and ``chunk_sweep.png`` into ``--out``. Any bad flag exits
 with status 2 and a one-line message on stderr.
 """
 
@@ -16,7 +17,7 @@ from typing import Any, NoReturn
 
 import numba
 
-from migengine import __version__
+from migengine import __version__, bench
 from migengine.copyengine import CopyEngine
 
 PROG = "migengine"
@@ -72,8 +73,6 @@ def _fraction(text: str) -> float:
 
 
 def _build_parser() -> _Parser:
-    from migengine import bench
-
     parser = _Parser(prog=PROG, description="A simulator of Linux migrate_vma() (HMM).")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -82,7 +81,8 @@ def _build_parser() -> _Parser:
         help="sweep the copy chunk size on the built-in workload",
         description=(
             "Migrate a fragmented process of --pages pages system->device once per chunk "
-            "size and repetition; print a table and write results.json and chunk_sweep.png."
+            "size and repetition; print a table and write results.json, results.md and "
+            "chunk_sweep.png."
         ),
     )
     b.add_argument(
@@ -151,14 +151,13 @@ def _progress(total: int) -> Any:
     """A tqdm bar on stderr, only when stderr is a terminal."""
     if not sys.stderr.isatty():
         return None
+    # Imported here for start-up speed (tqdm is only needed on a terminal).
     from tqdm import tqdm
 
     return tqdm(total=total, desc="bench", unit="rep", file=sys.stderr, leave=False)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from migengine import bench
-
     config = bench.SweepConfig(
         pages=args.pages,
         chunks=args.chunk_pages,
@@ -176,13 +175,14 @@ def _bench(args: argparse.Namespace) -> int:
         with bench.compile_notice():
             result = bench.run_sweep(config, progress=_progress)
         bench.write_results(result, os.path.join(args.out, "results.json"))
+        bench.write_markdown(result, os.path.join(args.out, "results.md"), out=args.out)
         bench.plot_sweep(result, os.path.join(args.out, "chunk_sweep.png"))
     except (OSError, MemoryError, ValueError, RuntimeError) as exc:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 1
     print(bench.format_table(result))
-    print(f"wrote {os.path.join(args.out, 'results.json')} and chunk_sweep.png")
+    print(f"wrote {os.path.join(args.out, 'results.json')}, results.md and chunk_sweep.png")
     return 0
 
 

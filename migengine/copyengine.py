@@ -182,7 +182,8 @@ class CopyEngine:
     parallel_min_pages = _Param(_int_at_least, 1)
     stream_min_bytes = _Param(_none_or_int_at_least, 0)
 
-    _FIELDS = (
+    #: The parameters, in constructor order (what ``repr`` and ``==`` compare).
+    FIELDS = (
         "chunk_pages",
         "channels",
         "setup_ns",
@@ -221,7 +222,7 @@ class CopyEngine:
         self.stream_min_bytes = stream_min_bytes
 
     def _params(self):
-        return {name: getattr(self, name) for name in self._FIELDS}
+        return {name: getattr(self, name) for name in self.FIELDS}
 
     def __repr__(self):
         body = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
@@ -328,7 +329,7 @@ class CopyEngine:
             ``setup_ns=0, gbps=12.5, channels=1``. A single-thread memcpy:
             ``llvm.memcpy`` measured 12.5-13.2 GB/s (``np.copyto`` 12.2-13.7)
             on 256 MiB prefaulted buffers on the project's 2-vCPU EPYC
-            development VM (performance-anchors, section 3.1).
+            development VM.
 
         Arguments:
             name: one of :meth:`presets`.

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 
-from migengine import kernels
+from migengine._numba_env import log_threading_layer
+from migengine._ops import MigrateOps
+from migengine._validate import as_count
 from migengine.copyengine import CopyEngine
 from migengine.errors import MigrateError
 from migengine.kernels import copy as kcopy
@@ -16,37 +16,10 @@ from migengine.kernels import device as kdevice
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 
-from ._validate import as_count
-
 if TYPE_CHECKING:
+    from migengine._core import MachineCore
     from migengine.machine import Machine
     from migengine.process import Process, Vma
-
-log = logging.getLogger("migengine")
-_threading_logged = False
-
-
-def log_threading_layer() -> None:
-    """Log numba's threading layer once, after the first parallel copy ran.
-
-    The layer is chosen silently (tbb, then omp, then workqueue) and workqueue
-    costs ~50x more per parallel region, so say which one loaded.
-    """
-    global _threading_logged
-    if _threading_logged:
-        return
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        # No parallel region yet. Say so once rather than paying for this
-        # exception on every small (serial-copy) migration.
-        _threading_logged = True
-        log.debug("numba threading layer not started yet (only serial copies so far)")
-        return
-    _threading_logged = True
-    log.info("numba threading layer: %s, %d threads", layer, numba.get_num_threads())
-    if layer == "workqueue":
-        log.warning("workqueue threading layer: parallel copies pay ~75 us per region")
 
 
 class Device:
@@ -57,12 +30,11 @@ class Device:
     to a device-private page (hmm-v25) faults it back through ``migrate_vma``.
     """
 
-    def __init__(self, machine: Machine, engine: CopyEngine) -> None:
-        from migengine.migrate import MigrateOps
-
+    def __init__(self, machine: Machine, core: MachineCore, engine: CopyEngine) -> None:
         self._machine = machine
+        self._core = core
         self._engine = engine
-        self.ops = MigrateOps(kernels.device_alloc_and_copy, kernels.device_finalize_and_map)
+        self.ops = MigrateOps(kdevice.device_alloc_and_copy, kdevice.device_finalize_and_map)
 
     # ------------------------------------------------------------------ engine
     @property
@@ -75,12 +47,12 @@ class Device:
         if not isinstance(engine, CopyEngine):
             raise TypeError(f"engine must be a CopyEngine, not {type(engine).__name__}")
         self._engine = engine
-        self._machine.state.engine[:] = engine.to_array()
+        self._core.state.engine[:] = engine.to_array()
 
     @property
     def copy_stats(self) -> dict[str, float]:
         """The copy of the last migration: descriptors, bytes, wall_s, model_s."""
-        s = self._machine.state.copy_stats
+        s = self._core.state.copy_stats
         return {
             "descriptors": int(s[kcopy.STAT_DESCRIPTORS]),
             "bytes": int(s[kcopy.STAT_BYTES]),
@@ -92,7 +64,7 @@ class Device:
     @property
     def counters(self) -> dict[str, int]:
         """calloc (pages handed out), cfree (returned), faults (CPU faults served)."""
-        c = self._machine.state.counters
+        c = self._core.state.counters
         return {
             "calloc": int(c[L.C_DEVICE_CALLOC]),
             "cfree": int(c[L.C_DEVICE_CFREE]),
@@ -106,23 +78,23 @@ class Device:
 
     def fail_alloc(self, n: int) -> None:
         """The next ``n`` device-side and fault-back allocations fail."""
-        self._machine.state.sys[L.SYS_FAIL_ALLOC] = as_count(n, "n")
+        self._core.state.sys[L.SYS_FAIL_ALLOC] = as_count(n, "n")
 
     def mirrored(self, process: Process, addr: int) -> int:
         """The device pfn the mirror maps at ``addr``, or -1."""
         vma = process.vma_at(as_count(addr, "addr"))
         if vma is None:
             return -1
-        st = self._machine.state
+        st = self._core.state
         rec = st.vma[vma.index]
-        slot = int(rec["pte_base"]) + (addr - vma.start) // self._machine.page_size
+        slot = int(rec["pte_base"]) + (addr - vma.start) // self._core.page_size
         value = int(st.mirror[slot])
         return value >> 1 if value >= 0 else -1
 
     # ------------------------------------------------------------------ migration
     def _range(self, process: Process, start: int, end: int) -> tuple[int, int]:
         s, e = as_count(start, "start"), as_count(end, "end")
-        ps = self._machine.page_size
+        ps = self._core.page_size
         if s % ps or e % ps or s >= e:
             raise MigrateError(f"range [{s:#x}, {e:#x}) must be page aligned and non-empty")
         if process.machine is not self._machine:
@@ -134,7 +106,7 @@ class Device:
         s, e = self._range(process, start, end)
         # Through the handle: typing and unboxing every array of m.state costs
         # the dispatcher 2-40 us a call (kernels.handle).
-        ret = int(khandle.migrate_to_device_at(self._machine._handle, process.pid, s, e))
+        ret = int(khandle.migrate_to_device_at(self._core.handle, process.pid, s, e))
         log_threading_layer()
         if ret < 0:
             raise MigrateError(f"[{s:#x}, {e:#x}) is not covered by readable VMAs")
@@ -143,7 +115,7 @@ class Device:
     def migrate_to_system(self, process: Process, start: int, end: int) -> int:
         """Move the range's device pages back to system memory; returns how many."""
         s, e = self._range(process, start, end)
-        ret = int(khandle.migrate_to_system_at(self._machine._handle, process.pid, s, e))
+        ret = int(khandle.migrate_to_system_at(self._core.handle, process.pid, s, e))
         log_threading_layer()
         if ret < 0:
             raise MigrateError(f"[{s:#x}, {e:#x}) is not covered by VMAs")
@@ -151,15 +123,16 @@ class Device:
 
     def evict(self) -> int:
         """Move every device page of every process back to RAM; returns how many."""
-        return int(kdevice.evict(self._machine.state))
+        return int(kdevice.evict(self._core.state))
 
-    def _migrate_vma(
+    def run_ops(
         self, vma: Vma, start: int, end: int, src: np.ndarray, dst: np.ndarray, private: Any
     ) -> int:
-        """me.migrate_vma(m.device.ops, ...): the cached compiled pipeline."""
+        """``me.migrate_vma(m.device.ops, ...)`` on validated arguments: the
+        device's whole pipeline in one cached compiled call."""
         flags = 0 if private is None else int(private)
         ret = kdevice.migrate_vma_to_device(
-            self._machine.state, vma.index, start, end, src, dst, flags
+            self._core.state, vma.index, start, end, src, dst, flags
         )
         log_threading_layer()
         return int(ret)

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from migengine.errors import InvariantError, MigengineError, OutOfMemory
+from migengine._core import MachineCore
+from migengine._validate import as_count, as_int
+from migengine.copyengine import CopyEngine
+from migengine.device import Device
+from migengine.errors import InvariantError, OutOfMemory
 from migengine.kernels import driver as kdriver
-from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 from migengine.kernels import state as kstate
 from migengine.kernels.check import CHECK_MESSAGES, check_state
-from migengine.kernels.copy import ENGINE_FIELDS  # noqa: F401  (layout documented there)
-
-from ._validate import as_count, as_int
-
-if TYPE_CHECKING:
-    from migengine.process import Process
+from migengine.process import Process
 
 PageInfo = namedtuple(
     "PageInfo",
@@ -54,9 +51,6 @@ class Machine:
         seed: int | None = None,
         swap_pages: int | None = None,
     ) -> None:
-        from migengine.copyengine import CopyEngine
-        from migengine.device import Device
-
         ram = as_count(ram_pages, "ram_pages", minimum=2)
         dev = as_count(device_pages, "device_pages")
         ps = as_count(page_size, "page_size", minimum=64)
@@ -70,20 +64,14 @@ class Machine:
         engine = CopyEngine()
         self._profile = profile
         profile_id = L.PROFILES[profile]
-        self._set_state(
+        # The live state and its VMA layout, shared with the processes and the
+        # device: an internal interface, not part of the public API.
+        self.core = MachineCore(
             kstate.new_state(ram, dev, ps, store_data, profile_id, engine.to_array(), nswap)
         )
         self._processes: list[Process] = []
         self.rng = np.random.default_rng(seed)
-        self.device = Device(self, engine)
-
-    def _set_state(self, st: kstate.State) -> None:
-        """Install a state, and the handle table the Python fast paths pass
-        (kernels.handle): it names the arrays by address, so it is rebuilt with
-        every new state and keeps that state's arrays alive with it."""
-        self._state = st
-        self._handle_table = khandle.make_handle(st)
-        self._handle = int(self._handle_table.ctypes.data)
+        self.device = Device(self, self.core, engine)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -94,7 +82,7 @@ class Machine:
         are reallocated when ``mmap`` or ``fork`` outgrows them, so take
         ``m.state`` again after those.
         """
-        return self._state
+        return self.core.state
 
     @property
     def profile(self) -> str:
@@ -107,15 +95,15 @@ class Machine:
 
     @property
     def page_size(self) -> int:
-        return int(self._state.sys[L.SYS_PAGE_SIZE])
+        return self.core.page_size
 
     @property
     def ram_pages(self) -> int:
-        return int(self._state.sys[L.SYS_NR_RAM])
+        return int(self.state.sys[L.SYS_NR_RAM])
 
     @property
     def device_pages(self) -> int:
-        return int(self._state.sys[L.SYS_NR_DEVICE])
+        return int(self.state.sys[L.SYS_NR_DEVICE])
 
     @property
     def nframes(self) -> int:
@@ -123,16 +111,16 @@ class Machine:
 
     @property
     def store_data(self) -> bool:
-        return bool(self._state.sys[L.SYS_STORE_DATA])
+        return self.core.store_data
 
     @property
     def zero_pfn(self) -> int:
-        return int(self._state.sys[L.SYS_ZERO_PFN])
+        return int(self.state.sys[L.SYS_ZERO_PFN])
 
     @property
     def counters(self) -> dict[str, int]:
         """Cumulative vmstat-like counters (a snapshot)."""
-        return {name: int(v) for name, v in zip(L.COUNTER_NAMES, self._state.counters, strict=True)}
+        return {name: int(v) for name, v in zip(L.COUNTER_NAMES, self.state.counters, strict=True)}
 
     def migrate_pfn(self, pfn: int) -> np.uint64:
         """``(pfn << SHIFT) | VALID`` in this machine's layout."""
@@ -150,12 +138,12 @@ class Machine:
 
     def free_pages(self, device: bool = False) -> int:
         """Free frames of RAM, or of device memory."""
-        return int(self._state.sys[L.SYS_DEV_FREE if device else L.SYS_RAM_FREE])
+        return int(self.state.sys[L.SYS_DEV_FREE if device else L.SYS_RAM_FREE])
 
     def page(self, pfn: int) -> PageInfo:
         """The struct page of ``pfn`` as a PageInfo namedtuple."""
         p = self._pfn(pfn)
-        rec = self._state.page[p]
+        rec = self.state.page[p]
         flags = int(rec["flags"])
         mapping = int(rec["mapping"])
         return PageInfo(
@@ -184,7 +172,7 @@ class Machine:
         return p
 
     def _flags(self, p: int) -> int:
-        return int(self._state.page["flags"][p])
+        return int(self.state.page["flags"][p])
 
     def _in_use(self, pfn: object, what: str) -> int:
         p = self._pfn(pfn)
@@ -197,78 +185,72 @@ class Machine:
 
     def pin(self, pfn: int) -> None:
         """Take an extra reference, as get_user_pages() does."""
-        kdriver.pin_page(self._state, self._in_use(pfn, "pin"))
+        kdriver.pin_page(self.state, self._in_use(pfn, "pin"))
 
     def unpin(self, pfn: int) -> None:
         p = self._in_use(pfn, "unpin")
-        if self._state.page["pins"][p] <= 0:
+        if self.state.page["pins"][p] <= 0:
             raise ValueError(f"pfn {p} is not pinned")
-        kdriver.unpin_page(self._state, p)
+        kdriver.unpin_page(self.state, p)
 
     def lock_page(self, pfn: int) -> None:
         """Another thread takes the page lock, so the engine's trylock fails."""
         p = self._in_use(pfn, "lock")
         if self._flags(p) & L.PG_LOCKED:
             raise ValueError(f"pfn {p} is already locked")
-        self._state.page["flags"][p] |= L.PG_LOCKED | L.PG_EXT_LOCKED
+        self.state.page["flags"][p] |= L.PG_LOCKED | L.PG_EXT_LOCKED
 
     def unlock_page(self, pfn: int) -> None:
         p = self._pfn(pfn)
         if not self._flags(p) & L.PG_EXT_LOCKED:
             raise ValueError(f"pfn {p} is not locked by lock_page()")
-        self._state.page["flags"][p] &= ~np.uint32(L.PG_LOCKED | L.PG_EXT_LOCKED)
+        self.state.page["flags"][p] &= ~np.uint32(L.PG_LOCKED | L.PG_EXT_LOCKED)
 
     def isolate_lru_page(self, pfn: int) -> None:
         """Another isolator holds the page off the LRU."""
         p = self._in_use(pfn, "isolate")
-        if kdriver.isolate_by_other(self._state, p) != 0:
+        if kdriver.isolate_by_other(self.state, p) != 0:
             raise ValueError(f"pfn {p} is not on the LRU, so it cannot be isolated")
 
     def putback_lru_page(self, pfn: int) -> None:
         p = self._pfn(pfn)
         if not self._flags(p) & L.PG_EXT_ISOLATED:
             raise ValueError(f"pfn {p} was not isolated by isolate_lru_page()")
-        kdriver.putback_by_other(self._state, p)
+        kdriver.putback_by_other(self.state, p)
 
     def lru_add_drain_all(self) -> None:
-        kdriver.lru_add_drain_all(self._state)
+        kdriver.lru_add_drain_all(self.state)
 
     # ------------------------------------------------------------------ driver helpers
     def alloc_page(self, device: bool = False) -> int:
         """A fresh page, locked, as a driver's allocator hands it to migrate_vma."""
         if not isinstance(device, bool):
             raise TypeError("device must be a bool")
-        pfn = int(kdriver.alloc_page(self._state, device))
+        pfn = int(kdriver.alloc_page(self.state, device))
         if pfn < 0:
             raise OutOfMemory(f"no free {'device' if device else 'RAM'} page")
         return pfn
 
     def put_page(self, pfn: int) -> None:
         p = self._in_use(pfn, "put")
-        if self._state.page["mapcount"][p] > 0 or self._state.page["refcount"][p] <= 0:
+        if self.state.page["mapcount"][p] > 0 or self.state.page["refcount"][p] <= 0:
             raise ValueError(f"pfn {p} is mapped or has no reference to put")
-        kdriver.put_page(self._state, p)
-
-    def _need_data(self) -> None:
-        if not self.store_data:
-            raise MigengineError("this machine keeps metadata only (store_data=False)")
+        kdriver.put_page(self.state, p)
 
     def copy_page(self, dst_pfn: int, src_pfn: int) -> None:
-        self._need_data()
-        kdriver.copy_page(self._state, self._pfn(dst_pfn), self._pfn(src_pfn))
+        self.core.need_data()
+        kdriver.copy_page(self.state, self._pfn(dst_pfn), self._pfn(src_pfn))
 
     def frame(self, pfn: int) -> bytes:
         """The frame's contents."""
-        self._need_data()
+        self.core.need_data()
         p = self._pfn(pfn)
         ps = self.page_size
-        return self._state.data[p * ps : (p + 1) * ps].tobytes()
+        return self.state.data[p * ps : (p + 1) * ps].tobytes()
 
     # ------------------------------------------------------------------ processes
     def new_process(self) -> Process:
-        from migengine.process import Process
-
-        proc = Process(self, len(self._processes))
+        proc = Process(self, self.core, len(self._processes))
         self._processes.append(proc)
         return proc
 
@@ -276,37 +258,10 @@ class Machine:
     def processes(self) -> tuple[Process, ...]:
         return tuple(self._processes)
 
-    def _add_vma(
-        self, mm: int, start: int, npages: int, flags: int, kind: int, pcache_base: int
-    ) -> int:
-        """Lay out a VMA's page tables; returns its index."""
-        st = self._state
-        ext = self.page_size * L.HPAGE_PMD_NR
-        end = start + npages * self.page_size
-        nlevel = (end - 1) // ext - start // ext + 1
-        v = int(st.sys[L.SYS_NR_VMAS])
-        pte_base = int(st.sys[L.SYS_PTE_USED])
-        pmd_base = int(st.sys[L.SYS_PMD_USED])
-        new_file = kind != L.VMA_ANON and pcache_base < 0
-        need_pc = int(st.sys[L.SYS_PCACHE_USED]) + (npages if new_file else 0)
-        st = kstate.reserve(st, v + 1, pte_base + npages, pmd_base + nlevel, need_pc)
-        if new_file:
-            pcache_base = int(st.sys[L.SYS_PCACHE_USED])
-            st.sys[L.SYS_PCACHE_USED] += npages
-        rec = st.vma[v]
-        rec["start"], rec["end"], rec["flags"], rec["kind"] = start, end, flags, kind
-        rec["mm"], rec["pte_base"], rec["pmd_base"] = mm, pte_base, pmd_base
-        rec["pcache_base"], rec["pgoff"], rec["live"] = pcache_base, 0, 1
-        st.sys[L.SYS_NR_VMAS] = v + 1
-        st.sys[L.SYS_PTE_USED] = pte_base + npages
-        st.sys[L.SYS_PMD_USED] = pmd_base + nlevel
-        self._set_state(st)
-        return v
-
     # ------------------------------------------------------------------ invariants
     def check(self) -> None:
         """Raise InvariantError naming the first broken invariant, if any."""
-        code, where = check_state(self._state)
+        code, where = check_state(self.state)
         if code != 0:
             raise InvariantError(f"{CHECK_MESSAGES[code]} (at index {where})")
 

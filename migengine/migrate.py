@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numba.core.registry import CPUDispatcher
 
-from migengine import kernels
-from migengine.device import log_threading_layer
+from migengine._numba_env import log_threading_layer
+from migengine._ops import MigrateOps
+from migengine._validate import as_int, mpfn_array
 from migengine.errors import MigrateError
 from migengine.kernels import driver as kdriver
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
+from migengine.kernels import migrate_vma as kernels_migrate_vma
+from migengine.kernels import (
+    migrate_vma_finalize,
+    migrate_vma_pages,
+    migrate_vma_setup,
+)
 from migengine.process import Vma
 
-from ._validate import as_int, mpfn_array
-
-MigrateOps = namedtuple("MigrateOps", "alloc_and_copy finalize_and_map")
-MigrateOps.__doc__ = """struct migrate_vma_ops: the driver's two callbacks.
-
-Python callables take ``(vma, src, dst, start, end, private)``, with ``src``
-read-only. ``@njit`` functions take ``(state, vma_index, src, dst, start, end,
-private)``; with those the whole migration runs in compiled code."""
+__all__ = ["MigrateOps", "migrate_vma"]
 
 
 def _is_compiled(fn: object) -> bool:
@@ -107,7 +106,7 @@ def migrate_vma(
         m = vma.process.machine
         if ops is m.device.ops:
             try:
-                if _fast_to_device(m._handle, vma.index, start, end, src, dst) == 0:
+                if _fast_to_device(m.core.handle, vma.index, start, end, src, dst) == 0:
                     return 0
             except (TypeError, OverflowError):
                 pass
@@ -126,9 +125,9 @@ def migrate_vma(
         raise ValueError("src and dst must not overlap")
     m = vma.process.machine
     if ops is m.device.ops:
-        return m.device._migrate_vma(vma, s, e, src, dst, private)
+        return m.device.run_ops(vma, s, e, src, dst, private)
     if compiled:
-        return int(kernels.migrate_vma(m.state, alloc, fin, vma.index, s, e, src, dst, private))
+        return int(kernels_migrate_vma(m.state, alloc, fin, vma.index, s, e, src, dst, private))
     return _migrate_vma_python(alloc, fin, vma, s, e, src, dst, private)
 
 
@@ -152,7 +151,7 @@ def _migrate_vma_python(
     ps = vma.process.machine.page_size
     s, e = start - start % ps, end - end % ps
     npages = (e - s) // ps
-    if kernels.migrate_vma_setup(st, vma.index, s, e, src, dst) <= 0:
+    if migrate_vma_setup(st, vma.index, s, e, src, dst) <= 0:
         return 0
     src_ro = src.view()
     src_ro.flags.writeable = False
@@ -165,7 +164,7 @@ def _migrate_vma_python(
         error = exc
         src[:npages] &= ~vma.process.machine.layout.MIGRATE
     bad = int(kdriver.validate_dst(st, src, dst, npages))
-    kernels.migrate_vma_pages(st, vma.index, s, e, src, dst)
+    migrate_vma_pages(st, vma.index, s, e, src, dst)
     dst_ro = dst.view()
     dst_ro.flags.writeable = False
     if error is None:
@@ -173,7 +172,7 @@ def _migrate_vma_python(
             fin(vma, src_ro, dst_ro, s, e, private)
         except BaseException as exc:
             error = exc
-    kernels.migrate_vma_finalize(st, vma.index, s, e, src, dst)
+    migrate_vma_finalize(st, vma.index, s, e, src, dst)
     if error is not None:
         raise error
     if bad >= 0:

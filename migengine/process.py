@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from migengine._validate import as_count, as_int
 from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
 from migengine.kernels import cpu as kcpu
 from migengine.kernels import driver as kdriver
@@ -14,9 +15,8 @@ from migengine.kernels import layout as L
 from migengine.kernels import memory as kmemory
 from migengine.kernels import state as kstate
 
-from ._validate import as_count, as_int
-
 if TYPE_CHECKING:
+    from migengine._core import MachineCore
     from migengine.machine import Machine
 
 Pte = namedtuple("Pte", "kind pfn writable huge")
@@ -60,10 +60,15 @@ def _raise_fault(status: int, addr: int, what: str) -> None:
 
 
 class Process:
-    """A process: an mm with VMAs, accessed through the simulated CPU."""
+    """A process: an mm with VMAs, accessed through the simulated CPU.
 
-    def __init__(self, machine: Machine, pid: int) -> None:
+    Made by ``Machine.new_process`` (or ``fork``), which hands it the machine
+    and the machine's core (the live state and its VMA layout).
+    """
+
+    def __init__(self, machine: Machine, core: MachineCore, pid: int) -> None:
         self.machine = machine
+        self._core = core
         self.pid = pid
         self.vmas: list[Vma] = []
 
@@ -85,7 +90,14 @@ class Process:
         addr: int | None = None,
         thp: bool = False,
     ) -> Vma:
-        """Map ``npages`` pages; returns the Vma. See api.md for the arguments."""
+        """Map ``npages`` pages; returns the Vma.
+
+        ``prot`` is ``"rw"``, ``"r"`` or ``"none"``; ``kind`` is ``"anon"`` or a
+        shared kind (``"shmem"``, ``"file"``); ``flags`` adds the ``VM_*`` flags
+        that migengine exports (``VM_LOCKED``, ``VM_HUGETLB``, ``VM_UFFD_MISSING``
+        and the ``VM_SPECIAL`` ones); ``addr`` places the mapping (page
+        aligned, default: after the last one); ``thp`` marks it VM_HUGEPAGE.
+        """
         m = self.machine
         n = as_count(npages, "npages", minimum=1)
         if prot not in PROTS:
@@ -94,7 +106,9 @@ class Process:
             raise ValueError(f"unknown kind {kind!r}; choose one of {sorted(L.VMA_KINDS)}")
         user = as_int(flags, "flags")
         if user & ~L.USER_VM_FLAGS:
-            raise ValueError(f"flags {user & ~L.USER_VM_FLAGS:#x} are not VM_* flags of api.md")
+            raise ValueError(
+                f"flags {user & ~L.USER_VM_FLAGS:#x} are not VM_* flags migengine exports"
+            )
         if not isinstance(thp, bool):
             raise TypeError("thp must be a bool")
         nbytes = n * m.page_size
@@ -109,7 +123,7 @@ class Process:
         vm_flags = PROTS[prot] | user | (L.VM_HUGEPAGE if thp else 0)
         if kind != "anon":
             vm_flags |= L.VM_SHARED
-        index = m._add_vma(self.pid, start, n, vm_flags, L.VMA_KINDS[kind], -1)
+        index = self._core.add_vma(self.pid, start, n, vm_flags, L.VMA_KINDS[kind], -1)
         vma = Vma(self, index)
         self.vmas.append(vma)
         return vma
@@ -122,7 +136,7 @@ class Process:
 
     # ------------------------------------------------------------------ CPU accesses
     def _data_range(self, addr: object, n: object) -> tuple[int, int]:
-        self.machine._need_data()
+        self._core.need_data()
         return as_count(addr, "addr"), as_count(n, "n")
 
     def read(self, addr: int, n: int) -> bytes:
@@ -185,7 +199,7 @@ class Process:
         for vma in self.vmas:
             rec = m.state.vma[vma.index]
             flags = int(rec["flags"]) & ~L.VM_LOCKED  # mlock is not inherited
-            index = m._add_vma(
+            index = self._core.add_vma(
                 child.pid, vma.start, vma.npages, flags, int(rec["kind"]), int(rec["pcache_base"])
             )
             kmemory.fork_vma(m.state, vma.index, index)

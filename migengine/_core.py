@@ -1,0 +1,90 @@
+"""MachineCore: what a Machine's parts share, without knowing the Machine.
+
+A :class:`~migengine.machine.Machine` owns one core and hands it to its
+processes and its device. The core holds the live flat ``State``, the handle
+table the Python fast paths pass to compiled code, the page size, whether
+frame bytes are stored, and the one operation that reallocates the state:
+laying out a new VMA. Processes and the device reach the machine's state only
+through it, so neither imports ``machine.py`` and no module reaches into
+another's private attributes.
+"""
+
+from __future__ import annotations
+
+from migengine.errors import MigengineError
+from migengine.kernels import handle as khandle
+from migengine.kernels import layout as L
+from migengine.kernels import state as kstate
+
+__all__ = ["MachineCore"]
+
+
+class MachineCore:
+    """The live state of one machine and the internal interface to it.
+
+    Not part of the public API: users hold the Machine, ``m.state`` and the
+    objects it returns.
+    """
+
+    # Plain attributes, not properties: migrate_vma's fast path reads the
+    # handle on every call, and each property hop would cost it ~50 ns.
+    state: kstate.State
+    """The live flat state; :meth:`add_vma` may replace it (take it again after)."""
+    handle: int
+    """The address of the current state's handle table (kernels.handle)."""
+
+    def __init__(self, st: kstate.State) -> None:
+        self.set_state(st)
+
+    def set_state(self, st: kstate.State) -> None:
+        """Install a state, and the handle table the Python fast paths pass
+        (kernels.handle): it names the arrays by address, so it is rebuilt with
+        every new state and keeps that state's arrays alive with it."""
+        self.state = st
+        self._handle_table = khandle.make_handle(st)
+        self.handle = int(self._handle_table.ctypes.data)
+
+    @property
+    def page_size(self) -> int:
+        return int(self.state.sys[L.SYS_PAGE_SIZE])
+
+    @property
+    def store_data(self) -> bool:
+        return bool(self.state.sys[L.SYS_STORE_DATA])
+
+    def need_data(self) -> None:
+        """Raise unless the machine keeps frame bytes (``store_data=True``)."""
+        if not self.store_data:
+            raise MigengineError("this machine keeps metadata only (store_data=False)")
+
+    def add_vma(
+        self, mm: int, start: int, npages: int, flags: int, kind: int, pcache_base: int
+    ) -> int:
+        """Lay out a VMA's page tables; returns its index.
+
+        May reallocate the VMA and page-table arrays, so the state (and its
+        handle) is replaced; callers take ``state`` again afterwards.
+        """
+        st = self.state
+        ps = self.page_size
+        ext = ps * L.HPAGE_PMD_NR
+        end = start + npages * ps
+        nlevel = (end - 1) // ext - start // ext + 1
+        v = int(st.sys[L.SYS_NR_VMAS])
+        pte_base = int(st.sys[L.SYS_PTE_USED])
+        pmd_base = int(st.sys[L.SYS_PMD_USED])
+        new_file = kind != L.VMA_ANON and pcache_base < 0
+        need_pc = int(st.sys[L.SYS_PCACHE_USED]) + (npages if new_file else 0)
+        st = kstate.reserve(st, v + 1, pte_base + npages, pmd_base + nlevel, need_pc)
+        if new_file:
+            pcache_base = int(st.sys[L.SYS_PCACHE_USED])
+            st.sys[L.SYS_PCACHE_USED] += npages
+        rec = st.vma[v]
+        rec["start"], rec["end"], rec["flags"], rec["kind"] = start, end, flags, kind
+        rec["mm"], rec["pte_base"], rec["pmd_base"] = mm, pte_base, pmd_base
+        rec["pcache_base"], rec["pgoff"], rec["live"] = pcache_base, 0, 1
+        st.sys[L.SYS_NR_VMAS] = v + 1
+        st.sys[L.SYS_PTE_USED] = pte_base + npages
+        st.sys[L.SYS_PMD_USED] = pmd_base + nlevel
+        self.set_state(st)
+        return v
