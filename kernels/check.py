@@ -12,6 +12,7 @@ from numba import njit
 
 from . import layout as L
 from . import mm
+from ._jit import internal
 
 CHECK_MESSAGES = (
     "ok",
@@ -49,7 +50,7 @@ CHECK_MESSAGES = (
 ) = range(len(CHECK_MESSAGES))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _check_free_lists(st):
     nr_ram = st.sys[L.SYS_NR_RAM]
     nframes = st.page.shape[0]
@@ -75,7 +76,7 @@ def _check_free_lists(st):
     return CHK_OK, -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _count_mappings(st, maps, swaps):
     """Recount mappings per frame (into ``maps``) and users per swap slot."""
     ps = st.sys[L.SYS_PAGE_SIZE]
@@ -114,7 +115,7 @@ def _count_mappings(st, maps, swaps):
     return CHK_OK, -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _chain_matches(st, pfn, limit):
     """Every node of the page's chain maps it, and there are mapcount nodes."""
     node = st.page["rmap"][pfn]
@@ -132,7 +133,7 @@ def _chain_matches(st, pfn, limit):
     return n == st.page["mapcount"][pfn]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _expected_refs(st, pfn):
     flags = st.page["flags"][pfn]
     ref = st.page["mapcount"][pfn] + st.page["pins"][pfn]
@@ -147,7 +148,7 @@ def _expected_refs(st, pfn):
     return ref
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _check_page(st, pfn, maps, limit):
     flags = st.page["flags"][pfn]
     if (flags & (L.PG_FREE | L.PG_ZERO)) != 0:
@@ -177,7 +178,7 @@ def _check_page(st, pfn, maps, limit):
     return CHK_OK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _check_batches(st):
     queued = 0
     for cpu in range(L.NR_CPUS):
@@ -193,7 +194,7 @@ def _check_batches(st):
     return (CHK_OK if flagged == queued else CHK_LRU), -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _check_tables(st, swaps):
     for e in range(st.swap_map.shape[0]):
         if st.swap_map[e] != swaps[e]:

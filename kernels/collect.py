@@ -5,15 +5,14 @@ unmap while collecting), 16/19 (device-private entries as sources, ``dst = 0`` i
 every slot) and 17/19 (holes and zero-page entries collected as MIGRATE).
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
 from ._indices import PREFETCH_AHEAD
+from ._jit import internal, kernel
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _count(mig, n):
     """cpages += n; MIG_COLLECTED keeps what collect counted, whatever prepare
     and unmap take off cpages later in a fused setup sweep."""
@@ -21,7 +20,7 @@ def _count(mig, n):
     mig[L.MIG_COLLECTED] += n
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
     """migrate_vma_collect_hole(): a range with no page behind it.
 
@@ -41,7 +40,7 @@ def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
         _count(mig, npages_in_hole)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def migrate_vma_collect_skip(st, src, dst, mig, npages_in_range):
     """migrate_vma_collect_skip() (hmm-v25): ``src = dst = 0`` for a range that
     cannot be collected (THP trylock or split failure)."""
@@ -52,7 +51,7 @@ def migrate_vma_collect_skip(st, src, dst, mig, npages_in_range):
     mig[L.MIG_NPAGES] = n + npages_in_range
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _collect_huge(st, v, addr, pmd_i, first_slot):
     """The PMD-level part of migrate_vma_collect_pmd(): split what is huge.
 
@@ -74,7 +73,7 @@ def _collect_huge(st, v, addr, pmd_i, first_slot):
     return ret == 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _install_migration_entry(st, slot, pfn, write):
     """15/19: replace the PTE by a migration entry, drop rmap count and the
     mapping's reference (the collect reference keeps the page alive)."""
@@ -85,7 +84,7 @@ def _install_migration_entry(st, slot, pfn, write):
     return was_present
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def collect_pte(st, slot, hmm):
     """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
     lay = st.layout
@@ -105,7 +104,7 @@ def collect_pte(st, slot, hmm):
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def collect_slot(st, slot, hmm, mig):
     """One PTE of migrate_vma_collect_pmd(): (its mpfn, 1 if collect unmapped it)."""
     lay = st.layout
@@ -125,7 +124,7 @@ def collect_slot(st, slot, hmm, mig):
     return mpfn, 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def collect_pte_slot(st, slot, src, dst, n, mig, hmm):
     """The PTE loop's body for slot ``n`` of the range: collect_slot() and the
     ``src``/``dst`` writes. Returns 1 when collect unmapped the page."""
@@ -136,7 +135,7 @@ def collect_pte_slot(st, slot, src, dst, n, mig, hmm):
     return was_unmapped
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def prefetch_ahead(st, slot, k, count):
     """Prefetch the struct page PREFETCH_AHEAD slots on, if any."""
     if k + PREFETCH_AHEAD < count:
@@ -145,7 +144,7 @@ def prefetch_ahead(st, slot, k, count):
             mm.prefetch_page(st, mm.pte_pfn(ahead))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
     """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
     slot = mm.pte_slot(st, v, addr)
@@ -160,7 +159,7 @@ def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
     """migrate_vma_collect_pmd()'s PMD-level branches for the extent ``[addr, stop)``.
 
@@ -185,7 +184,7 @@ def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
     return False
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def collect_range(st, v, start, end, src, dst, mig):
     """migrate_vma_collect()'s walk over ``[start, end)``, one PMD extent at a time."""
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
@@ -199,7 +198,7 @@ def collect_range(st, v, start, end, src, dst, mig):
     mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * st.sys[L.SYS_PAGE_SIZE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_vma_collect(st, v, start, end, src, dst, mig):
     """migrate_vma_collect() - collect pages over a range of virtual addresses.
 

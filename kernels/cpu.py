@@ -5,10 +5,10 @@ Python ``Process`` methods of the same names wrap them.
 """
 
 import numpy as np
-from numba import njit
 
 from . import layout as L
 from . import mm
+from ._jit import kernel
 from .memory import access_vm
 
 # translate() kinds, in Pte.kind order.
@@ -17,7 +17,7 @@ TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR = range
 TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error")
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def cpu_read(state, mm_id, addr, buf):
     """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
     fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
@@ -25,14 +25,14 @@ def cpu_read(state, mm_id, addr, buf):
     return status
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def cpu_write(state, mm_id, addr, buf):
     """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
     status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(True))
     return status
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def translate(state, mm_id, addr):
     """Walk the page table: (TR_* kind, pfn or -1, writable, huge)."""
     v = mm.find_vma(state, mm_id, addr)

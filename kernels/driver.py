@@ -9,10 +9,11 @@ from numba import njit
 
 from . import layout as L
 from . import mm
+from ._jit import kernel
 from ._llvm import memcpy_bytes
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def alloc_page(state, device):
     """A fresh locked page as a driver's allocator hands it to migrate_vma().
 
@@ -27,18 +28,18 @@ def alloc_page(state, device):
     return pfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def put_page(state, pfn):
     """put_page(): drop one reference (frees the page at its free count)."""
     mm.put_page(state, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def unlock_page(state, pfn):
     mm.unlock_page(state, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def copy_page(state, dst_pfn, src_pfn):
     """copy_highpage(): copy one frame's bytes (a no-op without stored data)."""
     ps = state.sys[L.SYS_PAGE_SIZE]
@@ -46,13 +47,13 @@ def copy_page(state, dst_pfn, src_pfn):
         memcpy_bytes(state.data, dst_pfn * ps, state.data, src_pfn * ps, ps)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_pfn(state, pfn):
     """migrate_pfn(): ``(pfn << SHIFT) | VALID`` in the machine's layout."""
     return mm.make_mpfn(state.layout, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def mpfn_to_pfn(state, mpfn):
     """The pfn of an mpfn, or -1 when VALID is not set."""
     return mm.mpfn_to_pfn(state.layout, np.uint64(mpfn))
@@ -100,20 +101,20 @@ def validate_dst(state, src, dst, npages):
     return first_bad
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def pin_page(state, pfn):
     """get_user_pages(): an extra reference that makes the page look pinned."""
     mm.get_page(state, pfn)
     state.page["pins"][pfn] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def unpin_page(state, pfn):
     state.page["pins"][pfn] -= 1
     mm.put_page(state, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def isolate_by_other(state, pfn):
     """Another isolator takes the page off the LRU (draining the batch it may sit
     in first, as callers of isolate_lru_page() do). Returns 0 or -EBUSY."""
@@ -126,12 +127,12 @@ def isolate_by_other(state, pfn):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def putback_by_other(state, pfn):
     mm.clear_flag(state, pfn, L.PG_EXT_ISOLATED)
     mm.putback_lru_page(state, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def lru_add_drain_all(state):
     mm.lru_add_drain_all(state)

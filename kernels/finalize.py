@@ -5,14 +5,13 @@ pages (which never sit on an LRU) and unlocks and puts the destination of a
 filled hole.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal, kernel
 from .rmap import remove_migration_ptes
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def release(st, pfn, hmm):
     """put_page() for ZONE_DEVICE pages, putback_lru_page() for the others."""
     if hmm and mm.is_zone_device(st, pfn):
@@ -21,7 +20,7 @@ def release(st, pfn, hmm):
         mm.putback_lru_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finalize_slot(st, src, dst, i, hmm):
     """Finish one slot; returns 1 when it was a collected page (cpages--)."""
     lay = st.layout
@@ -48,7 +47,7 @@ def finalize_slot(st, src, dst, i, hmm):
     return 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_vma_finalize(st, npages, src, dst):
     """migrate_vma_finalize() - restore CPU page table entries.
 

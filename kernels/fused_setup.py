@@ -8,16 +8,15 @@ tests/properties/test_fused.py holds the two equal. The walk is collect's
 (``collect_extent`` for the PMD level); only the PTE loop adds the two steps.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal
 from .collect import collect_extent, collect_pte_slot, prefetch_ahead
 from .prepare import prepare_slot, restore_remapped_slot
 from .unmap import restore_slot, unmap_slot
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
     """prepare and unmap for a slot just collected. prepare's local
     lru_add_drain() runs before its first page, as in the separate pass."""
@@ -32,7 +31,7 @@ def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
         restore_slot(st, src, k)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
     """collect's PTE loop over ``[addr, end)`` with prepare and unmap per slot;
     ``unmapped`` is nonzero when PTEs of this PMD were already cleared (a sweep
@@ -49,7 +48,7 @@ def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def setup_sweep(st, v, start, end, src, dst, mig, unmapped0):
     """collect + prepare + unmap of ``[start, end)`` in one walk.
 

@@ -13,8 +13,9 @@ Only the Python layer's fast paths use handles; users' ``@njit`` code takes
 """
 
 import numpy as np
-from numba import njit, types
+from numba import types
 
+from ._jit import internal, kernel
 from ._llvm import array_at, arrays_at
 from .device import migrate_range_to_system, migrate_to_device, run_driver
 from .state import STATE_SPEC, State
@@ -24,7 +25,7 @@ HANDLE_WORDS = _SLOTS * len(STATE_SPEC)
 EBADARG = 1000  # returned negated: an argument the fast path does not take
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@internal(inline=True)
 def state_at(handle):
     """The ``State`` a handle describes (field order of ``STATE_SPEC``).
 
@@ -51,13 +52,13 @@ def make_handle(state: State) -> np.ndarray:
     return table
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _overlap(a, b):
     lo_a, lo_b = a.ctypes.data, b.ctypes.data
     return lo_a < lo_b + b.nbytes and lo_b < lo_a + a.nbytes
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     """me.migrate_vma(m.device.ops, ...) from Python: the device's pipeline on
     the state behind ``handle``.
@@ -71,14 +72,14 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     return min(run_driver(state_at(handle), True, vma_index, start, end, src, dst, 0), 0)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_to_device_at(handle, mm_id, start, end):
     """m.device.migrate_to_device() from Python: device.migrate_to_device() on the
     state behind ``handle`` (the Python layer has validated the arguments)."""
     return migrate_to_device(state_at(handle), mm_id, start, end)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_to_system_at(handle, mm_id, start, end):
     """m.device.migrate_to_system() from Python, on the state behind ``handle``."""
     return migrate_range_to_system(state_at(handle), mm_id, start, end, np.int64(0))

@@ -5,13 +5,12 @@ refcount and the PMD mapcount, the tails carry PG_TAIL. Its reverse-map chain
 links the first PTE slot of every 2 MiB extent that maps it.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def split_huge_pmd_zero(st, pmd_i, first_slot):
     """split_huge_pmd() of the huge zero page: 512 read-only zero-page PTEs."""
     zero = st.sys[L.SYS_ZERO_PFN]
@@ -22,13 +21,13 @@ def split_huge_pmd_zero(st, pmd_i, first_slot):
     st.counters[L.C_THP_SPLIT_PMD] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def can_split_huge_page(st, head, caller_refs):
     """can_split_huge_page(): no reference beyond the PMD mappings and the caller's."""
     return st.page["refcount"][head] - caller_refs == st.page["mapcount"][head]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _pmd_of_first_slot(st, first_slot):
     """The PMD slot that a THP rmap node (a first PTE slot) stands for."""
     nv = st.sys[L.SYS_NR_VMAS]
@@ -42,7 +41,7 @@ def _pmd_of_first_slot(st, first_slot):
     return -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def split_huge_page(st, head, caller_refs):
     """split_huge_page(): turn every PMD mapping of a THP into 512 PTEs.
 

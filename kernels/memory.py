@@ -7,10 +7,9 @@ device's fault handler, which migrates the page back with migrate_vma().
 Every function here runs compiled; the Python layer only validates.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
 from .device.fault import device_fault
 from .huge_memory import split_huge_page, split_huge_pmd_zero
@@ -19,7 +18,7 @@ _FAULT_RETRIES = 4
 
 
 # --------------------------------------------------------------------- new pages
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _new_anon_page(st, v, addr):
     """A zeroed anonymous page for ``addr``, in the user CPU's LRU-add batch."""
     pfn = mm.alloc_frame(st, False)
@@ -36,7 +35,7 @@ def _new_anon_page(st, v, addr):
     return pfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _copy_frame(st, dst_pfn, src_pfn, npages):
     ps = st.sys[L.SYS_PAGE_SIZE]
     if st.sys[L.SYS_STORE_DATA] != 0:
@@ -44,7 +43,7 @@ def _copy_frame(st, dst_pfn, src_pfn, npages):
 
 
 # --------------------------------------------------------------------- PMD level
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _thp_extent(st, v, addr):
     """First address of addr's 2 MiB extent if it lies wholly inside a THP VMA."""
     if (st.vma["flags"][v] & L.VM_HUGEPAGE) == 0 or st.vma["kind"][v] != L.VMA_ANON:
@@ -56,7 +55,7 @@ def _thp_extent(st, v, addr):
     return first
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _map_new_thp(st, v, first, pmd_i, src_head):
     """Allocate a THP, fill it (zero or copy of src_head) and PMD-map it writable."""
     head = mm.alloc_thp(st)
@@ -76,7 +75,7 @@ def _map_new_thp(st, v, first, pmd_i, src_head):
     return head
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _wp_huge_pmd(st, v, first, pmd_i):
     """do_huge_pmd_wp_page(): reuse, copy the THP, or split and fall back to PTEs.
 
@@ -97,7 +96,7 @@ def _wp_huge_pmd(st, v, first, pmd_i):
     return L.FAULT_RETRY
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _fault_pmd(st, v, addr, write):
     """The PMD half of handle_mm_fault(). FAULT_RETRY means: go on to the PTE."""
     pmd_i = mm.pmd_slot(st, v, addr)
@@ -127,7 +126,7 @@ def _fault_pmd(st, v, addr, write):
 
 
 # --------------------------------------------------------------------- PTE level
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _fault_file(st, v, addr, slot):
     """do_shared_fault(): map the page-cache page, reading it in (zeroed) if absent."""
     ps = st.sys[L.SYS_PAGE_SIZE]
@@ -146,7 +145,7 @@ def _fault_file(st, v, addr, slot):
     return L.FAULT_OK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _fault_none(st, v, addr, slot, write):
     """do_anonymous_page() / do_shared_fault() on an empty PTE."""
     if st.vma["kind"][v] != L.VMA_ANON:
@@ -161,7 +160,7 @@ def _fault_none(st, v, addr, slot, write):
     return L.FAULT_OK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _fault_wp(st, v, addr, slot):
     """do_wp_page(): a write to a read-only present PTE."""
     pfn = mm.pte_pfn(st.pte[slot])
@@ -181,7 +180,7 @@ def _fault_wp(st, v, addr, slot):
     return L.FAULT_OK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _swap_in(st, v, addr, slot):
     """do_swap_page() for a swap entry: a private copy of the slot's bytes."""
     entry = mm.pte_pfn(st.pte[slot])
@@ -198,7 +197,7 @@ def _swap_in(st, v, addr, slot):
     return L.FAULT_OK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _swap_put(st, entry):
     st.swap_map[entry] -= 1
     if st.swap_map[entry] == 0:
@@ -206,7 +205,7 @@ def _swap_put(st, entry):
         st.sys[L.SYS_SWAP_FREE] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _fault_pte(st, v, addr, write):
     slot = mm.pte_slot(st, v, addr)
     pte = st.pte[slot]
@@ -227,7 +226,7 @@ def _fault_pte(st, v, addr, write):
     return L.FAULT_RETRY  # a migration entry: the access would wait for the page lock
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def handle_mm_fault(st, v, addr, write):
     """handle_mm_fault() - make ``addr`` accessible for a load or a store.
 
@@ -254,7 +253,7 @@ def handle_mm_fault(st, v, addr, write):
 
 
 # --------------------------------------------------------------------- accesses
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _resolve(st, v, addr, write):
     """Fault as needed; returns (status, pfn or -1 for the zero page)."""
     pmd_i = mm.pmd_slot(st, v, addr)
@@ -276,7 +275,7 @@ def _resolve(st, v, addr, write):
     return L.FAULT_RETRY, -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def access_vm(state, mm_id, addr, buf, nbytes, write):
     """A CPU load (write=False) into ``buf`` or store from ``buf`` of ``nbytes``.
 
@@ -306,7 +305,7 @@ def access_vm(state, mm_id, addr, buf, nbytes, write):
     return L.FAULT_OK, nbytes
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def populate(state, vma_index, start, end, write):
     """populate_vma_page_range(): fault in every page of ``[start, end)``.
 
@@ -323,7 +322,7 @@ def populate(state, vma_index, start, end, write):
 
 
 # --------------------------------------------------------------------- fork
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _fork_pte(st, pslot, cslot):
     """copy_one_pte(): share anonymous pages copy-on-write, device entries too."""
     pte = st.pte[pslot]
@@ -343,7 +342,7 @@ def _fork_pte(st, pslot, cslot):
     st.pte[cslot] = pte
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def fork_vma(state, parent, child):
     """copy_page_range() for one VMA into the child's (already laid out) VMA.
 
@@ -382,7 +381,7 @@ def fork_vma(state, parent, child):
 
 
 # --------------------------------------------------------------------- swap
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def swap_out(state, vma_index, addr):
     """Reclaim one anonymous page to swap (shrink_page_list + try_to_unmap).
 

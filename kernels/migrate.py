@@ -13,6 +13,7 @@ from numba import njit
 
 from . import layout as L
 from . import mm
+from ._jit import internal, kernel
 from .collect import migrate_vma_collect
 from .finalize import migrate_vma_finalize as _finalize
 from .fused_setup import setup_sweep
@@ -24,7 +25,7 @@ from .prepare import migrate_vma_prepare
 from .unmap import migrate_vma_unmap
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
     """The sanity checks of migrate_vma(): -EINVAL or the number of pages.
 
@@ -51,7 +52,7 @@ def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
     return npages
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_vma_setup(state, vma_index, start, end, src, dst):
     """migrate_vma_setup() - check, collect, prepare and unmap a range.
 
@@ -69,7 +70,7 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     return setup_range(state, vma_index, start, end, src, dst)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _begin(state, vma_index, start, npages):
     """Zero the call's ``struct migrate_vma`` scalars and count the call."""
     mig = state.mig
@@ -80,7 +81,7 @@ def _begin(state, vma_index, start, npages):
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def setup_range(state, vma_index, start, end, src, dst):
     """migrate_vma_setup()'s body, shared with the device's own pipeline.
 
@@ -106,7 +107,7 @@ def setup_range(state, vma_index, start, end, src, dst):
     return mig[L.MIG_CPAGES]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def setup_by_passes(state, vma_index, start, end, src, dst):
     """migrate_vma_setup() as 14/19's migrate_vma() writes it: three loops, early returns.
 
@@ -133,7 +134,7 @@ def setup_by_passes(state, vma_index, start, end, src, dst):
     return mig[L.MIG_CPAGES]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_vma_pages(state, vma_index, start, end, src, dst):
     """migrate_vma_pages() - the struct-page move for a range set up by
     migrate_vma_setup(); see :func:`kernels.pages.migrate_vma_pages`."""
@@ -141,7 +142,7 @@ def migrate_vma_pages(state, vma_index, start, end, src, dst):
     _pages(state, vma_index, start, mm.pages_in(state, mm.page_down(state, end) - start), src, dst)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_vma_finalize(state, vma_index, start, end, src, dst):
     """migrate_vma_finalize() - remap and release a range after
     migrate_vma_pages(); see :func:`kernels.finalize.migrate_vma_finalize`."""

@@ -19,9 +19,8 @@ Refcount conventions (both profiles unless stated):
 * the per-CPU LRU-add batch, LRU isolation, the page cache and each pin hold one.
 """
 
-from numba import njit
-
 from . import layout as L
+from ._jit import internal, kernel
 from .page_alloc import (  # noqa: F401  (re-exported: mm is the primitives' one namespace)
     _depth_index,
     _stack_base,
@@ -63,19 +62,19 @@ from .pgtable import (  # noqa: F401  (re-exported)
 
 
 # --------------------------------------------------------------------- refcounts
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def get_page(st, pfn):
     st.page["refcount"][compound_head(st, pfn)] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _free_compound(st, head):
     for j in range(L.HPAGE_PMD_NR):
         st.page["refcount"][head + j] = 0
         free_frame(st, head + j)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def put_page(st, pfn):
     """Drop a reference; free the page when it reaches its free value.
 
@@ -100,7 +99,7 @@ def put_page(st, pfn):
 
 
 # --------------------------------------------------------------------- page lock
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def trylock_page(st, pfn):
     if has_flag(st, pfn, L.PG_LOCKED):
         return False
@@ -108,13 +107,13 @@ def trylock_page(st, pfn):
     return True
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def unlock_page(st, pfn):
     clear_flag(st, pfn, L.PG_LOCKED)
 
 
 # --------------------------------------------------------------------- LRU
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def drain_cpu(st, cpu):
     """__pagevec_lru_add(): move one CPU's batch to the LRU and drop its references."""
     n = st.pagevec_n[cpu]
@@ -127,7 +126,7 @@ def drain_cpu(st, cpu):
     st.pagevec_n[cpu] = 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def lru_cache_add(st, cpu, pfn):
     """lru_cache_add(): queue a page in ``cpu``'s LRU-add batch (takes a reference).
 
@@ -146,7 +145,7 @@ def lru_cache_add(st, cpu, pfn):
         drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def lru_add_drain(st, cpu):
     """lru_add_drain(): drain the calling CPU's batch only."""
     st.counters[L.C_LRU_ADD_DRAIN] += 1
@@ -154,7 +153,7 @@ def lru_add_drain(st, cpu):
         drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def lru_add_drain_all(st):
     """lru_add_drain_all(): drain every CPU's batch."""
     st.counters[L.C_LRU_ADD_DRAIN_ALL] += 1
@@ -162,7 +161,7 @@ def lru_add_drain_all(st):
         drain_cpu(st, cpu)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def isolate_lru_page(st, pfn):
     """isolate_lru_page(): 0 and a new reference on success, -EBUSY if not on the LRU."""
     if not has_flag(st, pfn, L.PG_LRU):
@@ -172,7 +171,7 @@ def isolate_lru_page(st, pfn):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def putback_lru_page(st, pfn):
     """putback_lru_page(): back on the LRU, dropping the isolation reference.
 
@@ -185,13 +184,13 @@ def putback_lru_page(st, pfn):
 
 
 # --------------------------------------------------------------------- reverse map
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def rmap_add(st, pfn, slot):
     st.pte_next[slot] = st.page["rmap"][pfn]
     st.page["rmap"][pfn] = slot
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def rmap_del(st, pfn, slot):
     prev = -1
     cur = st.page["rmap"][pfn]
@@ -207,13 +206,13 @@ def rmap_del(st, pfn, slot):
     st.pte_next[slot] = -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def page_mapped(st, pfn):
     return st.page["mapcount"][compound_head(st, pfn)] > 0
 
 
 # --------------------------------------------------------------------- mapping
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def map_new_page(st, slot, pfn, write, device_entry):
     """Install a PTE (or device-private entry) for a page, as the fault and insert
     paths do: rmap + mapcount + the mapping's reference."""
@@ -228,7 +227,7 @@ def map_new_page(st, slot, pfn, write, device_entry):
     rmap_add(st, pfn, slot)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def zap_pte(st, slot):
     """zap_pte_range() for one slot: tear down a present PTE or device entry (rmap,
     mapcount, mirror and reference)."""
@@ -242,7 +241,7 @@ def zap_pte(st, slot):
     put_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def zero_frame(st, pfn):
     if st.sys[L.SYS_STORE_DATA] == 0:
         return
@@ -251,7 +250,7 @@ def zero_frame(st, pfn):
 
 
 # --------------------------------------------------------------------- VMAs
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def find_vma(st, mm_id, addr):
     """find_vma(): the live VMA of process ``mm_id`` containing ``addr``, or -1."""
     for v in range(st.sys[L.SYS_NR_VMAS]):

@@ -8,32 +8,32 @@ ascending order. Re-exported by :mod:`kernels.mm`.
 """
 
 import numpy as np
-from numba import njit
 
 from . import layout as L
+from ._jit import internal
 from .pgtable import clear_flag, is_device_pfn, ix, set_flag
 
 
 # --------------------------------------------------------------------- allocator
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _depth_index(device):
     """Index in ``sys`` of the free-stack depth of RAM or device memory."""
     return L.SYS_DEV_FREE if device else L.SYS_RAM_FREE
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _stack_base(st, device):
     """Where the free stack of RAM (0) or device memory (nr_ram) starts."""
     return st.sys[L.SYS_NR_RAM] if device else np.int64(0)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def free_top(st, device):
     """The free-stack position of the frame alloc_frame() would pop next."""
     return _stack_base(st, device) + st.sys[_depth_index(device)] - 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _stack_remove(st, pfn):
     """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
     device = is_device_pfn(st, pfn)
@@ -46,7 +46,7 @@ def _stack_remove(st, pfn):
     st.sys[depth_i] -= 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def init_allocated(st, pfn):
     st.page["flags"][pfn] &= L.PG_ZONE_DEVICE
     st.page["mapcount"][pfn] = 0
@@ -57,7 +57,7 @@ def init_allocated(st, pfn):
     st.page["refcount"][pfn] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def alloc_frame(st, device):
     """Allocate one frame (unlocked, refcount +1); -1 when the pool is empty."""
     depth_i = _depth_index(device)
@@ -69,7 +69,7 @@ def alloc_frame(st, device):
     return pfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def free_frame(st, pfn):
     """Return a frame to its free stack (refcount already at its free value)."""
     device = is_device_pfn(st, pfn)
@@ -79,21 +79,21 @@ def free_frame(st, pfn):
     mark_free(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def place_free(st, pfn, pos):
     """Put a freed frame at position ``pos`` of the free stack."""
     st.free_stack[ix(pos)] = pfn
     st.free_pos[ix(pfn)] = pos
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def unplace_free(st, pfn, pos):
     """Empty position ``pos`` of the free stack, where frame ``pfn`` was: it is in use."""
     st.free_stack[ix(pos)] = -1
     st.free_pos[ix(pfn)] = -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def mark_free(st, pfn):
     """The struct-page side of freeing a frame (free_frame() without the stack)."""
     at = ix(pfn)
@@ -105,7 +105,7 @@ def mark_free(st, pfn):
         st.counters[L.C_DEVICE_CFREE] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def alloc_thp(st):
     """Allocate an aligned order-9 RAM run as a compound page; head pfn or -1."""
     nr = st.sys[L.SYS_NR_RAM]

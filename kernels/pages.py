@@ -6,13 +6,12 @@ no hole insertion; ``hmm-v25`` clears MIGRATE on slots without a destination
 refuses page-cache pages for a device-private destination (16/19).
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal, kernel
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def migrate_page_move_mapping(st, newpage, page):
     """migrate_page(mapping, newpage, page, MIGRATE_SYNC_NO_COPY).
 
@@ -47,7 +46,7 @@ def migrate_page_move_mapping(st, newpage, page):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     """migrate_vma_insert_page() (hmm-v25, 17/19) - map a new page on a hole.
 
@@ -94,7 +93,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     src[i] = lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _pages_slot_hmm(st, v, addr, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -115,7 +114,7 @@ def _pages_slot_hmm(st, v, addr, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _pages_slot_seed(st, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -126,7 +125,7 @@ def _pages_slot_seed(st, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pages_slot(st, v, addr, src, dst, i, hmm):
     """migrate_vma_pages() for slot ``i`` (at ``addr``) alone."""
     if hmm:
@@ -135,7 +134,7 @@ def pages_slot(st, v, addr, src, dst, i, hmm):
         _pages_slot_seed(st, src, dst, i)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_vma_pages(st, v, start, npages, src, dst):
     """migrate_vma_pages() - migrate meta-data from src page to dst page.
 

@@ -7,26 +7,26 @@ Re-exported by :mod:`kernels.mm`, the primitives' one namespace.
 """
 
 import numpy as np
-from numba import njit
 
 from . import layout as L
+from ._jit import internal
 from ._llvm import prefetch_for_write
 
 _NOT = np.uint32(0xFFFFFFFF)
 
 
 # --------------------------------------------------------------------- encodings
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pte_kind(pte):
     return pte & L.PTE_KIND_MASK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pte_pfn(pte):
     return np.int64(pte >> L.PTE_PFN_SHIFT)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def make_pte(kind, pfn, write):
     word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
     if write:
@@ -34,17 +34,17 @@ def make_pte(kind, pfn, write):
     return word
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pte_write(pte):
     return (pte & L.PTE_WRITE) != 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pmd_kind(pmd):
     return pmd & L.PMD_KIND_MASK
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def make_pmd(kind, pfn, write):
     word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
     if write:
@@ -52,13 +52,13 @@ def make_pmd(kind, pfn, write):
     return word
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def make_mpfn(lay, pfn):
     """migrate_pfn(): ``(pfn << SHIFT) | VALID`` in the active layout."""
     return (np.uint64(pfn) << lay[L.L_SHIFT]) | lay[L.L_VALID]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def mpfn_to_pfn(lay, mpfn):
     """migrate_pfn_to_page() as a pfn: -1 unless VALID is set."""
     if (mpfn & lay[L.L_VALID]) == 0:
@@ -66,80 +66,80 @@ def mpfn_to_pfn(lay, mpfn):
     return np.int64(mpfn >> lay[L.L_SHIFT])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def page_size(st):
     return st.sys[L.SYS_PAGE_SIZE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pages_in(st, nbytes):
     """``nbytes // page_size``: page sizes are powers of two, so a shift."""
     return nbytes >> st.sys[L.SYS_PAGE_SHIFT]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def page_down(st, addr):
     """``addr - addr % page_size`` (round down to a page)."""
     return addr & -st.sys[L.SYS_PAGE_SIZE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pte_slot(st, v, addr):
     """PTE slot of ``addr`` inside VMA ``v``."""
     return st.vma["pte_base"][v] + pages_in(st, addr - st.vma["start"][v])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pmd_extent(st):
     return st.sys[L.SYS_PAGE_SIZE] * L.HPAGE_PMD_NR
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def pmd_slot(st, v, addr):
     """PMD slot of the 2 MiB extent holding ``addr`` inside VMA ``v``."""
     shift = st.sys[L.SYS_PAGE_SHIFT] + L.HPAGE_PMD_ORDER
     return st.vma["pmd_base"][v] + (addr >> shift) - (st.vma["start"][v] >> shift)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def is_device_pfn(st, pfn):
     return pfn >= st.sys[L.SYS_NR_RAM]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def is_zone_device(st, pfn):
     """is_device_private_page(): device frames are ZONE_DEVICE only in hmm-v25."""
     return (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) != 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def is_zero_pfn(st, pfn):
     return pfn == st.sys[L.SYS_ZERO_PFN]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def has_flag(st, pfn, flag):
     return (st.page["flags"][pfn] & flag) != 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def set_flag(st, pfn, flag):
     st.page["flags"][pfn] |= flag
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def clear_flag(st, pfn, flag):
     st.page["flags"][pfn] &= _NOT ^ flag
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def compound_head(st, pfn):
     if has_flag(st, pfn, L.PG_TAIL):
         return pfn - pfn % L.HPAGE_PMD_NR
     return pfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def ix(i):
     """``i`` as an index numba uses as is: an unsigned one. Only for ``i >= 0``.
 
@@ -150,7 +150,7 @@ def ix(i):
     return np.uint64(i)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def prefetch_page(st, pfn):
     """Prefetch a struct page (one cache line: records are 32 bytes, aligned)."""
     prefetch_for_write(st.page["refcount"], pfn)

@@ -3,13 +3,12 @@
 Shared by prepare and unmap, as in mm/migrate.c.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def migrate_vma_check_page(st, pfn):
     """migrate_vma_check_page() - False when the page is pinned.
 

@@ -6,15 +6,14 @@ already locked and unmapped by collect are restored ("remapped") on failure,
 and ZONE_DEVICE pages skip the LRU steps.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal, kernel
 from .pin_check import migrate_vma_check_page
 from .rmap import remove_migration_pte
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _may_drain_all(st, pfn, mig):
     """lru_add_drain_all() for the first page found off the LRU, once per call:
     it may sit in another CPU's LRU-add batch."""
@@ -23,7 +22,7 @@ def _may_drain_all(st, pfn, mig):
         mig[L.MIG_DRAINED_ALL] = 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _prepare_seed_slot(st, src, k, pfn, mig):
     """The seed's loop body for one collected page."""
     lay = st.layout
@@ -52,7 +51,7 @@ def _prepare_seed_slot(st, src, k, pfn, mig):
         mm.putback_lru_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _drop(st, src, k, pfn, mig, remap):
     """A prepare failure: restore later if collect unmapped it, else let go now."""
     lay = st.layout
@@ -65,7 +64,7 @@ def _drop(st, src, k, pfn, mig, remap):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _prepare_hmm_slot(st, src, k, pfn, mig):
     """4.14's loop body for one collected page; 1 when it must be remapped."""
     lay = st.layout
@@ -101,7 +100,7 @@ def _prepare_hmm_slot(st, src, k, pfn, mig):
     return restore
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def prepare_slot(st, src, k, mig, hmm):
     """migrate_vma_prepare() for slot ``k`` alone; 1 when it must be remapped.
 
@@ -119,7 +118,7 @@ def prepare_slot(st, src, k, mig, hmm):
     return 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def restore_remapped_slot(st, slot, src, k):
     """The trailing loop of 4.14 prepare for one slot: re-map at the original
     address, unlock, drop the collect reference, and clear the slot."""
@@ -130,7 +129,7 @@ def restore_remapped_slot(st, slot, src, k):
     mm.put_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _restore_remapped(st, v, src, mig, restore):
     """The trailing loop of 4.14 prepare: re-map at the original address."""
     lay = st.layout
@@ -144,7 +143,7 @@ def _restore_remapped(st, v, src, mig, restore):
         i += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_vma_prepare(st, v, src, mig):
     """migrate_vma_prepare() - lock pages and isolate them from the LRU.
 

@@ -6,13 +6,12 @@ entries. Walking it reaches fork-shared mappings in other processes, as the
 kernel's anon_vma walk does.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def try_to_unmap(st, pfn):
     """try_to_unmap(page, TTU_MIGRATION | TTU_IGNORE_MLOCK | TTU_IGNORE_ACCESS).
 
@@ -34,7 +33,7 @@ def try_to_unmap(st, pfn):
         slot = st.pte_next[slot]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def remove_migration_pte(st, slot, page, newpage):
     """remove_migration_pte() for one slot: map ``newpage`` where the migration
     entry for ``page`` stands. A device-private target gets a device entry, any
@@ -54,7 +53,7 @@ def remove_migration_pte(st, slot, page, newpage):
     return True
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def remove_migration_ptes(st, page, newpage):
     """remove_migration_ptes(page, newpage): redirect every migration entry of
     ``page``, in every process, to ``newpage`` (or restore it when equal), and

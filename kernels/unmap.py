@@ -5,15 +5,14 @@ Profiles: ``seed`` unmaps every page here (its collect maps nothing away);
 processes after fork, other VMAs), since collect already unmapped the walked PTE.
 """
 
-from numba import njit
-
 from . import layout as L
 from . import mm
+from ._jit import internal, kernel
 from .pin_check import migrate_vma_check_page
 from .rmap import remove_migration_ptes, try_to_unmap
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _unmap_one(st, pfn, hmm):
     """True when the page is fully unmapped and not pinned."""
     if not hmm or mm.page_mapped(st, pfn):
@@ -23,7 +22,7 @@ def _unmap_one(st, pfn, hmm):
     return migrate_vma_check_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def unmap_slot(st, src, i, mig, hmm):
     """migrate_vma_unmap() for slot ``i`` alone; 1 when the page must be restored.
 
@@ -41,7 +40,7 @@ def unmap_slot(st, src, i, mig, hmm):
     return 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def restore_slot(st, src, i):
     """The restore loop of migrate_vma_unmap() for one slot: map the page back
     everywhere, unlock it, put it back (LRU) or put it (ZONE_DEVICE)."""
@@ -55,7 +54,7 @@ def restore_slot(st, src, i):
         mm.putback_lru_page(st, pfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_vma_unmap(st, src, mig):
     """migrate_vma_unmap() - unmap the pages and check again that none is pinned.
 

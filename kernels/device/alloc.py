@@ -8,18 +8,18 @@ take ``private`` as an int64 of ``DEV_*`` bits.
 """
 
 import numpy as np
-from numba import njit
 
 from .. import _indices as I
 from .. import layout as L
 from .. import mm
+from .._jit import internal, kernel
 from ..copy import engine_copy_into
 from ..parallel.schedule import sweep_threads
 from .alloc_parallel import alloc_device_parallel
 from .common import DEV_KEEP_STATS, allocation_fails, hand_over, wants_device_page
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def device_alloc_page(st, private):
     """dmirror_devmem_alloc_page(): pop a device frame, take a reference, lock it."""
     if allocation_fails(st, private):
@@ -31,7 +31,7 @@ def device_alloc_page(st, private):
     return pfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def system_alloc_page(st, private):
     if allocation_fails(st, private):
         return -1
@@ -41,7 +41,7 @@ def system_alloc_page(st, private):
     return pfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def start_batch(stats, n, private):
     """Clear the last copy's stats unless DEV_KEEP_STATS; False: nothing to copy."""
     if (private & DEV_KEEP_STATS) == 0:
@@ -49,7 +49,7 @@ def start_batch(stats, n, private):
     return n > 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
     """One engine batch over the first ``n`` pairs of the copy scratch.
 
@@ -73,7 +73,7 @@ def copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_alloc_and_copy() - system to device.
 
@@ -88,14 +88,14 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     alloc_and_copy_to(state, True, src, dst, np.int64(start), np.int64(end), np.int64(private))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def alloc_and_copy_to(state, to_device, src, dst, start, end, private):
     """The compiled body of both directions' alloc_and_copy callbacks
     (run_driver inlines alloc_and_copy itself, for the one-page path)."""
     alloc_and_copy(state, to_device, src, dst, start, end, private)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def alloc_and_copy(state, to_device, src, dst, start, end, private):
     """Allocate destinations for one direction, then copy them in one engine batch."""
     npages = mm.pages_in(state, end - start)
@@ -103,7 +103,7 @@ def alloc_and_copy(state, to_device, src, dst, start, end, private):
     copy_engine_batch(state, n, private)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def copy_engine_batch(state, n, private):
     """Copy the first ``n`` pairs of the copy scratch in one engine batch."""
     copy_pairs(
@@ -118,7 +118,7 @@ def copy_engine_batch(state, n, private):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def alloc_pairs(state, to_device, src, dst, npages, private):
     """Allocate the destinations of one direction; returns how many copy pairs
     it left in ``state.copy_scratch``."""
@@ -129,7 +129,7 @@ def alloc_pairs(state, to_device, src, dst, npages, private):
     return alloc_system_pages(state, src, dst, npages, private, sp, dp)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def alloc_device_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
     threads = sweep_threads(state, npages)
@@ -149,7 +149,7 @@ def alloc_device_pages(state, src, dst, npages, private, sp, dp):
     return n
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     """The device-to-system copy routine (fault path, migrate_to_system, evict).
 
@@ -161,7 +161,7 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     alloc_and_copy_to(state, False, src, dst, np.int64(start), np.int64(end), np.int64(private))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def alloc_system_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of system_alloc_and_copy(); returns the copy pairs."""
     lay = state.layout

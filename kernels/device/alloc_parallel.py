@@ -6,16 +6,17 @@ frames device_alloc_page() would have popped one by one.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import _indices as I
 from .. import layout as L
 from .. import mm
+from .._jit import internal
 from ..parallel.schedule import plan_chunks
 from .common import hand_over, take_device_frame, wants_device_page
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _count_wants(state, src, t):
     info = state.sweep_info
     need = 0
@@ -29,13 +30,13 @@ def _count_wants(state, src, t):
     info[t, I.SW_PAIRS] = pairs
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _count_wants_all(state, src, threads):
     for t in prange(threads):
         _count_wants(state, src, np.int64(t))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _take_device_pages(state, src, dst, t, sp, dp):
     """One thread: pop the device frames its slots rank to (slot order), as
     device_alloc_page() would have popped them one by one."""
@@ -53,13 +54,13 @@ def _take_device_pages(state, src, dst, t, sp, dp):
         n = hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _take_device_pages_all(state, src, dst, threads, sp, dp):
     for t in prange(threads):
         _take_device_pages(state, src, dst, np.int64(t), sp, dp)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
     """device_alloc_and_copy()'s allocation over threads (kernels.parallel): count
     each thread's wants, rank them in slot order, then pop by rank. Returns the

@@ -1,16 +1,15 @@
 """What every part of the device model shares: its ``private`` bits, the
 one-shot allocation failure and the hand-over of a new device page to a slot."""
 
-from numba import njit
-
 from .. import layout as L
 from .. import mm
+from .._jit import internal
 
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
 DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def allocation_fails(st, private):
     """One-shot failure injection (m.device.fail_alloc / HMM_DMIRROR_FLAG_FAIL_ALLOC)."""
     if (private & DEV_NOFAIL) == 0 and st.sys[L.SYS_FAIL_ALLOC] > 0:
@@ -19,7 +18,7 @@ def allocation_fails(st, private):
     return False
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def wants_device_page(state, mpfn):
     """A MIGRATE slot that is not device memory already (device to device
     would need a device-side copy)."""
@@ -30,7 +29,7 @@ def wants_device_page(state, mpfn):
     return spfn < 0 or not mm.is_device_pfn(state, spfn)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def hand_over(state, dst, i, mpfn, dpfn, sp, dp, n):
     """Give slot ``i`` its new device page: queue the copy (or zero-fill a
     hole) and write ``dst``. Returns the new number of copy pairs."""
@@ -46,7 +45,7 @@ def hand_over(state, dst, i, mpfn, dpfn, sp, dp, n):
     return n
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def take_device_frame(state, pos):
     """device_alloc_page() of the frame at free-stack position ``pos``, which
     the caller ranked: the stack's depth is settled afterwards, for all pops."""

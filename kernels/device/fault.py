@@ -5,10 +5,10 @@ memory through migrate_vma(), with a one-page copy through the engine's model.
 """
 
 import numpy as np
-from numba import njit
 
 from .. import layout as L
 from .. import mm
+from .._jit import internal, kernel
 from .._llvm import memcpy_bytes, now_ns
 from ..copy import (
     ENG_CURVE_B,
@@ -27,7 +27,7 @@ from .alloc import system_alloc_page
 from .mirror import system_finalize_and_map
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def copy_one_page(st, dst_pfn, src_pfn):
     """A one-descriptor copy through the engine's cost model, without scratch arrays."""
     ps = st.sys[L.SYS_PAGE_SIZE]
@@ -47,7 +47,7 @@ def copy_one_page(st, dst_pfn, src_pfn):
     stats[STAT_MODEL_S] = model * 1e-9
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def fault_alloc_and_copy(state, src, dst):
     """The fault path's copy routine for its single slot (dmirror_devmem_fault_alloc_and_copy)."""
     lay = state.layout
@@ -65,7 +65,7 @@ def fault_alloc_and_copy(state, src, dst):
     dst[0] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def device_fault(state, vma_index, addr):
     """The device's CPU-fault handler (hmm_devmem_ops.fault / migrate_to_ram).
 

@@ -25,12 +25,13 @@ which takes the generic steps.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import _indices as I
 from .. import layout as L
 from .. import mm
 from .._indices import PREFETCH_AHEAD
+from .._jit import internal
 from .._llvm import prefetch_for_write
 from ..finalize import finalize_slot
 from ..pages import pages_slot
@@ -44,7 +45,7 @@ from ..parallel.schedule import (
 from .mirror import mirror_entry, mirror_slot, moved_count, unmirror_slot
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def prefetch_slot(state, src, dst, i, shift):
     """Start loading what finishing slot ``i`` will touch: both struct pages and
     the source's free-stack position (it is freed there). ``shift``: the
@@ -56,7 +57,7 @@ def prefetch_slot(state, src, dst, i, shift):
     mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
     """pages, finalize_and_map and finalize for slot ``i``; 1 if dmirror counts it moved."""
     pages_slot(state, vma_index, addr, src, dst, i, hmm)
@@ -69,7 +70,7 @@ def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
     return moved
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
     """The serial finish sweep over slots ``[lo, hi)``; returns the moved count.
 
@@ -88,7 +89,7 @@ def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
     return moved
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def plain_to_finish(state, slot, src, dst, i):
     """A to-device slot whose finish touches only its own two pages and PTE slot,
     and frees only its source (at the release step): an anonymous 4 KiB source
@@ -118,7 +119,7 @@ def plain_to_finish(state, slot, src, dst, i):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def remap_to_device_and_free(state, slot, page, newpage, dst_mpfn):
     """The end both plain finishes share: dmirror's mirror entry, the slot's
     migration entry replaced by a device entry for ``newpage``, and the RAM
@@ -132,7 +133,7 @@ def remap_to_device_and_free(state, slot, page, newpage, dst_mpfn):
     mm.mark_free(state, page)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_plain_slot(state, slot, src, dst, i):
     """pages_slot() + mirror_slot() + finalize_slot() of a plain slot, written
     as their net effect, all but the source's place on the free stack.
@@ -163,7 +164,7 @@ def finish_plain_slot(state, slot, src, dst, i):
     state.counters[L.C_PGMIGRATE_SUCCESS] += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
     """take_device_frame() at ``dev_pos`` + finish_plain_slot() + the
     source's free at ``ram_pos``, for a slot setup named a device page for,
@@ -195,7 +196,7 @@ def finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
     mm.place_free(state, np.int64(page), ram_pos)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _finish_plain_run(state, vma_index, start, src, dst, t):
     """One thread: finish its slots until the first one that is not plain.
 
@@ -220,13 +221,13 @@ def _finish_plain_run(state, vma_index, start, src, dst, t):
     info[t, I.SW_MOVED] = i - info[t, I.SW_FIRST]
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _finish_plain_runs(state, vma_index, start, src, dst, threads):
     for t in prange(threads):
         _finish_plain_run(state, vma_index, start, src, dst, np.int64(t))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _place_plain_run(state, src, t):
     """One thread's plain frees onto the RAM free stack, from the position
     reserved for them (SW_NEED0), in slot order."""
@@ -237,13 +238,13 @@ def _place_plain_run(state, src, t):
         pos += 1
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _place_plain_frees(state, src, threads):
     for t in prange(threads):
         _place_plain_run(state, src, np.int64(t))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_parallel(state, vma_index, start, npages, src, dst, threads):
     """The to-device finish sweep over ``threads`` threads (kernels.parallel.schedule).
 
@@ -269,7 +270,7 @@ def finish_parallel(state, vma_index, start, npages, src, dst, threads):
     return moved
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
     """One thread of finish_reserved: for each of its slots, the device page's
     allocation (device_alloc_page() of the frame setup named), the plain
@@ -288,13 +289,13 @@ def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
     info[t, I.SW_STOP] = end
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _finish_reserved_runs(state, vma_index, start, src, dst, threads, top, ram_free):
     for t in prange(threads):
         _finish_reserved_run(state, vma_index, start, src, dst, np.int64(t), top, ram_free)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_reserved(state, vma_index, start, npages, src, dst):
     """The allocation and the finish sweep of a batch taken as a whole (kernels.device.reserve).
 
@@ -318,7 +319,7 @@ def finish_reserved(state, vma_index, start, npages, src, dst):
     return npages
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finish_driver(state, to_device, vma_index, start, end, src, dst):
     """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
 

@@ -5,20 +5,20 @@
 """
 
 import numpy as np
-from numba import njit
 
 from .. import layout as L
 from .. import mm
+from .._jit import internal, kernel
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def mirror_entry(lay, dpfn, dst_mpfn):
     """dmirror's mirror page-table entry for device frame ``dpfn``: the frame and,
     in bit 0, whether the destination was handed over writable."""
     return (dpfn << 1) | (1 if (dst_mpfn & lay[L.L_WRITE]) != 0 else 0)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def mirror_slot(state, slot, src, dst, i):
     """dmirror_migrate_finalize_and_map() for slot ``i``: map a page that moved
     to the device in the mirror page table."""
@@ -29,7 +29,7 @@ def mirror_slot(state, slot, src, dst, i):
     state.mirror[slot] = mirror_entry(lay, dpfn, dst[i])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def unmirror_slot(state, slot, src, dst, i):
     """The device-to-system finalize_and_map for slot ``i``: forget a page that
     left the device."""
@@ -40,7 +40,7 @@ def unmirror_slot(state, slot, src, dst, i):
         state.mirror[slot] = -1
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """dmirror_migrate_finalize_and_map() - record migrated pages in the mirror.
 
@@ -50,7 +50,7 @@ def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     finalize_and_map(state, True, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def finalize_and_map(state, to_device, vma_index, src, dst, start, end):
     """Both directions' finalize_and_map: map (or forget) each moved page in the mirror."""
     npages = mm.pages_in(state, end - start)
@@ -62,13 +62,13 @@ def finalize_and_map(state, to_device, vma_index, src, dst, start, end):
             unmirror_slot(state, slot0 + i, src, dst, i)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
     """Erase the mirror entries of pages that left the device."""
     finalize_and_map(state, False, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def moved_count(lay, src, dst, i):
     """dmirror's cpages for MIGRATE_TO_SYS counts slots with VALID and MIGRATE
     and a destination after the pages pass."""
@@ -77,7 +77,7 @@ def moved_count(lay, src, dst, i):
     return 1 if mm.mpfn_to_pfn(lay, dst[i]) >= 0 else 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def mirrored_pages(st, v, start, end):
     slot0 = mm.pte_slot(st, v, start)
     count = 0

@@ -7,16 +7,16 @@ batch as a whole (kernels.device.reserve).
 """
 
 import numpy as np
-from numba import njit
 
 from .. import mm
+from .._jit import internal, kernel
 from ..migrate import setup_range
 from .alloc import alloc_and_copy
 from .finish import finish_driver
 from .reserve import try_reserved
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def run_driver(state, to_device, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device's own callbacks for one direction.
 
@@ -39,21 +39,21 @@ def run_driver(state, to_device, vma_index, start, end, src, dst, private):
     return finish_driver(state, to_device, vma_index, start, end, src, dst)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_vma_to_device(state, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device's ops, all compiled and cached: 0 or -EINVAL."""
     v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
     return min(migrate_vma_driver(state, True, v, s, e, src, dst, np.int64(private)), 0)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
     """migrate_vma() with the device-to-system routine; returns pages moved or -EINVAL."""
     v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
     return migrate_vma_driver(state, False, v, s, e, src, dst, np.int64(private))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def migrate_vma_driver(state, to_device, vma_index, start, end, src, dst, private):
     """The one compiled body of both directions' migrate_vma_to_*()."""
     return run_driver(state, to_device, vma_index, start, end, src, dst, private)

@@ -5,16 +5,16 @@ device's own pipeline over each piece.
 """
 
 import numpy as np
-from numba import njit
 
 from .. import layout as L
 from .. import mm
+from .._jit import internal, kernel
 from .common import DEV_KEEP_STATS, DEV_NOFAIL
 from .mirror import mirrored_pages
 from .pipeline import migrate_vma_driver, migrate_vma_to_system
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def migrate_to_device(state, mm_id, start, end):
     """dmirror_migrate_to_device(): migrate every VMA piece of ``[start, end)``.
 
@@ -41,7 +41,7 @@ def migrate_to_device(state, mm_id, start, end):
     return mapped
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel(inline=True)
 def migrate_to_system(state, mm_id, start, end, private):
     """dmirror_migrate_to_system(): move the range's device pages back to RAM.
 
@@ -50,7 +50,7 @@ def migrate_to_system(state, mm_id, start, end, private):
     return migrate_range_to_system(state, np.int64(mm_id), s, e, np.int64(private))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def migrate_range_to_system(state, mm_id, start, end, private):
     if (private & DEV_KEEP_STATS) == 0:
         state.copy_stats[:] = 0.0
@@ -69,7 +69,7 @@ def migrate_range_to_system(state, mm_id, start, end, private):
     return moved
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@kernel
 def evict(state):
     """Move every device page of every process back to RAM (driver removal).
 

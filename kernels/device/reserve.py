@@ -16,11 +16,12 @@ tests/properties/test_parallel.py holds the outcome to the serial steps.
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import _indices as I
 from .. import layout as L
 from .. import mm
+from .._jit import internal
 from ..copy import (
     ENG_CHUNK_PAGES,
     emit_descriptor,
@@ -37,7 +38,7 @@ from .finish import finish_reserved
 OpenDescriptor = namedtuple("OpenDescriptor", ["src", "dst", "run", "count"])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _write_descriptor(st, k, desc):
     scratch = st.copy_scratch
     emit_descriptor(
@@ -51,7 +52,7 @@ def _write_descriptor(st, k, desc):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _add_pair(desc, st, at, pfn, dpfn, limit):
     """build_descriptors()'s step for the pair (``pfn``, ``dpfn``): extend the open
     descriptor, or write it at ``at + count`` and open one at this pair."""
@@ -64,7 +65,7 @@ def _add_pair(desc, st, at, pfn, dpfn, limit):
     return OpenDescriptor(pfn, dpfn, np.int64(1), count)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _name_run(st, src, dst, t, top):
     """One thread: name its slots' device frames in ``dst`` (as hand_over()
     writes them) and build their copy descriptors at its first slot in the
@@ -89,13 +90,13 @@ def _name_run(st, src, dst, t, top):
     info[t, I.SW_NDESC] = ndesc
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _name_runs(st, src, dst, threads, top):
     for t in prange(threads):
         _name_run(st, src, dst, np.int64(t), top)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def name_device_pages(st, start, npages, src, dst, top):
     """Name slot ``i``'s device frame, the ``i``-th below position ``top`` of the
     device free stack, in ``dst``; returns the batch's descriptor count, built
@@ -114,7 +115,7 @@ def name_device_pages(st, start, npages, src, dst, top):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def copy_reserved(state, n, ndesc, private):
     """The engine batch of a reserved migration, on the ``ndesc`` descriptors
     name_device_pages() built."""
@@ -136,7 +137,7 @@ def copy_reserved(state, n, ndesc, private):
     )
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def try_reserved(state, vma_index, start, end, src, dst, private):
     """alloc_and_copy + finish of a to-device batch taken as a whole, or -1
     (nothing done) when it cannot be: not every slot plain, an allocation

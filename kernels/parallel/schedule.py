@@ -26,23 +26,23 @@ which counts TLB flushes as it goes, and stays serial.
 """
 
 import numpy as np
-from numba import njit
 
 from .. import _indices as I
 from .. import layout as L
 from .. import mm
+from .._jit import internal
 from .._llvm import get_thread_count, state_with
 from ..copy.params import ENG_PAR_MIN_PAGES, ENG_THREADS
 
 
-@njit(cache=True, nogil=True, _nrt=False, inline="always")
+@internal(inline=True)
 def with_counters(st, counters):
     """The same state with another counters array (a thread's own). Inlined:
     numba returns only arrays a function was passed from a compiled one."""
     return state_with(st, "counters", counters)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def sweep_threads(st, npages):
     """How many threads a sweep of ``npages`` slots uses (1: stay serial).
 
@@ -62,7 +62,7 @@ def sweep_threads(st, npages):
     return max(threads, 1)
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def plan_chunks(st, start, npages, threads):
     """Split slots ``[0, npages)`` into ``threads`` runs of whole PMD extents.
 
@@ -93,14 +93,14 @@ def plan_chunks(st, start, npages, threads):
     return used
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def clear_thread_counts(st, threads):
     for t in range(threads):
         st.sweep_mig[t, :] = 0
         st.sweep_counters[t, :] = 0
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def merge_thread_counts(st, threads, mig):
     """Add each thread's counters and cpages / collected counts to the machine's."""
     for t in range(threads):

@@ -29,18 +29,19 @@ set: a driver may then take the batch as a whole (kernels.device.reserve).
 from collections import namedtuple
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .. import _indices as I
 from .. import layout as L
 from .. import mm
 from .._indices import PREFETCH_AHEAD
+from .._jit import internal
 from ..fused_setup import setup_sweep
 from .schedule import clear_thread_counts, merge_thread_counts, plan_chunks
 
 
 # --------------------------------------------------------------------- setup
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _plain_pfn(st, slot):
     """The frame of a slot whose collect + prepare + unmap touch nothing but its
     own page and PTE, or -1: a present anonymous 4 KiB page on the LRU, mapped
@@ -69,7 +70,7 @@ def _plain_pfn(st, slot):
 PlainBits = namedtuple("PlainBits", ["shift", "src", "dst", "write"])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal(inline=True)
 def _plain_bits(lay):
     """PlainBits of layout ``lay``, read once a sweep: in the loop, every store
     to another array makes the compiled code load them from ``lay`` again."""
@@ -77,7 +78,7 @@ def _plain_bits(lay):
     return PlainBits(lay[L.L_SHIFT], valid_locked | lay[L.L_MIGRATE], valid_locked, lay[L.L_WRITE])
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _setup_plain_slot(st, slot, pfn, bits):
     """collect_slot() + prepare_slot() + unmap_slot() of a plain slot mapping
     ``pfn``, written as their net effect; returns the slot's mpfn.
@@ -93,7 +94,7 @@ def _setup_plain_slot(st, slot, pfn, bits):
     return (mpfn | bits.write) if write else mpfn
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _setup_plain_run(st, v, start, src, dst, t):
     """One thread: collect + prepare + unmap its slots until the first one that
     is not plain (or whose PMD is not a page table); records where it stopped."""
@@ -137,13 +138,13 @@ def _setup_plain_run(st, v, start, src, dst, t):
     info[t, I.SW_PARTIAL] = unmapped  # the stopped extent's flush is still owed
 
 
-@njit(cache=True, nogil=True, _nrt=False, parallel=True)
+@internal(parallel=True)
 def _setup_plain_runs(st, v, start, src, dst, threads):
     for t in prange(threads):
         _setup_plain_run(st, v, start, src, dst, np.int64(t))
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def setup_parallel(st, v, start, npages, src, dst, mig, threads):
     """migrate_vma_setup()'s sweep over ``threads`` threads (see the module doc).
 
@@ -167,7 +168,7 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads):
     mig[L.MIG_END] = start + npages * st.sys[L.SYS_PAGE_SIZE]
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@internal
 def _finish_setup_serially(st, v, start, src, dst, mig, used):
     """After a thread stopped early: each thread's remaining slots, in slot order."""
     ps = st.sys[L.SYS_PAGE_SIZE]

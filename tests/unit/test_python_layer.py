@@ -18,7 +18,7 @@ import pytest
 
 import migengine as me
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PKG = ROOT / "migengine"
 SOURCES = sorted(PKG.rglob("*.py"))
 # namedtuple's public API is spelt with a leading underscore.

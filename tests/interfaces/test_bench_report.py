@@ -14,7 +14,7 @@ import pytest
 
 from migengine.bench import report
 
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "bench-results"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs" / "bench-results"
 HEADER = [
     "chunk",
     "KiB",

@@ -1,0 +1,70 @@
+"""The compile policy of every kernel, in one place.
+
+Every kernel is ``@njit(cache=True, nogil=True, _nrt=False)``: cached (the
+cache guard keeps it coherent), free of the GIL, and without numba's reference
+counting, which would incref and decref every array of the state on each call
+(nothing on the per-page path allocates, so it needs none). Two choices vary:
+
+* **Entry** (``kernel``) or **internal** (``internal``). numba gives every
+  compiled function a CPython wrapper (unboxing the state's 29 arrays) and a
+  C-callable wrapper, and compiling those was most of a small kernel's compile
+  time (0.18 s against 0.02 s without, for a one-line function taking the
+  state). Functions only compiled code calls are built without them. Calling
+  one from Python would jump to a wrapper that does not exist, so their
+  dispatcher raises TypeError instead.
+* **Inlined** (``inline=True``): numba inlines the function's IR into each
+  caller. A call passes the state as ~200 flattened values, which cost its
+  caller ~0.2 s of compile time per call site; a small leaf inlined costs
+  less than that. Large functions are not inlined: their IR, copied into
+  every caller, was what made the first compile take minutes.
+  docs/performance.md ("Cold start") has the measurements.
+"""
+
+from numba import njit
+from numba.core.registry import CPUDispatcher
+
+_POLICY = {"nopython": True, "nogil": True, "_nrt": False}
+
+
+class InternalDispatcher(CPUDispatcher):
+    """A kernel compiled without its Python entry: callable from compiled code only."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(
+            f"{self.py_func.__module__}.{self.py_func.__qualname__} is internal to "
+            "migengine.kernels and has no Python entry: call it from compiled code"
+        )
+
+
+def _options(inline: bool, parallel: bool) -> dict:
+    options = dict(_POLICY)
+    if inline:
+        options["inline"] = "always"
+    if parallel:
+        options["parallel"] = True
+    return options
+
+
+def kernel(fn=None, *, inline=False, parallel=False):
+    """An entry point: callable from Python and from compiled code."""
+
+    def wrap(f):
+        options = _options(inline, parallel)
+        del options["nopython"]  # njit implies it
+        return njit(cache=True, **options)(f)
+
+    return wrap if fn is None else wrap(fn)
+
+
+def internal(fn=None, *, inline=False, parallel=False):
+    """A kernel only compiled code calls: no CPython or C wrapper is built."""
+
+    def wrap(f):
+        options = _options(inline, parallel)
+        options["no_cpython_wrapper"] = True
+        options["no_cfunc_wrapper"] = True
+        disp = InternalDispatcher(py_func=f, locals={}, targetoptions=options)
+        disp.enable_caching()
+        return disp
+
+    return wrap if fn is None else wrap(fn)
