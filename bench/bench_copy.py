@@ -1,4 +1,4 @@
-"""Copy engine vs the best memcpy of the same bytes (goals G1/G1b).
+"""Copy engine vs the best memcpy of the same bytes.
 
 Two modes:
 

@@ -1,11 +1,11 @@
 """Embedding costs: the engine called from users' @njit loops and from Python.
 
-What it measures (performance-anchors section 6, G5 / G6 / G8):
+What it measures:
 
 * ``loop16``: a 16-page migration to the device from a user's ``@njit`` loop,
   timed inside the loop with ``now_ns`` around the call, minus the copy's own
   wall time (``state.copy_stats``). Target: at most 2 us plus the copy. Also
-  with ``kernels.migrate_vma`` and the device's callbacks (G8: the callback
+  with ``kernels.migrate_vma`` and the device's callbacks (the callback
   path against the same passes and callbacks called by hand), and on a
   metadata-only machine (``store_data=False``: no copy at all).
 * ``python1``: ``me.migrate_vma(m.device.ops, ...)`` on one page from Python:
@@ -52,7 +52,7 @@ from migengine import bench as mb
 from migengine import kernels
 from migengine.kernels import layout as L
 from migengine.kernels import mm
-from migengine.kernels.clock import now_ns
+from migengine.kernels._llvm import now_ns
 from migengine.kernels.copy import STAT_WALL_S
 from migengine.kernels.device import DEV_KEEP_STATS
 
@@ -103,7 +103,7 @@ def split_to_device(state, v, start, end, src, dst):
 @njit(cache=True)
 def hand_to_device(state, v, start, end, src, dst, private):
     """kernels.migrate_vma's body with the device's two callbacks written in by
-    hand: G8's baseline for the callback path (the same code, no callbacks)."""
+    hand: the baseline for the callback path (the same code, no callbacks)."""
     if kernels.migrate_vma_setup(state, v, start, end, src, dst) <= 0:
         return
     kernels.device_alloc_and_copy(state, v, src, dst, start, end, private)
@@ -487,9 +487,7 @@ def measure_loop(pairs: int, iters: int) -> None:
     g8 = min(s["to_device_us"] for s in rows["callbacks"]) / min(
         s["to_device_us"] for s in rows["by hand"]
     )
-    print(
-        f"  G8 callbacks / the same passes by hand: {g8:.3f} (target <= 1.10)  {_verdict(g8, 1.10)}"
-    )
+    print(f"  callbacks / the same passes by hand: {g8:.3f} (target <= 1.10)  {_verdict(g8, 1.10)}")
     for work in (dev, meta):
         work.m.check()
 

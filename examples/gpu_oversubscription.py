@@ -39,7 +39,7 @@ PATTERNS = {"hotspot": 0, "strided": 1, "random": 2}
 PAT_HOTSPOT, PAT_STRIDED, PAT_RANDOM = 0, 1, 2
 
 # UVM-Smart's far-fault handling latency: 66,645 cycles at 1481 MHz
-# (performance-anchors section 1.3). Charged once per device fault.
+# . Charged once per device fault.
 FAULT_US = 45.0
 COUNTER_BYTES = 4  # a little-endian uint32 write counter at the start of each page
 

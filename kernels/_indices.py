@@ -20,6 +20,8 @@ from .layout import (
 # --- struct migrate_vma scalars the engine adds (``mig``, after the kernel's).
 # 1: migrate_vma_setup()'s parallel sweep took every slot as plain (kernels.parallel)
 MIG_ALL_PLAIN = 8
+# 1: the device took the batch as a whole (kernels.device.reserve); reset by setup
+MIG_RESERVED = 9
 
 # Slots a sweep prefetches ahead. A slot misses on several lines (two struct pages,
 # free-stack entries), so the distance keeps many misses in flight rather than

@@ -198,7 +198,7 @@ MIG_VMA = 4
 MIG_DRAINED = 5  # 1 once the setup sweep has done prepare's lru_add_drain()
 MIG_DRAINED_ALL = 6  # 1 once prepare has called lru_add_drain_all() (at most once)
 MIG_COLLECTED = 7  # what collect counted into cpages (setup's vmstat counter)
-# 8: the engine's own (kernels._indices.MIG_ALL_PLAIN)
+# 8, 9: the engine's own (kernels._indices.MIG_ALL_PLAIN, MIG_RESERVED)
 MIG_FIELDS = 10
 
 # page["rmap"] is int32, and a page's int32 counts need headroom above its mappings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -72,39 +73,70 @@ def numba_threads(threads: int | None) -> Iterator[None]:
 
 
 class CompileListener(nb_event.Listener):
-    """Says once, on the first real compile (cache loads send no event)."""
+    """Reports numba's compiles as they happen: which function, how many so far.
 
-    def __init__(self, say: Callable[[], None]) -> None:
-        self._say = say
+    numba sends ``numba:compile`` only when it really compiles, not when it
+    loads a function from its on-disk cache, so a warm run prints nothing. On a
+    terminal the line is rewritten in place; in a log, one line every
+    ``LOG_EVERY`` functions.
+    """
+
+    LOG_EVERY = 25
+
+    def __init__(self, stream: TextIO, expected: int | None = None) -> None:
+        self._out = stream
+        self._expected = expected
+        self._tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._t0 = 0.0
         self.fired = False
+        self.done = 0
+
+    def _status(self, name: str) -> str:
+        of = f" of about {self._expected}" if self._expected else ""
+        elapsed = time.monotonic() - self._t0
+        return f"migengine: compiling kernels: {self.done}{of} done, {elapsed:.0f} s ({name})"
 
     def on_start(self, event: nb_event.Event) -> None:
         if not self.fired:
             self.fired = True
-            self._say()
+            self._t0 = time.monotonic()
+            print(
+                "migengine: compiling the numba kernels (first run only; cached afterwards)",
+                file=self._out,
+            )
 
     def on_end(self, event: nb_event.Event) -> None:
-        pass
+        self.done += 1
+        name = getattr(event.data.get("dispatcher"), "__qualname__", "")
+        if self._tty:
+            print("\r" + self._status(name)[:110].ljust(110), end="", file=self._out)
+        elif self.done % self.LOG_EVERY == 0:
+            print(self._status(name), file=self._out)
+        self._out.flush()
+
+    def close(self) -> None:
+        if self.fired:
+            end = "\n" if self._tty else ""
+            elapsed = time.monotonic() - self._t0
+            print(
+                f"{end}migengine: compiled {self.done} functions in {elapsed:.0f} s",
+                file=self._out,
+            )
+            self._out.flush()
 
 
 @contextmanager
-def compile_notice(stream: TextIO | None = None) -> Iterator[CompileListener]:
-    """Within the block, print one line when numba first compiles something.
+def compile_notice(
+    stream: TextIO | None = None, expected: int | None = None
+) -> Iterator[CompileListener]:
+    """Within the block, report what numba compiles and how far it has got.
 
-    numba sends a ``numba:compile`` event only when it really compiles, not
-    when it loads a function from its on-disk cache, so the line appears on a
-    first run (or after the sources changed) and not otherwise.
+    ``expected``: about how many functions a cold run of the block compiles
+    (shown as "N of about M"); None shows the count alone.
     """
-
-    def say() -> None:
-        out = sys.stderr if stream is None else stream
-        print(
-            "migengine: compiling numba kernels (first run only, cached afterwards; "
-            "this can take a few minutes)...",
-            file=out,
-        )
-        out.flush()
-
-    listener = CompileListener(say)
+    listener = CompileListener(sys.stderr if stream is None else stream, expected)
     with nb_event.install_listener("numba:compile", listener):
-        yield listener
+        try:
+            yield listener
+        finally:
+            listener.close()

@@ -159,7 +159,7 @@ class CopyEngine:
             above about 1 MiB on a 2-core machine.
         parallel_min_pages: migrations of fewer pages run their metadata
             sweeps (setup, allocation, pages and finalize) on one thread
-            (int >= 1). The outcome is the same either way; see kernels.sweep.
+            (int >= 1). The outcome is the same either way; see kernels.parallel.
         stream_min_bytes: batches of at least this many bytes are written
             with streaming (non-temporal) stores, which skip the destination's
             read-for-ownership and leave the caches alone, as a DMA engine's

@@ -149,5 +149,6 @@ def try_reserved(state, vma_index, start, end, src, dst, private):
     if state.sys[L.SYS_DEV_FREE] < npages:
         return np.int64(-1)
     ndesc = name_device_pages(state, start, npages, src, dst, mm.free_top(state, True))
+    state.mig[I.MIG_RESERVED] = 1
     copy_reserved(state, npages, ndesc, private)
     return finish_reserved(state, vma_index, start, npages, src, dst)

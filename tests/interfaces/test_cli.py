@@ -211,8 +211,9 @@ def test_unwritable_out_exits_nonzero_with_one_line(capsys, tmp_path):
 
 
 def test_compile_notice_says_it_once_and_only_on_compiles():
-    """The CLI says once that kernels are compiling, and only when numba really
-    compiles (a function already compiled in this process sends no event)."""
+    """The CLI says that kernels are compiling, and how many it compiled, only
+    when numba really compiles (a function already compiled in this process, or
+    loaded from the cache, sends no event)."""
 
     def twice(x):
         return x * 2
@@ -230,8 +231,25 @@ def test_compile_notice_says_it_once_and_only_on_compiles():
     with bench.compile_notice(loud):
         numba.njit(thrice)(1)
         numba.njit(twice)(1.5)
-    assert len(loud.getvalue().splitlines()) == 1
-    assert "compiling" in loud.getvalue()
+    lines = loud.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "compiling" in lines[0]
+    assert lines[1].startswith("migengine: compiled 2 functions in")
+
+
+def test_compile_notice_reports_how_far_it_has_got():
+    """In a log (not a terminal) a progress line every LOG_EVERY functions,
+    with the expected total and the function just compiled."""
+    out = io.StringIO()
+    with bench.compile_notice(out, expected=40) as listener:
+        listener.LOG_EVERY = 2
+        for k in range(5):
+            numba.njit(lambda x, k=k: x + k)(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("migengine: compiling the numba kernels")
+    progress = [line for line in lines if " of about 40 done" in line]
+    assert [line.split(":")[2].split()[0] for line in progress] == ["2", "4"]
+    assert lines[-1].startswith("migengine: compiled 5 functions in")
 
 
 def test_progress_bar_only_on_a_terminal(monkeypatch):

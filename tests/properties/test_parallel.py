@@ -1,4 +1,4 @@
-"""The parallel metadata sweeps (kernels.sweep) against the serial ones.
+"""The parallel metadata sweeps (kernels.parallel, kernels.device) against the serial ones.
 
 A large hmm-v25 migration splits its setup, allocation and finish sweeps over
 threads, taking only *plain* slots in parallel and everything else in slot
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import migengine as me
 from migengine import kernels
-from migengine.kernels import layout as L
+from migengine.kernels import _indices as I
 from migengine.kernels.check import check_state
 from migengine.kernels.copy import STAT_DESCRIPTORS
 from migengine.kernels.state import State
@@ -48,7 +48,7 @@ def _engine(threads: int) -> np.ndarray:
 def _descriptors(s: State) -> np.ndarray:
     """The last engine batch's descriptors, (src, dst, len) rows."""
     ndesc = int(s.copy_stats[STAT_DESCRIPTORS])
-    return s.copy_scratch[[L.COPY_DESC_SRC, L.COPY_DESC_DST, L.COPY_DESC_LEN], :ndesc].T.copy()
+    return s.copy_scratch[[I.COPY_DESC_SRC, I.COPY_DESC_DST, I.COPY_DESC_LEN], :ndesc].T.copy()
 
 
 def _comparable(s: State) -> dict[str, np.ndarray]:
@@ -126,7 +126,7 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
     """To the device, back, and to the device again, on copies of ``m.state``
     with one thread and with two: both end in the same state. Returns whether
     the two-thread setup sweep of the first migration found every slot plain
-    and named its device page (mig[MIG_RESERVED])."""
+    and the device took the batch as a whole (mig[MIG_RESERVED])."""
     outcome = {}
     for threads in (1, 2):
         s = copy_state(m.state)
@@ -134,7 +134,7 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
         n = (end - start) // PS
         src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
         to_dev = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
-        reserved = s.mig[L.MIG_RESERVED]
+        reserved = s.mig[I.MIG_RESERVED]
         descriptors = _descriptors(s)
         back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
         again = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
@@ -151,11 +151,11 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
 
 
 def test_an_all_plain_migration_equals_the_serial_one(make_machine):
-    """The reserved path (kernels.sweep._setup_plain_run, device._finish_reserved):
-    setup names each slot's device page, the finish threads allocate it with
-    the rest of the slot's net effect. A fully faulted process with some pages
-    written (dirty), on two threads == the generic per-slot steps on one, data
-    included."""
+    """The reserved path (kernels.device.reserve, device.finish.finish_reserved):
+    the device's threads name each slot's device page after an all-plain setup,
+    the finish threads allocate it with the rest of the slot's net effect. A
+    fully faulted process with some pages written (dirty), on two threads == the
+    generic per-slot steps on one, data included."""
     m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
@@ -177,10 +177,10 @@ def test_an_all_plain_migration_equals_the_serial_one(make_machine):
     ],
 )
 def test_the_reserved_path_runs_only_when_it_holds(make_machine, case, reserved):
-    """kernels.sweep._reservation_top and the dropped names: the setup threads name
-    device pages only with a frame for every slot and no failure injected; when a
-    thread stops early (a pinned page) the names are dropped and the allocation
-    runs. Either way the two-thread state == the one-thread one."""
+    """kernels.device.reserve.try_reserved: the device names its pages only after
+    an all-plain setup, with a frame for every slot and no failure injected; when
+    a setup thread stops early (a pinned page) the allocation runs slot by slot.
+    Either way the two-thread state == the one-thread one."""
     npages = 3 * EXTENT
     device = npages - 1 if case.startswith("device pool") else npages
     m = make_machine(npages + 64, device, page_size=PS)
@@ -202,7 +202,7 @@ def test_the_reserved_path_runs_only_when_it_holds(make_machine, case, reserved)
 def test_a_plain_migration_really_runs_in_parallel(make_machine):
     """The comparison above is not vacuous: on a plain process every thread of
     the setup and finish sweeps gets to the end of its slots, and the setup
-    threads name the device pages (kernels.sweep, mig[MIG_RESERVED])."""
+    device takes the batch as a whole (kernels.device.reserve, mig[MIG_RESERVED])."""
     m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
@@ -213,6 +213,6 @@ def test_a_plain_migration_really_runs_in_parallel(make_machine):
     base = int(m.state.vma["pte_base"][vma.index])
     assert (m.state.mirror[base : base + vma.npages] >= 0).all()  # what the count claims
     info = m.state.sweep_info  # as the finish sweep left it
-    assert info[0, L.SW_END] > info[0, L.SW_FIRST] and info[1, L.SW_END] > info[1, L.SW_FIRST]
-    assert (info[:2, L.SW_STOP] == info[:2, L.SW_END]).all()  # each thread did all its slots
-    assert m.state.mig[L.MIG_RESERVED] == 1
+    assert info[0, I.SW_END] > info[0, I.SW_FIRST] and info[1, I.SW_END] > info[1, I.SW_FIRST]
+    assert (info[:2, I.SW_STOP] == info[:2, I.SW_END]).all()  # each thread did all its slots
+    assert m.state.mig[I.MIG_RESERVED] == 1

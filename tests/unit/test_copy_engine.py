@@ -1,4 +1,4 @@
-"""Tests of the copy engine: kernels.copy, kernels.clock and CopyEngine."""
+"""Tests of the copy engine: kernels.copy, the clock intrinsic and CopyEngine."""
 
 import math
 import os
@@ -17,7 +17,7 @@ from numba.core.errors import TypingError
 
 from migengine.copyengine import CopyEngine
 from migengine.kernels import copy as kcopy
-from migengine.kernels.clock import now_ns
+from migengine.kernels._llvm import get_thread_count, now_ns, set_thread_count
 
 PS = 4096
 
@@ -446,11 +446,11 @@ def test_engine_copy_rejects_frame_outside_store_before_copying():
 
 @njit
 def _probe_thread_count():
-    prev = kcopy._get_thread_count()
-    kcopy._set_thread_count(1)
-    mid = kcopy._get_thread_count()
-    kcopy._set_thread_count(prev)
-    return prev, mid, kcopy._get_thread_count()
+    prev = get_thread_count()
+    set_thread_count(1)
+    mid = get_thread_count()
+    set_thread_count(prev)
+    return prev, mid, get_thread_count()
 
 
 def test_thread_count_intrinsics():
@@ -499,7 +499,7 @@ def test_now_ns_caller_loads_from_cache(tmp_path):
         textwrap.dedent(
             """
             from numba import njit
-            from migengine.kernels.clock import now_ns
+            from migengine.kernels._llvm import now_ns
 
             @njit(cache=True, nogil=True)
             def elapsed():

@@ -161,13 +161,19 @@ def test_each_module_imports_first_in_a_fresh_interpreter(module):
 
 
 def test_pyproject_ships_every_package_of_migengine():
-    """A non-editable install ships only the packages pyproject lists."""
+    """A non-editable install ships only the packages pyproject lists: every
+    package of migengine/ and of kernels/ (installed as migengine.kernels)."""
     text = (ROOT / "pyproject.toml").read_text()  # no tomllib before Python 3.11
-    match = re.search(r"^packages = \[(.*)\]$", text, re.MULTILINE)
+    match = re.search(r"^packages = \[(.*?)\]$", text, re.MULTILINE | re.DOTALL)
     assert match is not None
     listed = set(re.findall(r'"([^"]+)"', match.group(1)))
     on_disk = {_module(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
-    assert on_disk <= listed
+    on_disk |= {
+        "migengine." + _module(p.parent / "__init__.py")
+        for p in (ROOT / "kernels").rglob("__init__.py")
+    }
+    assert "migengine.kernels.device" in on_disk
+    assert on_disk <= listed, on_disk - listed
 
 
 def test_machine_process_and_device_share_one_core(make_machine):

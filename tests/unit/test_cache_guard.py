@@ -1,0 +1,59 @@
+"""The cache guard (kernels/_cache_guard.py) hashes and clears subpackages too.
+
+numba keys a cached function on its own file only, so a caller's cache entry
+could outlive an edit of a callee in another module (numba #1833). The guard
+drops every cache file of the package when any source changed, subpackages
+included. Here a copy of the package is edited in a subpackage.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pytest
+
+KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+
+
+def _guard(root: Path):
+    spec = importlib.util.spec_from_file_location("guard_copy", root / "_cache_guard.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_cache(dirs: list[Path]) -> list[Path]:
+    files = []
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        for suffix in (".nbi", ".nbc"):
+            f = d / f"alloc.device_alloc_page-1.py311{suffix}"
+            f.write_bytes(b"stale")
+            files.append(f)
+    return files
+
+
+@pytest.mark.parametrize("user_cache_dir", [False, True], ids=["__pycache__", "NUMBA_CACHE_DIR"])
+def test_an_edit_in_a_subpackage_drops_the_cache(tmp_path, monkeypatch, user_cache_dir):
+    root = tmp_path / "kernels"
+    shutil.copytree(KERNELS, root, ignore=shutil.ignore_patterns("__pycache__"))
+    if user_cache_dir:
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))
+    else:
+        monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    guard = _guard(root)
+    dirs = guard._cache_dirs()
+    assert len(dirs) >= 4  # kernels/ and its copy/, device/ and parallel/ subpackages
+    guard.ensure_coherent_cache()  # first run: stamps the sources
+    files = _fake_cache(dirs)
+    guard.ensure_coherent_cache()  # nothing changed: the cache stays
+    assert all(f.exists() for f in files)
+    source = root / "device" / "alloc.py"
+    source.write_text(source.read_text() + "\n# edited\n")
+    guard.ensure_coherent_cache()  # a subpackage source changed: every cache file goes
+    assert not any(f.exists() for f in files)
+    files = _fake_cache(dirs)
+    guard.ensure_coherent_cache()  # stamped again: the new cache stays
+    assert all(f.exists() for f in files)
