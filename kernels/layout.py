@@ -61,7 +61,6 @@ PTE_ERROR = U64(5)  # hwpoison-style entry: any access is a SIGBUS
 PTE_WRITE = U64(1 << 3)
 PTE_DIRTY = U64(1 << 4)
 PTE_PFN_SHIFT = U64(8)
-PTE_KIND_NAMES = ("none", "present", "swap", "migration", "device", "error")
 
 # --- PMD word: kind in bits 0-1, write bit 3, head pfn from bit 8.
 PMD_KIND_MASK = U64(3)

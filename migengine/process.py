@@ -10,7 +10,6 @@ import numpy as np
 from migengine._validate import as_count, as_int
 from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
 from migengine.kernels import cpu as kcpu
-from migengine.kernels import driver as kdriver
 from migengine.kernels import layout as L
 from migengine.kernels import memory as kmemory
 from migengine.kernels import state as kstate
