@@ -20,13 +20,26 @@ counting, which would incref and decref every array of the state on each call
   docs/performance.md ("Cold start") has the measurements.
 """
 
-from numba import njit
+from numba.core.caching import NullCache
 from numba.core.registry import CPUDispatcher
 
 _POLICY = {"nopython": True, "nogil": True, "_nrt": False}
 
 
-class InternalDispatcher(CPUDispatcher):
+class KernelDispatcher(CPUDispatcher):
+    """A cached kernel whose cache is opened on its first compile or cache load.
+
+    Opening a function's cache finds and tests its cache directory; done for
+    every kernel at import, it was a third of ``import migengine``.
+    """
+
+    def compile(self, sig):
+        if isinstance(self._cache, NullCache):
+            self.enable_caching()
+        return super().compile(sig)
+
+
+class InternalDispatcher(KernelDispatcher):
     """A kernel compiled without its Python entry: callable from compiled code only."""
 
     def __call__(self, *args, **kwargs):
@@ -49,9 +62,7 @@ def kernel(fn=None, *, inline=False, parallel=False):
     """An entry point: callable from Python and from compiled code."""
 
     def wrap(f):
-        options = _options(inline, parallel)
-        del options["nopython"]  # njit implies it
-        return njit(cache=True, **options)(f)
+        return KernelDispatcher(py_func=f, locals={}, targetoptions=_options(inline, parallel))
 
     return wrap if fn is None else wrap(fn)
 
@@ -63,8 +74,6 @@ def internal(fn=None, *, inline=False, parallel=False):
         options = _options(inline, parallel)
         options["no_cpython_wrapper"] = True
         options["no_cfunc_wrapper"] = True
-        disp = InternalDispatcher(py_func=f, locals={}, targetoptions=options)
-        disp.enable_caching()
-        return disp
+        return InternalDispatcher(py_func=f, locals={}, targetoptions=options)
 
     return wrap if fn is None else wrap(fn)
