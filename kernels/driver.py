@@ -20,12 +20,7 @@ def alloc_page(state, device):
     Args: state, device (bool). Returns the pfn, or -1 when none is free.
     Post: refcount 1 (2 for a device-private page, whose device holds one).
     """
-    pfn = mm.alloc_frame(state, device)
-    if pfn >= 0:
-        mm.trylock_page(state, pfn)
-        if device:
-            state.counters[L.C_DEVICE_CALLOC] += 1  # as free_frame() counts cfree
-    return pfn
+    return mm.alloc_locked_page(state, device)
 
 
 @kernel(inline=True)

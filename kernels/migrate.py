@@ -71,14 +71,20 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
 
 
 @internal
-def _begin(state, vma_index, start, npages):
-    """Zero the call's ``struct migrate_vma`` scalars and count the call."""
+def _begin(state, vma_index, start, end, src, dst):
+    """The argument checks, then the call's ``struct migrate_vma`` scalars zeroed
+    and set and the call counted. Returns npages, or -EINVAL (nothing changed)."""
+    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
+    if npages < 0:
+        return npages
+    start = mm.page_down(state, start)
     mig = state.mig
     mig[:] = 0
     mig[L.MIG_START] = start
     mig[L.MIG_END] = start + npages * state.sys[L.SYS_PAGE_SIZE]
     mig[L.MIG_VMA] = vma_index
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
+    return npages
 
 
 @internal
@@ -87,11 +93,10 @@ def setup_range(state, vma_index, start, end, src, dst):
 
     Post: as migrate_vma_setup(); ``state.mig`` holds the call's scalars, with
     ``MIG_ALL_PLAIN`` set when the parallel sweep found every slot plain."""
-    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
+    npages = _begin(state, vma_index, start, end, src, dst)
     if npages < 0:
         return npages
     start = mm.page_down(state, start)
-    _begin(state, vma_index, start, npages)
     mig = state.mig
     threads = sweep_threads(state, npages)
     if threads > 1 and state.pagevec_n[L.CPU_DRIVER] == 0:
@@ -116,11 +121,10 @@ def setup_by_passes(state, vma_index, start, end, src, dst):
     the bench's per-pass timing hold the fused and parallel sweeps to it.
     Returns cpages or -EINVAL; ``state.mig`` holds the call's scalars.
     """
-    npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
+    npages = _begin(state, vma_index, start, end, src, dst)
     if npages < 0:
         return npages
     start = mm.page_down(state, start)
-    _begin(state, vma_index, start, npages)
     mig = state.mig
     src[:npages] = 0
     migrate_vma_collect(state, vma_index, start, mig[L.MIG_END], src, dst, mig)

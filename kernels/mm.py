@@ -108,6 +108,19 @@ def trylock_page(st, pfn):
 
 
 @internal(inline=True)
+def alloc_locked_page(st, device):
+    """A fresh frame of RAM or device memory, locked, as a driver's allocator hands
+    it to migrate_vma(); -1 when none is free. A device page counts in calloc, as
+    mark_free() counts its return in cfree."""
+    pfn = alloc_frame(st, device)
+    if pfn >= 0:
+        trylock_page(st, pfn)
+        if device:
+            st.counters[L.C_DEVICE_CALLOC] += 1
+    return pfn
+
+
+@internal(inline=True)
 def unlock_page(st, pfn):
     clear_flag(st, pfn, L.PG_LOCKED)
 

@@ -24,21 +24,16 @@ def device_alloc_page(st, private):
     """dmirror_devmem_alloc_page(): pop a device frame, take a reference, lock it."""
     if allocation_fails(st, private):
         return -1
-    pfn = mm.alloc_frame(st, True)
-    if pfn >= 0:
-        mm.trylock_page(st, pfn)
-        st.counters[L.C_DEVICE_CALLOC] += 1
-    return pfn
+    return mm.alloc_locked_page(st, True)
 
 
 @internal(inline=True)
 def system_alloc_page(st, private):
+    """The device-to-system copy's allocation: a locked RAM page, or -1 (also
+    when a failure is injected)."""
     if allocation_fails(st, private):
         return -1
-    pfn = mm.alloc_frame(st, False)
-    if pfn >= 0:
-        mm.trylock_page(st, pfn)
-    return pfn
+    return mm.alloc_locked_page(st, False)
 
 
 @internal(inline=True)

@@ -187,19 +187,67 @@ def regenerate_markdown(json_path: str | os.PathLike[str]) -> str:
     return md_path
 
 
+README_START = "<!-- bench-table:start -->"
+README_END = "<!-- bench-table:end -->"
+
+
+def table_block(markdown: str) -> str:
+    """What a README shows of a results.md: all but its generated-file comment."""
+    lines = markdown.strip("\n").splitlines()
+    if lines and lines[0].startswith("<!--"):
+        lines = lines[1:]
+    return "\n".join(lines).strip("\n")
+
+
+def splice_readme(readme: str, markdown: str) -> str:
+    """``readme`` with the text between its bench-table markers replaced by the table
+    of ``markdown`` (a results.md). ValueError when the markers are missing."""
+    start = readme.find(README_START)
+    end = readme.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {README_START} ... {README_END} block")
+    head = readme[: start + len(README_START)]
+    return f"{head}\n{table_block(markdown)}\n{readme[end:]}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m migengine.bench RESULTS.json ...``: regenerate each results.md."""
-    paths = list(sys.argv[1:] if argv is None else argv)
-    if not paths or any(p.startswith("-") for p in paths):
-        print("usage: python -m migengine.bench RESULTS.json [...]", file=sys.stderr)
+    """``python -m migengine.bench RESULTS.json [--readme README.md]``: regenerate
+    results.md beside each results.json, and the README's table from the last one."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    readme = None
+    if "--readme" in args:
+        k = args.index("--readme")
+        readme = args[k + 1] if k + 1 < len(args) else None
+        del args[k : k + 2]
+        if readme is None:
+            args = []
+    if not args or any(p.startswith("-") for p in args):
+        print(
+            "usage: python -m migengine.bench RESULTS.json [...] [--readme README.md]",
+            file=sys.stderr,
+        )
         print("rewrites results.md beside each results.json (no benchmark is run)", file=sys.stderr)
         return 2
-    for path in paths:
+    md_path = ""
+    for path in args:
         try:
-            print(f"wrote {regenerate_markdown(path)}")
+            md_path = regenerate_markdown(path)
+            print(f"wrote {md_path}")
         except (OSError, ValueError, KeyError) as exc:
             print(f"python -m migengine.bench: error: {path}: {exc!r}", file=sys.stderr)
             return 1
+    if readme is not None:
+        try:
+            with open(md_path, encoding="utf-8") as f:
+                markdown = f.read()
+            with open(readme, encoding="utf-8") as f:
+                text = splice_readme(f.read(), markdown)
+            with open(readme, "w", encoding="utf-8") as f:
+                f.write(text)
+        except (OSError, ValueError) as exc:
+            print(f"python -m migengine.bench: error: {readme}: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote the table into {readme}")
     return 0
 
 

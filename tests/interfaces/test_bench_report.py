@@ -145,3 +145,21 @@ def test_committed_results_md_is_generated_from_results_json():
     result = json.loads((DOCS / "results.json").read_text())
     expected = report.format_markdown(result, out="docs/bench-results")
     assert (DOCS / "results.md").read_text() == expected
+
+
+def test_the_readme_shows_the_generated_table():
+    """README.md's benchmark table is docs/bench-results/results.md's, spliced in by
+    ``python -m migengine.bench docs/bench-results/results.json --readme README.md``."""
+    readme = (DOCS.parents[1] / "README.md").read_text()
+    generated = (DOCS / "results.md").read_text()
+    assert report.splice_readme(readme, generated) == readme
+    assert "| chunk | KiB |" in readme
+
+
+def test_splice_readme_needs_its_markers():
+    with pytest.raises(ValueError, match="bench-table"):
+        report.splice_readme("# no markers here\n", "| a |\n")
+    spliced = report.splice_readme(
+        f"x\n{report.README_START}\nold\n{report.README_END}\ny\n", "<!-- gen -->\n| new |\n"
+    )
+    assert spliced == f"x\n{report.README_START}\n| new |\n{report.README_END}\ny\n"
