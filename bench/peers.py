@@ -121,12 +121,12 @@ class Flat:
         return cls(
             pte=st.pte.copy(),
             pte_next=st.pte_next.copy(),
-            mirror=st.mirror.copy(),
+            mirror=st.mirror[0].copy(),  # the peers model one device
             free_stack=st.free_stack.copy(),
             free_pos=st.free_pos.copy(),
             **{name: st.page[name].copy() for name in _PAGE_FIELDS},
             ram_free=int(st.sys[L.SYS_RAM_FREE]),
-            dev_free=int(st.sys[L.SYS_DEV_FREE]),
+            dev_free=int(st.dev[0, L.DEV_FREE]),
             nr_ram=m.ram_pages,
             zero_pfn=m.zero_pfn,
             page_size=m.page_size,
@@ -136,7 +136,7 @@ class Flat:
             pmd_first=vma.start // (m.page_size * ext_pages),
             pmd_kinds_ok=bool(np.all(pmds == L.PMD_TABLE)),
             driver_pagevec_n=int(st.pagevec_n[L.CPU_DRIVER]),
-            fail_alloc=int(st.sys[L.SYS_FAIL_ALLOC]),
+            fail_alloc=int(st.dev[0, L.DEV_FAIL_ALLOC]),
             lay={k.lower(): int(v) for k, v in m.layout._asdict().items()},
             engine={
                 "chunk_pages": int(eng[kcopy.ENG_CHUNK_PAGES]),
@@ -164,7 +164,7 @@ class Flat:
         theirs = {
             "pte": st.pte,
             "pte_next": st.pte_next,
-            "mirror": st.mirror,
+            "mirror": st.mirror[0],
             "free_stack": st.free_stack,
             "free_pos": st.free_pos,
             **{name: st.page[name] for name in _PAGE_FIELDS},
@@ -176,7 +176,7 @@ class Flat:
         ]
         if self.ram_free != st.sys[L.SYS_RAM_FREE]:
             bad.append("ram_free")
-        if self.dev_free != st.sys[L.SYS_DEV_FREE]:
+        if self.dev_free != st.dev[0, L.DEV_FREE]:
             bad.append("dev_free")
         bad += [f"counter {n}" for n in COUNTERS if self.counters[n] != machine.counters[n]]
         return bad

@@ -197,7 +197,7 @@ def simulate(state, pid, vma_index, vstart, npages, block_pages, trace_pages, tr
             out[S_FAULTS] += 1
             start = vstart + b * block_pages * ps
             end = vstart + min((b + 1) * block_pages, npages) * ps
-            while state.sys[L.SYS_DEV_FREE] < (end - start) // ps and ends[1] >= 0:
+            while state.dev[0, L.DEV_FREE] < (end - start) // ps and ends[1] >= 0:
                 victim = ends[1]
                 _unlink(victim, prev, nxt, ends)
                 resident[victim] = False
@@ -208,9 +208,9 @@ def simulate(state, pid, vma_index, vstart, npages, block_pages, trace_pages, tr
                 )
                 out[S_PAGES_OUT] += max(moved, 0)
                 out[S_EVICTIONS] += 1
-            free_before = state.sys[L.SYS_DEV_FREE]
+            free_before = state.dev[0, L.DEV_FREE]
             kernels.migrate_vma_to_device(state, vma_index, start, end, src, dst, DEV_KEEP_STATS)
-            out[S_PAGES_IN] += free_before - state.sys[L.SYS_DEV_FREE]
+            out[S_PAGES_IN] += free_before - state.dev[0, L.DEV_FREE]
             resident[b] = True
         _push_front(b, prev, nxt, ends)
         if trace_writes[k]:

@@ -71,7 +71,16 @@ def _check_free_lists(st):
             nfree_ram += 1
         else:
             nfree_dev += 1
-    if nfree_ram != st.sys[L.SYS_RAM_FREE] or nfree_dev != st.sys[L.SYS_DEV_FREE]:
+    if nfree_ram != st.sys[L.SYS_RAM_FREE]:
+        return CHK_FREE_COUNT, -1
+    for d in range(st.dev.shape[0]):
+        nfree_dev -= st.dev[d, L.DEV_FREE]
+        first = st.dev[d, L.DEV_FIRST_PFN]
+        for pos in range(first, first + st.dev[d, L.DEV_FREE]):
+            pfn = st.free_stack[pos]
+            if pfn < first or pfn >= first + st.dev[d, L.DEV_NPAGES]:
+                return CHK_FREE_LIST, pfn  # a frame on another pool's stack
+    if nfree_dev != 0:
         return CHK_FREE_COUNT, -1
     return CHK_OK, -1
 
@@ -204,13 +213,16 @@ def _check_tables(st, swaps):
         if pfn >= 0 and (st.page["mapping"][pfn] != L.MAPPING_FILE or st.page["index"][pfn] != pc):
             return CHK_PCACHE, pc
     kind_wanted = L.PTE_DEVICE if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25 else L.PTE_PRESENT
-    for slot in range(st.sys[L.SYS_PTE_USED]):
-        m = st.mirror[slot]
-        if m < 0:
-            continue
-        pte = st.pte[slot]
-        if mm.pte_kind(pte) != kind_wanted or mm.pte_pfn(pte) != (m >> 1):
-            return CHK_MIRROR, slot
+    for d in range(st.mirror.shape[0]):
+        for slot in range(st.sys[L.SYS_PTE_USED]):
+            m = st.mirror[d, slot]
+            if m < 0:
+                continue
+            pte = st.pte[slot]
+            if mm.pte_kind(pte) != kind_wanted or mm.pte_pfn(pte) != (m >> 1):
+                return CHK_MIRROR, slot
+            if mm.device_of(st, m >> 1) != d:
+                return CHK_MIRROR, slot
     return CHK_OK, -1
 
 

@@ -20,7 +20,8 @@ def alloc_page(state, device):
     Args: state, device (bool). Returns the pfn, or -1 when none is free.
     Post: refcount 1 (2 for a device-private page, whose device holds one).
     """
-    return mm.alloc_locked_page(state, device)
+    # The machine's first device: the contract's allocator takes no device index.
+    return mm.alloc_locked_page(state, np.int64(0) if device else np.int64(L.RAM_POOL))
 
 
 @kernel(inline=True)

@@ -120,16 +120,34 @@ SYS_PROFILE = 3
 SYS_STORE_DATA = 4
 SYS_ZERO_PFN = 5
 SYS_RAM_FREE = 6  # free-stack depth of RAM
-SYS_DEV_FREE = 7  # free-stack depth of device memory
+# 7: unused (the devices' free-stack depths are in state.dev, DEV_FREE)
 SYS_NR_VMAS = 8
 SYS_PTE_USED = 9
 SYS_PMD_USED = 10
 SYS_PCACHE_USED = 11
 SYS_SWAP_FREE = 12
-SYS_FAIL_ALLOC = 13  # device allocations left to fail (m.device.fail_alloc)
+# 13: unused (allocations left to fail are per device: state.dev, DEV_FAIL_ALLOC)
 SYS_NR_SWAP = 14
 SYS_PAGE_SHIFT = 15  # log2(page size): a shift, not a 64-bit division, per address
 SYS_FIELDS = 16
+
+# --- state.dev: the device table, one row per device (ZONE_DEVICE pgmap), DEV_* columns.
+# Each device owns the frames [DEV_FIRST_PFN, + DEV_NPAGES), after RAM and the devices
+# before it; its free stack is free_stack[DEV_FIRST_PFN:], DEV_FREE deep.
+DEV_FIRST_PFN = 0
+DEV_NPAGES = 1
+DEV_FREE = 2  # free-stack depth
+DEV_FAIL_ALLOC = 3  # its allocations left to fail (dev.fail_alloc, HMM_DMIRROR_FLAG_FAIL_ALLOC)
+DEV_OWNER = 4  # pgmap->owner, as an int id
+DEV_KIND = 5  # DEVICE_PRIVATE or DEVICE_COHERENT
+DEV_CALLOC = 6  # pages handed out (dmirror's calloc)
+DEV_CFREE = 7  # pages returned (cfree)
+DEV_FAULTS = 8  # CPU faults its handler served
+DEV_SIGBUS = 9  # of those, the ones that ended in SIGBUS
+DEV_FIELDS = 10
+DEVICE_PRIVATE = 0  # MEMORY_DEVICE_PRIVATE
+DEVICE_COHERENT = 1  # MEMORY_DEVICE_COHERENT
+RAM_POOL = -1  # the page allocator's pool of system RAM; device d's pool is d
 
 # --- state.counters: vmstat-like, cumulative.
 COUNTER_NAMES = (

@@ -21,7 +21,7 @@ _FAULT_RETRIES = 4
 @internal
 def _new_anon_page(st, v, addr):
     """A zeroed anonymous page for ``addr``, in the user CPU's LRU-add batch."""
-    pfn = mm.alloc_frame(st, False)
+    pfn = mm.alloc_frame(st, L.RAM_POOL)
     if pfn < 0:
         return -1
     mm.zero_frame(st, pfn)
@@ -133,7 +133,7 @@ def _fault_file(st, v, addr, slot):
     pc = st.vma["pcache_base"][v] + st.vma["pgoff"][v] + (addr - st.vma["start"][v]) // ps
     pfn = st.pcache[pc]
     if pfn < 0:
-        pfn = mm.alloc_frame(st, False)  # this reference is the page cache's
+        pfn = mm.alloc_frame(st, L.RAM_POOL)  # this reference is the page cache's
         if pfn < 0:
             return L.FAULT_OOM
         mm.zero_frame(st, pfn)
@@ -350,7 +350,7 @@ def fork_vma(state, parent, child):
     and reference per page (PMD THPs on the head); device-private entries are
     shared read-only the same way; swap entries gain a user. Shared (shmem and
     file) VMAs copy nothing: the child faults from the shared page cache. The
-    parent's range is invalidated in the device mirror (mmu notifier).
+    parent's range is invalidated in every device's mirror (mmu notifier).
     """
     ps = state.sys[L.SYS_PAGE_SIZE]
     npages = (state.vma["end"][parent] - state.vma["start"][parent]) // ps
@@ -358,7 +358,7 @@ def fork_vma(state, parent, child):
     if state.vma["kind"][parent] != L.VMA_ANON:
         return
     for k in range(npages):
-        state.mirror[pbase + k] = -1
+        mm.unmirror_all(state, pbase + k)
     ext = mm.pmd_extent(state)
     start = state.vma["start"][parent]
     nlevel = (state.vma["end"][parent] - 1) // ext - start // ext + 1

@@ -22,9 +22,7 @@ Refcount conventions (both profiles unless stated):
 from . import layout as L
 from ._jit import internal, kernel
 from .page_alloc import (  # noqa: F401  (re-exported: mm is the primitives' one namespace)
-    _depth_index,
-    _stack_base,
-    _stack_remove,
+    add_pool_free,
     alloc_frame,
     alloc_thp,
     free_frame,
@@ -32,11 +30,13 @@ from .page_alloc import (  # noqa: F401  (re-exported: mm is the primitives' one
     init_allocated,
     mark_free,
     place_free,
+    pool_free,
     unplace_free,
 )
 from .pgtable import (  # noqa: F401  (re-exported)
     clear_flag,
     compound_head,
+    device_of,
     has_flag,
     is_device_pfn,
     is_zero_pfn,
@@ -108,15 +108,23 @@ def trylock_page(st, pfn):
 
 
 @internal(inline=True)
-def alloc_locked_page(st, device):
-    """A fresh frame of RAM or device memory, locked, as a driver's allocator hands
-    it to migrate_vma(); -1 when none is free. A device page counts in calloc, as
-    mark_free() counts its return in cfree."""
-    pfn = alloc_frame(st, device)
+def unmirror_all(st, slot):
+    """Every device's mirror forgets PTE slot ``slot`` (an mmu-notifier invalidation)."""
+    for d in range(st.mirror.shape[0]):
+        st.mirror[d, slot] = -1
+
+
+@internal(inline=True)
+def alloc_locked_page(st, pool):
+    """A fresh frame of ``pool`` (RAM_POOL or a device index), locked, as a driver's
+    allocator hands it to migrate_vma(); -1 when none is free. A device page
+    counts in calloc, as mark_free() counts its return in cfree."""
+    pfn = alloc_frame(st, pool)
     if pfn >= 0:
         trylock_page(st, pfn)
-        if device:
+        if pool >= 0:
             st.counters[L.C_DEVICE_CALLOC] += 1
+            st.dev[pool, L.DEV_CALLOC] += 1
     return pfn
 
 
@@ -250,7 +258,7 @@ def zap_pte(st, slot):
         return
     st.page["mapcount"][pfn] -= 1
     rmap_del(st, pfn, slot)
-    st.mirror[slot] = -1
+    unmirror_all(st, slot)
     put_page(st, pfn)
 
 

@@ -1,49 +1,58 @@
 """The page allocator (mm/page_alloc.c): one indexed free stack per pool.
 
-RAM occupies ``free_stack[0:nr_ram]`` and the device ``free_stack[nr_ram:]``;
-each stack's depth is in ``sys``. ``free_pos[pfn]`` is the frame's position in
-its stack (-1 in use), so a THP allocation takes an aligned run out in O(1) a
-frame. The lowest free frame is on top, so a fresh machine hands out frames in
-ascending order. Re-exported by :mod:`kernels.mm`.
+A pool is system RAM (``RAM_POOL``) or one device (its index in ``state.dev``).
+RAM occupies ``free_stack[0:nr_ram]`` and device ``d`` the positions from its
+first frame on; the depths are ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``.
+``free_pos[pfn]`` is the frame's position in its stack (-1 in use), so a THP
+allocation takes an aligned run out in O(1) a frame. The lowest free frame is on
+top, so a fresh machine hands out frames in ascending order. Re-exported by :mod:`kernels.mm`.
 """
 
 import numpy as np
 
 from . import layout as L
 from ._jit import internal
-from .pgtable import clear_flag, is_device_pfn, ix, set_flag
+from .pgtable import clear_flag, device_of, ix, set_flag
 
 
 # --------------------------------------------------------------------- allocator
 @internal(inline=True)
-def _depth_index(device):
-    """Index in ``sys`` of the free-stack depth of RAM or device memory."""
-    return L.SYS_DEV_FREE if device else L.SYS_RAM_FREE
+def pool_free(st, pool):
+    """How many frames pool ``pool`` has free (its free stack's depth)."""
+    return st.sys[L.SYS_RAM_FREE] if pool < 0 else st.dev[pool, L.DEV_FREE]
 
 
 @internal(inline=True)
-def _stack_base(st, device):
-    """Where the free stack of RAM (0) or device memory (nr_ram) starts."""
-    return st.sys[L.SYS_NR_RAM] if device else np.int64(0)
+def add_pool_free(st, pool, n):
+    """Move pool ``pool``'s free-stack depth by ``n``."""
+    if pool < 0:
+        st.sys[L.SYS_RAM_FREE] += n
+    else:
+        st.dev[pool, L.DEV_FREE] += n
 
 
 @internal(inline=True)
-def free_top(st, device):
+def _stack_base(st, pool):
+    """Where pool ``pool``'s free stack starts: 0 for RAM, a device's first frame."""
+    return np.int64(0) if pool < 0 else st.dev[pool, L.DEV_FIRST_PFN]
+
+
+@internal(inline=True)
+def free_top(st, pool):
     """The free-stack position of the frame alloc_frame() would pop next."""
-    return _stack_base(st, device) + st.sys[_depth_index(device)] - 1
+    return _stack_base(st, pool) + pool_free(st, pool) - 1
 
 
 @internal
 def _stack_remove(st, pfn):
     """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
-    device = is_device_pfn(st, pfn)
-    depth_i = _depth_index(device)
-    top = free_top(st, device)
+    pool = device_of(st, pfn)
+    top = free_top(st, pool)
     pos = st.free_pos[pfn]
     moved = st.free_stack[top]
     place_free(st, moved, pos)
     unplace_free(st, pfn, top)
-    st.sys[depth_i] -= 1
+    add_pool_free(st, pool, -1)
 
 
 @internal
@@ -58,12 +67,12 @@ def init_allocated(st, pfn):
 
 
 @internal(inline=True)
-def alloc_frame(st, device):
-    """Allocate one frame (unlocked, refcount +1); -1 when the pool is empty."""
-    depth_i = _depth_index(device)
-    if st.sys[depth_i] == 0:
+def alloc_frame(st, pool):
+    """Allocate one frame of ``pool`` (RAM_POOL or a device index; unlocked,
+    refcount +1); -1 when the pool is empty."""
+    if pool_free(st, pool) == 0:
         return -1
-    pfn = st.free_stack[free_top(st, device)]
+    pfn = st.free_stack[free_top(st, pool)]
     _stack_remove(st, pfn)
     init_allocated(st, pfn)
     return pfn
@@ -72,10 +81,9 @@ def alloc_frame(st, device):
 @internal
 def free_frame(st, pfn):
     """Return a frame to its free stack (refcount already at its free value)."""
-    device = is_device_pfn(st, pfn)
-    depth_i = _depth_index(device)
-    place_free(st, pfn, _stack_base(st, device) + st.sys[depth_i])
-    st.sys[depth_i] += 1
+    pool = device_of(st, pfn)
+    place_free(st, pfn, _stack_base(st, pool) + pool_free(st, pool))
+    add_pool_free(st, pool, 1)
     mark_free(st, pfn)
 
 
@@ -101,8 +109,9 @@ def mark_free(st, pfn):
     st.page["mapcount"][at] = 0
     st.page["mapping"][at] = L.MAPPING_NONE
     st.page["rmap"][at] = -1
-    if is_device_pfn(st, pfn):
+    if pfn >= st.sys[L.SYS_NR_RAM]:
         st.counters[L.C_DEVICE_CFREE] += 1
+        st.dev[device_of(st, pfn), L.DEV_CFREE] += 1
 
 
 @internal

@@ -107,6 +107,17 @@ def is_device_pfn(st, pfn):
 
 
 @internal(inline=True)
+def device_of(st, pfn):
+    """The device (its row in ``state.dev``) whose frame ``pfn`` is, or RAM_POOL (-1)."""
+    if pfn < st.sys[L.SYS_NR_RAM]:
+        return np.int64(L.RAM_POOL)
+    for d in range(st.dev.shape[0]):
+        if pfn < st.dev[d, L.DEV_FIRST_PFN] + st.dev[d, L.DEV_NPAGES]:
+            return np.int64(d)
+    return np.int64(L.RAM_POOL)
+
+
+@internal(inline=True)
 def is_zone_device(st, pfn):
     """is_device_private_page(): device frames are ZONE_DEVICE only in hmm-v25."""
     return (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) != 0

@@ -45,9 +45,11 @@ def remove_migration_pte(st, slot, page, newpage):
     device_entry = mm.is_zone_device(st, newpage)
     word = mm.make_pte(L.PTE_DEVICE if device_entry else L.PTE_PRESENT, newpage, write)
     st.pte[slot] = word
-    mirror = st.mirror
-    if newpage != page and mirror[slot] >= 0 and (mirror[slot] >> 1) == page:
-        mirror[slot] = -1  # the page left the device: dmirror's mmu notifier drops the entry
+    if newpage != page:
+        for d in range(st.mirror.shape[0]):
+            if st.mirror[d, slot] >= 0 and (st.mirror[d, slot] >> 1) == page:
+                # The page left the device: that dmirror's mmu notifier drops the entry.
+                st.mirror[d, slot] = -1
     st.page["mapcount"][newpage] += 1
     mm.get_page(st, newpage)
     return True

@@ -27,8 +27,9 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
 ``data``          uint8 frame bytes, ``nframes * page_size`` long; empty when the
                   machine keeps metadata only.
 ``free_stack`` / ``free_pos``
-                  indexed free stacks: RAM occupies ``free_stack[0:nr_ram]`` and the
-                  device ``free_stack[nr_ram:]``; the depth of each is in ``sys``.
+                  indexed free stacks: RAM occupies ``free_stack[0:nr_ram]`` and each
+                  device ``free_stack[first_pfn:first_pfn + npages]``; the depths are
+                  ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``.
                   ``free_pos[pfn]`` is the frame's slot in its stack (-1 when in use),
                   so a THP allocation can take an aligned run out in O(1) per frame.
 ``vma``           one record per VMA: ``start``, ``end`` (bytes), ``flags`` (VM_*),
@@ -40,8 +41,11 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
 ``pte_next``      reverse-map chain links, one per PTE slot (-1 ends a chain).
 ``pmd``           the PMD level: one word per 2 MiB extent of every VMA: none (hole),
                   table, THP (head pfn) or the huge zero page.
-``mirror``        the device's mirror page table, per PTE slot: (device pfn << 1 |
-                  write) for pages the device maps, -1 otherwise.
+``mirror``        each device's mirror page table (``[device, PTE slot]``): (device pfn
+                  << 1 | write) for pages the device maps, -1 otherwise.
+``dev``           the device table, one row per device (``DEV_*`` columns of
+                  :mod:`layout`): its frames, free-stack depth, injected allocation
+                  failures, owner, kind and counters.
 ``pcache``        page-cache slots of every file and shmem object (pfn or -1).
 ``swap_map`` / ``swap_stack`` / ``swap_data``
                   swap slots: users per slot, the free stack, and the slot bytes.
@@ -125,7 +129,7 @@ STATE_SPEC = (
     ("pte", np.uint64, 1),
     ("pte_next", np.int64, 1),
     ("pmd", np.uint64, 1),
-    ("mirror", np.int64, 1),
+    ("mirror", np.int64, 2),
     ("pcache", np.int64, 1),
     ("swap_map", np.int64, 1),
     ("swap_stack", np.int64, 1),
@@ -146,6 +150,7 @@ STATE_SPEC = (
     ("sweep_info", np.int64, 2),
     ("sweep_mig", np.int64, 2),
     ("sweep_counters", np.int64, 2),
+    ("dev", np.int64, 2),
 )
 
 State = namedtuple("State", [name for name, _, _ in STATE_SPEC])
@@ -179,8 +184,16 @@ def new_state(
     vma_capacity: int = 64,
     pte_capacity: int = 4096,
     pcache_capacity: int = 1024,
+    device_sizes: tuple[int, ...] | None = None,
 ) -> State:
-    """Build an empty machine: every frame free, no VMA, RAM frame 0 the zero page."""
+    """Build an empty machine: every frame free, no VMA, RAM frame 0 the zero page.
+
+    ``device_sizes``: each device's frames, in pfn order after RAM (default: one
+    device of ``nr_device`` frames, which may be none); they add up to ``nr_device``.
+    """
+    sizes = (nr_device,) if device_sizes is None else tuple(device_sizes)
+    if sum(sizes) != nr_device or not sizes:
+        raise ValueError(f"device sizes {sizes} do not add up to {nr_device} device frames")
     nframes = nr_ram + nr_device
     # Cache-line aligned, so no 32-byte record spans two lines.
     page = page_aligned_zeros(nframes * PAGE_DTYPE.itemsize, 64).view(PAGE_DTYPE)
@@ -197,9 +210,19 @@ def new_state(
     ram = np.arange(nr_ram - 1, zero, -1, dtype=np.int64)  # top of stack = lowest pfn
     free_stack[: ram.size] = ram
     free_pos[ram] = np.arange(ram.size)
-    dev = np.arange(nframes - 1, nr_ram - 1, -1, dtype=np.int64)
-    free_stack[nr_ram : nr_ram + dev.size] = dev
-    free_pos[dev] = nr_ram + np.arange(dev.size)
+    # Each device's stack sits at its own frames' positions, lowest frame on top.
+    devices = np.zeros((len(sizes), L.DEV_FIELDS), np.int64)
+    first = nr_ram
+    for d, size in enumerate(sizes):
+        frames = np.arange(first + size - 1, first - 1, -1, dtype=np.int64)
+        free_stack[first : first + size] = frames
+        free_pos[frames] = first + np.arange(size)
+        devices[d, L.DEV_FIRST_PFN] = first
+        devices[d, L.DEV_NPAGES] = size
+        devices[d, L.DEV_FREE] = size
+        devices[d, L.DEV_OWNER] = d
+        devices[d, L.DEV_KIND] = L.DEVICE_PRIVATE
+        first += size
     sysv = np.zeros(L.SYS_FIELDS, np.int64)
     sysv[L.SYS_PAGE_SIZE] = page_size
     sysv[L.SYS_PAGE_SHIFT] = page_size.bit_length() - 1
@@ -209,7 +232,6 @@ def new_state(
     sysv[L.SYS_STORE_DATA] = 1 if store_data else 0
     sysv[L.SYS_ZERO_PFN] = zero
     sysv[L.SYS_RAM_FREE] = ram.size
-    sysv[L.SYS_DEV_FREE] = dev.size
     sysv[L.SYS_SWAP_FREE] = nr_swap
     sysv[L.SYS_NR_SWAP] = nr_swap
     data = page_aligned_zeros(nframes * page_size if store_data else 0, page_size)
@@ -224,7 +246,7 @@ def new_state(
         pte=np.zeros(pte_capacity, np.uint64),
         pte_next=np.full(pte_capacity, -1, np.int64),
         pmd=np.zeros(max(pte_capacity // L.HPAGE_PMD_NR, 16), np.uint64),
-        mirror=np.full(pte_capacity, -1, np.int64),
+        mirror=np.full((devices.shape[0], pte_capacity), -1, np.int64),
         pcache=np.full(pcache_capacity, -1, np.int64),
         swap_map=np.zeros(nr_swap, np.int64),
         swap_stack=np.arange(nr_swap - 1, -1, -1, dtype=np.int64),
@@ -245,6 +267,7 @@ def new_state(
         sweep_info=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_INFO), np.int64),
         sweep_mig=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_MIG_STRIDE), np.int64),
         sweep_counters=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_COUNTERS_STRIDE), np.int64),
+        dev=devices,
     )
 
 
@@ -256,6 +279,18 @@ def _grown(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
         return arr
     out = np.full(cap, fill, arr.dtype) if fill != 0 else np.zeros(cap, arr.dtype)
     out[: arr.shape[0]] = arr
+    return out
+
+
+def _grown_columns(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
+    """A 2-D table (one row per device) whose rows hold at least ``need`` entries."""
+    cap = arr.shape[1]
+    while cap < need:
+        cap *= 2
+    if cap == arr.shape[1]:
+        return arr
+    out = np.full((arr.shape[0], cap), fill, arr.dtype)
+    out[:, : arr.shape[1]] = arr
     return out
 
 
@@ -277,7 +312,7 @@ def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
         vma=_grown(st.vma, vmas, 0),
         pte=_grown(st.pte, ptes, 0),
         pte_next=_grown(st.pte_next, ptes, -1),
-        mirror=_grown(st.mirror, ptes, -1),
+        mirror=_grown_columns(st.mirror, ptes, -1),
         range_src=_grown(st.range_src, ptes, 0),
         range_dst=_grown(st.range_dst, ptes, 0),
         pmd=_grown(st.pmd, pmds, 0),

@@ -30,11 +30,23 @@ class Device:
     to a device-private page (hmm-v25) faults it back through ``migrate_vma``.
     """
 
-    def __init__(self, machine: Machine, core: MachineCore, engine: CopyEngine) -> None:
+    def __init__(
+        self, machine: Machine, core: MachineCore, engine: CopyEngine, index: int = 0
+    ) -> None:
         self._machine = machine
         self._core = core
         self._engine = engine
+        self.index = index  # its row in the device table (state.dev) and its mirror
         self.ops = MigrateOps(kdevice.device_alloc_and_copy, kdevice.device_finalize_and_map)
+
+    @property
+    def first_pfn(self) -> int:
+        """Its first frame: device frames follow RAM, each device's after the one before."""
+        return int(self._core.state.dev[self.index, L.DEV_FIRST_PFN])
+
+    @property
+    def npages(self) -> int:
+        return int(self._core.state.dev[self.index, L.DEV_NPAGES])
 
     # ------------------------------------------------------------------ engine
     @property
@@ -64,21 +76,21 @@ class Device:
     @property
     def counters(self) -> dict[str, int]:
         """calloc (pages handed out), cfree (returned), faults (CPU faults served)."""
-        c = self._core.state.counters
+        row = self._core.state.dev[self.index]
         return {
-            "calloc": int(c[L.C_DEVICE_CALLOC]),
-            "cfree": int(c[L.C_DEVICE_CFREE]),
-            "faults": int(c[L.C_DEVICE_FAULTS]),
-            "sigbus": int(c[L.C_DEVICE_SIGBUS]),
+            "calloc": int(row[L.DEV_CALLOC]),
+            "cfree": int(row[L.DEV_CFREE]),
+            "faults": int(row[L.DEV_FAULTS]),
+            "sigbus": int(row[L.DEV_SIGBUS]),
         }
 
     @property
     def free_pages(self) -> int:
-        return self._machine.free_pages(device=True)
+        return int(self._core.state.dev[self.index, L.DEV_FREE])
 
     def fail_alloc(self, n: int) -> None:
         """The next ``n`` device-side and fault-back allocations fail."""
-        self._core.state.sys[L.SYS_FAIL_ALLOC] = as_count(n, "n")
+        self._core.state.dev[self.index, L.DEV_FAIL_ALLOC] = as_count(n, "n")
 
     def mirrored(self, process: Process, addr: int) -> int:
         """The device pfn the mirror maps at ``addr``, or -1."""
@@ -88,7 +100,7 @@ class Device:
         st = self._core.state
         rec = st.vma[vma.index]
         slot = int(rec["pte_base"]) + (addr - vma.start) // self._core.page_size
-        value = int(st.mirror[slot])
+        value = int(st.mirror[self.index, slot])
         return value >> 1 if value >= 0 else -1
 
     # ------------------------------------------------------------------ migration

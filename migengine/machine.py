@@ -72,6 +72,8 @@ class Machine:
         self._processes: list[Process] = []
         self.rng = np.random.default_rng(seed)
         self.device = Device(self, self.core, engine)
+        # One device per row of the device table (state.dev); m.device is the first.
+        self.devices: tuple[Device, ...] = (self.device,)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -137,8 +139,10 @@ class Machine:
         return int(value >> lay.SHIFT)
 
     def free_pages(self, device: bool = False) -> int:
-        """Free frames of RAM, or of device memory."""
-        return int(self.state.sys[L.SYS_DEV_FREE if device else L.SYS_RAM_FREE])
+        """Free frames of RAM, or of device memory (every device's)."""
+        if device:
+            return int(self.state.dev[:, L.DEV_FREE].sum())
+        return int(self.state.sys[L.SYS_RAM_FREE])
 
     def page(self, pfn: int) -> PageInfo:
         """The struct page of ``pfn`` as a PageInfo namedtuple."""

@@ -1,8 +1,11 @@
 """The device driver model, after the kernel's test driver (lib/test_hmm.c, dmirror).
 
-The device owns the frames ``[nr_ram, nr_ram + nr_device)``: a free list
-(``free_stack``), a mirror page table (``state.mirror``, per PTE slot), a copy
-engine (``state.engine``) and the CPU-fault handler for its pages.
+Each device is a row of the device table (``state.dev``): its frames (after RAM
+and the devices before it), its free stack, its injected allocation failures,
+owner, kind and counters; its mirror page table is ``state.mirror[d]``, and its
+CPU-fault handler is chosen by the faulting page's device. The callbacks name
+their device in ``private`` (``DEV_INDEX_SHIFT``), as a driver's would find its
+dmirror instance there. The copy engine (``state.engine``) is shared.
 
 Profiles: in ``hmm-v25`` its frames are device-private ZONE_DEVICE memory (a
 free page holds one reference; a CPU access to a device entry faults the page

@@ -16,7 +16,7 @@ from .._jit import internal, kernel
 from ..copy import engine_copy_into
 from ..parallel.schedule import sweep_threads
 from .alloc_parallel import alloc_device_parallel
-from .common import DEV_KEEP_STATS, allocation_fails, hand_over, wants_device_page
+from .common import DEV_KEEP_STATS, allocation_fails, dev_index, hand_over, wants_device_page
 
 
 @internal(inline=True)
@@ -24,7 +24,7 @@ def device_alloc_page(st, private):
     """dmirror_devmem_alloc_page(): pop a device frame, take a reference, lock it."""
     if allocation_fails(st, private):
         return -1
-    return mm.alloc_locked_page(st, True)
+    return mm.alloc_locked_page(st, dev_index(private))
 
 
 @internal(inline=True)
@@ -33,7 +33,7 @@ def system_alloc_page(st, private):
     when a failure is injected)."""
     if allocation_fails(st, private):
         return -1
-    return mm.alloc_locked_page(st, False)
+    return mm.alloc_locked_page(st, np.int64(L.RAM_POOL))
 
 
 @internal(inline=True)
@@ -128,8 +128,9 @@ def alloc_pairs(state, to_device, src, dst, npages, private):
 def alloc_device_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
     threads = sweep_threads(state, npages)
-    if threads > 1 and state.sys[L.SYS_FAIL_ALLOC] == 0:
-        n = alloc_device_parallel(state, src, dst, npages, sp, dp, threads)
+    d = dev_index(private)
+    if threads > 1 and state.dev[d, L.DEV_FAIL_ALLOC] == 0:
+        n = alloc_device_parallel(state, d, src, dst, npages, sp, dp, threads)
         if n >= 0:
             return n
     n = 0

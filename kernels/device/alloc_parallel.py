@@ -37,11 +37,11 @@ def _count_wants_all(state, src, threads):
 
 
 @internal
-def _take_device_pages(state, src, dst, t, sp, dp):
-    """One thread: pop the device frames its slots rank to (slot order), as
+def _take_device_pages(state, d, src, dst, t, sp, dp):
+    """One thread: pop device ``d``'s frames its slots rank to (slot order), as
     device_alloc_page() would have popped them one by one."""
     info = state.sweep_info
-    top = mm.free_top(state, True)
+    top = mm.free_top(state, d)
     rank = info[t, I.SW_NEED0]
     n = info[t, I.SW_PAIRS0]
     for i in range(info[t, I.SW_FIRST], info[t, I.SW_END]):
@@ -55,13 +55,13 @@ def _take_device_pages(state, src, dst, t, sp, dp):
 
 
 @internal(parallel=True)
-def _take_device_pages_all(state, src, dst, threads, sp, dp):
+def _take_device_pages_all(state, d, src, dst, threads, sp, dp):
     for t in prange(threads):
-        _take_device_pages(state, src, dst, np.int64(t), sp, dp)
+        _take_device_pages(state, d, src, dst, np.int64(t), sp, dp)
 
 
 @internal
-def alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
+def alloc_device_parallel(state, d, src, dst, npages, sp, dp, threads):
     """device_alloc_and_copy()'s allocation over threads (kernels.parallel): count
     each thread's wants, rank them in slot order, then pop by rank. Returns the
     copy pairs, or -1 (nothing done) when the pool cannot serve every slot:
@@ -76,9 +76,10 @@ def alloc_device_parallel(state, src, dst, npages, sp, dp, threads):
         info[t, I.SW_PAIRS0] = pairs
         need += info[t, I.SW_NEED]
         pairs += info[t, I.SW_PAIRS]
-    if need > state.sys[L.SYS_DEV_FREE]:
+    if need > state.dev[d, L.DEV_FREE]:
         return -1
-    _take_device_pages_all(state, src, dst, used, sp, dp)
-    state.sys[L.SYS_DEV_FREE] -= need
+    _take_device_pages_all(state, d, src, dst, used, sp, dp)
+    state.dev[d, L.DEV_FREE] -= need
+    state.dev[d, L.DEV_CALLOC] += need
     state.counters[L.C_DEVICE_CALLOC] += need
     return pairs

@@ -1,19 +1,37 @@
 """What every part of the device model shares: its ``private`` bits, the
 one-shot allocation failure and the hand-over of a new device page to a slot."""
 
+import numpy as np
+
 from .. import layout as L
 from .. import mm
 from .._jit import internal
 
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
 DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
+# ``private`` carries the device too, from this bit up: its row in ``state.dev``
+# (the dmirror instance a real driver's callbacks would find in ``private``).
+DEV_INDEX_SHIFT = 8
+
+
+@internal(inline=True)
+def dev_index(private):
+    """The device whose callbacks run, from their ``private`` argument."""
+    return np.int64(private) >> DEV_INDEX_SHIFT
+
+
+@internal(inline=True)
+def dev_private(d, bits):
+    """The ``private`` of device ``d``'s callbacks with the DEV_* ``bits``."""
+    return (np.int64(d) << DEV_INDEX_SHIFT) | np.int64(bits)
 
 
 @internal(inline=True)
 def allocation_fails(st, private):
     """One-shot failure injection (m.device.fail_alloc / HMM_DMIRROR_FLAG_FAIL_ALLOC)."""
-    if (private & DEV_NOFAIL) == 0 and st.sys[L.SYS_FAIL_ALLOC] > 0:
-        st.sys[L.SYS_FAIL_ALLOC] -= 1
+    d = dev_index(private)
+    if (private & DEV_NOFAIL) == 0 and st.dev[d, L.DEV_FAIL_ALLOC] > 0:
+        st.dev[d, L.DEV_FAIL_ALLOC] -= 1
         return True
     return False
 

@@ -24,6 +24,7 @@ from ..copy import (
 )
 from ..migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
 from .alloc import system_alloc_page
+from .common import dev_private
 from .mirror import system_finalize_and_map
 
 
@@ -48,7 +49,7 @@ def copy_one_page(st, dst_pfn, src_pfn):
 
 
 @internal
-def fault_alloc_and_copy(state, src, dst):
+def fault_alloc_and_copy(state, src, dst, private):
     """The fault path's copy routine for its single slot (dmirror_devmem_fault_alloc_and_copy)."""
     lay = state.layout
     mpfn = src[0]
@@ -56,7 +57,7 @@ def fault_alloc_and_copy(state, src, dst):
     spfn = mm.mpfn_to_pfn(lay, mpfn)
     if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
         return
-    rpfn = system_alloc_page(state, 0)
+    rpfn = system_alloc_page(state, private)
     if rpfn < 0:
         if (mpfn & lay[L.L_DEVICE]) != 0:
             dst[0] = lay[L.L_ERROR]
@@ -75,18 +76,22 @@ def device_fault(state, vma_index, addr):
     device entry, so a later retry can succeed.
     """
     counters = state.counters
-    counters[L.C_DEVICE_FAULTS] += 1
     ps = state.sys[L.SYS_PAGE_SIZE]
     addr = mm.page_down(state, addr)
+    # The handler of the device whose page the entry maps (its pgmap's ops).
+    d = max(mm.device_of(state, mm.pte_pfn(state.pte[mm.pte_slot(state, vma_index, addr)])), 0)
+    counters[L.C_DEVICE_FAULTS] += 1
+    state.dev[d, L.DEV_FAULTS] += 1
     src = state.fault_mpfn[0:1]
     dst = state.fault_mpfn[1:2]
     dst[0] = L.MPFN_NONE
     if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
-        fault_alloc_and_copy(state, src, dst)
+        fault_alloc_and_copy(state, src, dst, dev_private(d, 0))
         migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
         system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
         migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
     if dst[0] == state.layout[L.L_ERROR]:
         counters[L.C_DEVICE_SIGBUS] += 1
+        state.dev[d, L.DEV_SIGBUS] += 1
         return L.FAULT_SIGBUS
     return L.FAULT_OK

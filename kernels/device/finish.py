@@ -120,13 +120,13 @@ def plain_to_finish(state, slot, src, dst, i):
 
 
 @internal
-def remap_to_device_and_free(state, slot, page, newpage, dst_mpfn):
-    """The end both plain finishes share: dmirror's mirror entry, the slot's
+def remap_to_device_and_free(state, d, slot, page, newpage, dst_mpfn):
+    """The end both plain finishes share: device ``d``'s mirror entry, the slot's
     migration entry replaced by a device entry for ``newpage``, and the RAM
     source's last reference dropped: free_frame() but for the free-stack place.
     A RAM source moves no counter in mark_free(), so threads may share ``state``."""
     at_slot = mm.ix(slot)
-    state.mirror[at_slot] = mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
+    state.mirror[d, at_slot] = mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
     write = mm.pte_write(state.pte[at_slot])
     state.pte[at_slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
     state.page["refcount"][mm.ix(page)] = 0
@@ -160,13 +160,13 @@ def finish_plain_slot(state, slot, src, dst, i):
     mm.unlock_page(state, newpage)
     pages["mapcount"][newpage] += 1
     mm.rmap_add(state, newpage, slot)
-    remap_to_device_and_free(state, slot, page, newpage, dst[i])
+    remap_to_device_and_free(state, mm.device_of(state, newpage), slot, page, newpage, dst[i])
     state.counters[L.C_PGMIGRATE_SUCCESS] += 1
 
 
 @internal
-def finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
-    """take_device_frame() at ``dev_pos`` + finish_plain_slot() + the
+def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, ram_pos, shift):
+    """take_device_frame() of device ``d`` at ``dev_pos`` + finish_plain_slot() + the
     source's free at ``ram_pos``, for a slot setup named a device page for,
     written as their net effect (pgmigrate_success is counted by the caller).
 
@@ -192,7 +192,7 @@ def finish_reserved_slot(state, slot, src, dst, i, dev_pos, ram_pos, shift):
     pages["mapping"][newpage] = L.MAPPING_ANON
     pages["index"][newpage] = pages["index"][page]
     pages["rmap"][newpage] = slot
-    remap_to_device_and_free(state, slot, page, newpage, dst[mm.ix(i)])
+    remap_to_device_and_free(state, d, slot, page, newpage, dst[mm.ix(i)])
     mm.place_free(state, np.int64(page), ram_pos)
 
 
@@ -271,7 +271,7 @@ def finish_parallel(state, vma_index, start, npages, src, dst, threads):
 
 
 @internal
-def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
+def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top, ram_free):
     """One thread of finish_reserved: for each of its slots, the device page's
     allocation (device_alloc_page() of the frame setup named), the plain
     finish and the source's place on the RAM free stack (finish_reserved_slot).
@@ -285,34 +285,35 @@ def _finish_reserved_run(state, vma_index, start, src, dst, t, top, ram_free):
     for i in range(info[t, I.SW_FIRST], end):
         if i + PREFETCH_AHEAD < end:
             prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
-        finish_reserved_slot(state, slot0 + i, src, dst, i, top - i, ram_free + i, shift)
+        finish_reserved_slot(state, d, slot0 + i, src, dst, i, top - i, ram_free + i, shift)
     info[t, I.SW_STOP] = end
 
 
 @internal(parallel=True)
-def _finish_reserved_runs(state, vma_index, start, src, dst, threads, top, ram_free):
+def _finish_reserved_runs(state, d, vma_index, start, src, dst, threads, top, ram_free):
     for t in prange(threads):
-        _finish_reserved_run(state, vma_index, start, src, dst, np.int64(t), top, ram_free)
+        _finish_reserved_run(state, d, vma_index, start, src, dst, np.int64(t), top, ram_free)
 
 
 @internal
-def finish_reserved(state, vma_index, start, npages, src, dst):
+def finish_reserved(state, d, vma_index, start, npages, src, dst):
     """The allocation and the finish sweep of a batch taken as a whole (kernels.device.reserve).
 
     Pre: setup left every slot plain, ``dst[i]`` names the frame ``i`` below
-    the device free stack's top (reserve.name_device_pages()), and only the
-    copy ran since.
+    the top of device ``d``'s free stack (reserve.name_device_pages()), and
+    only the copy ran since.
     Post: the state device_alloc_and_copy()'s allocation and the finish sweep
     leave (tests/properties/test_parallel.py holds it to the serial steps).
     Returns the moved count, ``npages``.
     """
     threads = sweep_threads(state, npages)
     used = plan_chunks(state, start, npages, threads)
-    top = mm.free_top(state, True)
+    top = mm.free_top(state, d)
     ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
     # No slot moves a counter or a migrate_vma count: all are settled here.
-    _finish_reserved_runs(state, vma_index, start, src, dst, used, top, ram_free)
-    state.sys[L.SYS_DEV_FREE] -= npages
+    _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top, ram_free)
+    state.dev[d, L.DEV_FREE] -= npages
+    state.dev[d, L.DEV_CALLOC] += npages
     state.counters[L.C_DEVICE_CALLOC] += npages
     state.counters[L.C_PGMIGRATE_SUCCESS] += npages
     state.sys[L.SYS_RAM_FREE] += npages

@@ -1,7 +1,8 @@
 """dmirror's mirror page table and its ``finalize_and_map`` callbacks.
 
-``state.mirror`` holds, per PTE slot, the device frame the device maps there
-(``pfn << 1 | write``, mirror_entry()) or -1.
+``state.mirror[d]`` is device ``d``'s: per PTE slot, the frame of its own the
+device maps there (``pfn << 1 | write``, mirror_entry()) or -1. A page is
+recorded in the mirror of the device that owns it.
 """
 
 import numpy as np
@@ -26,7 +27,7 @@ def mirror_slot(state, slot, src, dst, i):
     dpfn = mm.mpfn_to_pfn(lay, dst[i])
     if (src[i] & lay[L.L_MIGRATE]) == 0 or dpfn < 0 or not mm.is_device_pfn(state, dpfn):
         return
-    state.mirror[slot] = mirror_entry(lay, dpfn, dst[i])
+    state.mirror[mm.device_of(state, dpfn), slot] = mirror_entry(lay, dpfn, dst[i])
 
 
 @internal
@@ -37,7 +38,7 @@ def unmirror_slot(state, slot, src, dst, i):
     spfn = mm.mpfn_to_pfn(lay, src[i])
     moved = (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) >= 0
     if moved and spfn >= 0 and mm.is_device_pfn(state, spfn):
-        state.mirror[slot] = -1
+        state.mirror[mm.device_of(state, spfn), slot] = -1
 
 
 @kernel(inline=True)
@@ -78,10 +79,11 @@ def moved_count(lay, src, dst, i):
 
 
 @internal
-def mirrored_pages(st, v, start, end):
+def mirrored_pages(st, d, v, start, end):
+    """How many pages of ``[start, end)`` device ``d``'s mirror maps."""
     slot0 = mm.pte_slot(st, v, start)
     count = 0
     for k in range(mm.pages_in(st, end - start)):
-        if st.mirror[slot0 + k] >= 0:
+        if st.mirror[d, slot0 + k] >= 0:
             count += 1
     return count

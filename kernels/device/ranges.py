@@ -9,18 +9,26 @@ import numpy as np
 from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
-from .common import DEV_KEEP_STATS, DEV_NOFAIL
+from .common import DEV_KEEP_STATS, DEV_NOFAIL, dev_private
 from .mirror import mirrored_pages
 from .pipeline import migrate_vma_driver, migrate_vma_to_system
 
 
 @kernel
 def migrate_to_device(state, mm_id, start, end):
-    """dmirror_migrate_to_device(): migrate every VMA piece of ``[start, end)``.
+    """dmirror_migrate_to_device() of the machine's first device (``m.device``).
 
     Returns the number of pages of the range the device now maps, or -EINVAL
     when a piece is not covered by a readable VMA (the driver's own check).
     """
+    return migrate_range_to_device(state, np.int64(0), np.int64(mm_id), start, end)
+
+
+@internal
+def migrate_range_to_device(state, d, mm_id, start, end):
+    """dmirror_migrate_to_device() of device ``d``: migrate every VMA piece of
+    ``[start, end)``; returns the pages of the range device ``d`` now maps, or -EINVAL."""
+    private = dev_private(d, DEV_KEEP_STATS)
     state.copy_stats[:] = 0.0
     addr = start
     mapped = 0
@@ -32,11 +40,11 @@ def migrate_to_device(state, mm_id, start, end):
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]
-        moved = migrate_vma_driver(state, True, v, addr, stop, src, dst, np.int64(DEV_KEEP_STATS))
+        moved = migrate_vma_driver(state, True, v, addr, stop, src, dst, private)
         if moved == n:
             mapped += n  # every slot moved, so every slot is mirrored: no need to count
         else:
-            mapped += mirrored_pages(state, v, addr, stop)
+            mapped += mirrored_pages(state, d, v, addr, stop)
         addr = stop
     return mapped
 

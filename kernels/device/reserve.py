@@ -31,6 +31,7 @@ from ..copy import (
 )
 from ..parallel.schedule import plan_chunks, sweep_threads
 from .alloc import start_batch
+from .common import dev_index
 from .finish import finish_reserved
 
 # One thread's copy descriptor being built: it covers ``run`` pages from
@@ -144,11 +145,12 @@ def try_reserved(state, vma_index, start, end, src, dst, private):
     failure injected, or fewer free device frames than slots. Returns the
     moved count (every slot)."""
     npages = mm.pages_in(state, end - start)
-    if state.mig[I.MIG_ALL_PLAIN] == 0 or state.sys[L.SYS_FAIL_ALLOC] != 0:
+    d = dev_index(private)
+    if state.mig[I.MIG_ALL_PLAIN] == 0 or state.dev[d, L.DEV_FAIL_ALLOC] != 0:
         return np.int64(-1)
-    if state.sys[L.SYS_DEV_FREE] < npages:
+    if state.dev[d, L.DEV_FREE] < npages:
         return np.int64(-1)
-    ndesc = name_device_pages(state, start, npages, src, dst, mm.free_top(state, True))
+    ndesc = name_device_pages(state, start, npages, src, dst, mm.free_top(state, d))
     state.mig[I.MIG_RESERVED] = 1
     copy_reserved(state, npages, ndesc, private)
-    return finish_reserved(state, vma_index, start, npages, src, dst)
+    return finish_reserved(state, d, vma_index, start, npages, src, dst)

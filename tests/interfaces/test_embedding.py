@@ -330,7 +330,7 @@ def _device_round_trip(state, v, start, end, src, dst):
     mapped = 0
     slot0 = state.vma["pte_base"][v] + (start - state.vma["start"][v]) // PS
     for i in range((end - start) // PS):
-        mapped += 1 if state.mirror[slot0 + i] >= 0 else 0
+        mapped += 1 if state.mirror[0, slot0 + i] >= 0 else 0
     back = kernels.migrate_vma(
         state,
         kernels.system_alloc_and_copy,

@@ -49,7 +49,7 @@ class Lifecycle:
         return k % len(self.procs)
 
     def fail_pending(self) -> bool:
-        return int(self.m.state.sys[kernels.layout.SYS_FAIL_ALLOC]) > 0
+        return int(self.m.state.dev[0, kernels.layout.DEV_FAIL_ALLOC]) > 0
 
     def cpu(self, access):
         """Run a CPU access; a SIGBUS must come from an injected failure and a retry

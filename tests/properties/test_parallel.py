@@ -211,7 +211,7 @@ def test_a_plain_migration_really_runs_in_parallel(make_machine):
     m.device.engine = me.CopyEngine(threads=2, parallel_min_pages=1)
     assert m.device.migrate_to_device(p, vma.start, vma.end) == vma.npages
     base = int(m.state.vma["pte_base"][vma.index])
-    assert (m.state.mirror[base : base + vma.npages] >= 0).all()  # what the count claims
+    assert (m.state.mirror[0, base : base + vma.npages] >= 0).all()  # what the count claims
     info = m.state.sweep_info  # as the finish sweep left it
     assert info[0, I.SW_END] > info[0, I.SW_FIRST] and info[1, I.SW_END] > info[1, I.SW_FIRST]
     assert (info[:2, I.SW_STOP] == info[:2, I.SW_END]).all()  # each thread did all its slots

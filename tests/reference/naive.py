@@ -342,15 +342,15 @@ def snapshot(m: Any) -> Model:
         vmas=vmas,
         pte=[int(x) for x in st.pte[:nptes]],
         pmd=[int(x) for x in st.pmd[: sysv[L.SYS_PMD_USED]]],
-        mirror=[int(x) for x in st.mirror[:nptes]],
+        mirror=[int(x) for x in st.mirror[0, :nptes]],  # the one device the model has
         pcache=[int(x) for x in st.pcache[: sysv[L.SYS_PCACHE_USED]]],
         swap_map=[int(x) for x in st.swap_map],
         pagevec=[[int(p) for p in st.pagevec[c, : st.pagevec_n[c]]] for c in range(L.NR_CPUS)],
         free_ram=[int(x) for x in st.free_stack[: sysv[L.SYS_RAM_FREE]]],
-        free_dev=[int(x) for x in st.free_stack[nr_ram : nr_ram + sysv[L.SYS_DEV_FREE]]],
+        free_dev=[int(x) for x in st.free_stack[nr_ram : nr_ram + st.dev[0, L.DEV_FREE]]],
         counters={n: int(v) for n, v in zip(L.COUNTER_NAMES, st.counters, strict=True)},
         data=bytearray(st.data.tobytes()),
-        fail_alloc=sysv[L.SYS_FAIL_ALLOC],
+        fail_alloc=int(st.dev[0, L.DEV_FAIL_ALLOC]),
     )
 
 
