@@ -205,7 +205,7 @@ def _swap_put(st, entry):
         st.sys[L.SYS_SWAP_FREE] += 1
 
 
-@internal
+@internal(inline=True)
 def _fault_pte(st, v, addr, write):
     slot = mm.pte_slot(st, v, addr)
     pte = st.pte[slot]
@@ -253,7 +253,7 @@ def handle_mm_fault(st, v, addr, write):
 
 
 # --------------------------------------------------------------------- accesses
-@internal
+@internal(inline=True)
 def _resolve(st, v, addr, write):
     """Fault as needed; returns (status, pfn or -1 for the zero page)."""
     pmd_i = mm.pmd_slot(st, v, addr)

@@ -87,7 +87,7 @@ def _begin(state, vma_index, start, end, src, dst):
     return npages
 
 
-@internal
+@internal(inline=True)
 def setup_range(state, vma_index, start, end, src, dst):
     """migrate_vma_setup()'s body, shared with the device's own pipeline.
 

@@ -26,6 +26,9 @@ PROG = "migengine"
 MAX_PAGES = 1 << 24
 
 
+BENCH_COMPILES = 147
+
+
 def _max_threads() -> int:
     """The most threads numba can run (its thread pool size, NUMBA_NUM_THREADS)."""
     return int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
@@ -172,7 +175,8 @@ def _bench(args: argparse.Namespace) -> int:
     )
     try:
         os.makedirs(args.out, exist_ok=True)
-        with bench.compile_notice():
+        # About how many functions a cold bench compiles (shown as progress).
+        with bench.compile_notice(expected=BENCH_COMPILES):
             result = bench.run_sweep(config, progress=_progress)
         bench.write_results(result, os.path.join(args.out, "results.json"))
         bench.write_markdown(result, os.path.join(args.out, "results.md"), out=args.out)

@@ -66,7 +66,7 @@ def fault_alloc_and_copy(state, src, dst, private):
     dst[0] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
 
 
-@kernel
+@kernel(inline=True)
 def device_fault(state, vma_index, addr):
     """The device's CPU-fault handler (hmm_devmem_ops.fault / migrate_to_ram).
 

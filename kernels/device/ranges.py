@@ -14,7 +14,7 @@ from .mirror import mirrored_pages
 from .pipeline import migrate_vma_driver, migrate_vma_to_system
 
 
-@kernel
+@kernel(inline=True)
 def migrate_to_device(state, mm_id, start, end):
     """dmirror_migrate_to_device() of the machine's first device (``m.device``).
 
@@ -24,7 +24,7 @@ def migrate_to_device(state, mm_id, start, end):
     return migrate_range_to_device(state, np.int64(0), np.int64(mm_id), start, end)
 
 
-@internal
+@internal(inline=True)
 def migrate_range_to_device(state, d, mm_id, start, end):
     """dmirror_migrate_to_device() of device ``d``: migrate every VMA piece of
     ``[start, end)``; returns the pages of the range device ``d`` now maps, or -EINVAL."""

@@ -168,7 +168,7 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads):
     mig[L.MIG_END] = start + npages * st.sys[L.SYS_PAGE_SIZE]
 
 
-@internal
+@internal(inline=True)
 def _finish_setup_serially(st, v, start, src, dst, mig, used):
     """After a thread stopped early: each thread's remaining slots, in slot order."""
     ps = st.sys[L.SYS_PAGE_SIZE]
