@@ -12,12 +12,21 @@ counting, which would incref and decref every array of the state on each call
   state). Functions only compiled code calls are built without them. Calling
   one from Python would jump to a wrapper that does not exist, so their
   dispatcher raises TypeError instead.
-* **Inlined** (``inline=True``): numba inlines the function's IR into each
-  caller. A call passes the state as ~200 flattened values, which cost its
-  caller ~0.2 s of compile time per call site; a small leaf inlined costs
-  less than that. Large functions are not inlined: their IR, copied into
-  every caller, was what made the first compile take minutes.
-  docs/performance.md ("Cold start") has the measurements.
+* **Where it is inlined.** A call passes the state as ~200 flattened values:
+  ~0.2 s of its caller's compile time per call site, tens of ns per call at
+  run time, and, from users' reference-counted code, an incref and a decref
+  of every array (~400 ns). So:
+
+  - ``inline=True``: numba inlines the function's IR into each caller. For
+    small leaves only: numba types the IR again at every site, and inlining
+    the passes' per-slot chains this way made the first compile take minutes.
+  - ``hot=True``: numba compiles the function once, and LLVM inlines it
+    (``alwaysinline``) when it links it into its callers: for what runs per
+    page (the passes' per-slot steps, the page allocator's frees) or once per
+    small migration. Its compile cost is LLVM's, not numba's typing.
+  - neither: a real call, for the big walks and the entry points.
+
+  docs/performance.md ("Cold start and compile time") has the measurements.
 """
 
 from numba.core.caching import NullCache
@@ -49,12 +58,14 @@ class InternalDispatcher(KernelDispatcher):
         )
 
 
-def _options(inline: bool, parallel: bool) -> dict:
+def _options(inline: bool, parallel: bool, hot: bool = False) -> dict:
     options = dict(_POLICY)
     if inline:
         options["inline"] = "always"
     if parallel:
         options["parallel"] = True
+    if hot:
+        options["forceinline"] = True
     return options
 
 
@@ -67,11 +78,15 @@ def kernel(fn=None, *, inline=False, parallel=False):
     return wrap if fn is None else wrap(fn)
 
 
-def internal(fn=None, *, inline=False, parallel=False):
-    """A kernel only compiled code calls: no CPython or C wrapper is built."""
+def internal(fn=None, *, inline=False, parallel=False, hot=False):
+    """A kernel only compiled code calls: no CPython or C wrapper is built.
+
+    ``hot``: called per page; LLVM inlines it into its callers (``alwaysinline``),
+    so no call passes the state's ~200 values, while numba still types and
+    lowers it once."""
 
     def wrap(f):
-        options = _options(inline, parallel)
+        options = _options(inline, parallel, hot)
         options["no_cpython_wrapper"] = True
         options["no_cfunc_wrapper"] = True
         return InternalDispatcher(py_func=f, locals={}, targetoptions=options)

@@ -73,7 +73,7 @@ def _collect_huge(st, v, addr, pmd_i, first_slot):
     return ret == 0
 
 
-@internal
+@internal(hot=True)
 def _install_migration_entry(st, slot, pfn, write):
     """15/19: replace the PTE by a migration entry, drop rmap count and the
     mapping's reference (the collect reference keeps the page alive)."""
@@ -84,7 +84,7 @@ def _install_migration_entry(st, slot, pfn, write):
     return was_present
 
 
-@internal
+@internal(hot=True)
 def collect_pte(st, slot, hmm):
     """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
     lay = st.layout
@@ -104,7 +104,7 @@ def collect_pte(st, slot, hmm):
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
 
 
-@internal
+@internal(hot=True)
 def collect_slot(st, slot, hmm, mig):
     """One PTE of migrate_vma_collect_pmd(): (its mpfn, 1 if collect unmapped it)."""
     lay = st.layout
@@ -159,7 +159,7 @@ def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
-@internal
+@internal(hot=True)
 def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
     """migrate_vma_collect_pmd()'s PMD-level branches for the extent ``[addr, stop)``.
 

@@ -20,7 +20,7 @@ def release(st, pfn, hmm):
         mm.putback_lru_page(st, pfn)
 
 
-@internal
+@internal(hot=True)
 def finalize_slot(st, src, dst, i, hmm):
     """Finish one slot; returns 1 when it was a collected page (cpages--)."""
     lay = st.layout

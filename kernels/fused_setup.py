@@ -16,7 +16,7 @@ from .prepare import prepare_slot, restore_remapped_slot
 from .unmap import restore_slot, unmap_slot
 
 
-@internal
+@internal(hot=True)
 def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
     """prepare and unmap for a slot just collected. prepare's local
     lru_add_drain() runs before its first page, as in the separate pass."""
@@ -31,7 +31,7 @@ def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
         restore_slot(st, src, k)
 
 
-@internal
+@internal(hot=True)
 def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
     """collect's PTE loop over ``[addr, end)`` with prepare and unmap per slot;
     ``unmapped`` is nonzero when PTEs of this PMD were already cleared (a sweep
@@ -48,7 +48,7 @@ def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
-@internal
+@internal(hot=True)
 def setup_sweep(st, v, start, end, src, dst, mig, unmapped0):
     """collect + prepare + unmap of ``[start, end)`` in one walk.
 

@@ -67,14 +67,14 @@ def get_page(st, pfn):
     st.page["refcount"][compound_head(st, pfn)] += 1
 
 
-@internal
+@internal(hot=True)
 def _free_compound(st, head):
     for j in range(L.HPAGE_PMD_NR):
         st.page["refcount"][head + j] = 0
         free_frame(st, head + j)
 
 
-@internal
+@internal(hot=True)
 def put_page(st, pfn):
     """Drop a reference; free the page when it reaches its free value.
 
@@ -134,7 +134,7 @@ def unlock_page(st, pfn):
 
 
 # --------------------------------------------------------------------- LRU
-@internal
+@internal(hot=True)
 def drain_cpu(st, cpu):
     """__pagevec_lru_add(): move one CPU's batch to the LRU and drop its references."""
     n = st.pagevec_n[cpu]
@@ -147,7 +147,7 @@ def drain_cpu(st, cpu):
     st.pagevec_n[cpu] = 0
 
 
-@internal
+@internal(hot=True)
 def lru_cache_add(st, cpu, pfn):
     """lru_cache_add(): queue a page in ``cpu``'s LRU-add batch (takes a reference).
 
@@ -211,7 +211,7 @@ def rmap_add(st, pfn, slot):
     st.page["rmap"][pfn] = slot
 
 
-@internal
+@internal(hot=True)
 def rmap_del(st, pfn, slot):
     prev = -1
     cur = st.page["rmap"][pfn]

@@ -43,7 +43,7 @@ def free_top(st, pool):
     return _stack_base(st, pool) + pool_free(st, pool) - 1
 
 
-@internal
+@internal(hot=True)
 def _stack_remove(st, pfn):
     """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
     pool = device_of(st, pfn)
@@ -55,7 +55,7 @@ def _stack_remove(st, pfn):
     add_pool_free(st, pool, -1)
 
 
-@internal
+@internal(hot=True)
 def init_allocated(st, pfn):
     st.page["flags"][pfn] &= L.PG_ZONE_DEVICE
     st.page["mapcount"][pfn] = 0
@@ -78,7 +78,7 @@ def alloc_frame(st, pool):
     return pfn
 
 
-@internal
+@internal(hot=True)
 def free_frame(st, pfn):
     """Return a frame to its free stack (refcount already at its free value)."""
     pool = device_of(st, pfn)
@@ -101,7 +101,7 @@ def unplace_free(st, pfn, pos):
     st.free_pos[ix(pfn)] = -1
 
 
-@internal
+@internal(hot=True)
 def mark_free(st, pfn):
     """The struct-page side of freeing a frame (free_frame() without the stack)."""
     at = ix(pfn)

@@ -11,7 +11,7 @@ from . import mm
 from ._jit import internal, kernel
 
 
-@internal
+@internal(hot=True)
 def migrate_page_move_mapping(st, newpage, page):
     """migrate_page(mapping, newpage, page, MIGRATE_SYNC_NO_COPY).
 
@@ -93,7 +93,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     src[i] = lay[L.L_MIGRATE]
 
 
-@internal
+@internal(hot=True)
 def _pages_slot_hmm(st, v, addr, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
@@ -114,7 +114,7 @@ def _pages_slot_hmm(st, v, addr, src, dst, i):
         src[i] &= ~lay[L.L_MIGRATE]
 
 
-@internal
+@internal(hot=True)
 def _pages_slot_seed(st, src, dst, i):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])

@@ -8,7 +8,7 @@ from . import mm
 from ._jit import internal
 
 
-@internal
+@internal(hot=True)
 def migrate_vma_check_page(st, pfn):
     """migrate_vma_check_page() - False when the page is pinned.
 

@@ -22,7 +22,7 @@ def _may_drain_all(st, pfn, mig):
         mig[L.MIG_DRAINED_ALL] = 1
 
 
-@internal
+@internal(hot=True)
 def _prepare_seed_slot(st, src, k, pfn, mig):
     """The seed's loop body for one collected page."""
     lay = st.layout
@@ -64,7 +64,7 @@ def _drop(st, src, k, pfn, mig, remap):
     return 0
 
 
-@internal
+@internal(hot=True)
 def _prepare_hmm_slot(st, src, k, pfn, mig):
     """4.14's loop body for one collected page; 1 when it must be remapped."""
     lay = st.layout
@@ -118,7 +118,7 @@ def prepare_slot(st, src, k, mig, hmm):
     return 0
 
 
-@internal
+@internal(hot=True)
 def restore_remapped_slot(st, slot, src, k):
     """The trailing loop of 4.14 prepare for one slot: re-map at the original
     address, unlock, drop the collect reference, and clear the slot."""

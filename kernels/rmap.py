@@ -33,7 +33,7 @@ def try_to_unmap(st, pfn):
         slot = st.pte_next[slot]
 
 
-@internal
+@internal(hot=True)
 def remove_migration_pte(st, slot, page, newpage):
     """remove_migration_pte() for one slot: map ``newpage`` where the migration
     entry for ``page`` stands. A device-private target gets a device entry, any
@@ -55,7 +55,7 @@ def remove_migration_pte(st, slot, page, newpage):
     return True
 
 
-@internal
+@internal(hot=True)
 def remove_migration_ptes(st, page, newpage):
     """remove_migration_ptes(page, newpage): redirect every migration entry of
     ``page``, in every process, to ``newpage`` (or restore it when equal), and

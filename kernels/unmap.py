@@ -22,7 +22,7 @@ def _unmap_one(st, pfn, hmm):
     return migrate_vma_check_page(st, pfn)
 
 
-@internal
+@internal(hot=True)
 def unmap_slot(st, src, i, mig, hmm):
     """migrate_vma_unmap() for slot ``i`` alone; 1 when the page must be restored.
 
@@ -40,7 +40,7 @@ def unmap_slot(st, src, i, mig, hmm):
     return 1
 
 
-@internal
+@internal(hot=True)
 def restore_slot(st, src, i):
     """The restore loop of migrate_vma_unmap() for one slot: map the page back
     everywhere, unlock it, put it back (LRU) or put it (ZONE_DEVICE)."""

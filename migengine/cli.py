@@ -26,7 +26,7 @@ PROG = "migengine"
 MAX_PAGES = 1 << 24
 
 
-BENCH_COMPILES = 147
+BENCH_COMPILES = 149
 
 
 def _max_threads() -> int:

@@ -44,7 +44,7 @@ def start_batch(stats, n, private):
     return n > 0
 
 
-@internal
+@internal(hot=True)
 def copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
     """One engine batch over the first ``n`` pairs of the copy scratch.
 
@@ -113,7 +113,7 @@ def copy_engine_batch(state, n, private):
     )
 
 
-@internal
+@internal(hot=True)
 def alloc_pairs(state, to_device, src, dst, npages, private):
     """Allocate the destinations of one direction; returns how many copy pairs
     it left in ``state.copy_scratch``."""
@@ -124,7 +124,7 @@ def alloc_pairs(state, to_device, src, dst, npages, private):
     return alloc_system_pages(state, src, dst, npages, private, sp, dp)
 
 
-@internal
+@internal(hot=True)
 def alloc_device_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of device_alloc_and_copy(); returns the copy pairs."""
     threads = sweep_threads(state, npages)
@@ -157,7 +157,7 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     alloc_and_copy_to(state, False, src, dst, np.int64(start), np.int64(end), np.int64(private))
 
 
-@internal
+@internal(hot=True)
 def alloc_system_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of system_alloc_and_copy(); returns the copy pairs."""
     lay = state.layout

@@ -57,7 +57,7 @@ def prefetch_slot(state, src, dst, i, shift):
     mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
 
 
-@internal
+@internal(hot=True)
 def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
     """pages, finalize_and_map and finalize for slot ``i``; 1 if dmirror counts it moved."""
     pages_slot(state, vma_index, addr, src, dst, i, hmm)
@@ -70,7 +70,7 @@ def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
     return moved
 
 
-@internal
+@internal(hot=True)
 def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
     """The serial finish sweep over slots ``[lo, hi)``; returns the moved count.
 
@@ -320,7 +320,7 @@ def finish_reserved(state, d, vma_index, start, npages, src, dst):
     return npages
 
 
-@internal
+@internal(hot=True)
 def finish_driver(state, to_device, vma_index, start, end, src, dst):
     """pages, finalize_and_map and finalize of the device's own pipeline, in one sweep.
 

@@ -19,7 +19,7 @@ def mirror_entry(lay, dpfn, dst_mpfn):
     return (dpfn << 1) | (1 if (dst_mpfn & lay[L.L_WRITE]) != 0 else 0)
 
 
-@internal
+@internal(hot=True)
 def mirror_slot(state, slot, src, dst, i):
     """dmirror_migrate_finalize_and_map() for slot ``i``: map a page that moved
     to the device in the mirror page table."""
@@ -30,7 +30,7 @@ def mirror_slot(state, slot, src, dst, i):
     state.mirror[mm.device_of(state, dpfn), slot] = mirror_entry(lay, dpfn, dst[i])
 
 
-@internal
+@internal(hot=True)
 def unmirror_slot(state, slot, src, dst, i):
     """The device-to-system finalize_and_map for slot ``i``: forget a page that
     left the device."""
@@ -51,7 +51,7 @@ def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
     finalize_and_map(state, True, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
 
 
-@internal
+@internal(hot=True)
 def finalize_and_map(state, to_device, vma_index, src, dst, start, end):
     """Both directions' finalize_and_map: map (or forget) each moved page in the mirror."""
     npages = mm.pages_in(state, end - start)
