@@ -69,7 +69,9 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     """
     if _overlap(src, dst):
         return -EBADARG
-    return min(run_driver(state_at(handle), True, vma_index, start, end, src, dst, 0), 0)
+    st = state_at(handle)
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    return min(run_driver(st, np.bool_(True), v, s, e, src, dst, np.int64(0)), 0)
 
 
 @kernel

@@ -7,6 +7,8 @@ device's fault handler, which migrates the page back with migrate_vma().
 Every function here runs compiled; the Python layer only validates.
 """
 
+import numpy as np
+
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
@@ -269,7 +271,7 @@ def _resolve(st, v, addr, write):
             pte = st.pte[slot]
             if mm.pte_kind(pte) == L.PTE_PRESENT and (not write or mm.pte_write(pte)):
                 return L.FAULT_OK, mm.pte_pfn(pte)
-        ret = handle_mm_fault(st, v, addr, write)
+        ret = handle_mm_fault(st, np.int64(v), np.int64(addr), np.bool_(write))
         if ret != L.FAULT_OK:
             return ret, -1
     return L.FAULT_RETRY, -1

@@ -56,4 +56,7 @@ def migrate_vma_to_system(state, vma_index, start, end, src, dst, private):
 @internal(inline=True)
 def migrate_vma_driver(state, to_device, vma_index, start, end, src, dst, private):
     """The one compiled body of both directions' migrate_vma_to_*()."""
-    return run_driver(state, to_device, vma_index, start, end, src, dst, private)
+    # Typed, not literal, arguments: a literal True/False or 0 would compile
+    # the whole pipeline once more for each value.
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    return run_driver(state, np.bool_(to_device), v, s, e, src, dst, np.int64(private))
