@@ -6,12 +6,36 @@ import numbers
 
 import numpy as np
 
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+
 
 def as_int(value: object, name: str) -> int:
-    """An integer argument (bool and numpy integers accepted, floats refused)."""
+    """An integer argument that fits the engine's int64 (numpy integers accepted,
+    bool and floats refused). ValueError, not numba's OverflowError, past int64."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
-    return int(value)
+    n = int(value)
+    if not _INT64_MIN <= n <= _INT64_MAX:
+        raise ValueError(f"{name} {n} does not fit in 64 bits")
+    return n
+
+
+def as_uint64(value: object, name: str) -> int:
+    """An unsigned 64-bit word (a migrate pfn): 0 to 2**64 - 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, not {type(value).__name__}")
+    n = int(value)
+    if not 0 <= n < 2**64:
+        raise ValueError(f"{name} {n} is not an unsigned 64-bit word")
+    return n
+
+
+def as_bool(value: object, name: str) -> bool:
+    """A flag: True or False (numpy bools accepted), nothing else."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
 
 
 def as_count(value: object, name: str, minimum: int = 0) -> int:

@@ -7,7 +7,7 @@ from collections import namedtuple
 import numpy as np
 
 from migengine._core import MachineCore
-from migengine._validate import as_count, as_int
+from migengine._validate import as_count, as_int, as_uint64
 from migengine.copyengine import CopyEngine
 from migengine.device import Device
 from migengine.errors import InvariantError, OutOfMemory
@@ -128,11 +128,13 @@ class Machine:
         """``(pfn << SHIFT) | VALID`` in this machine's layout."""
         p = as_count(pfn, "pfn")
         lay = self.layout
+        if p >= 1 << (64 - int(lay.SHIFT)):  # it would wrap in the shift
+            raise ValueError(f"pfn {p} does not fit in a migrate pfn (SHIFT {int(lay.SHIFT)})")
         return np.uint64((np.uint64(p) << lay.SHIFT) | lay.VALID)
 
     def mpfn_to_pfn(self, mpfn: int | np.integer) -> int:
         """The pfn of ``mpfn``, or -1 when VALID is not set."""
-        value = np.uint64(as_int(mpfn, "mpfn"))
+        value = np.uint64(as_uint64(mpfn, "mpfn"))
         lay = self.layout
         if not value & lay.VALID:
             return -1
@@ -243,7 +245,10 @@ class Machine:
 
     def copy_page(self, dst_pfn: int, src_pfn: int) -> None:
         self.core.need_data()
-        kdriver.copy_page(self.state, self._pfn(dst_pfn), self._pfn(src_pfn))
+        dst, src = self._pfn(dst_pfn), self._pfn(src_pfn)
+        if dst == int(self.state.sys[L.SYS_ZERO_PFN]):
+            raise ValueError(f"dst_pfn {dst} is the shared zero page, which every zero read maps")
+        kdriver.copy_page(self.state, dst, src)
 
     def frame(self, pfn: int) -> bytes:
         """The frame's contents."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from migengine._validate import as_count, as_int
+from migengine._validate import as_bool, as_count, as_int
 from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
 from migengine.kernels import cpu as kcpu
 from migengine.kernels import layout as L
@@ -138,12 +138,27 @@ class Process:
         self._core.need_data()
         return as_count(addr, "addr"), as_count(n, "n")
 
+    def _mapped_run(self, addr: int, limit: int) -> int:
+        """How many bytes from ``addr`` (at most ``limit``) lie in back-to-back VMAs."""
+        run = 0
+        while run < limit:
+            vma = self.vma_at(addr + run)
+            if vma is None:
+                break
+            run = vma.end - addr
+        return min(run, limit)
+
     def read(self, addr: int, n: int) -> bytes:
         """A CPU load of ``n`` bytes (faults in, device pages fault back)."""
         a, count = self._data_range(addr, n)
-        buf = np.empty(count, np.uint8)
-        status, done = kmemory.access_vm(self.machine.state, self.pid, a, buf, count, False)
+        # The load stops where the mapping does; a buffer for the whole of a huge
+        # ``n`` would be allocated before the fault that ends it.
+        mapped = self._mapped_run(a, count)
+        buf = np.empty(mapped, np.uint8)
+        status, done = kmemory.access_vm(self.machine.state, self.pid, a, buf, mapped, False)
         _raise_fault(int(status), a + int(done), "read")
+        if mapped < count:
+            raise SegFault(f"read at {a + mapped:#x}: no VMA")
         return buf.tobytes()
 
     def write(self, addr: int, data: bytes) -> None:
@@ -158,6 +173,7 @@ class Process:
     def populate(self, start: int, end: int, write: bool = True) -> None:
         """Touch every page of ``[start, end)``, as MAP_POPULATE would."""
         s, e = as_count(start, "start"), as_count(end, "end")
+        write = as_bool(write, "write")
         ps = self.machine.page_size
         s -= s % ps
         addr = s
