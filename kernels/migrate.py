@@ -117,8 +117,8 @@ def setup_by_passes(state, vma_index, start, end, src, dst):
     """migrate_vma_setup() as 14/19's migrate_vma() writes it: three loops, early returns.
 
     The unfused form of setup_range(): collect, then prepare, then unmap, each
-    over the whole range, returning as soon as cpages reaches 0. The tests and
-    the bench's per-pass timing hold the fused and parallel sweeps to it.
+    over the whole range, returning as soon as cpages reaches 0: the oracle
+    tests/properties/test_fused.py holds the fused sweep to.
     Returns cpages or -EINVAL; ``state.mig`` holds the call's scalars.
     """
     npages = _begin(state, vma_index, start, end, src, dst)
