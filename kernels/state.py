@@ -272,25 +272,15 @@ def new_state(
 
 
 def _grown(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
-    cap = arr.shape[0]
+    """``arr`` with its last axis holding at least ``need`` entries (doubled as
+    needed; the new ones ``fill``): a 1-D table, or one row per device."""
+    cap = arr.shape[-1]
     while cap < need:
         cap *= 2
-    if cap == arr.shape[0]:
+    if cap == arr.shape[-1]:
         return arr
-    out = np.full(cap, fill, arr.dtype) if fill != 0 else np.zeros(cap, arr.dtype)
-    out[: arr.shape[0]] = arr
-    return out
-
-
-def _grown_columns(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
-    """A 2-D table (one row per device) whose rows hold at least ``need`` entries."""
-    cap = arr.shape[1]
-    while cap < need:
-        cap *= 2
-    if cap == arr.shape[1]:
-        return arr
-    out = np.full((arr.shape[0], cap), fill, arr.dtype)
-    out[:, : arr.shape[1]] = arr
+    out = np.full(arr.shape[:-1] + (cap,), fill, arr.dtype)
+    out[..., : arr.shape[-1]] = arr
     return out
 
 
@@ -312,7 +302,7 @@ def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
         vma=_grown(st.vma, vmas, 0),
         pte=_grown(st.pte, ptes, 0),
         pte_next=_grown(st.pte_next, ptes, -1),
-        mirror=_grown_columns(st.mirror, ptes, -1),
+        mirror=_grown(st.mirror, ptes, -1),
         range_src=_grown(st.range_src, ptes, 0),
         range_dst=_grown(st.range_dst, ptes, 0),
         pmd=_grown(st.pmd, pmds, 0),

@@ -246,7 +246,7 @@ class Machine:
     def copy_page(self, dst_pfn: int, src_pfn: int) -> None:
         self.core.need_data()
         dst, src = self._pfn(dst_pfn), self._pfn(src_pfn)
-        if dst == int(self.state.sys[L.SYS_ZERO_PFN]):
+        if dst == self.zero_pfn:
             raise ValueError(f"dst_pfn {dst} is the shared zero page, which every zero read maps")
         kdriver.copy_page(self.state, dst, src)
 

@@ -72,7 +72,9 @@ def migrate_range_to_system(state, mm_id, start, end, private):
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]
-        moved += max(migrate_vma_to_system(state, v, addr, stop, src, dst, private | 1), 0)
+        moved += max(
+            migrate_vma_to_system(state, v, addr, stop, src, dst, private | DEV_KEEP_STATS), 0
+        )
         addr = stop
     return moved
 
