@@ -8,6 +8,7 @@ benchmark behind ``migengine bench``. Nothing compiles at import time.
 """
 
 from migengine._ops import MigrateOps
+from migengine._version import __version__
 from migengine.copyengine import CopyEngine
 from migengine.errors import (
     InvariantError,
@@ -33,6 +34,8 @@ from migengine.kernels.layout import (
 from migengine.machine import Machine, PageInfo
 from migengine.migrate import migrate_vma
 from migengine.process import Process, Pte, Vma
+from migengine.sim import SimConfig, SimResult, simulate
+from migengine.trace import Trace
 
 MIGRATE_PFN_VALID = HMM_V25_LAYOUT.VALID
 MIGRATE_PFN_MIGRATE = HMM_V25_LAYOUT.MIGRATE
@@ -42,7 +45,6 @@ MIGRATE_PFN_DEVICE = HMM_V25_LAYOUT.DEVICE
 MIGRATE_PFN_ERROR = HMM_V25_LAYOUT.ERROR
 MIGRATE_PFN_SHIFT = HMM_V25_LAYOUT.SHIFT
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CopyEngine",
@@ -67,6 +69,9 @@ __all__ = [
     "SEED_LAYOUT",
     "SegFault",
     "SigBus",
+    "SimConfig",
+    "SimResult",
+    "Trace",
     "VM_DONTEXPAND",
     "VM_HUGETLB",
     "VM_IO",
@@ -76,5 +81,6 @@ __all__ = [
     "VM_SPECIAL",
     "VM_UFFD_MISSING",
     "Vma",
+    "simulate",
     "migrate_vma",
 ]

@@ -1,4 +1,4 @@
-"""The ``migengine`` console script.
+"""The ``migengine`` console script (``migengine sim`` is in :mod:`migengine.cli_sim`).
 
 ``migengine bench`` sweeps the copy engine's chunk size on the built-in
 workload (see :mod:`migengine.bench`): it prints a table and writes
@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import numba
 
-from migengine import __version__, bench
+from migengine import __version__, bench, cli_sim
 from migengine.copyengine import CopyEngine
 
 PROG = "migengine"
@@ -147,6 +147,7 @@ def _build_parser() -> _Parser:
         action="store_true",
         help="also time each migration pass on the metadata-only machine",
     )
+    cli_sim.add_parser(sub, _int_in)
     return parser
 
 
@@ -195,9 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("a command is required: bench")
+        parser.error("a command is required: bench or sim")
     if args.command == "bench":
         return _bench(args)
+    if args.command == "sim":
+        return cli_sim.run(args, PROG)
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks it
 
 

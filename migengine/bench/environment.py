@@ -9,7 +9,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from migengine import __version__
+from migengine._version import __version__
 from migengine._numba_env import threading_info
 
 __all__ = ["run_metadata", "threading_info"]

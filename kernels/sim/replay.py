@@ -1,0 +1,256 @@
+"""The replay loop: every access of a trace chunk, with no Python in between.
+
+A device access to a resident page is a hit. Any other device access is a
+fault: its page joins the open batch (the fault buffer), and the access waits
+for the batch's service (replayable faults). The batch is serviced when a new
+fault finds it full (``batch_faults`` entries), when an access reaches a page
+whose fault is still in the batch (the access stream cannot pass its own
+fault, so it waits: the driver services the batch, then the access replays as
+a hit), before a CPU access, and at the end of the trace (finish_replay()).
+A CPU access (proc -1) goes through the engine's CPU fault path, which
+migrates a device page back (hmm_devmem_ops.fault).
+"""
+
+import numpy as np
+
+from .. import layout as L
+from .._jit import internal, kernel
+from ..copy import STAT_BYTES, STAT_MODEL_S
+from ..cpu import TR_DEVICE, cpu_read, cpu_write, translate
+from .layout import (
+    C_BATCH,
+    C_BLOCK_PAGES,
+    C_PAGE_SHIFT,
+    C_PAGES,
+    C_PID,
+    C_STORE,
+    C_UNIT,
+    C_VSTART,
+    ERR_CPU_FAULT,
+    F_FAULT_US,
+    S_ACCESSES,
+    S_BATCH_ID,
+    S_BATCHES,
+    S_BYTES_TO_HOST,
+    S_CPU_ACCESSES,
+    S_CPU_FAULTS,
+    S_CPU_SINCE,
+    S_DEVICE_ACCESSES,
+    S_DEVICE_FAULTS,
+    S_DEVICE_HITS,
+    S_ERROR,
+    S_ERROR_ARG,
+    S_LAST_BLOCK,
+    S_LAST_RANK,
+    S_NB,
+    S_REMOTE,
+    T_FIXED,
+    T_NOW,
+)
+from .moves import record_copy
+from .records import COPY_CPU_FAULT
+from .residency import page_out
+from .service import service_batch, write_value
+
+VA_BLOCK_SHIFT = 21  # NVIDIA's VA blocks are 2 MiB, whatever the page size
+
+
+@internal(inline=True)
+def _rank(vblocks, vb):
+    """Index of 2 MiB block number ``vb`` in the sorted ``vblocks`` (it is there)."""
+    lo = np.int64(0)
+    hi = np.int64(vblocks.shape[0])
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if vblocks[mid] <= vb:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@internal
+def _cpu_access(sim, state, page, off, write, k):
+    """A CPU load or store of one byte of ``page``; a device page faults back first."""
+    shift = sim.cfg[C_PAGE_SHIFT]
+    ps = np.int64(1) << shift
+    addr = sim.cfg[C_VSTART] + (page << shift) + off
+    was_resident = sim.resident[page] != 0
+    if was_resident:
+        state.copy_stats[:] = 0.0
+        state.engine_load[:] = 0.0
+    buf = sim.iobuf[:1]
+    if write:
+        val = write_value(k)
+        buf[0] = val
+        status = cpu_write(state, sim.cfg[C_PID], addr, buf)
+        if status == 0 and sim.cfg[C_STORE] != 0:
+            sim.shadow[page * ps + off] = val
+    else:
+        status = cpu_read(state, sim.cfg[C_PID], addr, buf)
+    if status != 0:
+        sim.ctr[S_ERROR] = ERR_CPU_FAULT
+        sim.ctr[S_ERROR_ARG] = status
+        return np.int64(-1)
+    if was_resident:
+        kind, _, _, _ = translate(state, sim.cfg[C_PID], addr)
+        if kind != TR_DEVICE:
+            page_out(sim, page)
+        sim.ctr[S_CPU_FAULTS] += 1
+        sim.ctr[S_CPU_SINCE] += 1
+        sim.ctr[S_BYTES_TO_HOST] += np.int64(state.copy_stats[STAT_BYTES])
+        sim.clock[T_NOW] += sim.fcfg[F_FAULT_US]
+        sim.clock[T_FIXED] += sim.fcfg[F_FAULT_US]
+        nbytes = np.int64(state.copy_stats[STAT_BYTES])
+        record_copy(sim, state, COPY_CPU_FAULT, nbytes, -1, state.copy_stats[STAT_MODEL_S])
+    return np.int64(0)
+
+
+@kernel
+def replay(sim, state, policy, addr, write, proc, start, base):
+    """Replay accesses ``start ..`` of one trace chunk.
+
+    Arguments:
+        sim: the run's SimState; state: the machine's State.
+        policy: the eviction policy as a POLICY_SIG function (unused unless EV_USER).
+        addr, write, proc: the chunk's columns (uint64, bool, int8).
+        start: the first access of the chunk to replay.
+        base: the trace index of the chunk's first access.
+
+    Preconditions: every address is in one of ``sim.vblocks``' 2 MiB blocks.
+    Postconditions: returns the index of the first access not replayed: the
+    chunk's length when it is done; less when a batch needed a record row and
+    ``sim.batches`` is full (grow it and call again from there) or on an error
+    (``ctr[S_ERROR]`` != 0, the machine left consistent).
+    """
+    ctr = sim.ctr
+    cfg = sim.cfg
+    shift = cfg[C_PAGE_SHIFT]
+    ps_mask = (np.uint64(1) << np.uint64(shift)) - np.uint64(1)
+    blk_mask = (np.uint64(1) << np.uint64(VA_BLOCK_SHIFT)) - np.uint64(1)
+    bp = cfg[C_BLOCK_PAGES]
+    unit = cfg[C_UNIT]
+    store = cfg[C_STORE] != 0
+    ps = np.int64(1) << shift
+    last_block = np.uint64(ctr[S_LAST_BLOCK])
+    last_rank = ctr[S_LAST_RANK]
+    n = addr.shape[0]
+    cap = sim.batches.shape[0]
+    i = np.int64(start)
+    while i < n:
+        a = addr[i]
+        k = base + i
+        vb = a >> np.uint64(VA_BLOCK_SHIFT)
+        if last_rank < 0 or vb != last_block:
+            last_block = vb
+            last_rank = _rank(sim.vblocks, vb)
+        page = last_rank * bp + np.int64((a & blk_mask) >> np.uint64(shift))
+        off = np.int64(a & ps_mask)
+        is_write = write[i]
+        if proc[i] != 0:
+            if ctr[S_NB] > 0:
+                if ctr[S_BATCHES] >= cap:
+                    break
+                if service_batch(sim, state, policy, k) < 0:
+                    break
+            if _cpu_access(sim, state, page, off, is_write, k) < 0:
+                break
+            ctr[S_CPU_ACCESSES] += 1
+            ctr[S_ACCESSES] += 1
+            i += 1
+            continue
+        waited = False
+        if sim.resident[page] == 0 and sim.pend[page] == ctr[S_BATCH_ID]:
+            # The stream reached its own outstanding fault: service, then replay.
+            if ctr[S_BATCHES] >= cap:
+                break
+            if service_batch(sim, state, policy, k) < 0:
+                break
+            waited = True
+        u = page // unit
+        if sim.resident[page] != 0:
+            ctr[S_DEVICE_HITS] += 1
+            if is_write and store:
+                val = write_value(k)
+                state.data[sim.dev_pfn[page] * ps + off] = val
+                sim.shadow[page * ps + off] = val
+            sim.last_use[u] = k
+            sim.uses[u] += 1
+        elif waited:
+            # Still not resident after its batch: the device could not take it.
+            ctr[S_DEVICE_FAULTS] += 1
+            ctr[S_REMOTE] += 1
+            if _cpu_access(sim, state, page, off, is_write, k) < 0:
+                break
+        else:
+            if ctr[S_NB] >= cfg[C_BATCH]:
+                if ctr[S_BATCHES] >= cap:
+                    break
+                if service_batch(sim, state, policy, k) < 0:
+                    break
+            nb = ctr[S_NB]
+            sim.b_page[nb] = page
+            sim.b_access[nb] = k
+            sim.b_info[nb] = (off << 1) | (1 if is_write else 0)
+            ctr[S_NB] = nb + 1
+            sim.pend[page] = ctr[S_BATCH_ID]
+            ctr[S_DEVICE_FAULTS] += 1
+        ctr[S_DEVICE_ACCESSES] += 1
+        ctr[S_ACCESSES] += 1
+        i += 1
+    ctr[S_LAST_BLOCK] = np.int64(last_block)
+    ctr[S_LAST_RANK] = last_rank
+    return i
+
+
+@kernel
+def finish_replay(sim, state, policy, now):
+    """Service the batch still open at the end of the trace.
+
+    Returns 1 when a batch was serviced, 0 when none was open, -1 on an error
+    and -2 when ``sim.batches`` has no free row (grow it and call again).
+    """
+    if sim.ctr[S_NB] == 0:
+        return np.int64(0)
+    if sim.ctr[S_BATCHES] >= sim.batches.shape[0]:
+        return np.int64(-2)
+    if service_batch(sim, state, policy, now) < 0:
+        return np.int64(-1)
+    return np.int64(1)
+
+
+@kernel
+def verify_replay(sim, state):
+    """Check the run against the machine: residency, and with data every byte.
+
+    Returns (pages whose bytes differ from the run's shadow copy, pages whose
+    residency differs from the page table). Both are 0 for a correct run. The
+    check reads the page tables and frames directly, so it changes nothing.
+    """
+    shift = sim.cfg[C_PAGE_SHIFT]
+    ps = np.int64(1) << shift
+    store = sim.cfg[C_STORE] != 0
+    bad_data = 0
+    bad_res = 0
+    for page in range(sim.cfg[C_PAGES]):
+        addr = sim.cfg[C_VSTART] + (page << shift)
+        kind, pfn, _, _ = translate(state, sim.cfg[C_PID], addr)
+        on_device = kind == TR_DEVICE
+        if on_device != (sim.resident[page] != 0) or (on_device and sim.dev_pfn[page] != pfn):
+            bad_res += 1
+        if not store:
+            continue
+        same = True
+        if pfn >= 0 and pfn != state.sys[L.SYS_ZERO_PFN]:
+            for j in range(ps):
+                if state.data[pfn * ps + j] != sim.shadow[page * ps + j]:
+                    same = False
+                    break
+        else:
+            for j in range(ps):
+                if sim.shadow[page * ps + j] != 0:
+                    same = False
+                    break
+        if not same:
+            bad_data += 1
+    return bad_data, bad_res
