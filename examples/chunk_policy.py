@@ -1,13 +1,12 @@
 """Which migration block size? A sweep under a strided and a random access pattern.
 
-Runs the oversubscribed-device simulation of ``gpu_oversubscription.py`` once
-per (pattern, block size) and compares what each block size costs:
+Runs ``me.simulate`` (the UVM-style driver model) once per (pattern, migration
+unit) and compares what each unit size costs:
 
 * device faults: each one pays a far-fault latency (45 us, UVM-Smart);
 * pages moved in and out, and the copy engine's modelled DMA time for them
-  (the ``pcie3-uvm`` curve by default; each block is one descriptor when its
-  frames are physically contiguous, since the engine's chunk is the block);
-* the modelled total, faults plus DMA.
+  (the ``pcie3-uvm`` curve by default);
+* the modelled total, fault handling plus DMA.
 
 Small blocks fault on every new page; large ones move pages nobody touches
 before they are evicted again. Which wins depends on the pattern and on how
@@ -22,9 +21,6 @@ to ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-from collections.abc import Callable
 from typing import Any
 
 import matplotlib
@@ -34,9 +30,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 import migengine as me  # noqa: E402
 
-# The simulation lives next to this file; examples/ is not a package.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gpu_oversubscription as gpu  # noqa: E402
+FAULT_US = me.SimConfig().fault_us
 
 DEFAULT_BLOCKS = (1, 4, 16, 64, 256)  # 4 KiB .. 1 MiB
 COMPARED = ("strided", "random")
@@ -45,24 +39,40 @@ COMPARED = ("strided", "random")
 def sweep(
     blocks: tuple[int, ...] = DEFAULT_BLOCKS,
     patterns: tuple[str, ...] = COMPARED,
-    make_machine: Callable[..., me.Machine] = me.Machine,
-    **run_args: Any,
+    pages: int = 1024,
+    device_pages: int = 512,
+    accesses: int = 20_000,
+    stride: int = 16,
+    engine: str = "pcie3-uvm",
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One gpu_oversubscription.run() per (pattern, block size); returns a row
-    per run with the pattern, block_pages, the run's counters and model times,
-    ``total_model_s`` (faults + DMA) and ``bad_pages``."""
+    """One me.simulate() per (pattern, unit size); returns a row per run with the
+    pattern, ``block_pages``, the run's stats, ``faults``, ``pages_in``/``pages_out``,
+    ``dma_model_s``, ``fault_model_s`` and ``total_model_s``."""
     rows = []
     for pattern in patterns:
+        extra = {"stride": stride} if pattern == "strided" else {}
+        trace = me.Trace.synthetic(
+            pattern, pages=pages, accesses=accesses, seed=seed, write_fraction=0.2, **extra
+        )
         for block in blocks:
-            r = gpu.run(block_pages=block, pattern=pattern, make_machine=make_machine, **run_args)
-            row = {k: v for k, v in r.items() if k not in ("machine", "process", "vma")}
-            row.pop("expected_writes")
-            row.update(
-                pattern=pattern,
-                block_pages=block,
-                total_model_s=r["dma_model_s"] + r["fault_model_s"],
+            cfg = me.SimConfig(
+                device_pages=device_pages, migrate_pages=block, engine=engine, seed=seed
             )
-            rows.append(row)
+            s = me.simulate(trace, cfg, name=pattern).stats
+            rows.append(
+                dict(
+                    s,
+                    pattern=pattern,
+                    block_pages=block,
+                    faults=s["device_faults"],
+                    pages_in=s["pages_to_device"] + s["pages_prefetched"],
+                    pages_out=s["pages_evicted"] + s["cpu_faults"],
+                    dma_model_s=s["copy_s"],
+                    fault_model_s=s["fault_s"],
+                    total_model_s=s["modelled_s"],
+                )
+            )
     return rows
 
 
@@ -84,7 +94,7 @@ def plot(rows: list[dict[str, Any]], path: str, page_size: int = 4096) -> None:
         axes[1].plot(kib, [r["faults"] for r in mine], "o-", label=pattern)
         axes[2].plot(kib, [r["pages_in"] + r["pages_out"] for r in mine], "o-", label=pattern)
     titles = (
-        f"modelled time (faults at {gpu.FAULT_US:.0f} us + DMA)",
+        f"modelled time (faults at {FAULT_US:.0f} us + DMA)",
         "device faults",
         "pages migrated (in + out)",
     )
@@ -123,8 +133,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="chunk_policy.png", help="PNG to write")
     args = ap.parse_args(argv)
-    if max(args.blocks) > args.device_pages:
-        ap.error("every block must fit in device memory (--device-pages)")
+    if max(args.blocks) > min(args.device_pages, 512) or any(b & (b - 1) for b in args.blocks):
+        ap.error("every block must be a power of two that fits in device memory, at most 512")
     rows = sweep(
         blocks=args.blocks,
         pages=args.pages,
@@ -144,9 +154,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for pattern in COMPARED:
         best = min((r for r in rows if r["pattern"] == pattern), key=lambda r: r["total_model_s"])
         print(f"best block for {pattern}: {best['block_pages'] * 4} KiB")
-    bad = sum(r["bad_pages"] for r in rows)
-    if bad:
-        raise SystemExit(f"{bad} pages lost data")
+    if not all(r["data_ok"] for r in rows):
+        raise SystemExit("a run lost data")
     plot(rows, args.out)
     print(f"wrote {args.out}")
     return rows

@@ -8,7 +8,7 @@ benchmark behind ``migengine bench``. Nothing compiles at import time.
 """
 
 from migengine._ops import MigrateOps
-from migengine._version import __version__
+from migengine._version import __version__ as __version__
 from migengine.copyengine import CopyEngine
 from migengine.errors import (
     InvariantError,

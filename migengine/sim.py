@@ -103,7 +103,7 @@ class SimResult:
         return SIM_VSTART + (r << VA_BLOCK_SHIFT) + (a & ((1 << VA_BLOCK_SHIFT) - 1))
 
     def save(self, directory: str | os.PathLike[str]) -> dict[str, Any]:
-        """Write results.json, run.png and timeline.json (Chrome trace events) into ``directory``."""
+        """Write results.json, run.png and timeline.json (Chrome trace events) to ``directory``."""
         return save_run(directory, self)
 
     def __repr__(self) -> str:

@@ -1,7 +1,8 @@
 """The DMA cost model: what a real engine (AMD PTDMA, a PCIe link) would take.
 
-Each descriptor is charged ``setup_ns + bytes / rate`` (or UVM-Smart's curve)
-on the least-loaded of ``channels`` channels; the busiest channel decides.
+Each descriptor is charged ``setup_ns + bytes / rate`` (or UVM-Smart's curve,
+halved at 2 MiB and above) on the least-loaded of ``channels`` channels; the
+busiest channel decides.
 """
 
 import numpy as np
@@ -16,17 +17,36 @@ from .params import (
     ENG_SETUP_NS,
     MODEL_UVM_CURVE,
     TWO_OVER_PI,
+    UVM_HALF_SPEED_BYTES,
 )
 
 
 @njit(cache=True, nogil=True)
 def descriptor_ns(nbytes, setup_ns, gbps, model_kind, curve_b):
-    """descriptor_ns() - modelled time of one descriptor of ``nbytes`` bytes."""
+    """descriptor_ns() - modelled time of one descriptor of ``nbytes`` bytes.
+
+    Arguments:
+        nbytes: bytes the descriptor moves (int, >= 0).
+        setup_ns, gbps, model_kind, curve_b: as for :func:`model_time_ns`.
+
+    Returns float64 ns. MODEL_LINEAR: ``setup_ns + nbytes / gbps``.
+    MODEL_UVM_CURVE: ``setup_ns + nbytes / speed`` with UVM-Smart's
+    ``speed = (2 * gbps / pi) * atan(curve_b * nbytes / 1024)``, halved when
+    ``nbytes >= 2 MiB`` (DebashisGanguly/gpgpu-sim_UVMSmart,
+    ``gmmu_t::calculate_transfer_time`` in ``src/gpgpu-sim/gpu-sim.cc``, which
+    computes the same in float32 and truncates to whole core cycles). A
+    descriptor of 0 bytes transfers nothing and costs ``setup_ns`` under
+    either model (the curve's speed is 0 there, and 0 / 0 is not a time).
+    """
+    if nbytes <= 0:
+        return setup_ns + 0.0
     s = np.float64(nbytes)
     if model_kind == MODEL_UVM_CURVE:
-        # UVM-Smart gmmu_t::calculate_transfer_time: speed = (2a/pi) atan(b * KiB).
-        # Its extra halving of the speed at >= 2 MiB is deliberately left out.
+        # UVM-Smart gmmu_t::calculate_transfer_time: speed = (2a/pi) atan(b * KiB),
+        # halved for transfers of 2 MiB or more (its `data_size >= 2*1024*1024`).
         speed = TWO_OVER_PI * gbps * np.arctan(curve_b * (s / BYTES_PER_KIB))
+        if nbytes >= UVM_HALF_SPEED_BYTES:
+            speed = speed / 2.0
         return setup_ns + s / speed
     return setup_ns + s / gbps
 
@@ -45,7 +65,8 @@ def model_time_ns(desc_len, ndesc, page_size, channels, setup_ns, gbps, model_ki
             asymptote ``a`` of the curve.
         model_kind: MODEL_LINEAR (0): ``t(s) = setup_ns + s / gbps``;
             MODEL_UVM_CURVE (1): ``t(s) = setup_ns + s / speed(s)`` with
-            ``speed(s) = (2 * gbps / pi) * atan(curve_b * s / 1024)`` GB/s.
+            ``speed(s) = (2 * gbps / pi) * atan(curve_b * s / 1024)`` GB/s,
+            halved for ``s >= 2 MiB`` (UVM-Smart's curve; see descriptor_ns).
         curve_b: steepness of the UVM curve, per KiB (ignored for model 0).
 
     Preconditions:

@@ -57,3 +57,7 @@ DEFAULT_STREAM_MIN_BYTES = 24 << 20
 S_PER_NS = np.float64(1e-9)
 BYTES_PER_KIB = np.float64(1024.0)
 TWO_OVER_PI = np.float64(2.0 / np.pi)
+
+# UVM-Smart (gmmu_t::calculate_transfer_time) halves its curve's speed for
+# transfers of this many bytes or more (``data_size >= 2*1024*1024``).
+UVM_HALF_SPEED_BYTES = np.int64(2 << 20)

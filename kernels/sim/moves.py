@@ -33,6 +33,15 @@ from .layout import (
 from .residency import page_in, page_out
 
 
+@internal(hot=True)
+def clear_copy_stats(state):
+    """Zero the copy stats and the channels' loads before a call (only the
+    engine's channels: the load array has room for MAX_CHANNELS)."""
+    state.copy_stats[:] = 0.0
+    nch = max(np.int64(state.engine[ENG_CHANNELS]), 1)
+    state.engine_load[:nch] = 0.0
+
+
 @internal
 def record_copy(sim, state, kind, nbytes, batch_row, model_s):
     """Charge one call's copy to the clock and record one row per busy channel."""
@@ -80,8 +89,7 @@ def move_run(sim, state, first, n, to_device, kind, batch_row, k):
     end = start + (n << shift)
     src = sim.src[:n]
     dst = sim.dst[:n]
-    state.copy_stats[:] = 0.0
-    state.engine_load[:] = 0.0
+    clear_copy_stats(state)
     ret = migrate_vma_driver(
         state, to_device, sim.cfg[C_VMA], start, end, src, dst, np.int64(DEV_KEEP_STATS)
     )

@@ -47,7 +47,7 @@ from .layout import (
     T_FIXED,
     T_NOW,
 )
-from .moves import record_copy
+from .moves import clear_copy_stats, record_copy
 from .records import COPY_CPU_FAULT
 from .residency import page_out
 from .service import service_batch, write_value
@@ -58,14 +58,14 @@ VA_BLOCK_SHIFT = 21  # NVIDIA's VA blocks are 2 MiB, whatever the page size
 @internal(inline=True)
 def _rank(vblocks, vb):
     """Index of 2 MiB block number ``vb`` in the sorted ``vblocks`` (it is there)."""
+    # Branch-free halving: random accesses across blocks make the comparison
+    # unpredictable, and a select costs less than a mispredicted branch.
     lo = np.int64(0)
-    hi = np.int64(vblocks.shape[0])
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if vblocks[mid] <= vb:
-            lo = mid
-        else:
-            hi = mid
+    n = np.int64(vblocks.shape[0])
+    while n > 1:
+        half = n >> 1
+        lo = lo + half if vblocks[lo + half] <= vb else lo
+        n -= half
     return lo
 
 
@@ -77,8 +77,7 @@ def _cpu_access(sim, state, page, off, write, k):
     addr = sim.cfg[C_VSTART] + (page << shift) + off
     was_resident = sim.resident[page] != 0
     if was_resident:
-        state.copy_stats[:] = 0.0
-        state.engine_load[:] = 0.0
+        clear_copy_stats(state)
     buf = sim.iobuf[:1]
     if write:
         val = write_value(k)
@@ -136,6 +135,15 @@ def replay(sim, state, policy, addr, write, proc, start, base):
     last_rank = ctr[S_LAST_RANK]
     n = addr.shape[0]
     cap = sim.batches.shape[0]
+    resident = sim.resident
+    dev_pfn = sim.dev_pfn
+    shadow = sim.shadow
+    data = state.data
+    last_use = sim.last_use
+    uses = sim.uses
+    # The per-access counters stay in registers; they are added to ctr on the way out.
+    hits = np.int64(0)
+    device = np.int64(0)
     i = np.int64(start)
     while i < n:
         a = addr[i]
@@ -147,6 +155,18 @@ def replay(sim, state, policy, addr, write, proc, start, base):
         page = last_rank * bp + np.int64((a & blk_mask) >> np.uint64(shift))
         off = np.int64(a & ps_mask)
         is_write = write[i]
+        u = page // unit
+        if proc[i] == 0 and resident[page] != 0:  # the common case: a device hit
+            hits += 1
+            device += 1
+            if is_write and store:
+                val = write_value(k)
+                data[dev_pfn[page] * ps + off] = val
+                shadow[page * ps + off] = val
+            last_use[u] = k
+            uses[u] += 1
+            i += 1
+            continue
         if proc[i] != 0:
             if ctr[S_NB] > 0:
                 if ctr[S_BATCHES] >= cap:
@@ -156,26 +176,24 @@ def replay(sim, state, policy, addr, write, proc, start, base):
             if _cpu_access(sim, state, page, off, is_write, k) < 0:
                 break
             ctr[S_CPU_ACCESSES] += 1
-            ctr[S_ACCESSES] += 1
             i += 1
             continue
         waited = False
-        if sim.resident[page] == 0 and sim.pend[page] == ctr[S_BATCH_ID]:
+        if sim.pend[page] == ctr[S_BATCH_ID]:
             # The stream reached its own outstanding fault: service, then replay.
             if ctr[S_BATCHES] >= cap:
                 break
             if service_batch(sim, state, policy, k) < 0:
                 break
             waited = True
-        u = page // unit
-        if sim.resident[page] != 0:
-            ctr[S_DEVICE_HITS] += 1
+        if resident[page] != 0:
+            hits += 1
             if is_write and store:
                 val = write_value(k)
-                state.data[sim.dev_pfn[page] * ps + off] = val
-                sim.shadow[page * ps + off] = val
-            sim.last_use[u] = k
-            sim.uses[u] += 1
+                data[dev_pfn[page] * ps + off] = val
+                shadow[page * ps + off] = val
+            last_use[u] = k
+            uses[u] += 1
         elif waited:
             # Still not resident after its batch: the device could not take it.
             ctr[S_DEVICE_FAULTS] += 1
@@ -195,9 +213,11 @@ def replay(sim, state, policy, addr, write, proc, start, base):
             ctr[S_NB] = nb + 1
             sim.pend[page] = ctr[S_BATCH_ID]
             ctr[S_DEVICE_FAULTS] += 1
-        ctr[S_DEVICE_ACCESSES] += 1
-        ctr[S_ACCESSES] += 1
+        device += 1
         i += 1
+    ctr[S_DEVICE_HITS] += hits
+    ctr[S_DEVICE_ACCESSES] += device
+    ctr[S_ACCESSES] += i - start
     ctr[S_LAST_BLOCK] = np.int64(last_block)
     ctr[S_LAST_RANK] = last_rank
     return i

@@ -9,8 +9,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from migengine._version import __version__
 from migengine._numba_env import threading_info
+from migengine._version import __version__
 
 __all__ = ["run_metadata", "threading_info"]
 
