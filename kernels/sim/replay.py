@@ -17,6 +17,7 @@ from .. import layout as L
 from .._jit import internal, kernel
 from ..copy import STAT_BYTES, STAT_MODEL_S
 from ..cpu import TR_DEVICE, cpu_read, cpu_write, translate
+from ..memory import handle_mm_fault
 from .layout import (
     C_BATCH,
     C_BLOCK_PAGES,
@@ -25,6 +26,7 @@ from .layout import (
     C_PID,
     C_STORE,
     C_UNIT,
+    C_VMA,
     C_VSTART,
     ERR_CPU_FAULT,
     F_FAULT_US,
@@ -79,11 +81,14 @@ def _cpu_access(sim, state, page, off, write, k):
     if was_resident:
         clear_copy_stats(state)
     buf = sim.iobuf[:1]
-    if write:
+    if sim.cfg[C_STORE] == 0:
+        # No bytes to move: the fault path alone (cpu_read/write need the frames' bytes).
+        status = handle_mm_fault(state, sim.cfg[C_VMA], addr, write)
+    elif write:
         val = write_value(k)
         buf[0] = val
         status = cpu_write(state, sim.cfg[C_PID], addr, buf)
-        if status == 0 and sim.cfg[C_STORE] != 0:
+        if status == 0:
             sim.shadow[page * ps + off] = val
     else:
         status = cpu_read(state, sim.cfg[C_PID], addr, buf)

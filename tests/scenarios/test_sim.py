@@ -17,7 +17,6 @@ import pytest
 from numba import njit
 
 import migengine as me
-from migengine.sim import SIM_VSTART
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LACKEY = os.path.join(ROOT, "examples", "traces", "stream.lackey.gz")
