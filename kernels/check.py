@@ -30,6 +30,8 @@ CHECK_MESSAGES = (
     "a page table maps a free frame or a frame of the wrong kind",
     "compound page: head or tail state is inconsistent",
     "free-page counters disagree with the free stacks",
+    "leaked frame: allocated, but no mapping, page-cache slot, LRU-add batch, pin, "
+    "lock or isolation holds it",
 )
 (
     CHK_OK,
@@ -47,6 +49,7 @@ CHECK_MESSAGES = (
     CHK_BAD_MAP,
     CHK_COMPOUND,
     CHK_FREE_COUNT,
+    CHK_LEAK,
 ) = range(len(CHECK_MESSAGES))
 
 
@@ -158,6 +161,24 @@ def _expected_refs(st, pfn):
 
 
 @internal
+def _held(st, pfn, maps):
+    """Something accounts for the allocated frame ``pfn``: a PTE, device-private
+    entry or PMD mapping (``maps``), its page-cache slot, the LRU-add batch, a pin,
+    a page lock (a migration in flight, a driver's page between alloc_page() and
+    migrate_vma(), m.lock_page()) or an isolation by someone else. The LRU itself
+    holds no reference, and the model has no swap cache (swap-out copies the page
+    out and frees it at once)."""
+    if maps[pfn] > 0 or st.page["pins"][pfn] > 0:
+        return True
+    if (st.page["flags"][pfn] & (L.PG_PAGEVEC | L.PG_LOCKED | L.PG_EXT_ISOLATED)) != 0:
+        return True
+    if st.page["mapping"][pfn] == L.MAPPING_FILE:
+        pc = st.page["index"][pfn]
+        return 0 <= pc < st.sys[L.SYS_PCACHE_USED] and st.pcache[pc] == pfn
+    return False
+
+
+@internal
 def _check_page(st, pfn, maps, limit):
     flags = st.page["flags"][pfn]
     if (flags & (L.PG_FREE | L.PG_ZERO)) != 0:
@@ -169,6 +190,8 @@ def _check_page(st, pfn, maps, limit):
         return CHK_MAPCOUNT
     if not _chain_matches(st, pfn, limit):
         return CHK_RMAP
+    if not _held(st, pfn, maps):
+        return CHK_LEAK
     in_use = st.page["mapping"][pfn] != L.MAPPING_NONE or maps[pfn] > 0
     if (flags & L.PG_EXT_LOCKED) != 0 and (flags & L.PG_LOCKED) == 0:
         return CHK_LOCKED

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import layout as L
 from . import mm
-from ._jit import kernel
+from ._jit import internal, kernel
 from .memory import access_vm
 
 # translate() kinds, in Pte.kind order.
@@ -20,21 +20,36 @@ TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "er
 @kernel(inline=True)
 def cpu_read(state, mm_id, addr, buf):
     """A CPU load of ``buf.size`` bytes at ``addr`` in process ``mm_id``, with the
-    fault path (device pages fault back). Returns FAULT_* (0 = ok)."""
-    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(False))
-    return status
+    fault path (device pages fault back). Returns FAULT_* (0 = ok; FAULT_SEGV
+    outside the process's VMAs, also for an ``mm_id`` no process has), or -22
+    (-EINVAL, nothing done) when the machine keeps no bytes (``store_data=False``)
+    or ``buf`` is not contiguous."""
+    return _access_checked(state, mm_id, addr, buf, np.bool_(False))
 
 
 @kernel(inline=True)
 def cpu_write(state, mm_id, addr, buf):
-    """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*."""
-    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], np.bool_(True))
+    """A CPU store of ``buf`` at ``addr`` (faults in, breaks COW). Returns FAULT_*,
+    or -22 as cpu_read()."""
+    return _access_checked(state, mm_id, addr, buf, np.bool_(True))
+
+
+@internal(hot=True)
+def _access_checked(state, mm_id, addr, buf, write):
+    """access_vm() over all of ``buf``, or -EINVAL unless the machine has bytes
+    to copy and ``buf``'s are one contiguous run (the copy is a raw memcpy of
+    ``buf.size`` bytes from its first). A hot body, not inlined checks: see
+    kernels.driver."""
+    if state.sys[L.SYS_STORE_DATA] == 0 or (buf.shape[0] > 1 and buf.strides[0] != 1):
+        return np.int64(-L.EINVAL)
+    status, _ = access_vm(state, mm_id, addr, buf, buf.shape[0], write)
     return status
 
 
 @kernel
 def translate(state, mm_id, addr):
-    """Walk the page table: (TR_* kind, pfn or -1, writable, huge)."""
+    """Walk the page table: (TR_* kind, pfn or -1, writable, huge); TR_NONE
+    outside the process's VMAs, also for an ``mm_id`` no process has."""
     v = mm.find_vma(state, mm_id, addr)
     if v < 0:
         return TR_NONE, -1, False, False

@@ -17,6 +17,7 @@ from numba import types
 
 from ._jit import internal, kernel
 from ._llvm import array_at, arrays_at
+from .args import arrays_overlap
 from .device import migrate_range_to_system, migrate_to_device, run_driver
 from .state import STATE_SPEC, State
 
@@ -52,12 +53,6 @@ def make_handle(state: State) -> np.ndarray:
     return table
 
 
-@internal
-def _overlap(a, b):
-    lo_a, lo_b = a.ctypes.data, b.ctypes.data
-    return lo_a < lo_b + b.nbytes and lo_b < lo_a + a.nbytes
-
-
 @kernel
 def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     """me.migrate_vma(m.device.ops, ...) from Python: the device's pipeline on
@@ -67,7 +62,7 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
     ``src`` and ``dst`` overlap; in both error cases nothing has changed, so
     the caller can validate again in Python and raise the precise error.
     """
-    if _overlap(src, dst):
+    if arrays_overlap(src, dst):
         return -EBADARG
     st = state_at(handle)
     v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
@@ -77,7 +72,8 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
 @kernel
 def migrate_to_device_at(handle, mm_id, start, end):
     """m.device.migrate_to_device() from Python: device.migrate_to_device() on the
-    state behind ``handle`` (the Python layer has validated the arguments)."""
+    state behind ``handle``, with its checks (-EINVAL, nothing changed). The
+    handle itself is trusted: it is the Python layer's, not an API."""
     return migrate_to_device(state_at(handle), mm_id, start, end)
 
 

@@ -169,6 +169,7 @@ COUNTER_NAMES = (
     "device_cfree",
     "device_faults",
     "device_sigbus",
+    "migrate_dst_invalid",  # dst entries the dst check refused (kernels.dst_check)
 )
 (
     C_PGMIGRATE_SUCCESS,
@@ -189,6 +190,7 @@ COUNTER_NAMES = (
     C_DEVICE_CFREE,
     C_DEVICE_FAULTS,
     C_DEVICE_SIGBUS,
+    C_MIGRATE_DST_INVALID,
 ) = range(len(COUNTER_NAMES))
 
 # --- per-CPU LRU-add batches. Faults run on the process CPU; migrate_vma() runs on the

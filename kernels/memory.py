@@ -1,10 +1,11 @@
-"""The CPU side of the machine (mm/memory.c): faults, loads, stores, fork, swap.
+"""The CPU side of the machine (mm/memory.c): faults, loads and stores.
 
 A CPU access walks the PMD and PTE of its address and faults what it needs:
 anonymous read faults map the zero page (the huge zero page in a THP VMA),
 write faults allocate, break COW or reuse; a device-private entry calls the
 device's fault handler, which migrates the page back with migrate_vma().
-Every function here runs compiled; the Python layer only validates.
+fork (kernels.fork) and swap-out (kernels.swap) live next door. Every function
+here runs compiled; the Python layer only validates.
 """
 
 import numpy as np
@@ -13,6 +14,7 @@ from . import layout as L
 from . import mm
 from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
+from .args import in_vma, range_in_vma, valid_vma
 from .device.fault import device_fault
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 
@@ -58,8 +60,8 @@ def _thp_extent(st, v, addr):
 
 
 @internal
-def _map_new_thp(st, v, first, pmd_i, src_head):
-    """Allocate a THP, fill it (zero or copy of src_head) and PMD-map it writable."""
+def _alloc_filled_thp(st, first, src_head):
+    """A new anonymous THP for the extent at ``first``: zeroed, or a copy of src_head."""
     head = mm.alloc_thp(st)
     if head < 0:
         return -1
@@ -70,27 +72,84 @@ def _map_new_thp(st, v, first, pmd_i, src_head):
         st.data[head * ps : (head + L.HPAGE_PMD_NR) * ps] = 0
     st.page["mapping"][head] = L.MAPPING_ANON
     st.page["index"][head] = first // st.sys[L.SYS_PAGE_SIZE]
-    st.page["mapcount"][head] = 1
     mm.set_flag(st, head, L.PG_LRU | L.PG_DIRTY)
-    mm.rmap_add(st, head, mm.pte_slot(st, v, first))
-    st.pmd[pmd_i] = mm.make_pmd(L.PMD_THP, head, True)
     return head
 
 
 @internal
-def _wp_huge_pmd(st, v, first, pmd_i):
-    """do_huge_pmd_wp_page(): reuse, copy the THP, or split and fall back to PTEs.
+def _pmd_map_thp(st, v, first, pmd_i, head):
+    """page_add_new_anon_rmap(page, compound) + set_pmd_at(): map ``head`` writable."""
+    st.page["mapcount"][head] = 1
+    mm.rmap_add(st, head, mm.pte_slot(st, v, first))
+    st.pmd[pmd_i] = mm.make_pmd(L.PMD_THP, head, True)
 
-    FAULT_RETRY after a split sends the fault on to the (now read-only) PTEs."""
+
+@internal
+def _map_new_thp(st, v, first, pmd_i):
+    """do_huge_pmd_anonymous_page(): a zeroed THP, PMD-mapped writable; head or -1."""
+    head = _alloc_filled_thp(st, first, -1)
+    if head >= 0:
+        _pmd_map_thp(st, v, first, pmd_i, head)
+    return head
+
+
+@internal
+def _unmap_shared_thp(st, v, first, head):
+    """page_remove_rmap(page, true) + put_page(page) for this VMA's PMD mapping.
+
+    Called before the slot is linked into another chain: a slot has one chain
+    link (pte_next), so linking it first would cut the THP's chain after it and
+    lose the other processes' mappings."""
+    st.page["mapcount"][head] -= 1
+    mm.rmap_del(st, head, mm.pte_slot(st, v, first))
+    mm.put_page(st, head)
+
+
+@internal
+def _wp_huge_pmd_fallback(st, v, first, pmd_i, head):
+    """do_huge_pmd_wp_page_fallback() (4.14): no THP was free, so copy the THP into
+    HPAGE_PMD_NR order-0 pages and map them by writable PTEs in this VMA; the other
+    processes keep the THP. False, with nothing changed, when the pages cannot all
+    be had (the kernel allocates them all first and frees them on failure)."""
+    if st.sys[L.SYS_RAM_FREE] < L.HPAGE_PMD_NR:
+        return False
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(st, v, first)
+    _unmap_shared_thp(st, v, first, head)  # the head keeps its other references
+    st.pmd[pmd_i] = L.PMD_TABLE  # pmd_populate() of the deposited page table
+    for j in range(L.HPAGE_PMD_NR):
+        pfn = _new_anon_page(st, v, first + j * ps)
+        _copy_frame(st, pfn, head + j, 1)
+        mm.map_new_page(st, slot0 + j, pfn, True, False)
+    return True
+
+
+@internal
+def _wp_huge_pmd(st, v, first, pmd_i):
+    """do_huge_pmd_wp_page() (mm/huge_memory.c, 4.14): a write to a read-only THP.
+
+    Mapped once: reuse it (make the PMD writable). Shared (fork): copy the whole
+    THP into a new THP and PMD-map that; with no THP free,
+    do_huge_pmd_wp_page_fallback() copies it into 512 order-0 pages mapped by
+    PTEs. When those cannot be had either, 4.14 splits the PMD (split_huge_pmd())
+    and retries, and do_wp_page() copies the one 4 KiB page. This model maps
+    compound pages by PMD only, so it splits the page instead (split_huge_page():
+    every mapping of it becomes PTEs); FAULT_RETRY then sends the fault on to
+    the now read-only PTEs. A THP that cannot split (pinned) is FAULT_OOM.
+    """
     head = mm.pte_pfn(st.pmd[pmd_i])
     if st.page["mapcount"][head] == 1:
         st.pmd[pmd_i] |= L.PMD_WRITE
         return L.FAULT_OK
-    slot = mm.pte_slot(st, v, first)
-    if _map_new_thp(st, v, first, pmd_i, head) >= 0:
-        st.page["mapcount"][head] -= 1
-        mm.rmap_del(st, head, slot)
-        mm.put_page(st, head)
+    new = _alloc_filled_thp(st, first, head)
+    if new >= 0:
+        # pmdp_huge_clear_flush_notify(), then the new page's rmap and PMD, then the
+        # old page's rmap and reference (the slot leaves its chain first).
+        _unmap_shared_thp(st, v, first, head)
+        _pmd_map_thp(st, v, first, pmd_i, new)
+        st.counters[L.C_COW_BREAK] += 1
+        return L.FAULT_OK
+    if _wp_huge_pmd_fallback(st, v, first, pmd_i, head):
         st.counters[L.C_COW_BREAK] += 1
         return L.FAULT_OK
     if split_huge_page(st, head, 0) != 0:
@@ -109,14 +168,14 @@ def _fault_pmd(st, v, addr, write):
             if not write:
                 st.pmd[pmd_i] = L.PMD_HUGE_ZERO
                 return L.FAULT_OK
-            if _map_new_thp(st, v, first, pmd_i, -1) >= 0:
+            if _map_new_thp(st, v, first, pmd_i) >= 0:
                 return L.FAULT_OK
         st.pmd[pmd_i] = L.PMD_TABLE
         return L.FAULT_RETRY
     if kind == L.PMD_HUGE_ZERO:
         if not write:
             return L.FAULT_OK
-        if _map_new_thp(st, v, first, pmd_i, -1) >= 0:
+        if _map_new_thp(st, v, first, pmd_i) >= 0:
             return L.FAULT_OK
         split_huge_pmd_zero(st, pmd_i, mm.pte_slot(st, v, first))
         return L.FAULT_RETRY
@@ -237,8 +296,11 @@ def handle_mm_fault(st, v, addr, write):
     VMA's protection forbids, FAULT_SIGBUS for an error entry or a device page
     the device could not migrate back, FAULT_OOM when no frame was free, and
     FAULT_RETRY when the page stayed behind a migration entry or a locked device
-    page after a few attempts.
+    page after a few attempts. FAULT_SEGV, nothing done, when ``v`` is no live
+    VMA or ``addr`` lies outside it.
     """
+    if not in_vma(st, v, addr):
+        return L.FAULT_SEGV
     vflags = st.vma["flags"][v]
     if (vflags & L.VM_READ) == 0 or (write and (vflags & L.VM_WRITE) == 0):
         return L.FAULT_SEGV
@@ -256,8 +318,24 @@ def handle_mm_fault(st, v, addr, write):
 
 # --------------------------------------------------------------------- accesses
 @internal(inline=True)
+def _access_error(st, v, write):
+    """access_error(): the VMA's vm_flags forbid this load or store."""
+    vflags = st.vma["flags"][v]
+    return (vflags & L.VM_READ) == 0 or (write and (vflags & L.VM_WRITE) == 0)
+
+
+@internal(inline=True)
 def _resolve(st, v, addr, write):
-    """Fault as needed; returns (status, pfn or -1 for the zero page)."""
+    """Fault as needed; returns (status, pfn or -1 for the zero page).
+
+    access_error() (arch/x86/mm/fault.c) first: the PTEs of a VMA inherit its
+    protection (vm_page_prot), so the MMU lets no access through that the VMA
+    forbids and the fault handler refuses it from vm_flags before it looks at a
+    page table. A PROT_NONE VMA is SEGV whatever its PTEs hold (a page
+    migrate_vma() inserted, a device-private entry), a read-only one for stores.
+    """
+    if _access_error(st, v, write):
+        return L.FAULT_SEGV, -1
     pmd_i = mm.pmd_slot(st, v, addr)
     slot = mm.pte_slot(st, v, addr)
     for _ in range(_FAULT_RETRIES):
@@ -311,8 +389,14 @@ def access_vm(state, mm_id, addr, buf, nbytes, write):
 def populate(state, vma_index, start, end, write):
     """populate_vma_page_range(): fault in every page of ``[start, end)``.
 
-    Returns (status, address reached): FAULT_OK and end, or the failing fault.
+    Returns (status, address reached): FAULT_OK and end, or the failing fault;
+    (FAULT_SEGV, start), nothing done, when ``vma_index`` is no live VMA or the
+    range is reversed or not inside it.
     """
+    if not valid_vma(state, vma_index):
+        return L.FAULT_SEGV, start
+    if start != end and not range_in_vma(state, vma_index, start, end):
+        return L.FAULT_SEGV, start
     ps = state.sys[L.SYS_PAGE_SIZE]
     addr = start
     while addr < end:
@@ -321,111 +405,3 @@ def populate(state, vma_index, start, end, write):
             return status, addr
         addr += ps
     return L.FAULT_OK, end
-
-
-# --------------------------------------------------------------------- fork
-@internal
-def _fork_pte(st, pslot, cslot):
-    """copy_one_pte(): share anonymous pages copy-on-write, device entries too."""
-    pte = st.pte[pslot]
-    kind = mm.pte_kind(pte)
-    if kind == L.PTE_NONE:
-        return
-    if kind == L.PTE_SWAP:
-        st.swap_map[mm.pte_pfn(pte)] += 1
-    elif kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
-        pfn = mm.pte_pfn(pte)
-        pte &= ~L.PTE_WRITE  # both sides read-only: the next write breaks COW
-        st.pte[pslot] = pte
-        if not mm.is_zero_pfn(st, pfn):
-            st.page["mapcount"][pfn] += 1
-            mm.get_page(st, pfn)
-            mm.rmap_add(st, pfn, cslot)
-    st.pte[cslot] = pte
-
-
-@kernel
-def fork_vma(state, parent, child):
-    """copy_page_range() for one VMA into the child's (already laid out) VMA.
-
-    Private anonymous memory is shared write-protected, with one more mapcount
-    and reference per page (PMD THPs on the head); device-private entries are
-    shared read-only the same way; swap entries gain a user. Shared (shmem and
-    file) VMAs copy nothing: the child faults from the shared page cache. The
-    parent's range is invalidated in every device's mirror (mmu notifier).
-    """
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    npages = (state.vma["end"][parent] - state.vma["start"][parent]) // ps
-    pbase = state.vma["pte_base"][parent]
-    if state.vma["kind"][parent] != L.VMA_ANON:
-        return
-    for k in range(npages):
-        mm.unmirror_all(state, pbase + k)
-    ext = mm.pmd_extent(state)
-    start = state.vma["start"][parent]
-    nlevel = (state.vma["end"][parent] - 1) // ext - start // ext + 1
-    cbase = state.vma["pte_base"][child]
-    for j in range(nlevel):
-        pi = state.vma["pmd_base"][parent] + j
-        ci = state.vma["pmd_base"][child] + j
-        word = state.pmd[pi]
-        if mm.pmd_kind(word) == L.PMD_THP:
-            word &= ~L.PMD_WRITE
-            state.pmd[pi] = word
-            head = mm.pte_pfn(word)
-            state.page["mapcount"][head] += 1
-            mm.get_page(state, head)
-            first = max(start, (start // ext + j) * ext)
-            mm.rmap_add(state, head, cbase + (first - start) // ps)
-        state.pmd[ci] = word
-    for k in range(npages):
-        _fork_pte(state, pbase + k, cbase + k)
-
-
-# --------------------------------------------------------------------- swap
-@kernel
-def swap_out(state, vma_index, addr):
-    """Reclaim one anonymous page to swap (shrink_page_list + try_to_unmap).
-
-    Returns 0, or a negative code: -EINVAL for an entry that is not a present
-    anonymous page (-EFAULT for a device-private entry, which cannot be swapped),
-    -EBUSY for a pinned page, -ENOMEM when swap is full.
-    """
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    pmd_i = mm.pmd_slot(state, vma_index, addr)
-    if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_THP:
-        head = mm.pte_pfn(state.pmd[pmd_i])
-        # Reclaim trylocks a page before splitting it, and skips one it cannot lock.
-        if mm.has_flag(state, head, L.PG_LOCKED) or split_huge_page(state, head, 0) != 0:
-            return -L.EBUSY
-    slot = mm.pte_slot(state, vma_index, addr)
-    pte = state.pte[slot]
-    if mm.pte_kind(pte) == L.PTE_DEVICE:
-        return -L.EFAULT
-    if mm.pmd_kind(state.pmd[pmd_i]) != L.PMD_TABLE or mm.pte_kind(pte) != L.PTE_PRESENT:
-        return -L.EINVAL
-    pfn = mm.pte_pfn(pte)
-    if mm.is_zero_pfn(state, pfn) or state.page["mapping"][pfn] != L.MAPPING_ANON:
-        return -L.EINVAL
-    if mm.has_flag(state, pfn, L.PG_PAGEVEC):
-        mm.lru_add_drain_all(state)
-    if state.page["refcount"][pfn] != state.page["mapcount"][pfn] or mm.has_flag(
-        state, pfn, L.PG_LOCKED
-    ):
-        return -L.EBUSY
-    if state.sys[L.SYS_SWAP_FREE] == 0:
-        return -L.ENOMEM
-    state.sys[L.SYS_SWAP_FREE] -= 1
-    entry = state.swap_stack[state.sys[L.SYS_SWAP_FREE]]
-    if state.sys[L.SYS_STORE_DATA] != 0:
-        memcpy_bytes(state.swap_data, entry * ps, state.data, pfn * ps, ps)
-    word = mm.make_pte(L.PTE_SWAP, entry, False)
-    s = state.page["rmap"][pfn]
-    while s != -1:
-        nxt = state.pte_next[s]
-        state.swap_map[entry] += 1
-        mm.zap_pte(state, s)
-        state.pte[s] = word
-        s = nxt
-    state.counters[L.C_PSWPOUT] += 1
-    return 0

@@ -14,6 +14,7 @@ from numba import njit
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
+from .args import close_window, continue_args, mpfn_arrays, range_in_vma, window_tag
 from .collect import migrate_vma_collect
 from .finalize import migrate_vma_finalize as _finalize
 from .fused_setup import setup_sweep
@@ -36,15 +37,9 @@ def migrate_vma_check_args(st, v, start, end, nsrc, ndst):
     """
     start = mm.page_down(st, start)
     end = mm.page_down(st, end)
-    if v < 0 or v >= st.sys[L.SYS_NR_VMAS] or st.vma["live"][v] == 0:
+    if not range_in_vma(st, v, start, end):
         return -L.EINVAL
     if (st.vma["flags"][v] & (L.VM_HUGETLB | L.VM_SPECIAL)) != 0:
-        return -L.EINVAL
-    if start < st.vma["start"][v] or start >= st.vma["end"][v]:
-        return -L.EINVAL
-    if end <= st.vma["start"][v] or end > st.vma["end"][v]:
-        return -L.EINVAL
-    if start >= end:
         return -L.EINVAL
     npages = mm.pages_in(st, end - start)
     if nsrc < npages or ndst < npages:
@@ -59,7 +54,9 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     Args:
         state: ``m.state``. vma_index: ``Vma.index``. start, end: the range.
         src, dst: writable uint64 arrays of at least (end - start) / page_size.
-    Returns: the number of pages left to migrate (cpages), or -22 (-EINVAL).
+    Returns: the number of pages left to migrate (cpages), or -22 (-EINVAL,
+    nothing changed): a bad VMA or range (migrate_vma_check_args()), arrays
+    too short, not 1-D uint64, or overlapping.
     Post: ``src`` is zeroed over the range, then filled as collect/prepare/unmap
     leave it: every MIGRATE slot with a page is locked and unmapped. The three
     passes run as one sweep (kernels.fused_setup), over threads for a large
@@ -67,22 +64,35 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     it returns a positive count the caller must fill ``dst`` and then call
     migrate_vma_pages() and migrate_vma_finalize() over the same range.
     """
+    return setup_entry(state, vma_index, start, end, src, dst)
+
+
+@internal(hot=True)
+def setup_entry(state, vma_index, start, end, src, dst):
+    """setup_range() for users' code, compiled once without reference counting:
+    inlined by numba into their reference-counted code, its reads of the state
+    under branches would incref and decref every array (kernels.driver)."""
     return setup_range(state, vma_index, start, end, src, dst)
 
 
 @internal
 def _begin(state, vma_index, start, end, src, dst):
     """The argument checks, then the call's ``struct migrate_vma`` scalars zeroed
-    and set and the call counted. Returns npages, or -EINVAL (nothing changed)."""
+    and set (its window opened, kernels.args) and the call counted. Returns
+    npages, or -EINVAL (nothing changed): also for arrays that are not 1-D
+    uint64 or that overlap."""
     npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
     if npages < 0:
         return npages
+    if not mpfn_arrays(src, dst, npages):
+        return np.int64(-L.EINVAL)
     start = mm.page_down(state, start)
     mig = state.mig
+    tag = window_tag(mig, vma_index)
     mig[:] = 0
     mig[L.MIG_START] = start
     mig[L.MIG_END] = start + npages * state.sys[L.SYS_PAGE_SIZE]
-    mig[L.MIG_VMA] = vma_index
+    mig[L.MIG_VMA] = tag
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
     return npages
 
@@ -109,6 +119,8 @@ def setup_range(state, vma_index, start, end, src, dst):
     if mig[L.MIG_COLLECTED] > 0 and mig[L.MIG_DRAINED] == 0:
         lru_add_drain(state, L.CPU_DRIVER)  # prepare ran (for holes or plain pages): it drained
         mig[L.MIG_DRAINED] = 1
+    if mig[L.MIG_CPAGES] <= 0:
+        close_window(mig)  # nothing to migrate: no pages or finalize call follows
     return mig[L.MIG_CPAGES]
 
 
@@ -129,29 +141,56 @@ def setup_by_passes(state, vma_index, start, end, src, dst):
     src[:npages] = 0
     migrate_vma_collect(state, vma_index, start, mig[L.MIG_END], src, dst, mig)
     state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_CPAGES]
+    if mig[L.MIG_CPAGES] != 0:
+        migrate_vma_prepare(state, vma_index, src, mig)
+    if mig[L.MIG_CPAGES] != 0:
+        migrate_vma_unmap(state, src, mig)
     if mig[L.MIG_CPAGES] == 0:
-        return np.int64(0)
-    migrate_vma_prepare(state, vma_index, src, mig)
-    if mig[L.MIG_CPAGES] == 0:
-        return np.int64(0)
-    migrate_vma_unmap(state, src, mig)
+        close_window(mig)
     return mig[L.MIG_CPAGES]
 
 
 @kernel(inline=True)
 def migrate_vma_pages(state, vma_index, start, end, src, dst):
     """migrate_vma_pages() - the struct-page move for a range set up by
-    migrate_vma_setup(); see :func:`kernels.pages.migrate_vma_pages`."""
-    start = mm.page_down(state, start)
-    _pages(state, vma_index, start, mm.pages_in(state, mm.page_down(state, end) - start), src, dst)
+    migrate_vma_setup(); see :func:`kernels.pages.migrate_vma_pages`.
+
+    Returns 0, or -22 (-EINVAL, nothing changed) unless the VMA and the range
+    (rounded to pages) are the ones setup collected and the arrays hold it
+    (kernels.args.continue_args)."""
+    return pages_checked(state, vma_index, start, end, src, dst)
+
+
+@internal
+def pages_checked(state, vma_index, start, end, src, dst):
+    """migrate_vma_pages()'s checks and pass: one call from users' code, its
+    checks compiled without reference counting (see setup_entry())."""
+    npages = continue_args(state, vma_index, start, end, src, dst)
+    if npages < 0:
+        return npages
+    _pages(state, vma_index, mm.page_down(state, start), npages, src, dst)
+    return np.int64(0)
 
 
 @kernel(inline=True)
 def migrate_vma_finalize(state, vma_index, start, end, src, dst):
     """migrate_vma_finalize() - remap and release a range after
-    migrate_vma_pages(); see :func:`kernels.finalize.migrate_vma_finalize`."""
-    npages = mm.pages_in(state, mm.page_down(state, end) - mm.page_down(state, start))
+    migrate_vma_pages(); see :func:`kernels.finalize.migrate_vma_finalize`.
+
+    Returns 0, or -22 (nothing changed) for the checks of migrate_vma_pages();
+    a second finalize of the same migration is refused too."""
+    return finalize_checked(state, vma_index, start, end, src, dst)
+
+
+@internal
+def finalize_checked(state, vma_index, start, end, src, dst):
+    """migrate_vma_finalize()'s checks and pass, one call from users' code."""
+    npages = continue_args(state, vma_index, start, end, src, dst)
+    if npages < 0:
+        return npages
     _finalize(state, npages, src, dst)
+    close_window(state.mig)
+    return np.int64(0)
 
 
 @njit(nogil=True)

@@ -4,11 +4,13 @@ Profiles: ``seed`` skips slots without a destination (they keep MIGRATE) and has
 no hole insertion; ``hmm-v25`` clears MIGRATE on slots without a destination
 (17/19), fills collected holes with migrate_vma_insert_page() (17/19), and
 refuses page-cache pages for a device-private destination (16/19).
+Both first run the dst check (:mod:`kernels.dst_check`) over the driver's ``dst``.
 """
 
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
+from .dst_check import check_dst
 
 
 @internal(hot=True)
@@ -145,8 +147,11 @@ def migrate_vma_pages(st, v, start, npages, src, dst):
     destination pages are locked and hold the driver's reference.
     Post: every slot whose struct-page move succeeded keeps MIGRATE; every
     failure (-EAGAIN, refused destination, and in hmm-v25 a missing one) has
-    MIGRATE cleared. hmm-v25 holes with a destination are inserted.
+    MIGRATE cleared. hmm-v25 holes with a destination are inserted. An unsound
+    ``dst`` entry (kernels.dst_check) was set to 0 first, so its slot failed as
+    one without a destination, its page untouched.
     """
+    check_dst(st, dst, npages)
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ps = st.sys[L.SYS_PAGE_SIZE]
     for i in range(npages):

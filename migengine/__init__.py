@@ -32,7 +32,7 @@ from migengine.kernels.layout import (
     Layout,
 )
 from migengine.machine import Machine, PageInfo
-from migengine.migrate import migrate_vma
+from migengine.migrate import InvalidDstWarning, migrate_vma
 from migengine.process import Process, Pte, Vma
 from migengine.sim import SimConfig, SimResult, simulate
 from migengine.trace import Trace
@@ -49,6 +49,7 @@ MIGRATE_PFN_SHIFT = HMM_V25_LAYOUT.SHIFT
 __all__ = [
     "CopyEngine",
     "HMM_V25_LAYOUT",
+    "InvalidDstWarning",
     "InvariantError",
     "Layout",
     "Machine",

@@ -6,17 +6,40 @@ table the Python fast paths pass to compiled code, the page size, whether
 frame bytes are stored, and the one operation that reallocates the state:
 laying out a new VMA. Processes and the device reach the machine's state only
 through it, so neither imports ``machine.py`` and no module reaches into
-another's private attributes.
+another's private attributes. It also knows when a migrate_vma() callback is
+running (:class:`InFlight`), which the operations a driver must not make then
+refuse.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
 
 from migengine.errors import MigengineError
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 from migengine.kernels import state as kstate
 
-__all__ = ["MachineCore"]
+__all__ = ["InFlight", "MachineCore"]
+
+
+class InFlight(NamedTuple):
+    """The migration whose driver callback is running: its ``src`` and page count."""
+
+    src: np.ndarray
+    npages: int
+    valid: np.uint64
+    migrate: np.uint64
+    shift: np.uint64
+
+    def holds(self, pfn: int) -> bool:
+        """Whether ``pfn`` is a source this migration collected (locked, isolated,
+        unmapped: its references belong to migrate_vma until finalize)."""
+        src = self.src[: self.npages]
+        mine = ((src & self.valid) != 0) & ((src & self.migrate) != 0)
+        return bool(np.any(mine & ((src >> self.shift) == np.uint64(pfn))))
 
 
 class MachineCore:
@@ -33,8 +56,24 @@ class MachineCore:
     handle: int
     """The address of the current state's handle table (kernels.handle)."""
 
+    migrating: InFlight | None
+    """The migration whose ``alloc_and_copy`` or ``finalize_and_map`` is running, else None."""
+
     def __init__(self, st: kstate.State) -> None:
         self.set_state(st)
+        self.migrating = None
+
+    def refuse_during_callback(self, what: str) -> None:
+        """Raise MigengineError, before anything changes, when a migrate_vma()
+        callback is running: the driver holds the mm's mmap_sem, which mmap and
+        fork take for writing, and laying out a VMA may reallocate the page
+        tables the migration in flight is holding."""
+        if self.migrating is not None:
+            raise MigengineError(
+                f"{what} while a migrate_vma() callback runs: the driver holds mmap_sem "
+                "and the migration in flight holds the page tables; do it after "
+                "migrate_vma() returns"
+            )
 
     def set_state(self, st: kstate.State) -> None:
         """Install a state, and the handle table the Python fast paths pass
@@ -63,8 +102,10 @@ class MachineCore:
         """Lay out a VMA's page tables; returns its index.
 
         May reallocate the VMA and page-table arrays, so the state (and its
-        handle) is replaced; callers take ``state`` again afterwards.
+        handle) is replaced; callers take ``state`` again afterwards. Refused
+        (MigengineError) while a migrate_vma() callback runs.
         """
+        self.refuse_during_callback("mmap() or fork()")
         st = self.state
         ps = self.page_size
         ext = ps * L.HPAGE_PMD_NR

@@ -44,6 +44,16 @@ __all__ = ["CopyEngine"]
 
 _MODELS = {"linear": MODEL_LINEAR, "uvm-curve": MODEL_UVM_CURVE}
 _S_PER_NS = 1e-9
+# The largest count the kernel array holds: float64 is exact up to 2**53, and the
+# kernels turn counts back into int64, which 2**63 - 1 (stored as 2.0**63) would
+# overflow. Every quantity these counts are compared with (pages in a batch,
+# bytes, threads) is far smaller, so a larger value behaves as this one.
+_KERNEL_COUNT_MAX = 2**53
+
+
+def _count(value):
+    """An integer parameter as the kernel array stores it (see _KERNEL_COUNT_MAX)."""
+    return min(value, _KERNEL_COUNT_MAX)
 
 
 def _int_at_least(name, value, low):
@@ -257,18 +267,20 @@ class CopyEngine:
 
     def to_array(self):
         """Return the ``float64[ENGINE_FIELDS]`` array the kernels take (threads None -> 0,
-        stream_min_bytes None -> -1)."""
+        stream_min_bytes None -> -1; integer parameters above 2**53 are stored as
+        2**53, which every kernel treats the same: no batch comes near it)."""
         arr = np.zeros(ENGINE_FIELDS, dtype=np.float64)
-        arr[ENG_CHUNK_PAGES] = self.chunk_pages
+        arr[ENG_CHUNK_PAGES] = _count(self.chunk_pages)
         arr[ENG_CHANNELS] = self.channels
         arr[ENG_SETUP_NS] = self.setup_ns
         arr[ENG_GBPS] = self.gbps
-        arr[ENG_THREADS] = 0 if self.threads is None else self.threads
+        arr[ENG_THREADS] = 0 if self.threads is None else _count(self.threads)
         arr[ENG_MODEL] = _MODELS[self.model]
         arr[ENG_CURVE_B] = self.curve_b
-        arr[ENG_PAR_MIN_BYTES] = self.parallel_min_bytes
-        arr[ENG_PAR_MIN_PAGES] = self.parallel_min_pages
-        arr[ENG_STREAM_MIN_BYTES] = -1 if self.stream_min_bytes is None else self.stream_min_bytes
+        arr[ENG_PAR_MIN_BYTES] = _count(self.parallel_min_bytes)
+        arr[ENG_PAR_MIN_PAGES] = _count(self.parallel_min_pages)
+        stream = self.stream_min_bytes
+        arr[ENG_STREAM_MIN_BYTES] = -1 if stream is None else _count(stream)
         return arr
 
     def model_ns(self, nbytes):

@@ -10,11 +10,11 @@ from migengine._core import MachineCore
 from migengine._validate import as_count, as_int, as_uint64
 from migengine.copyengine import CopyEngine
 from migengine.device import Device
-from migengine.errors import InvariantError, OutOfMemory
+from migengine.errors import InvariantError, MigengineError, OutOfMemory
 from migengine.kernels import driver as kdriver
 from migengine.kernels import layout as L
 from migengine.kernels import state as kstate
-from migengine.kernels.check import CHECK_MESSAGES, check_state
+from migengine.kernels.check import CHECK_MESSAGES, CHK_LEAK, check_state
 from migengine.process import Process
 
 PageInfo = namedtuple(
@@ -238,9 +238,36 @@ class Machine:
         return pfn
 
     def put_page(self, pfn: int) -> None:
+        """put_page(): drop a reference the caller holds (a page at its free count is freed).
+
+        Raises, before anything changes: ValueError for a mapped page, a page with
+        no reference to put, or one whose remaining references are pins (putting
+        it would free a page get_user_pages() still holds: ``unpin`` first);
+        MigengineError, while a migrate_vma() callback runs, for a source page
+        that migration collected (its references are the migration's).
+        """
         p = self._in_use(pfn, "put")
-        if self.state.page["mapcount"][p] > 0 or self.state.page["refcount"][p] <= 0:
+        flight = self.core.migrating
+        if flight is not None and flight.holds(p):
+            raise MigengineError(
+                f"cannot put pfn {p} during a migrate_vma() callback: it is a source page "
+                "the migration collected, and its references are the migration's"
+            )
+        rec = self.state.page[p]
+        refcount, pins, flags = int(rec["refcount"]), int(rec["pins"]), int(rec["flags"])
+        if rec["mapcount"] > 0 or refcount <= 0:
             raise ValueError(f"pfn {p} is mapped or has no reference to put")
+        # The references others hold (what kernels.args.held_refs counts): pins, the
+        # LRU-add batch, another isolator, the page cache, a ZONE_DEVICE page's device.
+        others = (L.PG_PAGEVEC, L.PG_EXT_ISOLATED, L.PG_ZONE_DEVICE)
+        held = pins + sum(1 for f in others if flags & f)
+        held += 1 if int(rec["mapping"]) == L.MAPPING_FILE else 0
+        if refcount <= held:
+            what = f"{pins} pin(s) (unpin() releases them)" if pins else "others"
+            raise ValueError(
+                f"cannot put pfn {p}: its remaining references are held by {what}; "
+                "putting one would free a page still in use"
+            )
         kdriver.put_page(self.state, p)
 
     def copy_page(self, dst_pfn: int, src_pfn: int) -> None:
@@ -259,6 +286,9 @@ class Machine:
 
     # ------------------------------------------------------------------ processes
     def new_process(self) -> Process:
+        """A new process with no VMA. Refused (MigengineError) while a migrate_vma()
+        callback runs, as ``fork`` (which starts here) and ``mmap`` are."""
+        self.core.refuse_during_callback("new_process() or fork()")
         proc = Process(self, self.core, len(self._processes))
         self._processes.append(proc)
         return proc
@@ -272,7 +302,8 @@ class Machine:
         """Raise InvariantError naming the first broken invariant, if any."""
         code, where = check_state(self.state)
         if code != 0:
-            raise InvariantError(f"{CHECK_MESSAGES[code]} (at index {where})")
+            at = f"pfn {where}" if code == CHK_LEAK else f"index {where}"
+            raise InvariantError(f"{CHECK_MESSAGES[code]} (at {at})")
 
     def __repr__(self) -> str:
         return (

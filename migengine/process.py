@@ -10,9 +10,11 @@ import numpy as np
 from migengine._validate import as_bool, as_count, as_int
 from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
 from migengine.kernels import cpu as kcpu
+from migengine.kernels import fork as kfork
 from migengine.kernels import layout as L
 from migengine.kernels import memory as kmemory
 from migengine.kernels import state as kstate
+from migengine.kernels import swap as kswap
 
 if TYPE_CHECKING:
     from migengine._core import MachineCore
@@ -192,7 +194,7 @@ class Process:
         vma = self.vma_at(a)
         if vma is None:
             raise SegFault(f"swap_out at {a:#x}: no VMA")
-        ret = int(kmemory.swap_out(self.machine.state, vma.index, a))
+        ret = int(kswap.swap_out(self.machine.state, vma.index, a))
         if ret == -L.EFAULT:
             raise MigengineError(
                 f"swap_out at {a:#x}: a device-private page cannot be swapped; "
@@ -217,7 +219,7 @@ class Process:
             index = self._core.add_vma(
                 child.pid, vma.start, vma.npages, flags, int(rec["kind"]), int(rec["pcache_base"])
             )
-            kmemory.fork_vma(m.state, vma.index, index)
+            kfork.fork_vma(m.state, vma.index, index)
             child.vmas.append(Vma(child, index))
         return child
 

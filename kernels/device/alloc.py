@@ -17,6 +17,7 @@ from ..copy import engine_copy_into
 from ..parallel.schedule import sweep_threads
 from .alloc_parallel import alloc_device_parallel
 from .common import DEV_KEEP_STATS, allocation_fails, dev_index, hand_over, wants_device_page
+from .mirror import callback_args
 
 
 @internal(inline=True)
@@ -79,15 +80,21 @@ def device_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     data copied through the copy engine (zero-filled for a hole or zero page),
     and ``dst = pfn | VALID | LOCKED`` plus WRITE when the source had it.
     A failed allocation leaves ``dst = 0``: that page stays where it is.
+    Does nothing on a bad argument (callback_args()).
     """
-    alloc_and_copy_to(state, True, src, dst, np.int64(start), np.int64(end), np.int64(private))
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    alloc_and_copy_to(state, True, v, src, dst, s, e, np.int64(private))
 
 
-@internal(inline=True)
-def alloc_and_copy_to(state, to_device, src, dst, start, end, private):
-    """The compiled body of both directions' alloc_and_copy callbacks
-    (run_driver inlines alloc_and_copy itself, for the one-page path)."""
-    alloc_and_copy(state, to_device, src, dst, start, end, private)
+@internal
+def alloc_and_copy_to(state, to_device, vma_index, src, dst, start, end, private):
+    """The compiled body of both directions' alloc_and_copy callbacks, checks
+    included: one call from users' code (run_driver inlines alloc_and_copy
+    itself, for the one-page path)."""
+    if callback_args(state, vma_index, src, dst, start, end, private) < 0:
+        return
+    start = mm.page_down(state, start)
+    alloc_and_copy(state, to_device, src, dst, start, mm.page_down(state, end), private)
 
 
 @internal(inline=True)
@@ -153,8 +160,10 @@ def system_alloc_and_copy(state, vma_index, src, dst, start, end, private):
     the data copied and ``dst = pfn | VALID | LOCKED`` (+ WRITE). If the
     allocation fails and the slot carries MIGRATE_PFN_DEVICE (hmm-v25), the
     driver writes ``dst = MIGRATE_PFN_ERROR``, as migrate.h requires of it.
+    Does nothing on a bad argument (callback_args()).
     """
-    alloc_and_copy_to(state, False, src, dst, np.int64(start), np.int64(end), np.int64(private))
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    alloc_and_copy_to(state, False, v, src, dst, s, e, np.int64(private))
 
 
 @internal(hot=True)

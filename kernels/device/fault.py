@@ -10,6 +10,7 @@ from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
 from .._llvm import memcpy_bytes, now_ns
+from ..args import in_vma
 from ..copy import (
     ENG_CURVE_B,
     ENG_GBPS,
@@ -73,8 +74,11 @@ def device_fault(state, vma_index, addr):
     Migrates the faulting page back to system memory with migrate_vma(). Returns
     FAULT_OK (the access retries) or FAULT_SIGBUS when the allocation failed and
     the driver wrote ``dst = MIGRATE_PFN_ERROR``; the core then restored the
-    device entry, so a later retry can succeed.
+    device entry, so a later retry can succeed. FAULT_SEGV, nothing done, when
+    ``vma_index`` is no live VMA or ``addr`` lies outside it.
     """
+    if not in_vma(state, vma_index, addr):
+        return L.FAULT_SEGV
     counters = state.counters
     ps = state.sys[L.SYS_PAGE_SIZE]
     addr = mm.page_down(state, addr)

@@ -10,6 +10,19 @@ import numpy as np
 from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
+from ..args import continue_args, valid_device
+from .common import dev_index
+
+
+@internal(hot=True)
+def callback_args(state, vma_index, src, dst, start, end, private):
+    """The checks of the four device callbacks: those of migrate_vma_pages()
+    (the range setup collected, in a live VMA, arrays that hold it) and a
+    ``private`` naming a device. Returns npages, or -EINVAL."""
+    npages = continue_args(state, vma_index, start, end, src, dst)
+    if npages >= 0 and not valid_device(state, dev_index(private)):
+        return np.int64(-L.EINVAL)
+    return npages
 
 
 @internal(inline=True)
@@ -24,10 +37,13 @@ def mirror_slot(state, slot, src, dst, i):
     """dmirror_migrate_finalize_and_map() for slot ``i``: map a page that moved
     to the device in the mirror page table."""
     lay = state.layout
-    dpfn = mm.mpfn_to_pfn(lay, dst[i])
-    if (src[i] & lay[L.L_MIGRATE]) == 0 or dpfn < 0 or not mm.is_device_pfn(state, dpfn):
+    if (src[i] & lay[L.L_MIGRATE]) == 0:
         return
-    state.mirror[mm.device_of(state, dpfn), slot] = mirror_entry(lay, dpfn, dst[i])
+    dpfn = mm.mpfn_to_pfn(lay, dst[i])
+    d = mm.device_of(state, dpfn)  # RAM_POOL for RAM, no page, or a pfn past every device
+    if d < 0:
+        return
+    state.mirror[d, slot] = mirror_entry(lay, dpfn, dst[i])
 
 
 @internal(hot=True)
@@ -35,10 +51,12 @@ def unmirror_slot(state, slot, src, dst, i):
     """The device-to-system finalize_and_map for slot ``i``: forget a page that
     left the device."""
     lay = state.layout
-    spfn = mm.mpfn_to_pfn(lay, src[i])
     moved = (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) >= 0
-    if moved and spfn >= 0 and mm.is_device_pfn(state, spfn):
-        state.mirror[mm.device_of(state, spfn), slot] = -1
+    if not moved:
+        return
+    d = mm.device_of(state, mm.mpfn_to_pfn(lay, src[i]))
+    if d >= 0:
+        state.mirror[d, slot] = -1
 
 
 @kernel(inline=True)
@@ -47,15 +65,19 @@ def device_finalize_and_map(state, vma_index, src, dst, start, end, private):
 
     Post: every slot that kept MIGRATE with a device destination is mapped in
     the device's mirror page table, writable when ``dst`` has WRITE.
+    Does nothing on a bad argument (callback_args()).
     """
-    finalize_and_map(state, True, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    finalize_and_map(state, True, v, src, dst, s, e, np.int64(private))
 
 
 @internal(hot=True)
-def finalize_and_map(state, to_device, vma_index, src, dst, start, end):
+def finalize_and_map(state, to_device, vma_index, src, dst, start, end, private):
     """Both directions' finalize_and_map: map (or forget) each moved page in the mirror."""
-    npages = mm.pages_in(state, end - start)
-    slot0 = mm.pte_slot(state, vma_index, start)
+    npages = callback_args(state, vma_index, src, dst, start, end, private)
+    if npages < 0:
+        return
+    slot0 = mm.pte_slot(state, vma_index, mm.page_down(state, start))
     for i in range(npages):
         if to_device:
             mirror_slot(state, slot0 + i, src, dst, i)
@@ -65,8 +87,10 @@ def finalize_and_map(state, to_device, vma_index, src, dst, start, end):
 
 @kernel(inline=True)
 def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
-    """Erase the mirror entries of pages that left the device."""
-    finalize_and_map(state, False, np.int64(vma_index), src, dst, np.int64(start), np.int64(end))
+    """Erase the mirror entries of pages that left the device (nothing on a bad
+    argument, as device_finalize_and_map())."""
+    v, s, e = np.int64(vma_index), np.int64(start), np.int64(end)
+    finalize_and_map(state, False, v, src, dst, s, e, np.int64(private))
 
 
 @internal(inline=True)

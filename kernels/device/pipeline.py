@@ -8,10 +8,13 @@ batch as a whole (kernels.device.reserve).
 
 import numpy as np
 
+from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
+from ..args import close_window, valid_device
 from ..migrate import setup_range
 from .alloc import alloc_and_copy
+from .common import dev_index
 from .finish import finish_driver
 from .reserve import try_reserved
 
@@ -25,18 +28,23 @@ def run_driver(state, to_device, vma_index, start, end, src, dst, private):
     after the pages pass (dmirror's cpages for MIGRATE_TO_SYS). Its scratch is
     in the state, so it runs without reference counting. A to-device batch
     the setup found all plain is taken as a whole (reserve.try_reserved).
+    -EINVAL, nothing changed, also for a ``private`` naming no device.
     """
+    if not valid_device(state, dev_index(private)):
+        return np.int64(-L.EINVAL)
     cpages = setup_range(state, vma_index, start, end, src, dst)
     if cpages <= 0:
         return min(cpages, 0)
     start = mm.page_down(state, start)
     end = mm.page_down(state, end)
+    moved = np.int64(-1)
     if to_device:
         moved = try_reserved(state, vma_index, start, end, src, dst, private)
-        if moved >= 0:
-            return moved
-    alloc_and_copy(state, to_device, src, dst, start, end, private)
-    return finish_driver(state, to_device, vma_index, start, end, src, dst)
+    if moved < 0:
+        alloc_and_copy(state, to_device, src, dst, start, end, private)
+        moved = finish_driver(state, to_device, vma_index, start, end, src, dst)
+    close_window(state.mig)  # the migration is done: no pages or finalize call follows
+    return moved
 
 
 @kernel(inline=True)

@@ -9,7 +9,8 @@ import numpy as np
 from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
-from .common import DEV_KEEP_STATS, DEV_NOFAIL, dev_private
+from ..args import valid_device
+from .common import DEV_KEEP_STATS, DEV_NOFAIL, dev_index, dev_private
 from .mirror import mirrored_pages
 from .pipeline import migrate_vma_driver, migrate_vma_to_system
 
@@ -19,23 +20,42 @@ def migrate_to_device(state, mm_id, start, end):
     """dmirror_migrate_to_device() of the machine's first device (``m.device``).
 
     Returns the number of pages of the range the device now maps, or -EINVAL
-    when a piece is not covered by a readable VMA (the driver's own check).
+    when a piece is not covered by a readable VMA (the driver's own check), or
+    the range is reversed. All pieces are checked first: on -EINVAL nothing
+    has changed (where dmirror may have migrated the pieces before a gap).
     """
-    return migrate_range_to_device(state, np.int64(0), np.int64(mm_id), start, end)
+    s, e = np.int64(start), np.int64(end)
+    return migrate_range_to_device(state, np.int64(0), np.int64(mm_id), s, e)
 
 
-@internal(inline=True)
+@internal(hot=True)
+def _covered(state, mm_id, start, end, need):
+    """Every address of ``[start, end)`` lies in a VMA of process ``mm_id`` with
+    the VM_* flags ``need``; a reversed range is not covered, an empty one is."""
+    if end < start:
+        return False
+    addr = start
+    while addr < end:
+        v = mm.find_vma(state, mm_id, addr)
+        if v < 0 or (state.vma["flags"][v] & need) != need:
+            return False
+        addr = state.vma["end"][v]
+    return True
+
+
+@internal
 def migrate_range_to_device(state, d, mm_id, start, end):
     """dmirror_migrate_to_device() of device ``d``: migrate every VMA piece of
-    ``[start, end)``; returns the pages of the range device ``d`` now maps, or -EINVAL."""
+    ``[start, end)``; returns the pages of the range device ``d`` now maps, or
+    -EINVAL (nothing changed). One call from users' code, checks included."""
+    if not valid_device(state, d) or not _covered(state, mm_id, start, end, L.VM_READ):
+        return np.int64(-L.EINVAL)
     private = dev_private(d, DEV_KEEP_STATS)
     state.copy_stats[:] = 0.0
     addr = start
     mapped = 0
     while addr < end:
         v = mm.find_vma(state, mm_id, addr)
-        if v < 0 or (state.vma["flags"][v] & L.VM_READ) == 0:
-            return -L.EINVAL
         stop = min(end, state.vma["end"][v])
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
@@ -53,21 +73,24 @@ def migrate_range_to_device(state, d, mm_id, start, end):
 def migrate_to_system(state, mm_id, start, end, private):
     """dmirror_migrate_to_system(): move the range's device pages back to RAM.
 
-    Returns the number of pages moved, or -EINVAL for a range not covered."""
+    Returns the number of pages moved, or -EINVAL, nothing changed, for a
+    range not covered by VMAs or reversed, or a ``private`` naming no device."""
     s, e = np.int64(start), np.int64(end)
     return migrate_range_to_system(state, np.int64(mm_id), s, e, np.int64(private))
 
 
 @internal
 def migrate_range_to_system(state, mm_id, start, end, private):
+    """migrate_to_system()'s body (and migrate_to_system_at()'s): the checks,
+    then each VMA piece through the device-to-system pipeline."""
+    if not valid_device(state, dev_index(private)) or not _covered(state, mm_id, start, end, 0):
+        return np.int64(-L.EINVAL)
     if (private & DEV_KEEP_STATS) == 0:
         state.copy_stats[:] = 0.0
     addr = start
     moved = 0
     while addr < end:
         v = mm.find_vma(state, mm_id, addr)
-        if v < 0:
-            return -L.EINVAL
         stop = min(end, state.vma["end"][v])
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]

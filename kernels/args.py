@@ -1,0 +1,171 @@
+"""The compiled API's argument checks: bounds on a call's own arguments, O(1) each.
+
+Every public kernel (docs/embedding.md, "Bad arguments") checks its VMA index,
+range, pfns, device and arrays with these, once, at entry, and refuses a bad
+one with its documented code having changed nothing. None of them looks at an
+array's entries: there is no per-page cost.
+
+**The window.** migrate_vma_pages() and migrate_vma_finalize() must get the
+range migrate_vma_setup() collected (the kernel passes them its ``struct
+migrate_vma``). Setup records that range in ``state.mig`` (``MIG_VMA``,
+``MIG_START``, ``MIG_END``) and leaves it *open* when it collected something;
+finalize (and the device's own pipeline, when it is done) closes it by
+setting ``MIG_END = MIG_START``. A migration may nest in another's callbacks
+(a CPU fault on a device page, or another driver's migrate_vma(), runs a
+whole migration of its own), and ``state.mig`` holds one window only: so a
+setup that finds a window open counts it as *suspended* in the high bits of
+``MIG_VMA`` (``MIG_VMA = vma + suspended << 32``). With the window open, a
+call must name it exactly; with it closed, a call is taken on trust only
+while a suspended migration is to finish (its finalize drops the count), and
+refused otherwise: a finalize twice, or after a setup that collected nothing.
+
+The checks a compiled entry repeats at several sites (continue_args(),
+held_refs()) are ``hot``: numba types them once and LLVM inlines them, where
+``inline=True`` would have numba type them again at every site (it made the
+callback form of migrate_vma() take half as long again to compile).
+"""
+
+import numpy as np
+from numba import types
+from numba.extending import overload
+
+from . import layout as L
+from ._jit import internal
+from .pgtable import page_down, pages_in
+
+_SUSPENDED = np.int64(1) << np.int64(32)  # one suspended window, in MIG_VMA
+_VMA_BITS = _SUSPENDED - np.int64(1)
+
+
+# --------------------------------------------------------------------- scalars
+@internal(inline=True)
+def valid_vma(st, v):
+    """A live VMA's index."""
+    return v >= 0 and v < st.sys[L.SYS_NR_VMAS] and st.vma["live"][v] != 0
+
+
+@internal(inline=True)
+def in_vma(st, v, addr):
+    """``addr`` lies in live VMA ``v``."""
+    return valid_vma(st, v) and st.vma["start"][v] <= addr and addr < st.vma["end"][v]
+
+
+@internal(inline=True)
+def range_in_vma(st, v, start, end):
+    """``[start, end)`` is non-empty and lies in live VMA ``v``."""
+    if not valid_vma(st, v):
+        return False
+    return st.vma["start"][v] <= start and start < end and end <= st.vma["end"][v]
+
+
+@internal(inline=True)
+def valid_pfn(st, pfn):
+    """A frame of the machine (RAM or device)."""
+    return pfn >= 0 and pfn < st.page.shape[0]
+
+
+@internal(inline=True)
+def valid_device(st, d):
+    """A row of the device table."""
+    return d >= 0 and d < st.dev.shape[0]
+
+
+@internal(hot=True)
+def held_refs(st, pfn):
+    """The references a page's mappings, pins, LRU batch, other isolator, page
+    cache and (ZONE_DEVICE) device hold: what check() expects its refcount to
+    be once it is in use. A put_page() may only drop references above these."""
+    flags = st.page["flags"][pfn]
+    ref = np.int64(st.page["mapcount"][pfn]) + st.page["pins"][pfn]
+    if (flags & L.PG_PAGEVEC) != 0:
+        ref += 1
+    if (flags & L.PG_EXT_ISOLATED) != 0:
+        ref += 1
+    if (flags & L.PG_ZONE_DEVICE) != 0:
+        ref += 1
+    if st.page["mapping"][pfn] == L.MAPPING_FILE:
+        ref += 1
+    return ref
+
+
+# --------------------------------------------------------------------- arrays
+def is_mpfn_array(a):
+    """True for a 1-D uint64 array (decided when numba compiles the caller)."""
+    return False
+
+
+@overload(is_mpfn_array, inline="always")
+def _is_mpfn_array(a):
+    ok = isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint64
+    if ok:
+        return lambda a: True
+    return lambda a: False
+
+
+@internal(inline=True)
+def arrays_overlap(a, b):
+    """Whether two arrays' memory overlaps (their spans, for strided arrays)."""
+    lo_a, lo_b = a.ctypes.data, b.ctypes.data
+    return lo_a < lo_b + b.nbytes and lo_b < lo_a + a.nbytes
+
+
+@internal(inline=True)
+def mpfn_arrays(src, dst, npages):
+    """``src`` and ``dst`` are 1-D uint64 arrays of ``npages`` slots or more that
+    do not overlap."""
+    if not (is_mpfn_array(src) and is_mpfn_array(dst)):
+        return False
+    if src.shape[0] < npages or dst.shape[0] < npages:
+        return False
+    return not arrays_overlap(src, dst)
+
+
+# --------------------------------------------------------------------- the window
+@internal(inline=True)
+def window_tag(mig, v):
+    """``MIG_VMA`` for a window setup opens on VMA ``v``: an open window under
+    it becomes one more suspended one."""
+    suspended = mig[L.MIG_VMA] >> np.int64(32)
+    if mig[L.MIG_END] > mig[L.MIG_START]:
+        suspended += 1
+    return np.int64(v) + (suspended << np.int64(32))
+
+
+@internal(inline=True)
+def window_allows(mig, v, start, end):
+    """Whether pages/finalize (or a callback) may run on ``[start, end)`` of VMA
+    ``v`` (page-rounded): the open window itself, or, with none open, on trust
+    while a suspended migration is to finish."""
+    if mig[L.MIG_END] > mig[L.MIG_START]:
+        return (
+            (mig[L.MIG_VMA] & _VMA_BITS) == v
+            and mig[L.MIG_START] == start
+            and mig[L.MIG_END] == end
+        )
+    return mig[L.MIG_VMA] >= _SUSPENDED
+
+
+@internal(inline=True)
+def close_window(mig):
+    """A migration is done: close the open window, or, with none open, count
+    the suspended one it was as finished."""
+    if mig[L.MIG_END] > mig[L.MIG_START]:
+        mig[L.MIG_END] = mig[L.MIG_START]
+    elif mig[L.MIG_VMA] >= _SUSPENDED:
+        mig[L.MIG_VMA] -= _SUSPENDED
+
+
+@internal(hot=True)
+def continue_args(st, v, start, end, src, dst):
+    """The checks of the calls that continue a migration (migrate_vma_pages(),
+    migrate_vma_finalize(), the driver callbacks): the range rounded to pages
+    lies in live VMA ``v`` and is the window setup opened, the arrays hold it.
+    Returns npages, or -EINVAL."""
+    start = page_down(st, start)
+    end = page_down(st, end)
+    if not range_in_vma(st, v, start, end):
+        return np.int64(-L.EINVAL)
+    npages = pages_in(st, end - start)
+    if not mpfn_arrays(src, dst, npages) or not window_allows(st.mig, v, start, end):
+        return np.int64(-L.EINVAL)
+    return npages

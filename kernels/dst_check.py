@@ -1,0 +1,145 @@
+"""The dst check: a driver's destinations are sound before migrate_vma_pages() uses them.
+
+4.14 trusts ``dst``: ``migrate_vma_pages()`` takes ``migrate_pfn_to_page(dst[i])``
+as a page the driver allocated and locked for slot ``i`` alone, and a dst naming
+a free frame, the zero page, another slot's page or a page someone else owns
+corrupts memory. The engine checks every VALID entry once, in one pass before
+the pages pass, and drops an unsound one (``dst[i] = 0``), so the slot fails
+exactly as one without a destination does in that profile (hmm-v25 clears
+MIGRATE, seed keeps it; either way finalize restores the source) and the page
+behind the entry is left untouched: no refcount, lock or flag changes.
+
+A destination is sound when its frame is (in this order of reasons):
+
+* inside the machine (``DST_OUT_OF_RANGE``);
+* not the shared zero page (``DST_ZERO_PAGE``);
+* allocated (``DST_FREE``);
+* a base page: a compound head or tail is no destination (``DST_WRONG_KIND``);
+* locked, as ``alloc_page()`` returns it (``DST_NOT_LOCKED``);
+* owned by nobody else: no mapping, no page-cache or anon mapping, not on an
+  LRU or its add batch, not locked or isolated by someone else (``DST_IN_USE``;
+  a source of this migration is one);
+* named by no earlier slot (``DST_DUPLICATE``: the first slot keeps it).
+
+Any base frame is the right kind otherwise: 4.14's pages pass accepts a system
+destination for every source (NUMA-style system to system migration) and a
+device-private one for an anonymous source; what it refuses (a page-cache page
+to device-private memory) it refuses in the pages pass, as the kernel does.
+
+Duplicates are found in the same pass, with no allocation: a row of the copy
+scratch (whose batch is over by the pages pass) marks, per frame, the slot that
+took it; a mark counts only when that slot's dst still names the frame, so
+stale marks need no clearing. Each refused slot is recorded in four other rows
+(slot, reason, pfn, earlier slot) for the Python layer's warnings, and counted
+in ``migrate_dst_invalid``.
+"""
+
+import numpy as np
+
+from . import _indices as I
+from . import layout as L
+from . import mm
+from ._jit import internal
+
+DST_OK = 0
+DST_OUT_OF_RANGE = 1
+DST_FREE = 2
+DST_NOT_LOCKED = 3
+DST_WRONG_KIND = 4
+DST_ZERO_PAGE = 5
+DST_DUPLICATE = 6
+DST_IN_USE = 7
+#: What each DST_* code means, for messages.
+DST_REASONS = (
+    "sound",
+    "the pfn is outside the machine",
+    "the frame is free",
+    "the page is not locked",
+    "the page is of the wrong kind (a compound page)",
+    "it is the shared zero page",
+    "an earlier slot names the same page",
+    "the page is in use (mapped, in the page cache, on an LRU, or locked or isolated "
+    "by someone else)",
+)
+
+# Rows of state.copy_scratch (int64[COPY_ROWS, nframes]) the check writes.
+MARK_ROW = I.COPY_DESC_LEN  # per frame: the slot that took it as its destination
+REC_SLOT = I.COPY_SRC  # per refused entry, in slot order: its slot,
+REC_REASON = I.COPY_DST  # its DST_* code,
+REC_PFN = I.COPY_DESC_SRC  # the pfn it named,
+REC_OTHER = I.COPY_DESC_DST  # and, for a duplicate, the slot that keeps the page (else -1)
+
+_COMPOUND = L.PG_HEAD | L.PG_TAIL
+_OTHERS = L.PG_LRU | L.PG_PAGEVEC | L.PG_EXT_LOCKED | L.PG_EXT_ISOLATED
+
+
+@internal(inline=True)
+def dst_fault(st, pfn):
+    """Why frame ``pfn`` (inside the machine) cannot be a destination: a DST_* code,
+    DST_OK when it can (duplicates aside)."""
+    flags = st.page["flags"][mm.ix(pfn)]
+    if (flags & L.PG_ZERO) != 0:
+        return DST_ZERO_PAGE
+    if (flags & L.PG_FREE) != 0:
+        return DST_FREE
+    if (flags & _COMPOUND) != 0:
+        return DST_WRONG_KIND
+    if (flags & L.PG_LOCKED) == 0:
+        return DST_NOT_LOCKED
+    if (
+        (flags & _OTHERS) != 0
+        or st.page["mapcount"][mm.ix(pfn)] != 0
+        or st.page["mapping"][mm.ix(pfn)] != L.MAPPING_NONE
+    ):
+        return DST_IN_USE
+    return DST_OK
+
+
+@internal(inline=True)
+def _record(scratch, k, i, why, pfn, other):
+    if k < scratch.shape[1]:
+        scratch[REC_SLOT, k] = i
+        scratch[REC_REASON, k] = why
+        scratch[REC_PFN, k] = pfn
+        scratch[REC_OTHER, k] = other
+
+
+@internal(hot=True)
+def check_dst(st, dst, npages):
+    """The dst check over slots ``[0, npages)``; returns the entries refused.
+
+    Post: every refused entry is 0 (no destination), recorded in the copy
+    scratch's REC_* rows (the first ``nframes`` of them) and counted in
+    ``migrate_dst_invalid``; no struct page changed.
+    """
+    lay = st.layout
+    valid = lay[L.L_VALID]
+    shift = lay[L.L_SHIFT]
+    nframes = np.uint64(st.page.shape[0])
+    scratch = st.copy_scratch
+    mark = scratch[MARK_ROW]
+    bad = 0
+    for i in range(npages):
+        mpfn = dst[mm.ix(i)]
+        if (mpfn & valid) == 0:
+            continue
+        frame = mpfn >> shift
+        pfn = np.int64(frame)
+        other = np.int64(-1)
+        if frame >= nframes:
+            why = DST_OUT_OF_RANGE
+        else:
+            why = dst_fault(st, pfn)
+            if why == DST_OK:
+                j = mark[mm.ix(pfn)]
+                if 0 <= j < i and (dst[j] & valid) != 0 and (dst[j] >> shift) == frame:
+                    why = DST_DUPLICATE
+                    other = j
+                else:
+                    mark[mm.ix(pfn)] = i
+        if why != DST_OK:
+            _record(scratch, bad, i, why, pfn, other)
+            bad += 1
+            dst[mm.ix(i)] = L.MPFN_NONE
+    st.counters[L.C_MIGRATE_DST_INVALID] += bad
+    return bad
