@@ -42,6 +42,13 @@ def pass_steps(workload: Workload) -> list[tuple[str, Callable[[], object]]]:
         st.counters[L.C_MIGRATE_VMA_CALLS] += 1
         kcollect.migrate_vma_collect(st, v, start, end, src, dst, mig)
         st.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_CPAGES]
+        # Open the setup window as migrate_vma_setup() does (kernels/args.py): the
+        # device's callbacks and the later passes only act inside it.
+        st.mig[L.MIG_VMA], st.mig[L.MIG_START], st.mig[L.MIG_END] = v, start, end
+
+    def finalize_pass() -> None:
+        kfinalize.migrate_vma_finalize(st, n, src, dst)
+        st.mig[L.MIG_END] = st.mig[L.MIG_START]  # the window closes with the migration
 
     def unmap_pass() -> None:
         kunmap.migrate_vma_unmap(st, src, mig)
@@ -58,7 +65,7 @@ def pass_steps(workload: Workload) -> list[tuple[str, Callable[[], object]]]:
             "finalize_and_map",
             lambda: kdevice.device_finalize_and_map(st, v, src, dst, start, end, 0),
         ),
-        ("finalize", lambda: kfinalize.migrate_vma_finalize(st, n, src, dst)),
+        ("finalize", finalize_pass),
     ]
 
 

@@ -128,14 +128,19 @@ def test_mpfn_to_pfn_rejects_non_integers(bad: object) -> None:
 
 @pytest.mark.parametrize("profile_name", sorted(EXPECTED))
 def test_compiled_helpers_agree_with_the_python_ones(profile_name: str) -> None:
-    """kernels.migrate_pfn / mpfn_to_pfn read the layout from m.state."""
+    """kernels.migrate_pfn / mpfn_to_pfn read the layout from m.state; a pfn past
+    the machine is refused at the compiled level (0, -1), which the Python helpers
+    (pure encodings) leave to the kernel's checks."""
     from migengine import kernels
 
     m = MACHINES[profile_name]
-    for pfn in (0, 1, 3, 12345, (1 << 40) + 7):
+    for pfn in (0, 1, 3):
         mpfn = kernels.migrate_pfn(m.state, pfn)
         assert int(mpfn) == int(m.migrate_pfn(pfn))
         assert kernels.mpfn_to_pfn(m.state, mpfn) == pfn
+    for pfn in (4, 12345, (1 << 40) + 7):  # the machine has 4 frames
+        assert kernels.migrate_pfn(m.state, pfn) == 0
+        assert kernels.mpfn_to_pfn(m.state, m.migrate_pfn(pfn)) == -1
     assert kernels.mpfn_to_pfn(m.state, m.layout.MIGRATE) == -1
 
 
