@@ -13,6 +13,7 @@ from numba import njit
 from . import layout as L
 from . import mm
 from ._jit import internal
+from .args import held_refs
 
 CHECK_MESSAGES = (
     "ok",
@@ -146,21 +147,6 @@ def _chain_matches(st, pfn, limit):
 
 
 @internal
-def _expected_refs(st, pfn):
-    flags = st.page["flags"][pfn]
-    ref = st.page["mapcount"][pfn] + st.page["pins"][pfn]
-    if (flags & L.PG_PAGEVEC) != 0:
-        ref += 1
-    if (flags & L.PG_EXT_ISOLATED) != 0:
-        ref += 1
-    if (flags & L.PG_ZONE_DEVICE) != 0:
-        ref += 1
-    if st.page["mapping"][pfn] == L.MAPPING_FILE:
-        ref += 1
-    return ref
-
-
-@internal
 def _held(st, pfn, maps):
     """Something accounts for the allocated frame ``pfn``: a PTE, device-private
     entry or PMD mapping (``maps``), its page-cache slot, the LRU-add batch, a pin,
@@ -199,7 +185,7 @@ def _check_page(st, pfn, maps, limit):
         return CHK_OK  # a driver's page between alloc_page() and migrate_vma()
     if (flags & L.PG_LOCKED) != 0 and (flags & L.PG_EXT_LOCKED) == 0:
         return CHK_LOCKED
-    if st.page["refcount"][pfn] != _expected_refs(st, pfn):
+    if st.page["refcount"][pfn] != held_refs(st, pfn):
         return CHK_REFCOUNT
     homes = 0
     for f in (L.PG_LRU, L.PG_PAGEVEC, L.PG_EXT_ISOLATED):
