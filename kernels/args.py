@@ -2,8 +2,10 @@
 
 Every public kernel (docs/embedding.md, "Bad arguments") checks its VMA index,
 range, pfns, device and arrays with these, once, at entry, and refuses a bad
-one with its documented code having changed nothing. None of them looks at an
-array's entries: there is no per-page cost.
+one with its documented code having changed nothing. Only src_sound() looks
+at an array's entries (one compare per slot): the split API hands the user's
+``src`` back to migrate_vma_pages() and migrate_vma_finalize(), which index
+the frames with it.
 
 **The window.** migrate_vma_pages() and migrate_vma_finalize() must get the
 range migrate_vma_setup() collected (the kernel passes them its ``struct
@@ -31,7 +33,7 @@ from numba.extending import overload
 
 from . import layout as L
 from ._jit import internal
-from .pgtable import page_down, pages_in
+from .pgtable import has_flag, mpfn_to_pfn, page_down, pages_in
 
 _SUSPENDED = np.int64(1) << np.int64(32)  # one suspended window, in MIG_VMA
 _VMA_BITS = _SUSPENDED - np.int64(1)
@@ -118,6 +120,26 @@ def mpfn_arrays(src, dst, npages):
     if src.shape[0] < npages or dst.shape[0] < npages:
         return False
     return not arrays_overlap(src, dst)
+
+
+@internal(hot=True)
+def src_sound(st, src, npages):
+    """Every pfn ``src[:npages]`` names is a frame of the machine and locked.
+
+    migrate_vma_setup() leaves each slot that names a page with that page
+    collected, locked and referenced, and clears the others (4.14's
+    migrate_vma_prepare() sets ``src[i] = 0`` for a page it could not lock).
+    So a slot naming a frame past the machine or an unlocked page was written
+    by the caller after setup; the kernel would index ``struct page`` with it.
+    """
+    lay = st.layout
+    for i in range(npages):
+        pfn = mpfn_to_pfn(lay, src[i])
+        if pfn < 0:
+            continue
+        if not valid_pfn(st, pfn) or not has_flag(st, pfn, L.PG_LOCKED):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------- the window

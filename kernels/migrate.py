@@ -14,7 +14,14 @@ from numba import njit
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
-from .args import close_window, continue_args, mpfn_arrays, range_in_vma, window_tag
+from .args import (
+    close_window,
+    continue_args,
+    mpfn_arrays,
+    range_in_vma,
+    src_sound,
+    window_tag,
+)
 from .collect import migrate_vma_collect
 from .finalize import migrate_vma_finalize as _finalize
 from .fused_setup import setup_sweep
@@ -157,7 +164,9 @@ def migrate_vma_pages(state, vma_index, start, end, src, dst):
 
     Returns 0, or -22 (-EINVAL, nothing changed) unless the VMA and the range
     (rounded to pages) are the ones setup collected and the arrays hold it
-    (kernels.args.continue_args)."""
+    (kernels.args.continue_args), and every pfn ``src`` names is still a
+    locked frame of the machine (kernels.args.src_sound: a ``src`` the caller
+    wrote after setup)."""
     return pages_checked(state, vma_index, start, end, src, dst)
 
 
@@ -168,6 +177,8 @@ def pages_checked(state, vma_index, start, end, src, dst):
     npages = continue_args(state, vma_index, start, end, src, dst)
     if npages < 0:
         return npages
+    if not src_sound(state, src, npages):
+        return np.int64(-L.EINVAL)
     _pages(state, vma_index, mm.page_down(state, start), npages, src, dst)
     return np.int64(0)
 
@@ -188,6 +199,8 @@ def finalize_checked(state, vma_index, start, end, src, dst):
     npages = continue_args(state, vma_index, start, end, src, dst)
     if npages < 0:
         return npages
+    if not src_sound(state, src, npages):
+        return np.int64(-L.EINVAL)
     _finalize(state, npages, src, dst)
     close_window(state.mig)
     return np.int64(0)

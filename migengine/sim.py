@@ -38,6 +38,7 @@ from migengine.kernels.sim import (
     STAT_NAMES,
     VA_BLOCK_SHIFT,
     SimState,
+    expect_writes,
     finish_replay,
     replay,
     verify_replay,
@@ -184,6 +185,10 @@ def _new_sim(cfg: SimConfig, m: Machine, pid: int, vma_index: int, vblocks: np.n
     c[S.C_VMA] = vma_index
     c[S.C_VSTART] = SIM_VSTART
     c[S.C_PAGE_SHIFT] = ps.bit_length() - 1
+    # Both powers of two: the per-page paths shift where a division by a
+    # run-time value costs tens of cycles.
+    c[S.C_UNIT_SHIFT] = unit.bit_length() - 1
+    c[S.C_BLOCK_SHIFT] = bp.bit_length() - 1
     f = np.zeros(S.F_FIELDS, np.float64)
     f[S.F_FAULT_US] = cfg.fault_us
     f[S.F_BATCH_US] = cfg.batch_us
@@ -233,7 +238,7 @@ def _new_sim(cfg: SimConfig, m: Machine, pid: int, vma_index: int, vblocks: np.n
         pol_last=np.zeros(nunits, np.int64),
         pol_first=np.zeros(nunits, np.int64),
         pol_uses=np.zeros(nunits, np.int64),
-        shadow=np.zeros(pages * ps if cfg.store_data else 0, np.uint8),
+        expected=np.zeros(pages * ps if cfg.store_data else 0, np.uint8),
         iobuf=np.zeros(8, np.uint8),
         batches=np.zeros(_FIRST_BATCH_ROWS, BATCH_DTYPE),
         copies=np.zeros(MAX_COPY_ROWS, COPY_DTYPE),
@@ -273,13 +278,14 @@ def simulate(
     """Replay ``trace`` on a fresh machine with ``config``'s driver model.
 
     ``trace`` is a :class:`Trace`, or a trace file's path, which is then read
-    twice in chunks of ``chunk_accesses`` (once for its VA blocks, once to
-    replay), so a trace larger than memory runs. Raises ValueError, before
-    anything runs, for an address outside the user address space (2**47)
-    or a bad policy. ``progress(done, total)`` is called after each chunk
-    (the command line's progress bar). The run checks its own residency bookkeeping and, with
-    ``store_data``, every byte against the values the trace wrote
-    (``stats["data_ok"]``; a mismatch raises InvariantError).
+    in chunks of ``chunk_accesses`` (once for its VA blocks, once to replay,
+    and with ``store_data`` once more for the check), so a trace larger than
+    memory runs. Raises ValueError, before anything runs, for an address
+    outside the user address space (2**47) or a bad policy. ``progress(done,
+    total)`` is called after each chunk (the command line's progress bar). The
+    run checks its own residency bookkeeping and, with ``store_data``, every
+    byte against the last value the trace wrote there, worked out from the
+    trace alone (``stats["data_ok"]``; a mismatch raises InvariantError).
     """
     cfg = SimConfig() if config is None else config
     if not isinstance(cfg, SimConfig):
@@ -311,6 +317,10 @@ def simulate(
         profile=cfg.profile,
         swap_pages=0,
     )
+    # Commit the frames' memory now (they are zeros either way): the host OS's
+    # first-touch faults on device frames are no part of the model and would
+    # otherwise land in the replay's wall time.
+    m.state.data.fill(0)
     m.device.engine = cfg.copy_engine()
     p = m.new_process()
     vma = p.mmap(pages, addr=SIM_VSTART)
@@ -348,6 +358,11 @@ def simulate(
         sim = _grow_batches(sim)
     if done == -1:
         _raise_error(sim, total)
+    if cfg.store_data:
+        base = 0
+        for tr in chunks():
+            expect_writes(sim, tr.addr, tr.write, base)
+            base += len(tr)
     bad_data, bad_res = verify_replay(sim, st)
     res = _result(cfg, sim, m, trace_name, wall, bad_data, bad_res)
     res.process = p

@@ -26,8 +26,10 @@ from numba import types
     C_VMA,  # its one VMA's index
     C_VSTART,  # the VMA's first address (2 MiB aligned)
     C_PAGE_SHIFT,  # log2(page size)
+    C_UNIT_SHIFT,  # log2(C_UNIT): page >> C_UNIT_SHIFT is its unit
+    C_BLOCK_SHIFT,  # log2(C_BLOCK_PAGES): page >> C_BLOCK_SHIFT is its VA block
     C_FIELDS,
-) = range(14)
+) = range(16)
 
 # ``ctr`` (int64): the run's counters, then the bookkeeping that must survive a resume.
 (
@@ -121,6 +123,7 @@ POLICY_SIG = types.int64(
 #: ``fifo_prev``/``fifo_next`` and ``rand_pos``. Per VA block: ``blk_res``,
 #: ``blk_mark``, ``lru_prev``/``lru_next``, ``blk_head`` (its entries in the batch
 #: being serviced). ``vblocks``: the trace's sorted 2 MiB block numbers.
+#: ``expected``: with bytes, what every byte must hold at the end (expect_writes()).
 SimState = namedtuple(
     "SimState",
     [
@@ -160,7 +163,7 @@ SimState = namedtuple(
         "pol_last",
         "pol_first",
         "pol_uses",
-        "shadow",
+        "expected",
         "iobuf",
         "batches",
         "copies",

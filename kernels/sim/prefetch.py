@@ -23,6 +23,7 @@ from .layout import (
     C_SEQ_PAGES,
     C_THRESHOLD,
     C_UNIT,
+    C_UNIT_SHIFT,
     PF_SEQUENTIAL,
     PF_TREE,
     S_BATCH_ID,
@@ -46,7 +47,7 @@ def faulted_units(sim, b):
     while e >= 0:
         entries += 1
         page = sim.b_page[e]
-        u = page // unit
+        u = page >> sim.cfg[C_UNIT_SHIFT]
         if sim.unit_mark[u] == batch_id:
             sim.ctr[S_FAULTS_COALESCED] += 1
         else:

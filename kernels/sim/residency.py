@@ -11,8 +11,8 @@ import numpy as np
 
 from .._jit import internal
 from .layout import (
-    C_BLOCK_PAGES,
-    C_UNIT,
+    C_BLOCK_SHIFT,
+    C_UNIT_SHIFT,
     S_FIFO_HEAD,
     S_FIFO_TAIL,
     S_LRU_HEAD,
@@ -120,11 +120,11 @@ def page_in(sim, page, pfn, k):
     """Simulated page ``page`` is now on the device in frame ``pfn`` (at access ``k``)."""
     sim.resident[page] = 1
     sim.dev_pfn[page] = pfn
-    u = page // sim.cfg[C_UNIT]
+    u = page >> sim.cfg[C_UNIT_SHIFT]
     if sim.unit_res[u] == 0:
         _unit_arrive(sim, u, k)
     sim.unit_res[u] += 1
-    sim.blk_res[page // sim.cfg[C_BLOCK_PAGES]] += 1
+    sim.blk_res[page >> sim.cfg[C_BLOCK_SHIFT]] += 1
     sim.ctr[S_RESIDENT] += 1
 
 
@@ -133,11 +133,11 @@ def page_out(sim, page):
     """Simulated page ``page`` left the device (evicted, or faulted back by a CPU)."""
     sim.resident[page] = 0
     sim.dev_pfn[page] = -1
-    u = page // sim.cfg[C_UNIT]
+    u = page >> sim.cfg[C_UNIT_SHIFT]
     sim.unit_res[u] -= 1
     if sim.unit_res[u] == 0:
         _unit_leave(sim, u)
-    b = page // sim.cfg[C_BLOCK_PAGES]
+    b = page >> sim.cfg[C_BLOCK_SHIFT]
     sim.blk_res[b] -= 1
     if sim.blk_res[b] == 0:
         lru_unlink(sim, b)

@@ -17,6 +17,7 @@ from ..cpu import cpu_write
 from .evict import evict_one
 from .layout import (
     C_BLOCK_PAGES,
+    C_BLOCK_SHIFT,
     C_PAGE_SHIFT,
     C_PID,
     C_STORE,
@@ -138,7 +139,6 @@ def _complete(sim, state, now):
             if store and (info & 1) != 0:
                 val = write_value(sim.b_access[e])
                 state.data[sim.dev_pfn[page] * ps + off] = val
-                sim.shadow[page * ps + off] = val
             continue
         sim.ctr[S_REMOTE] += 1
         if store and (info & 1) != 0:
@@ -150,7 +150,6 @@ def _complete(sim, state, now):
                 sim.ctr[S_ERROR] = ERR_CPU_FAULT
                 sim.ctr[S_ERROR_ARG] = status
                 return np.int64(-1)
-            sim.shadow[page * ps + off] = val
     return np.int64(0)
 
 
@@ -178,7 +177,6 @@ def service_batch(sim, state, policy, now):
     ctr = sim.ctr
     nb = ctr[S_NB]
     row = ctr[S_BATCHES]
-    bp = sim.cfg[C_BLOCK_PAGES]
     rec = sim.batches
     before_to = ctr[S_PAGES_TO_DEVICE]
     before_pf = ctr[S_PAGES_PREFETCHED]
@@ -192,7 +190,7 @@ def service_batch(sim, state, policy, now):
     coalesced_before = ctr[S_FAULTS_COALESCED]
     nt = 0
     for e in range(nb):
-        b = sim.b_page[e] // bp
+        b = sim.b_page[e] >> sim.cfg[C_BLOCK_SHIFT]
         if sim.blk_head[b] < 0:
             sim.touched[nt] = b
             nt += 1

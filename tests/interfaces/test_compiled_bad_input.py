@@ -362,6 +362,22 @@ def _group_split(w: _World) -> None:
         w.case_mid(f"{entry}: short src", EINVAL, fn, st, v, s, e, src[:1], dst)
         w.case_mid(f"{entry}: short dst", EINVAL, fn, st, v, s, e, src, dst[:1])
         w.case_mid(f"{entry}: src is dst", EINVAL, fn, st, v, s, e, src, src)
+    # A src the caller wrote after setup (4.14 trusts it and indexes struct
+    # page with it): a pfn past the machine, random bits, a free frame, and
+    # a page setup never locked are refused by both calls.
+    lay = w.m.layout
+    valid, shift = int(lay.VALID), int(lay.SHIFT)
+    scribbles = [
+        ("src pfn past the machine", (BIG << shift) | valid),
+        ("src random bits", 0xDEADBEEFCAFEF00D | valid),
+        ("src names a free frame", (w.free_pfn() << shift) | valid | int(lay.MIGRATE)),
+        ("src names an unlocked page", (w.pfn(5) << shift) | valid | int(lay.MIGRATE)),
+    ]
+    for entry, fn in calls:
+        for name, word in scribbles:
+            bad_src = src.copy()
+            bad_src[1] = np.uint64(word)
+            w.case_mid(f"{entry}: {name}", EINVAL, fn, st, v, s, e, bad_src, dst)
     w.expect("pages of the window", 0, _pages(st, v, s, e, src, dst))
     w.expect("finalize of the window", 0, _finalize(st, v, s, e, src, dst))
     w.case("finalize twice", EINVAL, _finalize, st, v, s, e, src, dst)
