@@ -107,6 +107,65 @@ def _cpu_access(sim, state, page, off, write, k):
     return np.int64(0)
 
 
+@internal
+def _miss(sim, state, policy, page, off, is_write, k, proc):
+    """Access ``k`` when it is not a device hit: a CPU access, or a device access
+    to a page that is not resident (it joins the batch, or waits for it).
+
+    Returns 1 when the access is done, 0 when the replay must stop before it
+    (``sim.batches`` is full, or an error set ``ctr[S_ERROR]``).
+    """
+    ctr = sim.ctr
+    cap = sim.batches.shape[0]
+    if proc != 0:
+        if ctr[S_NB] > 0:
+            if ctr[S_BATCHES] >= cap:
+                return np.int64(0)
+            if service_batch(sim, state, policy, k) < 0:
+                return np.int64(0)
+        if _cpu_access(sim, state, page, off, is_write, k) < 0:
+            return np.int64(0)
+        ctr[S_CPU_ACCESSES] += 1
+        return np.int64(1)
+    waited = False
+    if sim.pend[page] == ctr[S_BATCH_ID]:
+        # The stream reached its own outstanding fault: service, then replay.
+        if ctr[S_BATCHES] >= cap:
+            return np.int64(0)
+        if service_batch(sim, state, policy, k) < 0:
+            return np.int64(0)
+        waited = True
+    if sim.resident[page] != 0:
+        ctr[S_DEVICE_HITS] += 1
+        if is_write and sim.cfg[C_STORE] != 0:
+            ps = np.int64(1) << sim.cfg[C_PAGE_SHIFT]
+            state.data[sim.dev_pfn[page] * ps + off] = write_value(k)
+        u = page >> sim.cfg[C_UNIT_SHIFT]
+        sim.last_use[u] = k
+        sim.uses[u] += 1
+    elif waited:
+        # Still not resident after its batch: the device could not take it.
+        ctr[S_DEVICE_FAULTS] += 1
+        ctr[S_REMOTE] += 1
+        if _cpu_access(sim, state, page, off, is_write, k) < 0:
+            return np.int64(0)
+    else:
+        if ctr[S_NB] >= sim.cfg[C_BATCH]:
+            if ctr[S_BATCHES] >= cap:
+                return np.int64(0)
+            if service_batch(sim, state, policy, k) < 0:
+                return np.int64(0)
+        nb = ctr[S_NB]
+        sim.b_page[nb] = page
+        sim.b_access[nb] = k
+        sim.b_info[nb] = (off << 1) | (1 if is_write else 0)
+        ctr[S_NB] = nb + 1
+        sim.pend[page] = ctr[S_BATCH_ID]
+        ctr[S_DEVICE_FAULTS] += 1
+    ctr[S_DEVICE_ACCESSES] += 1
+    return np.int64(1)
+
+
 @kernel
 def replay(sim, state, policy, addr, write, proc, start, base):
     """Replay accesses ``start ..`` of one trace chunk.
@@ -138,15 +197,14 @@ def replay(sim, state, policy, addr, write, proc, start, base):
     last_block = np.uint64(ctr[S_LAST_BLOCK])
     last_rank = ctr[S_LAST_RANK]
     n = addr.shape[0]
-    cap = sim.batches.shape[0]
     resident = sim.resident
     dev_pfn = sim.dev_pfn
     data = state.data
     last_use = sim.last_use
     uses = sim.uses
-    # The per-access counters stay in registers; they are added to ctr on the way out.
+    # The hits stay in a register; they are added to ctr on the way out. The
+    # rest of an access is a call (_miss()), which keeps the loop small.
     hits = np.int64(0)
-    device = np.int64(0)
     i = np.int64(start)
     while i < n:
         a = addr[i]
@@ -158,66 +216,20 @@ def replay(sim, state, policy, addr, write, proc, start, base):
         page = last_rank * bp + np.int64((a & blk_mask) >> np.uint64(shift))
         off = np.int64(a & ps_mask)
         is_write = write[i]
-        u = page >> unit_shift
         if proc[i] == 0 and resident[page] != 0:  # the common case: a device hit
             hits += 1
-            device += 1
             if is_write and store:
-                val = write_value(k)
-                data[dev_pfn[page] * ps + off] = val
+                data[dev_pfn[page] * ps + off] = write_value(k)
+            u = page >> unit_shift
             last_use[u] = k
             uses[u] += 1
             i += 1
             continue
-        if proc[i] != 0:
-            if ctr[S_NB] > 0:
-                if ctr[S_BATCHES] >= cap:
-                    break
-                if service_batch(sim, state, policy, k) < 0:
-                    break
-            if _cpu_access(sim, state, page, off, is_write, k) < 0:
-                break
-            ctr[S_CPU_ACCESSES] += 1
-            i += 1
-            continue
-        waited = False
-        if sim.pend[page] == ctr[S_BATCH_ID]:
-            # The stream reached its own outstanding fault: service, then replay.
-            if ctr[S_BATCHES] >= cap:
-                break
-            if service_batch(sim, state, policy, k) < 0:
-                break
-            waited = True
-        if resident[page] != 0:
-            hits += 1
-            if is_write and store:
-                val = write_value(k)
-                data[dev_pfn[page] * ps + off] = val
-            last_use[u] = k
-            uses[u] += 1
-        elif waited:
-            # Still not resident after its batch: the device could not take it.
-            ctr[S_DEVICE_FAULTS] += 1
-            ctr[S_REMOTE] += 1
-            if _cpu_access(sim, state, page, off, is_write, k) < 0:
-                break
-        else:
-            if ctr[S_NB] >= cfg[C_BATCH]:
-                if ctr[S_BATCHES] >= cap:
-                    break
-                if service_batch(sim, state, policy, k) < 0:
-                    break
-            nb = ctr[S_NB]
-            sim.b_page[nb] = page
-            sim.b_access[nb] = k
-            sim.b_info[nb] = (off << 1) | (1 if is_write else 0)
-            ctr[S_NB] = nb + 1
-            sim.pend[page] = ctr[S_BATCH_ID]
-            ctr[S_DEVICE_FAULTS] += 1
-        device += 1
+        if _miss(sim, state, policy, page, off, is_write, k, proc[i]) == 0:
+            break
         i += 1
     ctr[S_DEVICE_HITS] += hits
-    ctr[S_DEVICE_ACCESSES] += device
+    ctr[S_DEVICE_ACCESSES] += hits
     ctr[S_ACCESSES] += i - start
     ctr[S_LAST_BLOCK] = np.int64(last_block)
     ctr[S_LAST_RANK] = last_rank
