@@ -151,18 +151,17 @@ def drain_cpu(st, cpu):
 def lru_cache_add(st, cpu, pfn):
     """lru_cache_add(): queue a page in ``cpu``'s LRU-add batch (takes a reference).
 
-    The batch holds up to PAGEVEC_SIZE (15) pages and drains by itself when a page
-    would make it hold more. Compound pages bypass the batch, as in the kernel.
+    4.14's __lru_cache_add(): the batch drains when this add fills it
+    (``pagevec_add()`` left no space: PAGEVEC_SIZE pages), so at most
+    PAGEVEC_SIZE - 1 pages wait in it; a compound page drains it at once, the
+    pages before it included.
     """
-    if has_flag(st, pfn, L.PG_HEAD):
-        set_flag(st, pfn, L.PG_LRU)
-        return
     get_page(st, pfn)
     set_flag(st, pfn, L.PG_PAGEVEC)
     n = st.pagevec_n[cpu]
     st.pagevec[cpu, n] = pfn
     st.pagevec_n[cpu] = n + 1
-    if n + 1 > L.PAGEVEC_SIZE:
+    if n + 1 >= L.PAGEVEC_SIZE or has_flag(st, pfn, L.PG_HEAD):
         drain_cpu(st, cpu)
 
 

@@ -13,8 +13,7 @@ semantics, not from ``kernels/*.py``:
 
 Only the *encodings* are shared with the engine (``kernels.layout``: MIGRATE_PFN
 layouts, PTE/PMD words, PG_* bits, counter names), plus the simulator's
-bookkeeping conventions (kernels/mm.py): the per-CPU LRU-add batch holds 15 and
-drains when a 16th is added, CPU 0 takes user faults and CPU 1 runs the driver,
+bookkeeping conventions (kernels/mm.py): CPU 0 takes user faults and CPU 1 runs the driver,
 putback_lru_page() puts a page straight on the LRU, a free device-private page
 holds one reference in hmm-v25 (page_free when a put brings it back to 1), the
 allocator pops the top of a LIFO free stack and frees push onto it, and a
@@ -42,7 +41,9 @@ from migengine.kernels import layout as L
 
 EINVAL = -22
 HPAGE_NR = L.HPAGE_PMD_NR
-PAGEVEC_SIZE = L.PAGEVEC_SIZE
+# include/linux/pagevec.h (4.14): PAGEVEC_SIZE 14. mm/swap.c's __lru_cache_add()
+# adds, then drains when pagevec_add() reports no space left or the page is compound.
+PAGEVEC_SIZE = 14
 CPU_USER, CPU_DRIVER = L.CPU_USER, L.CPU_DRIVER
 
 # struct page flag bits, as plain ints.
@@ -247,11 +248,12 @@ class Model:
             self.put_page(pfn)
 
     def lru_cache_add(self, cpu: int, pfn: int) -> None:
-        """The batch takes a reference; a 16th page makes it drain by itself."""
+        """__lru_cache_add(): the batch takes a reference; the add that fills it
+        (the 14th page), or any compound page, drains it."""
         self.get_page(pfn)
         self.set(pfn, PG_PAGEVEC)
         self.pagevec[cpu].append(pfn)
-        if len(self.pagevec[cpu]) > PAGEVEC_SIZE:
+        if len(self.pagevec[cpu]) == PAGEVEC_SIZE or self.has(pfn, PG_HEAD):
             self._drain(cpu)
 
     def lru_add_drain(self, cpu: int) -> None:
