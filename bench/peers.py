@@ -2,46 +2,60 @@
 
 Both peers run what ``m.device.migrate_to_device`` runs for one VMA, pass by
 pass: collect, prepare, unmap, alloc (+ copy descriptors and the engine
-model, no byte copy), pages, finalize_and_map (the device mirror) and
-finalize, over flat arrays equivalent to ``m.state`` (one array per
-struct-page field, the PTE words, the reverse-map links, the free stacks).
-They end in exactly the state the engine ends in, which
-``bench_peers.py`` checks field by field.
+model), pages, finalize_and_map (the device mirror) and finalize, over flat
+arrays equivalent to ``m.state`` (one array per struct-page field, the PTE
+words, the reverse-map links, the free stacks, the per-CPU LRU-add batches
+and, when the machine keeps them, the frames' bytes). They end in exactly
+the state the engine ends in, which ``bench_peers.py`` checks field by field.
 
-They are written for the common path the benchmark exercises and nothing
-else: profile ``hmm-v25``; every page of the range present, private
-anonymous, order-0, mapped once, on the LRU, unlocked and unpinned; every PMD
-a page table; enough free device frames; no injected allocation failure; a
-one-channel linear engine model. Any other input raises
-``NotImplementedError`` at the point where the kernel would take another
-branch, so a peer never silently computes something different.
+They are written for the common path their benchmarks exercise and nothing
+else: profile ``hmm-v25``; every page of the range present (or, for the
+Python peer, a device-private entry), private anonymous, order-0, mapped
+once, unlocked and unpinned; every PMD a page table; no injected allocation
+failure. Any other input raises ``OffCommonPath`` (a ``NotImplementedError``)
+at the point where the kernel would take another branch, so a peer never
+silently computes something different.
 
-* ``python_migrate`` - the kernel's algorithm over Python lists, one small
-  function per kernel helper (get_page, put_page, alloc_frame, ...), as a
-  straightforward Python port would be.
+* ``python_migrate_range`` - the kernel's algorithm over Python lists, one
+  small function per kernel helper (get_page, put_page, alloc_frame, ...), as
+  a straightforward Python port would be. It migrates any run of the VMA's
+  pages in either direction (system to device, or device to system as
+  eviction and the CPU-fault handler do), copies the pages' bytes when the
+  state has them, and leaves a slot whose pool has no frame left where it was,
+  as the kernel does. ``python_migrate`` is it over the whole VMA, to the
+  device. bench/peers_sim.py builds a pure-Python ``me.simulate`` on it.
 * ``numpy_migrate`` - each pass as whole-array numpy operations over index
   arrays (one temporary per step), relying on the common path's facts (the
-  pages are distinct, each reverse-map chain is one slot) to vectorise.
+  pages are distinct, on the LRU, each reverse-map chain is one slot; enough
+  device frames; a one-channel linear engine model) to vectorise.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 
 import numpy as np
 
 from migengine.kernels import copy as kcopy
 from migengine.kernels import layout as L
+from migengine.kernels.copy.params import UVM_HALF_SPEED_BYTES
 
-# Counters the migration changes, by their state.counters names.
+# Counters a migration (and the device's CPU-fault handler) changes, by their
+# state.counters names.
 COUNTERS = (
     "migrate_vma_calls",
     "migrate_vma_collected",
     "lru_add_drain",
+    "lru_add_drain_all",
     "tlb_flush",
     "device_calloc",
+    "device_cfree",
+    "device_faults",
     "pgmigrate_success",
+    "pgmigrate_fail",
 )
 _PAGE_FIELDS = ("refcount", "mapcount", "pins", "index", "rmap", "flags", "mapping")
 _ARRAYS = ("pte", "pte_next", "mirror", "free_stack", "free_pos", *_PAGE_FIELDS)
@@ -55,6 +69,7 @@ _PFN_SHIFT = int(L.PTE_PFN_SHIFT)
 _PMD_TABLE = int(L.PMD_TABLE)
 _LOCKED = int(L.PG_LOCKED)
 _LRU = int(L.PG_LRU)
+_PAGEVEC = int(L.PG_PAGEVEC)
 _COMPOUND = int(L.PG_HEAD | L.PG_TAIL)
 _ZONE_DEVICE = int(L.PG_ZONE_DEVICE)
 _FREE = int(L.PG_FREE)
@@ -62,6 +77,7 @@ _MOVED_FLAGS = int(L.PG_DIRTY | L.PG_MLOCKED)
 _ANON = int(L.MAPPING_ANON)
 _FILE = int(L.MAPPING_FILE)
 _NONE = int(L.MAPPING_NONE)
+_UVM_HALF_SPEED = int(UVM_HALF_SPEED_BYTES)
 
 
 class OffCommonPath(NotImplementedError):
@@ -70,11 +86,15 @@ class OffCommonPath(NotImplementedError):
 
 @dataclass
 class Flat:
-    """The arrays and scalars a system -> device migration of one VMA touches.
+    """The arrays and scalars a migration within one VMA touches.
 
     Arrays are numpy arrays (``numpy_migrate``) or Python lists
     (``python_migrate``, after :meth:`as_lists`). Frame arrays are indexed by
-    pfn, PTE arrays by global PTE slot, exactly as in ``m.state``.
+    pfn, PTE arrays by global PTE slot, exactly as in ``m.state``. ``slot0``,
+    ``start`` and ``npages`` describe the VMA; ``pagevec`` holds each CPU's
+    LRU-add batch (pfns); ``data`` the frames' bytes (frame ``pfn`` at
+    ``[pfn * page_size, (pfn + 1) * page_size)``), or None when the machine
+    keeps none.
     """
 
     pte: object
@@ -99,16 +119,21 @@ class Flat:
     start: int
     pmd_first: int
     pmd_kinds_ok: bool
-    driver_pagevec_n: int
+    pagevec: list[list[int]]
     fail_alloc: int
     lay: dict[str, int]
     engine: dict[str, float]
     counters: dict[str, int] = field(default_factory=dict)
+    data: bytearray | None = None
 
     @classmethod
     def from_workload(cls, work) -> Flat:
         """Copy the migration's inputs out of a ``migengine.bench.Workload``."""
-        m, vma = work.machine, work.vma
+        return cls.from_machine(work.machine, work.vma)
+
+    @classmethod
+    def from_machine(cls, m, vma) -> Flat:
+        """Copy what a migration within ``vma`` reads out of machine ``m``'s state."""
         st = m.state
         if m.profile != "hmm-v25":
             raise OffCommonPath("the peers implement the hmm-v25 profile only")
@@ -135,7 +160,7 @@ class Flat:
             start=vma.start,
             pmd_first=vma.start // (m.page_size * ext_pages),
             pmd_kinds_ok=bool(np.all(pmds == L.PMD_TABLE)),
-            driver_pagevec_n=int(st.pagevec_n[L.CPU_DRIVER]),
+            pagevec=_pagevecs(st),
             fail_alloc=int(st.dev[0, L.DEV_FAIL_ALLOC]),
             lay={k.lower(): int(v) for k, v in m.layout._asdict().items()},
             engine={
@@ -144,8 +169,10 @@ class Flat:
                 "setup_ns": float(eng[kcopy.ENG_SETUP_NS]),
                 "gbps": float(eng[kcopy.ENG_GBPS]),
                 "model": int(eng[kcopy.ENG_MODEL]),
+                "curve_b": float(eng[kcopy.ENG_CURVE_B]),
             },
             counters={name: m.counters[name] for name in COUNTERS},
+            data=bytearray(st.data.tobytes()) if st.sys[L.SYS_STORE_DATA] else None,
         )
 
     def copy(self) -> Flat:
@@ -178,8 +205,19 @@ class Flat:
             bad.append("ram_free")
         if self.dev_free != st.dev[0, L.DEV_FREE]:
             bad.append("dev_free")
+        if self.pagevec != _pagevecs(st):
+            bad.append("pagevec")
+        if self.data is not None and not np.array_equal(
+            np.frombuffer(self.data, np.uint8), st.data
+        ):
+            bad.append("data")
         bad += [f"counter {n}" for n in COUNTERS if self.counters[n] != machine.counters[n]]
         return bad
+
+
+def _pagevecs(st) -> list[list[int]]:
+    """Each CPU's LRU-add batch in ``st``, as lists of pfns."""
+    return [st.pagevec[cpu, : st.pagevec_n[cpu]].tolist() for cpu in range(L.NR_CPUS)]
 
 
 def _tlb_flushes(f: Flat) -> int:
@@ -189,33 +227,49 @@ def _tlb_flushes(f: Flat) -> int:
     return (end - 1) // ext - f.start // ext + 1
 
 
-def _check_engine(f: Flat) -> None:
-    if f.engine["model"] != kcopy.MODEL_LINEAR or f.engine["channels"] != 1:
-        raise OffCommonPath("the peers model a one-channel linear engine only")
+def _check_range(f: Flat) -> None:
+    """What both peers rely on: PTE tables under every PMD, no injected failure."""
+    if not f.pmd_kinds_ok:
+        raise OffCommonPath("collect: a THP or hole extent")
+    if f.fail_alloc:
+        raise OffCommonPath("alloc: injected allocation failures")
 
 
 def _check_setup(f: Flat) -> None:
-    if not f.pmd_kinds_ok:
-        raise OffCommonPath("collect: a THP or hole extent")
-    if f.driver_pagevec_n:
+    """What numpy_migrate relies on besides _check_range()."""
+    _check_range(f)
+    if f.pagevec[L.CPU_DRIVER]:
         raise OffCommonPath("prepare: the driver CPU's LRU-add batch is not empty")
-    if f.fail_alloc:
-        raise OffCommonPath("alloc: injected allocation failures")
-    _check_engine(f)
+    if f.engine["model"] != kcopy.MODEL_LINEAR or f.engine["channels"] != 1:
+        raise OffCommonPath("the numpy peer models a one-channel linear engine only")
 
 
 # ============================================================== pure Python
+class Migrated(NamedTuple):
+    """What one ``python_migrate_range`` call did."""
+
+    moved: list[int]  # slots of the range (0-based) whose page moved
+    descriptors: int  # copy descriptors of the engine batch
+    model_ns: float  # the engine model's time for them (busiest channel)
+    nbytes: int  # bytes the batch copied
+
+
 def _get_page(f: Flat, pfn: int) -> None:
     f.refcount[pfn] += 1
 
 
 def _free_frame(f: Flat, pfn: int) -> None:
-    if pfn >= f.nr_ram:
-        raise OffCommonPath("free_frame: a device frame")
-    pos = f.ram_free
+    """free_frame(): push the frame on its pool's free stack (RAM's from position 0,
+    the device's from its first frame, ``nr_ram``) and mark it free."""
+    if pfn < f.nr_ram:
+        pos = f.ram_free
+        f.ram_free += 1
+    else:
+        pos = f.nr_ram + f.dev_free
+        f.dev_free += 1
+        f.counters["device_cfree"] += 1
     f.free_stack[pos] = pfn
     f.free_pos[pfn] = pos
-    f.ram_free += 1
     f.flags[pfn] = (f.flags[pfn] & _ZONE_DEVICE) | _FREE
     f.mapcount[pfn] = 0
     f.mapping[pfn] = _NONE
@@ -223,14 +277,42 @@ def _free_frame(f: Flat, pfn: int) -> None:
 
 
 def _put_page(f: Flat, pfn: int) -> None:
+    """put_page(): a RAM page is freed at 0, a device page back at 1 (the device's own)."""
     f.refcount[pfn] -= 1
     ref = f.refcount[pfn]
     if f.flags[pfn] & _ZONE_DEVICE:
         if ref == 1:
-            raise OffCommonPath("put_page: a device page freed")
-        return
-    if ref == 0:
+            _free_frame(f, pfn)
+    elif ref == 0:
         _free_frame(f, pfn)
+
+
+def _putback_lru_page(f: Flat, pfn: int) -> None:
+    if f.refcount[pfn] > 1:
+        f.flags[pfn] |= _LRU
+    _put_page(f, pfn)
+
+
+def _release(f: Flat, pfn: int) -> None:
+    """finalize's release: put_page() for a device page, putback_lru_page() for RAM."""
+    if f.flags[pfn] & _ZONE_DEVICE:
+        _put_page(f, pfn)
+    else:
+        _putback_lru_page(f, pfn)
+
+
+def _drain_cpu(f: Flat, cpu: int) -> None:
+    """__pagevec_lru_add(): one CPU's LRU-add batch onto the LRU, its references dropped."""
+    for pfn in f.pagevec[cpu]:
+        f.flags[pfn] = (f.flags[pfn] & ~_PAGEVEC) | _LRU
+        _put_page(f, pfn)
+    f.pagevec[cpu] = []
+
+
+def _lru_add_drain_all(f: Flat) -> None:
+    f.counters["lru_add_drain_all"] += 1
+    for cpu in range(L.NR_CPUS):
+        _drain_cpu(f, cpu)
 
 
 def _trylock(f: Flat, pfn: int) -> bool:
@@ -253,15 +335,24 @@ def _check_page(f: Flat, pfn: int) -> bool:
     return f.refcount[pfn] - extra <= f.mapcount[pfn]
 
 
-def _alloc_device_frame(f: Flat) -> int:
-    if f.dev_free == 0:
-        raise OffCommonPath("alloc: out of device frames")
-    pos = f.nr_ram + f.dev_free - 1
+def _alloc_frame(f: Flat, device: bool) -> int:
+    """alloc_locked_page(): the top of the device's or RAM's free stack, taken and
+    locked (one reference more), or -1 when that pool is empty."""
+    if device:
+        if f.dev_free == 0:
+            return -1
+        pos = f.nr_ram + f.dev_free - 1
+        f.dev_free -= 1
+        f.counters["device_calloc"] += 1
+    else:
+        if f.ram_free == 0:
+            return -1
+        pos = f.ram_free - 1
+        f.ram_free -= 1
     pfn = f.free_stack[pos]
     f.free_stack[pos] = -1
     f.free_pos[pfn] = -1
-    f.dev_free -= 1
-    f.flags[pfn] &= _ZONE_DEVICE
+    f.flags[pfn] = (f.flags[pfn] & _ZONE_DEVICE) | _LOCKED
     f.mapcount[pfn] = 0
     f.pins[pfn] = 0
     f.mapping[pfn] = _NONE
@@ -271,47 +362,72 @@ def _alloc_device_frame(f: Flat) -> int:
     return pfn
 
 
-def _py_collect(f: Flat, src: list[int], dst: list[int]) -> int:
+def _py_collect(f: Flat, first: int, n: int, src: list[int], dst: list[int]) -> int:
+    """migrate_vma_collect() over the VMA's slots ``[first, first + n)``: each present
+    page or device-private entry is locked and replaced by a migration entry; one
+    TLB flush per PMD extent in which a present PTE went. Returns cpages."""
     lay = f.lay
+    shift = lay["shift"]
     cpages = 0
-    for k in range(f.npages):
-        slot = f.slot0 + k
-        pte = f.pte[slot]
-        if pte & _KIND != _PRESENT:
-            raise OffCommonPath("collect: a PTE that is not present")
-        pfn = pte >> _PFN_SHIFT
-        if pfn == f.zero_pfn or f.mapping[pfn] == _NONE or f.flags[pfn] & _COMPOUND:
-            raise OffCommonPath("collect: zero page, no mapping or compound page")
-        write = pte & _PTE_WRITE
-        mpfn = (pfn << lay["shift"]) | lay["valid"] | lay["migrate"]
-        if write:
-            mpfn |= lay["write"]
-        _get_page(f, pfn)
-        cpages += 1
-        if not _trylock(f, pfn):
-            raise OffCommonPath("collect: page locked by someone else")
-        mpfn |= lay["locked"]
-        f.pte[slot] = (pfn << _PFN_SHIFT) | _MIGRATION | write
-        f.mapcount[pfn] -= 1
-        _put_page(f, pfn)
-        dst[k] = 0
-        src[k] = mpfn
-    f.counters["tlb_flush"] += _tlb_flushes(f)
+    page0 = f.start // f.page_size + first  # the range's first virtual page number
+    k = 0
+    while k < n:
+        stop = min(n, k + L.HPAGE_PMD_NR - (page0 + k) % L.HPAGE_PMD_NR)  # PMD extent end
+        unmapped = False
+        for i in range(k, stop):
+            slot = f.slot0 + first + i
+            pte = f.pte[slot]
+            kind = pte & _KIND
+            pfn = pte >> _PFN_SHIFT
+            if kind == _DEVICE_PTE:
+                mpfn = (pfn << shift) | lay["valid"] | lay["migrate"] | lay["device"]
+            elif kind == _PRESENT and pfn != f.zero_pfn:
+                mpfn = (pfn << shift) | lay["valid"] | lay["migrate"]
+                unmapped = True
+            else:
+                raise OffCommonPath("collect: a hole, the zero page, a swap or migration entry")
+            if f.mapping[pfn] == _NONE or f.flags[pfn] & _COMPOUND:
+                raise OffCommonPath("collect: no mapping or a compound page")
+            write = pte & _PTE_WRITE
+            if write:
+                mpfn |= lay["write"]
+            _get_page(f, pfn)
+            cpages += 1
+            if not _trylock(f, pfn):
+                raise OffCommonPath("collect: page locked by someone else")
+            f.pte[slot] = (pfn << _PFN_SHIFT) | _MIGRATION | write
+            f.mapcount[pfn] -= 1
+            _put_page(f, pfn)
+            dst[i] = 0
+            src[i] = mpfn | lay["locked"]
+        if unmapped:
+            f.counters["tlb_flush"] += 1
+        k = stop
     return cpages
 
 
-def _py_prepare(f: Flat, src: list[int]) -> None:
+def _py_prepare(f: Flat, n: int, src: list[int]) -> None:
+    """migrate_vma_prepare(): each collected RAM page is isolated from the LRU (every
+    CPU's LRU-add batch drained once, at the first page found off it) and checked
+    for pins; device pages skip both."""
     lay = f.lay
-    f.counters["lru_add_drain"] += 1  # the driver CPU's own batch is empty
-    for k in range(f.npages):
+    f.counters["lru_add_drain"] += 1
+    _drain_cpu(f, L.CPU_DRIVER)
+    drained_all = False
+    for k in range(n):
         mpfn = src[k]
         if not mpfn & lay["valid"]:
             continue
         pfn = mpfn >> lay["shift"]
-        if not mpfn & lay["locked"] or f.flags[pfn] & _ZONE_DEVICE:
-            raise OffCommonPath("prepare: trylock here, or a device page")
+        if not mpfn & lay["locked"]:
+            raise OffCommonPath("prepare: trylock here")
+        if f.flags[pfn] & _ZONE_DEVICE:
+            continue  # no LRU, and migrate_vma_check_page() passes a device page
+        if not f.flags[pfn] & _LRU and not drained_all:
+            _lru_add_drain_all(f)
+            drained_all = True
         if not f.flags[pfn] & _LRU:
-            raise OffCommonPath("prepare: page not on the LRU (lru_add_drain_all)")
+            raise OffCommonPath("prepare: page isolated by someone else")
         f.flags[pfn] &= ~_LRU  # isolate_lru_page()
         _get_page(f, pfn)
         _put_page(f, pfn)  # drop the collect reference
@@ -319,9 +435,9 @@ def _py_prepare(f: Flat, src: list[int]) -> None:
             raise OffCommonPath("prepare: pinned page")
 
 
-def _py_unmap(f: Flat, src: list[int]) -> None:
+def _py_unmap(f: Flat, n: int, src: list[int]) -> None:
     lay = f.lay
-    for k in range(f.npages):
+    for k in range(n):
         mpfn = src[k]
         if not mpfn & lay["valid"] or not mpfn & lay["migrate"]:
             continue
@@ -332,51 +448,88 @@ def _py_unmap(f: Flat, src: list[int]) -> None:
             raise OffCommonPath("unmap: pinned page")
 
 
-def _py_descriptors(sp: list[int], dp: list[int], chunk: int) -> list[int]:
-    lens: list[int] = []
+def _py_descriptors(sp: list[int], dp: list[int], chunk: int) -> list[tuple[int, int, int]]:
+    """build_descriptors(): (source pfn, destination pfn, pages) of each run of pairs
+    contiguous on both sides, at most ``chunk`` pages long."""
+    descs: list[tuple[int, int, int]] = []
     if not sp:
-        return lens
+        return descs
     s0, d0, run = sp[0], dp[0], 1
     for i in range(1, len(sp)):
         if run < chunk and sp[i] == s0 + run and dp[i] == d0 + run:
             run += 1
             continue
-        lens.append(run)
+        descs.append((s0, d0, run))
         s0, d0, run = sp[i], dp[i], 1
-    lens.append(run)
-    return lens
+    descs.append((s0, d0, run))
+    return descs
 
 
-def _py_alloc_and_copy(f: Flat, src: list[int], dst: list[int]) -> tuple[int, float]:
+def _descriptor_ns(eng: dict[str, float], nbytes: int) -> float:
+    """descriptor_ns(): one descriptor's modelled time, linear or UVM-Smart's curve."""
+    if nbytes <= 0:
+        return eng["setup_ns"]
+    if eng["model"] == kcopy.MODEL_UVM_CURVE:
+        speed = 2.0 / math.pi * eng["gbps"] * math.atan(eng["curve_b"] * (nbytes / 1024.0))
+        if nbytes >= _UVM_HALF_SPEED:
+            speed /= 2.0
+        return eng["setup_ns"] + nbytes / speed
+    return eng["setup_ns"] + nbytes / eng["gbps"]
+
+
+def _py_copy(f: Flat, sp: list[int], dp: list[int]) -> tuple[int, float]:
+    """The copy engine's batch: descriptors, their bytes moved (when the state keeps
+    bytes), each charged to the least-loaded channel. Returns (descriptors, busiest
+    channel's ns)."""
+    eng = f.engine
+    ps = f.page_size
+    descs = _py_descriptors(sp, dp, eng["chunk_pages"])
+    data = f.data
+    load = [0.0] * max(eng["channels"], 1)
+    for s0, d0, run in descs:
+        if data is not None:
+            data[d0 * ps : (d0 + run) * ps] = data[s0 * ps : (s0 + run) * ps]
+        c = load.index(min(load))
+        load[c] += _descriptor_ns(eng, run * ps)
+    return len(descs), (max(load) if descs else 0.0)
+
+
+def _py_alloc_and_copy(
+    f: Flat, to_device: bool, n: int, src: list[int], dst: list[int]
+) -> tuple[int, float, int]:
+    """The device's alloc_and_copy callback for one direction: a locked destination
+    for each MIGRATE slot (a device frame, or a RAM frame for a device page going
+    back), ``dst`` written, then one engine batch. A slot its pool has no frame
+    for keeps ``dst = 0`` and stays where it is. Returns (descriptors, model ns,
+    bytes copied)."""
     lay = f.lay
     sp: list[int] = []
     dp: list[int] = []
-    for k in range(f.npages):
+    for k in range(n):
         mpfn = src[k]
+        dst[k] = 0
         if not mpfn & lay["migrate"]:
             continue
         if not mpfn & lay["valid"]:
             raise OffCommonPath("alloc: a hole (zero-fill and insert)")
         spfn = mpfn >> lay["shift"]
-        if spfn >= f.nr_ram:
-            raise OffCommonPath("alloc: a device source")
-        dpfn = _alloc_device_frame(f)
-        _trylock(f, dpfn)
-        f.counters["device_calloc"] += 1
+        if (spfn >= f.nr_ram) == to_device:
+            raise OffCommonPath("alloc: a source already on the destination's side")
+        dpfn = _alloc_frame(f, to_device)
+        if dpfn < 0:
+            if not to_device:
+                raise OffCommonPath("alloc: no RAM frame (dst = MIGRATE_PFN_ERROR)")
+            continue
         sp.append(spfn)
         dp.append(dpfn)
         dst[k] = (dpfn << lay["shift"]) | lay["valid"] | lay["locked"] | (mpfn & lay["write"])
-    eng = f.engine
-    lens = _py_descriptors(sp, dp, eng["chunk_pages"])
-    model_ns = 0.0
-    for n in lens:
-        model_ns += eng["setup_ns"] + n * f.page_size / eng["gbps"]
-    return len(lens), model_ns
+    ndesc, model_ns = _py_copy(f, sp, dp)
+    return ndesc, model_ns, len(sp) * f.page_size
 
 
-def _py_pages(f: Flat, src: list[int], dst: list[int]) -> None:
+def _py_pages(f: Flat, n: int, src: list[int], dst: list[int]) -> None:
     lay = f.lay
-    for k in range(f.npages):
+    for k in range(n):
         if not dst[k] & lay["valid"]:
             src[k] &= ~lay["migrate"]
             continue
@@ -388,7 +541,10 @@ def _py_pages(f: Flat, src: list[int], dst: list[int]) -> None:
         page = src[k] >> lay["shift"]
         if f.mapping[page] == _FILE:
             raise OffCommonPath("pages: page cache page")
-        if f.refcount[page] != 1:  # migrate_page_move_mapping(): -EAGAIN
+        # migrate_page_move_mapping(): -EAGAIN unless the isolation (or collect)
+        # reference, plus the device's own for a device page, is all there is
+        expected = 2 if f.flags[page] & _ZONE_DEVICE else 1
+        if f.refcount[page] != expected:
             src[k] &= ~lay["migrate"]
             continue
         f.index[newpage] = f.index[page]
@@ -398,74 +554,108 @@ def _py_pages(f: Flat, src: list[int], dst: list[int]) -> None:
         f.flags[newpage] |= moved
 
 
-def _py_finalize_and_map(f: Flat, src: list[int], dst: list[int]) -> None:
+def _py_finalize_and_map(
+    f: Flat, to_device: bool, first: int, n: int, src: list[int], dst: list[int]
+) -> None:
+    """dmirror's finalize_and_map: a page that moved to the device enters its mirror
+    page table; one that moved back leaves it."""
     lay = f.lay
-    for k in range(f.npages):
+    for k in range(n):
         if not src[k] & lay["migrate"] or not dst[k] & lay["valid"]:
+            continue
+        slot = f.slot0 + first + k
+        if not to_device:
+            f.mirror[slot] = -1
             continue
         dpfn = dst[k] >> lay["shift"]
         if dpfn >= f.nr_ram:
-            f.mirror[f.slot0 + k] = (dpfn << 1) | (1 if dst[k] & lay["write"] else 0)
+            f.mirror[slot] = (dpfn << 1) | (1 if dst[k] & lay["write"] else 0)
 
 
 def _py_remove_migration_ptes(f: Flat, page: int, newpage: int) -> None:
+    """remove_migration_ptes(page, newpage): each migration entry of ``page`` maps
+    ``newpage`` (a device entry for a device page, a present PTE otherwise); for a
+    new page the slots move to its reverse-map chain."""
+    kind = _DEVICE_PTE if f.flags[newpage] & _ZONE_DEVICE else _PRESENT
     slot = f.rmap[page]
     prev = -1
     while slot != -1:
         nxt = f.pte_next[slot]
         pte = f.pte[slot]
         if pte & _KIND == _MIGRATION and pte >> _PFN_SHIFT == page:
-            f.pte[slot] = (newpage << _PFN_SHIFT) | _DEVICE_PTE | (pte & _PTE_WRITE)
+            f.pte[slot] = (newpage << _PFN_SHIFT) | kind | (pte & _PTE_WRITE)
+            if newpage != page and f.mirror[slot] >= 0 and f.mirror[slot] >> 1 == page:
+                f.mirror[slot] = -1  # the page left the device: the mirror forgets it
             f.mapcount[newpage] += 1
             _get_page(f, newpage)
-            if prev == -1:
-                f.rmap[page] = nxt
+            if newpage == page:
+                prev = slot
             else:
-                f.pte_next[prev] = nxt
-            f.pte_next[slot] = f.rmap[newpage]  # rmap_add()
-            f.rmap[newpage] = slot
+                if prev == -1:
+                    f.rmap[page] = nxt
+                else:
+                    f.pte_next[prev] = nxt
+                f.pte_next[slot] = f.rmap[newpage]  # rmap_add()
+                f.rmap[newpage] = slot
         else:
             prev = slot
         slot = nxt
 
 
-def _py_finalize(f: Flat, src: list[int], dst: list[int]) -> None:
+def _py_finalize(f: Flat, n: int, src: list[int], dst: list[int]) -> list[int]:
+    """migrate_vma_finalize(): each migration entry maps the new page where the slot
+    kept MIGRATE with a destination, the old page otherwise; both unlocked and
+    released. Returns the slots that moved."""
     lay = f.lay
-    for k in range(f.npages):
+    moved: list[int] = []
+    for k in range(n):
         if not src[k] & lay["valid"]:
             raise OffCommonPath("finalize: a filled hole")
-        if not src[k] & lay["migrate"] or not dst[k] & lay["valid"]:
-            raise OffCommonPath("finalize: a page that did not migrate")
         page = src[k] >> lay["shift"]
-        newpage = dst[k] >> lay["shift"]
+        newpage = dst[k] >> lay["shift"] if dst[k] & lay["valid"] else -1
+        if not src[k] & lay["migrate"] or newpage < 0:
+            if newpage >= 0:  # a destination was offered, in vain
+                _unlock(f, newpage)
+                _put_page(f, newpage)
+                f.counters["pgmigrate_fail"] += 1
+            newpage = page
         _py_remove_migration_ptes(f, page, newpage)
         _unlock(f, page)
-        if f.refcount[page] > 1:  # putback_lru_page()
-            f.flags[page] |= _LRU
-        _put_page(f, page)
-        _unlock(f, newpage)
-        _put_page(f, newpage)  # a ZONE_DEVICE page is put, not put back
-        f.counters["pgmigrate_success"] += 1
+        _release(f, page)
+        if newpage != page:
+            _unlock(f, newpage)
+            _release(f, newpage)
+            f.counters["pgmigrate_success"] += 1
+            moved.append(k)
+    return moved
+
+
+def python_migrate_range(f: Flat, first: int, npages: int, to_device: bool) -> Migrated:
+    """migrate_vma() of the VMA's pages ``[first, first + npages)`` with the device's
+    callbacks, in place over ``f`` (lists, from :meth:`Flat.as_lists`).
+
+    To the device every page must be present in RAM; back to system memory
+    (eviction, the CPU-fault handler) every page must be on the device.
+    """
+    _check_range(f)
+    src = [0] * npages
+    dst = [0] * npages
+    f.counters["migrate_vma_calls"] += 1
+    f.counters["migrate_vma_collected"] += _py_collect(f, first, npages, src, dst)
+    _py_prepare(f, npages, src)
+    _py_unmap(f, npages, src)
+    ndesc, model_ns, nbytes = _py_alloc_and_copy(f, to_device, npages, src, dst)
+    _py_pages(f, npages, src, dst)
+    _py_finalize_and_map(f, to_device, first, npages, src, dst)
+    moved = _py_finalize(f, npages, src, dst)
+    return Migrated(moved, ndesc, model_ns, nbytes)
 
 
 def python_migrate(f: Flat) -> tuple[int, float]:
-    """Migrate the VMA of ``f`` (lists, from :meth:`Flat.as_lists`) in place.
-
-    Returns ``(descriptors, modelled copy ns)``.
-    """
-    _check_setup(f)
-    src = [0] * f.npages
-    dst = [0] * f.npages
-    f.counters["migrate_vma_calls"] += 1
-    cpages = _py_collect(f, src, dst)
-    f.counters["migrate_vma_collected"] += cpages
-    _py_prepare(f, src)
-    _py_unmap(f, src)
-    result = _py_alloc_and_copy(f, src, dst)
-    _py_pages(f, src, dst)
-    _py_finalize_and_map(f, src, dst)
-    _py_finalize(f, src, dst)
-    return result
+    """Migrate the whole VMA of ``f`` (lists, from :meth:`Flat.as_lists`) to the
+    device in place. Returns ``(descriptors, modelled copy ns)``."""
+    done = python_migrate_range(f, 0, f.npages, True)
+    return done.descriptors, done.model_ns
 
 
 # ============================================================== numpy

@@ -7,10 +7,13 @@ are on the device, the device's free frames (``device_pages`` minus the resident
 pages), the open fault batch, the prefetchers and the eviction orders. There are no
 bytes, page tables or costs.
 
-It also serves as the "pure-Python implementation of the same driver model" for
-speed comparisons: one plain Python step per access, lists and dicts throughout,
-numpy only to turn the inputs into Python ints up front (and to hand a user policy
-the int64 arrays an ``@njit`` function expects).
+One plain Python step per access, lists and dicts throughout, numpy only to turn
+the inputs into Python ints up front (and to hand a user policy the int64 arrays an
+``@njit`` function expects). Every move, CPU access and device store goes through
+one of a few methods (``_move_to_device``, ``_move_to_host``, ``_fault_back``,
+``_cpu_access``, ``_device_write``) that here change residency only;
+``bench/peers_sim.py`` subclasses the model and overrides them with a pure-Python
+migrate_vma() over page tables and frame bytes, the speed peer of ``me.simulate``.
 
 Conventions the document leaves open, chosen here (the compiled replay agrees with
 every one of them on the property tests and on targeted traces):
@@ -87,6 +90,17 @@ class XorShift64Star:
         x ^= x >> 27
         self.s = x
         return ((x * XS_MUL) & MASK64) >> 1
+
+
+def runs(pages: list[int]) -> list[tuple[int, int]]:
+    """The maximal runs ``[first, end)`` of consecutive numbers in sorted ``pages``."""
+    out: list[tuple[int, int]] = []
+    for p in pages:
+        if out and out[-1][1] == p:
+            out[-1] = (out[-1][0], p + 1)
+        else:
+            out.append((p, p + 1))
+    return out
 
 
 def page_numbers(addr: Any) -> tuple[list[int], int]:
@@ -244,16 +258,42 @@ class UvmModel:
         res = self.res
         ctr = self.ctr
         ctr["evictions"] += 1
-        in_run = False
-        for p in range(lo, hi):
-            if res[p]:
-                if not in_run:
-                    ctr["migrate_calls"] += 1
-                    in_run = True
-                ctr["pages_evicted"] += 1
-                self._page_out(p)
-            else:
-                in_run = False
+        for first, end in runs([p for p in range(lo, hi) if res[p]]):
+            ctr["migrate_calls"] += 1
+            ctr["pages_evicted"] += self._move_to_host(first, end)
+
+    # ------------------------------------------------------ moves and CPU accesses
+    # The hooks a driver with page tables and bytes overrides (bench/peers_sim.py):
+    # here a move is its residency change alone.
+    def _move_to_device(self, first: int, end: int, now: int) -> None:
+        """One migrate_vma() of pages ``[first, end)`` (none resident) to the device:
+        frames are handed out in address order until the device has none left."""
+        for p in range(first, end):
+            if self.resident >= self.device_pages:
+                return
+            self._page_in(p, now)
+
+    def _move_to_host(self, first: int, end: int) -> int:
+        """One migrate_vma() of pages ``[first, end)`` (all resident) back to
+        system memory; returns the pages moved."""
+        for p in range(first, end):
+            self._page_out(p)
+        return end - first
+
+    def _fault_back(self, p: int) -> None:
+        """The device's CPU-fault handler: page ``p`` (resident) migrates back."""
+        self._page_out(p)
+
+    def _cpu_access(self, k: int, p: int, write: bool) -> None:
+        """Access ``k`` through the CPU path (a CPU access, or a remote one): a page
+        on the device faults back first (a CPU fault)."""
+        if self.res[p]:
+            self.ctr["cpu_faults"] += 1
+            self._fault_back(p)
+
+    def _device_write(self, k: int, p: int) -> None:
+        """Access ``k`` stores its byte in device memory (page ``p`` is resident):
+        nothing to do in a model without bytes."""
 
     # ------------------------------------------------------------------ the batches
     def _prefetch(self, base: int, req: set[int], pages: list[int]) -> set[int]:
@@ -329,27 +369,27 @@ class UvmModel:
                 want = req
             # 5. moves, in address order; the allocator fails once the frames run out
             moved = False
-            prev = -2
-            for p in sorted(want):
-                if res[p]:
-                    continue
-                if p != prev + 1:
-                    ctr["migrate_calls"] += 1
-                prev = p
-                if self.resident < self.device_pages:
-                    self._page_in(p, now)
-                    moved = True
-                    if p in req:
-                        ctr["pages_to_device"] += 1
-                    else:
-                        ctr["pages_prefetched"] += 1
+            for first, end in runs(sorted(p for p in want if not res[p])):
+                ctr["migrate_calls"] += 1
+                self._move_to_device(first, end, now)
+                for p in range(first, end):
+                    if res[p]:
+                        moved = True
+                        if p in req:
+                            ctr["pages_to_device"] += 1
+                        else:
+                            ctr["pages_prefetched"] += 1
             # 6. LRU: the most recently migrated-into block goes last
             if moved:
                 self.lru.pop(b, None)
                 self.lru[b] = None
-        for p, _k, _w in entries:
-            if not res[p]:
+        for p, k, w in entries:  # the faulting accesses complete
+            if res[p]:
+                if w:
+                    self._device_write(k, p)
+            else:
                 ctr["remote_accesses"] += 1
+                self._cpu_access(k, p, w)
         self.entries = []
         self.in_batch = set()
 
@@ -361,14 +401,15 @@ class UvmModel:
         if proc == 0:
             ctr["device_accesses"] += 1
             if self.res[p]:
-                self._hit(k, p)
+                self._hit(k, p, write)
             elif p in self.in_batch:
                 self.service(k)
                 if self.res[p]:
-                    self._hit(k, p)
+                    self._hit(k, p, write)
                 else:
                     ctr["device_faults"] += 1
                     ctr["remote_accesses"] += 1
+                    self._cpu_access(k, p, write)
             else:
                 ctr["device_faults"] += 1
                 if len(self.entries) >= self.batch_faults:
@@ -378,15 +419,15 @@ class UvmModel:
         else:
             ctr["cpu_accesses"] += 1
             self.service(k)
-            if self.res[p]:
-                ctr["cpu_faults"] += 1
-                self._page_out(p)
+            self._cpu_access(k, p, write)
 
-    def _hit(self, k: int, p: int) -> None:
+    def _hit(self, k: int, p: int, write: bool) -> None:
         self.ctr["device_hits"] += 1
         u = p // self.mp
         self.last_use[u] = k
         self.uses[u] += 1
+        if write:
+            self._device_write(k, p)
 
     def stats(self) -> dict[str, int]:
         """The counters (``resident_pages``: pages on the device now)."""
