@@ -1,18 +1,24 @@
 """me.simulate's speed, each figure a ratio to a baseline timed in the same process.
 
-* **Hits:** a trace whose pages all fit on the device (after the first touches,
-  every access hits), against ``np.take`` over the trace's page numbers: the
-  replay's accesses per second over ``np.take``'s elements per second.
+* **Hits:** a random trace (20% writes) whose pages all fit on the device
+  (after the first touches, every access hits), against ``np.take`` over the
+  trace's page numbers: the replay's accesses per second over ``np.take``'s
+  elements per second. With bytes stored (every write lands in its device
+  frame, at random across 16 MiB) and without.
 * **Faults:** 64 KiB units with bytes stored, a hotspot trace at 2x
   oversubscription: pages migrated per second (in, prefetched, evicted and
   faulted back), and the bytes they move per second over ``np.copyto``'s on a
-  buffer of the same size.
+  buffer of the same size. ``np.copyto``'s rate in 4 KiB pages is printed
+  beside it: a migration that copied at memcpy speed and did nothing else
+  would reach it, so it bounds the pages per second on this machine.
 * **Peer:** me.simulate against its pure-Python peer (bench/peers_sim.py) doing
   the same work on the same trace in the same process: the reference driver
   model (tests/reference/uvm_model.py) with every move a pure-Python
   migrate_vma() over a flat copy of the machine, bytes included
-  (``store_data=True`` on both sides). The peer must agree with the engine on
-  every counter, every page's bytes and the final machine state.
+  (``store_data=True`` on both sides), and both without bytes. The peer must
+  agree with the engine on every counter, every page's bytes and the final
+  machine state. With bytes both sides copy at memcpy speed (the peer's
+  bytearray slices are C copies), which bounds that ratio.
 * **Scale:** a 1 GiB working set at 150% oversubscription, wall time, beside
   UVM-Smart's published 2-14 hours for 9-16 MB working sets.
 
@@ -48,10 +54,10 @@ def _best(fn: Any, repeat: int) -> float:
     return best
 
 
-def hits(pages: int, accesses: int, repeat: int = 3) -> dict[str, float]:
+def hits(pages: int, accesses: int, repeat: int = 3, store_data: bool = True) -> dict[str, float]:
     """Accesses per second when every page is resident, and the ratio to np.take."""
     tr = me.Trace.synthetic("random", pages=pages, accesses=accesses, seed=0, write_fraction=0.2)
-    cfg = me.SimConfig(device_pages=pages + 512, migrate_pages=512)
+    cfg = me.SimConfig(device_pages=pages + 512, migrate_pages=512, store_data=store_data)
     walls = [me.simulate(tr, cfg).stats for _ in range(repeat)]
     s = min(walls, key=lambda st: st["wall_s"])
     idx = (tr.addr >> np.uint64(12)).astype(np.int64) - int(tr.addr.min() >> np.uint64(12))
@@ -86,12 +92,13 @@ def faults(pages: int, accesses: int, repeat: int = 3) -> dict[str, float]:
         "pages_per_s": moved / s["wall_s"],
         "bytes_per_s": nbytes / s["wall_s"],
         "copyto_per_s": buf.nbytes / copy,
+        "copyto_pages_per_s": buf.nbytes / copy / 4096,
         "ratio_to_copyto": (nbytes / s["wall_s"]) / (buf.nbytes / copy),
     }
 
 
-def peer(pages: int, accesses: int, repeat: int = 3) -> dict[str, float]:
-    """me.simulate against its pure-Python peer on one trace, both storing bytes.
+def peer(pages: int, accesses: int, repeat: int = 3, store_data: bool = True) -> dict[str, float]:
+    """me.simulate against its pure-Python peer on one trace, both storing bytes or neither.
 
     Each side's best of ``repeat`` replays, timed without its setup (building
     the machine), after one untimed engine run that loads its kernels. Raises
@@ -107,7 +114,7 @@ def peer(pages: int, accesses: int, repeat: int = 3) -> dict[str, float]:
         batch_faults=256,
         prefetch="tree",
         evict="lru",
-        store_data=True,
+        store_data=store_data,
     )
     me.simulate(tr, cfg)
     runs = [me.simulate(tr, cfg) for _ in range(repeat)]
@@ -189,24 +196,28 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     q = a.quick
     print(f"threading: {bench.threading_info()}")
-    h = hits(4096, 2_000_000 if q else 20_000_000)
-    print(
-        f"hits: {h['accesses']:,} accesses, {h['hit_share']:.4f} hits: "
-        f"{h['accesses_per_s'] / 1e6:.1f} M accesses/s; np.take {h['take_per_s'] / 1e6:.1f} M/s; "
-        f"ratio {h['ratio_to_take']:.2f} (target >= 50 M accesses/s)"
-    )
+    for store in (True, False):
+        h = hits(4096, 2_000_000 if q else 20_000_000, store_data=store)
+        print(
+            f"hits ({'bytes' if store else 'no bytes'}): {h['accesses']:,} accesses, "
+            f"{h['hit_share']:.4f} hits: {h['accesses_per_s'] / 1e6:.1f} M accesses/s; "
+            f"np.take {h['take_per_s'] / 1e6:.1f} M/s; ratio {h['ratio_to_take']:.3f} "
+            "(target >= 50 M accesses/s)"
+        )
     f = faults(16384, 500_000 if q else 2_000_000)
     print(
         f"faults (64 KiB units, data): {f['pages_moved']:,} pages in {f['wall_s']:.3f} s = "
         f"{f['pages_per_s'] / 1e6:.2f} M pages/s; {f['bytes_per_s'] / 1e9:.2f} GB/s against "
-        f"np.copyto {f['copyto_per_s'] / 1e9:.2f} GB/s: ratio {f['ratio_to_copyto']:.2f} "
+        f"np.copyto {f['copyto_per_s'] / 1e9:.2f} GB/s "
+        f"({f['copyto_pages_per_s'] / 1e6:.2f} M pages/s): ratio {f['ratio_to_copyto']:.2f} "
         "(targets >= 3 M pages/s, >= 0.5)"
     )
-    p = peer(8192, 50_000 if q else 300_000)
-    print(
-        f"peer: me.simulate {p['engine_s']:.3f} s, pure Python {p['python_s']:.1f} s: "
-        f"x{p['speedup']:.0f} (target >= 100)"
-    )
+    for store in (True, False):
+        p = peer(8192, 50_000 if q else 300_000, store_data=store)
+        print(
+            f"peer ({'bytes' if store else 'no bytes'}): me.simulate {p['engine_s']:.3f} s, "
+            f"pure Python {p['python_s']:.1f} s: x{p['speedup']:.0f} (target >= 100)"
+        )
     g = scale(1 << 16 if q else 1 << 18, 2_000_000 if q else 20_000_000)
     print(
         f"scale: {g['working_set_mib']:.0f} MiB working set at 150% of the device, "

@@ -238,8 +238,6 @@ def _check_range(f: Flat) -> None:
 def _check_setup(f: Flat) -> None:
     """What numpy_migrate relies on besides _check_range()."""
     _check_range(f)
-    if f.pagevec[L.CPU_DRIVER]:
-        raise OffCommonPath("prepare: the driver CPU's LRU-add batch is not empty")
     if f.engine["model"] != kcopy.MODEL_LINEAR or f.engine["channels"] != 1:
         raise OffCommonPath("the numpy peer models a one-channel linear engine only")
 
@@ -287,18 +285,28 @@ def _put_page(f: Flat, pfn: int) -> None:
         _free_frame(f, pfn)
 
 
-def _putback_lru_page(f: Flat, pfn: int) -> None:
-    if f.refcount[pfn] > 1:
-        f.flags[pfn] |= _LRU
+def _lru_cache_add(f: Flat, cpu: int, pfn: int) -> None:
+    """__lru_cache_add() (4.14): the batch takes a reference; the add that fills
+    it (PAGEVEC_SIZE, 14) drains it. The peers meet no compound page."""
+    _get_page(f, pfn)
+    f.flags[pfn] |= _PAGEVEC
+    f.pagevec[cpu].append(pfn)
+    if len(f.pagevec[cpu]) == L.PAGEVEC_SIZE:
+        _drain_cpu(f, cpu)
+
+
+def _putback_lru_page(f: Flat, cpu: int, pfn: int) -> None:
+    """putback_lru_page() (4.14): lru_cache_add() on this CPU, then put_page()."""
+    _lru_cache_add(f, cpu, pfn)
     _put_page(f, pfn)
 
 
-def _release(f: Flat, pfn: int) -> None:
+def _release(f: Flat, cpu: int, pfn: int) -> None:
     """finalize's release: put_page() for a device page, putback_lru_page() for RAM."""
     if f.flags[pfn] & _ZONE_DEVICE:
         _put_page(f, pfn)
     else:
-        _putback_lru_page(f, pfn)
+        _putback_lru_page(f, cpu, pfn)
 
 
 def _drain_cpu(f: Flat, cpu: int) -> None:
@@ -406,13 +414,13 @@ def _py_collect(f: Flat, first: int, n: int, src: list[int], dst: list[int]) -> 
     return cpages
 
 
-def _py_prepare(f: Flat, n: int, src: list[int]) -> None:
-    """migrate_vma_prepare(): each collected RAM page is isolated from the LRU (every
-    CPU's LRU-add batch drained once, at the first page found off it) and checked
-    for pins; device pages skip both."""
+def _py_prepare(f: Flat, cpu: int, n: int, src: list[int]) -> None:
+    """migrate_vma_prepare(): this CPU's LRU-add batch drained, then each collected
+    RAM page is isolated from the LRU (every CPU's batch drained once, at the first
+    page found off it) and checked for pins; device pages skip both."""
     lay = f.lay
     f.counters["lru_add_drain"] += 1
-    _drain_cpu(f, L.CPU_DRIVER)
+    _drain_cpu(f, cpu)
     drained_all = False
     for k in range(n):
         mpfn = src[k]
@@ -602,7 +610,7 @@ def _py_remove_migration_ptes(f: Flat, page: int, newpage: int) -> None:
         slot = nxt
 
 
-def _py_finalize(f: Flat, n: int, src: list[int], dst: list[int]) -> list[int]:
+def _py_finalize(f: Flat, cpu: int, n: int, src: list[int], dst: list[int]) -> list[int]:
     """migrate_vma_finalize(): each migration entry maps the new page where the slot
     kept MIGRATE with a destination, the old page otherwise; both unlocked and
     released. Returns the slots that moved."""
@@ -621,18 +629,21 @@ def _py_finalize(f: Flat, n: int, src: list[int], dst: list[int]) -> list[int]:
             newpage = page
         _py_remove_migration_ptes(f, page, newpage)
         _unlock(f, page)
-        _release(f, page)
+        _release(f, cpu, page)
         if newpage != page:
             _unlock(f, newpage)
-            _release(f, newpage)
+            _release(f, cpu, newpage)
             f.counters["pgmigrate_success"] += 1
             moved.append(k)
     return moved
 
 
-def python_migrate_range(f: Flat, first: int, npages: int, to_device: bool) -> Migrated:
+def python_migrate_range(
+    f: Flat, first: int, npages: int, to_device: bool, cpu: int = L.CPU_DRIVER
+) -> Migrated:
     """migrate_vma() of the VMA's pages ``[first, first + npages)`` with the device's
-    callbacks, in place over ``f`` (lists, from :meth:`Flat.as_lists`).
+    callbacks, in place over ``f`` (lists, from :meth:`Flat.as_lists`), run on
+    ``cpu`` (the driver's; the faulting CPU's for the CPU-fault handler).
 
     To the device every page must be present in RAM; back to system memory
     (eviction, the CPU-fault handler) every page must be on the device.
@@ -642,12 +653,12 @@ def python_migrate_range(f: Flat, first: int, npages: int, to_device: bool) -> M
     dst = [0] * npages
     f.counters["migrate_vma_calls"] += 1
     f.counters["migrate_vma_collected"] += _py_collect(f, first, npages, src, dst)
-    _py_prepare(f, npages, src)
+    _py_prepare(f, cpu, npages, src)
     _py_unmap(f, npages, src)
     ndesc, model_ns, nbytes = _py_alloc_and_copy(f, to_device, npages, src, dst)
     _py_pages(f, npages, src, dst)
     _py_finalize_and_map(f, to_device, first, npages, src, dst)
-    moved = _py_finalize(f, npages, src, dst)
+    moved = _py_finalize(f, cpu, npages, src, dst)
     return Migrated(moved, ndesc, model_ns, nbytes)
 
 
@@ -695,6 +706,7 @@ def _np_check_page(f: Flat, pfns: np.ndarray) -> np.ndarray:
 
 def _np_prepare(f: Flat, pfns: np.ndarray) -> None:
     f.counters["lru_add_drain"] += 1
+    _drain_cpu(f, L.CPU_DRIVER)  # at most 13 pages: the local lru_add_drain()
     if np.any(f.flags[pfns] & _ZONE_DEVICE):
         raise OffCommonPath("prepare: a device page")
     if not np.all(f.flags[pfns] & _LRU):
@@ -787,18 +799,24 @@ def _np_finalize(f: Flat, slots: np.ndarray, pfns: np.ndarray, dpfns: np.ndarray
     f.pte_next[slots] = f.rmap[dpfns]
     f.rmap[dpfns] = slots
     f.flags[pfns] &= np.uint32(~_LOCKED & 0xFFFFFFFF)
-    # putback_lru_page(): the migrated source drops its last reference and is freed,
-    # pushed on the RAM free stack in slot order.
+    # putback_lru_page() in slot order through the driver CPU's batch, which
+    # prepare emptied: each add that fills it (every PAGEVEC_SIZE-th) drains it,
+    # freeing the sources in it in slot order; the last ones wait in it.
     if np.any(f.refcount[pfns] != 1):
         raise OffCommonPath("finalize: a source still referenced")
-    f.refcount[pfns] -= 1
-    positions = f.ram_free + np.arange(pfns.size)
-    f.free_stack[positions] = pfns
-    f.free_pos[pfns] = positions
-    f.ram_free += pfns.size
-    f.flags[pfns] = (f.flags[pfns] & np.uint32(_ZONE_DEVICE)) | np.uint32(_FREE)
-    f.mapcount[pfns] = 0
-    f.mapping[pfns] = _NONE
+    waiting = pfns.size % L.PAGEVEC_SIZE
+    freed = pfns[: pfns.size - waiting]
+    f.refcount[freed] -= 1
+    positions = f.ram_free + np.arange(freed.size)
+    f.free_stack[positions] = freed
+    f.free_pos[freed] = positions
+    f.ram_free += freed.size
+    f.flags[freed] = (f.flags[freed] & np.uint32(_ZONE_DEVICE)) | np.uint32(_FREE)
+    f.mapcount[freed] = 0
+    f.mapping[freed] = _NONE
+    left = pfns[pfns.size - waiting :]
+    f.flags[left] |= np.uint32(_PAGEVEC)
+    f.pagevec[L.CPU_DRIVER] = left.tolist()
     f.flags[dpfns] &= np.uint32(~_LOCKED & 0xFFFFFFFF)
     f.refcount[dpfns] -= 1  # put_page() on the ZONE_DEVICE destination
     f.counters["pgmigrate_success"] += pfns.size

@@ -116,9 +116,11 @@ class SimPeer(UvmModel):
             self.fixed_us += self.batch_us + self.fault_us * len(self.entries)
         super().service(now)
 
-    def _migrate(self, first: int, end: int, to_device: bool) -> list[int]:
-        """One migrate_vma() of pages ``[first, end)``; returns the pages that moved."""
-        done = python_migrate_range(self.flat, first, end - first, to_device)
+    def _migrate(
+        self, first: int, end: int, to_device: bool, cpu: int = L.CPU_DRIVER
+    ) -> list[int]:
+        """One migrate_vma() of pages ``[first, end)`` on ``cpu``; returns the pages that moved."""
+        done = python_migrate_range(self.flat, first, end - first, to_device, cpu)
         self.copy_us += done.model_ns * 1e-3
         if to_device:
             self.bytes_to_device += done.nbytes
@@ -140,7 +142,7 @@ class SimPeer(UvmModel):
         """hmm_devmem_ops.fault: a one-page migrate_vma() back, ``fault_us`` plus its copy."""
         self.flat.counters["device_faults"] += 1
         self.fixed_us += self.fault_us
-        for q in self._migrate(p, p + 1, False):
+        for q in self._migrate(p, p + 1, False, L.CPU_USER):  # on the faulting CPU
             self._page_out(q)
 
     def _device_write(self, k: int, p: int) -> None:

@@ -86,7 +86,11 @@ def held_refs(st, pfn):
     if (flags & L.PG_ZONE_DEVICE) != 0:
         ref += 1
     if st.page["mapping"][pfn] == L.MAPPING_FILE:
-        ref += 1
+        # The page cache's reference: a file page that migrated away keeps its
+        # mapping (migrate_page() leaves the old page's) until it is freed.
+        pc = st.page["index"][pfn]
+        if 0 <= pc < st.sys[L.SYS_PCACHE_USED] and st.pcache[pc] == pfn:
+            ref += 1
     return ref
 
 

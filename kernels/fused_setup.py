@@ -23,7 +23,7 @@ def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
     if mm.mpfn_to_pfn(st.layout, src[k]) < 0:
         return
     if mig[L.MIG_DRAINED] == 0:
-        mm.lru_add_drain(st, L.CPU_DRIVER)
+        mm.lru_add_drain(st, mm.this_cpu(st))
         mig[L.MIG_DRAINED] = 1
     if prepare_slot(st, src, k, mig, hmm):
         restore_remapped_slot(st, slot, src, k)

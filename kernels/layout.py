@@ -120,7 +120,7 @@ SYS_PROFILE = 3
 SYS_STORE_DATA = 4
 SYS_ZERO_PFN = 5
 SYS_RAM_FREE = 6  # free-stack depth of RAM
-# 7: unused (the devices' free-stack depths are in state.dev, DEV_FREE)
+SYS_CPU = 7  # the CPU the running kernel path is on: CPU_DRIVER, or CPU_USER in a fault
 SYS_NR_VMAS = 8
 SYS_PTE_USED = 9
 SYS_PMD_USED = 10
@@ -200,7 +200,7 @@ NR_CPUS = 2
 CPU_USER = 0
 CPU_DRIVER = 1
 # 4.14's PAGEVEC_SIZE: __lru_cache_add() drains the batch when an add fills it,
-# so at most 13 pages wait in it (api.md v2 corrects v1's 15).
+# so at most 13 pages wait in it (the contract's v1 said 15).
 PAGEVEC_SIZE = 14
 
 # --- errno values the compiled level returns (negated).

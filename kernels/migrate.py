@@ -116,7 +116,7 @@ def setup_range(state, vma_index, start, end, src, dst):
     start = mm.page_down(state, start)
     mig = state.mig
     threads = sweep_threads(state, npages)
-    if threads > 1 and state.pagevec_n[L.CPU_DRIVER] == 0:
+    if threads > 1:
         # No memset of src first: the sweep writes every slot of it.
         setup_parallel(state, vma_index, start, npages, src, dst, mig, threads)
     else:
@@ -124,7 +124,8 @@ def setup_range(state, vma_index, start, end, src, dst):
         setup_sweep(state, vma_index, start, mig[L.MIG_END], src, dst, mig, np.int64(0))
     state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_COLLECTED]
     if mig[L.MIG_COLLECTED] > 0 and mig[L.MIG_DRAINED] == 0:
-        lru_add_drain(state, L.CPU_DRIVER)  # prepare ran (for holes or plain pages): it drained
+        # Prepare ran (for holes or plain pages): it drained this CPU's batch.
+        lru_add_drain(state, mm.this_cpu(state))
         mig[L.MIG_DRAINED] = 1
     if mig[L.MIG_CPAGES] <= 0:
         close_window(mig)  # nothing to migrate: no pages or finalize call follows

@@ -166,6 +166,13 @@ def lru_cache_add(st, cpu, pfn):
 
 
 @internal(inline=True)
+def this_cpu(st):
+    """smp_processor_id(): the CPU the running path is on (``SYS_CPU``): the
+    driver's for a migration it starts, the faulting one in a CPU fault."""
+    return st.sys[L.SYS_CPU]
+
+
+@internal(inline=True)
 def lru_add_drain(st, cpu):
     """lru_add_drain(): drain the calling CPU's batch only."""
     st.counters[L.C_LRU_ADD_DRAIN] += 1
@@ -193,13 +200,14 @@ def isolate_lru_page(st, pfn):
 
 @internal(inline=True)
 def putback_lru_page(st, pfn):
-    """putback_lru_page(): back on the LRU, dropping the isolation reference.
+    """putback_lru_page() (4.14 mm/vmscan.c): lru_cache_add() on this CPU, then
+    put_page() of the isolation reference.
 
-    A page whose last reference this was (a migrated source) is freed instead.
+    The batch's reference keeps the page allocated until the batch drains: a
+    migrated source, whose last reference the isolation's was, is freed then.
     """
     head = compound_head(st, pfn)
-    if st.page["refcount"][head] > 1:
-        set_flag(st, head, L.PG_LRU)
+    lru_cache_add(st, this_cpu(st), head)
     put_page(st, head)
 
 

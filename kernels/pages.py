@@ -87,7 +87,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
     if (vflags & L.VM_LOCKED) != 0 and not device:
         mm.set_flag(st, newpage, L.PG_MLOCKED)
     if not device:
-        mm.lru_cache_add(st, L.CPU_DRIVER, newpage)
+        mm.lru_cache_add(st, mm.this_cpu(st), newpage)
     mm.map_new_page(st, slot, newpage, (vflags & L.VM_WRITE) != 0, device)
     if flush:
         st.counters[L.C_TLB_FLUSH] += 1

@@ -156,9 +156,9 @@ def migrate_vma_prepare(st, v, src, mig):
     every other collected page is unlocked, back on the LRU and mapped as before
     with ``src = 0``; ``mig[MIG_CPAGES]`` is decremented for each. Trylock only,
     never wait; ``lru_add_drain_all()`` at most once per call, after one local
-    ``lru_add_drain()`` on the driver's CPU.
+    ``lru_add_drain()`` on this CPU (the driver's, or the faulting one in a fault).
     """
-    mm.lru_add_drain(st, L.CPU_DRIVER)
+    mm.lru_add_drain(st, mm.this_cpu(st))
     mig[L.MIG_DRAINED_ALL] = 0
     hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     npages = mig[L.MIG_NPAGES]

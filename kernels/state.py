@@ -225,6 +225,7 @@ def new_state(
         first += size
     sysv = np.zeros(L.SYS_FIELDS, np.int64)
     sysv[L.SYS_PAGE_SIZE] = page_size
+    sysv[L.SYS_CPU] = L.CPU_DRIVER
     sysv[L.SYS_PAGE_SHIFT] = page_size.bit_length() - 1
     sysv[L.SYS_NR_RAM] = nr_ram
     sysv[L.SYS_NR_DEVICE] = nr_device

@@ -317,10 +317,10 @@ def simulate(
         profile=cfg.profile,
         swap_pages=0,
     )
-    # Commit the frames' memory now (they are zeros either way): the host OS's
-    # first-touch faults on device frames are no part of the model and would
-    # otherwise land in the replay's wall time.
-    m.state.data.fill(0)
+    # Commit the device frames' memory now (they are zeros either way): the
+    # host OS's first-touch faults on them are no part of the model and would
+    # otherwise land in the replay's wall time. populate() below touches RAM's.
+    m.state.data[m.ram_pages * m.page_size :].fill(0)
     m.device.engine = cfg.copy_engine()
     p = m.new_process()
     vma = p.mmap(pages, addr=SIM_VSTART)

@@ -62,6 +62,24 @@ def filled(m: me.Machine, npages: int, **mmap_kw) -> tuple[me.Process, me.Vma]:
     return p, vma
 
 
+def assert_in_batch(m: me.Machine, pfn: int) -> None:
+    """4.14's putback_lru_page() is lru_cache_add() then put_page(): the page waits
+    in the putting CPU's LRU-add batch, off the LRU and unlocked, until it drains."""
+    info = m.page(pfn)
+    assert info.pagevec and not info.lru and not info.locked, info
+
+
+def assert_freed_by_drain(m: me.Machine, pfns: list[int]) -> None:
+    """A migrated source's last reference is the LRU-add batch's (4.14
+    putback_lru_page()): it stays allocated, held by the batch alone, and is free
+    once the batch drains (here: lru_add_drain_all())."""
+    for pfn in pfns:
+        info = m.page(pfn)
+        assert info.free or (info.pagevec and info.refcount == 1 and not info.mapcount), info
+    m.lru_add_drain_all()
+    assert all(m.page(pfn).free for pfn in pfns)
+
+
 def assert_data(p: me.Process, vma: me.Vma, pages: range | list[int]) -> None:
     for i in pages:
         assert p.read(addr(vma, i), PS) == pattern(i), f"page {i}"

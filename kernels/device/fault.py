@@ -89,11 +89,16 @@ def device_fault(state, vma_index, addr):
     src = state.fault_mpfn[0:1]
     dst = state.fault_mpfn[1:2]
     dst[0] = L.MPFN_NONE
+    # The handler runs on the faulting CPU: prepare's local lru_add_drain() and
+    # finalize's putbacks use that CPU's LRU-add batch, not the driver's.
+    cpu = state.sys[L.SYS_CPU]
+    state.sys[L.SYS_CPU] = L.CPU_USER
     if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
         fault_alloc_and_copy(state, src, dst, dev_private(d, 0))
         migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
         system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
         migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
+    state.sys[L.SYS_CPU] = cpu
     if dst[0] == state.layout[L.L_ERROR]:
         counters[L.C_DEVICE_SIGBUS] += 1
         state.dev[d, L.DEV_SIGBUS] += 1

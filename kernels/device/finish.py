@@ -12,13 +12,14 @@ effect (the schedule is kernels.parallel.schedule's):
                                          page mapcount 1, refcount 3, on the
                                          slot's rmap chain
     unlock_page() x2, put_page(newpage)  both unlocked; new page refcount 2
-    putback_lru_page(page)               source's last reference: freed
+    putback_lru_page(page)               not here: afterwards, serially and in
+                                         slot order (putback_sources()), as it
+                                         goes through this CPU's LRU-add batch
     counters                             pgmigrate_success +1
 
     + device_alloc_page() of the frame   finish_reserved_slot: the device frame
       setup named (reserved batch)       leaves its stack here, each of its
-                                         fields written once; the source's free
-                                         is placed at its slot-order position
+                                         fields written once
 
 tests/properties/test_parallel.py holds both fast finishes to the serial sweep,
 which takes the generic steps.
@@ -120,17 +121,31 @@ def plain_to_finish(state, slot, src, dst, i):
 
 
 @internal
-def remap_to_device_and_free(state, d, slot, page, newpage, dst_mpfn):
+def remap_to_device(state, d, slot, page, newpage, dst_mpfn):
     """The end both plain finishes share: device ``d``'s mirror entry, the slot's
     migration entry replaced by a device entry for ``newpage``, and the RAM
-    source's last reference dropped: free_frame() but for the free-stack place.
-    A RAM source moves no counter in mark_free(), so threads may share ``state``."""
+    source as finalize leaves it for its release: unlocked, off the slot's
+    reverse map, dirty and mlocked moved over (the caller copied them),
+    holding the isolation reference. Its putback_lru_page() comes after the
+    sweep (putback_sources()): it goes through a per-CPU batch, whose drains
+    are in slot order."""
     at_slot = mm.ix(slot)
     state.mirror[d, at_slot] = mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
     write = mm.pte_write(state.pte[at_slot])
     state.pte[at_slot] = mm.make_pte(L.PTE_DEVICE, newpage, write)
-    state.page["refcount"][mm.ix(page)] = 0
-    mm.mark_free(state, page)
+    at = mm.ix(page)
+    state.page["flags"][at] &= ~(L.PG_LOCKED | L.PG_DIRTY | L.PG_MLOCKED)
+    state.page["rmap"][at] = -1
+
+
+@internal
+def putback_sources(state, src, lo, hi):
+    """finalize's release of the sources of plain slots ``[lo, hi)``, in slot
+    order: putback_lru_page(), through this CPU's LRU-add batch (a source whose
+    last reference the isolation's was is freed when the batch drains)."""
+    lay = state.layout
+    for i in range(lo, hi):
+        mm.putback_lru_page(state, mm.mpfn_to_pfn(lay, src[i]))
 
 
 @internal
@@ -144,7 +159,7 @@ def finish_plain_slot(state, slot, src, dst, i):
     remove_migration_ptes() (the one entry becomes a device entry for the new
     page: mapcount 1, refcount 3, the slot moves to its rmap chain), both
     pages unlocked, the device page's driver reference put (2), and the
-    source's last reference dropped (putback_lru_page(): freed). One
+    source ready for its putback_lru_page() (putback_sources()). One
     pgmigrate_success. The generic calls re-test every branch the plain test
     already decided; tests/properties/test_parallel.py holds this path to the serial
     sweep, which takes them.
@@ -160,15 +175,15 @@ def finish_plain_slot(state, slot, src, dst, i):
     mm.unlock_page(state, newpage)
     pages["mapcount"][newpage] += 1
     mm.rmap_add(state, newpage, slot)
-    remap_to_device_and_free(state, mm.device_of(state, newpage), slot, page, newpage, dst[i])
+    remap_to_device(state, mm.device_of(state, newpage), slot, page, newpage, dst[i])
     state.counters[L.C_PGMIGRATE_SUCCESS] += 1
 
 
 @internal
-def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, ram_pos, shift):
-    """take_device_frame() of device ``d`` at ``dev_pos`` + finish_plain_slot() + the
-    source's free at ``ram_pos``, for a slot setup named a device page for,
-    written as their net effect (pgmigrate_success is counted by the caller).
+def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, shift):
+    """take_device_frame() of device ``d`` at ``dev_pos`` + finish_plain_slot(),
+    for a slot setup named a device page for, written as their net effect
+    (pgmigrate_success and the sources' putbacks are the caller's).
 
     The device frame leaves its stack and ends allocated (one reference more
     than free), unlocked (trylock, then unlock), holding the source's index,
@@ -192,18 +207,15 @@ def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, ram_pos, shift):
     pages["mapping"][newpage] = L.MAPPING_ANON
     pages["index"][newpage] = pages["index"][page]
     pages["rmap"][newpage] = slot
-    remap_to_device_and_free(state, d, slot, page, newpage, dst[mm.ix(i)])
-    mm.place_free(state, np.int64(page), ram_pos)
+    remap_to_device(state, d, slot, page, newpage, dst[mm.ix(i)])
 
 
 @internal
 def _finish_plain_run(state, vma_index, start, src, dst, t):
     """One thread: finish its slots until the first one that is not plain.
 
-    A plain slot's release drops its source's last reference (putback_lru_page()
-    of a page with refcount 1), which frees it; everything of that free but the
-    place on the free stack is done here, the place is assigned in slot order
-    afterwards (_place_plain_frees)."""
+    A plain slot's release (putback_lru_page() of its source) is left for
+    finish_parallel(), which makes it in slot order."""
     info = state.sweep_info
     mine = with_counters(state, state.sweep_counters[t])
     slot0 = mm.pte_slot(state, vma_index, start)
@@ -228,31 +240,13 @@ def _finish_plain_runs(state, vma_index, start, src, dst, threads):
 
 
 @internal
-def _place_plain_run(state, src, t):
-    """One thread's plain frees onto the RAM free stack, from the position
-    reserved for them (SW_NEED0), in slot order."""
-    info = state.sweep_info
-    pos = info[t, I.SW_NEED0]
-    for i in range(info[t, I.SW_FIRST], info[t, I.SW_STOP]):
-        mm.place_free(state, mm.mpfn_to_pfn(state.layout, src[i]), pos)
-        pos += 1
-
-
-@internal(parallel=True)
-def _place_plain_frees(state, src, threads):
-    for t in prange(threads):
-        _place_plain_run(state, src, np.int64(t))
-
-
-@internal
 def finish_parallel(state, vma_index, start, npages, src, dst, threads):
     """The to-device finish sweep over ``threads`` threads (kernels.parallel.schedule).
 
     Plain slots run in parallel; then, in slot order, each thread's plain
-    frees get their places on the RAM free stack reserved and its remaining
-    slots run serially (freeing onto the stack after them); then the plain
-    frees are written into their places. Frees end up in slot order, as the
-    serial sweep pushes them; nothing allocates in between."""
+    sources are put back (putback_sources()) and its remaining slots run
+    serially, so every putback_lru_page() goes through this CPU's LRU-add
+    batch in the order the serial sweep makes them."""
     used = plan_chunks(state, start, npages, threads)
     clear_thread_counts(state, used)
     _finish_plain_runs(state, vma_index, start, src, dst, used)
@@ -260,24 +254,20 @@ def finish_parallel(state, vma_index, start, npages, src, dst, threads):
     moved = 0
     for t in range(used):
         info = state.sweep_info[t]
-        info[I.SW_NEED0] = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
-        state.sys[L.SYS_RAM_FREE] += info[I.SW_STOP] - info[I.SW_FIRST]
+        putback_sources(state, src, info[I.SW_FIRST], info[I.SW_STOP])
         moved += info[I.SW_MOVED]
         moved += finish_slots(
             state, True, vma_index, start, src, dst, info[I.SW_STOP], info[I.SW_END]
         )
-    _place_plain_frees(state, src, used)
     return moved
 
 
 @internal
-def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top, ram_free):
+def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top):
     """One thread of finish_reserved: for each of its slots, the device page's
-    allocation (device_alloc_page() of the frame setup named), the plain
-    finish and the source's place on the RAM free stack (finish_reserved_slot).
-    In slot order both stacks move by one a slot, so slot ``i`` pops
-    ``top - i`` and pushes at ``ram_free + i``, where the serial sweep pops and
-    pushes them."""
+    allocation (device_alloc_page() of the frame setup named) and the plain
+    finish (finish_reserved_slot). In slot order the device stack moves by
+    one a slot, so slot ``i`` pops ``top - i``, where the serial sweep pops it."""
     info = state.sweep_info
     slot0 = mm.pte_slot(state, vma_index, start)
     end = info[t, I.SW_END]
@@ -285,14 +275,14 @@ def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top, ram_free)
     for i in range(info[t, I.SW_FIRST], end):
         if i + PREFETCH_AHEAD < end:
             prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
-        finish_reserved_slot(state, d, slot0 + i, src, dst, i, top - i, ram_free + i, shift)
+        finish_reserved_slot(state, d, slot0 + i, src, dst, i, top - i, shift)
     info[t, I.SW_STOP] = end
 
 
 @internal(parallel=True)
-def _finish_reserved_runs(state, d, vma_index, start, src, dst, threads, top, ram_free):
+def _finish_reserved_runs(state, d, vma_index, start, src, dst, threads, top):
     for t in prange(threads):
-        _finish_reserved_run(state, d, vma_index, start, src, dst, np.int64(t), top, ram_free)
+        _finish_reserved_run(state, d, vma_index, start, src, dst, np.int64(t), top)
 
 
 @internal
@@ -303,20 +293,21 @@ def finish_reserved(state, d, vma_index, start, npages, src, dst):
     the top of device ``d``'s free stack (reserve.name_device_pages()), and
     only the copy ran since.
     Post: the state device_alloc_and_copy()'s allocation and the finish sweep
-    leave (tests/properties/test_parallel.py holds it to the serial steps).
+    leave (tests/properties/test_parallel.py holds it to the serial steps): the
+    sources are put back last, in slot order, as the serial sweep releases
+    them (no other slot's step touches a RAM frame or a batch).
     Returns the moved count, ``npages``.
     """
     threads = sweep_threads(state, npages)
     used = plan_chunks(state, start, npages, threads)
     top = mm.free_top(state, d)
-    ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
     # No slot moves a counter or a migrate_vma count: all are settled here.
-    _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top, ram_free)
+    _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top)
     state.dev[d, L.DEV_FREE] -= npages
     state.dev[d, L.DEV_CALLOC] += npages
     state.counters[L.C_DEVICE_CALLOC] += npages
     state.counters[L.C_PGMIGRATE_SUCCESS] += npages
-    state.sys[L.SYS_RAM_FREE] += npages
+    putback_sources(state, src, 0, npages)
     return npages
 
 

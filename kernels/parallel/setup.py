@@ -148,8 +148,12 @@ def _setup_plain_runs(st, v, start, src, dst, threads):
 def setup_parallel(st, v, start, npages, src, dst, mig, threads):
     """migrate_vma_setup()'s sweep over ``threads`` threads (see the module doc).
 
-    Pre: hmm-v25; ``mig`` zeroed but for START/END/VMA; the driver CPU's LRU-add
-    batch is empty, so prepare's local lru_add_drain() would only be counted.
+    Pre: hmm-v25; ``mig`` zeroed but for START/END/VMA. This CPU's LRU-add
+    batch may hold pages: prepare's local lru_add_drain() then runs at the
+    first slot the serial remainder collects, or after the sweep
+    (setup_range()). A plain page is on the LRU, so in no batch, and the drain
+    touches no plain slot; nor does any slot's setup allocate a frame: so
+    draining there leaves the state draining at the first collected slot does.
     Post: the state, ``src``, ``dst`` and ``mig`` the serial sweep leaves, and
     ``mig[MIG_ALL_PLAIN]`` set when every slot was plain.
     """

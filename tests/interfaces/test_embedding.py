@@ -280,7 +280,10 @@ def test_kernels_migrate_vma_runs_user_callbacks(make_machine, profile):
     assert log.tolist() == [1, 1, 4, 4]
     new = [p.translate(vma.start + i * PS) for i in range(4)]
     assert all(t.kind == "present" and t.pfn not in old for t in new)
-    assert all(m.page(pfn).free for pfn in old)  # the migrated sources were freed
+    # The migrated sources wait in the driver CPU's LRU-add batch (4.14
+    # putback_lru_page()), which frees them when it drains.
+    m.lru_add_drain_all()
+    assert all(m.page(pfn).free for pfn in old)
     assert p.read(vma.start, len(data)) == data
 
 
@@ -358,6 +361,7 @@ def test_device_callbacks_through_kernels_migrate_vma(make_machine, profile):
     assert all(m.device.mirrored(p, vma.start + i * PS) == -1 for i in range(6))
     assert all(p.translate(vma.start + i * PS).pfn < m.ram_pages for i in range(4))
     assert p.read(vma.start, 6 * PS) == data + bytes(2 * PS)
+    m.lru_add_drain_all()  # seed puts its CPU-addressable device pages back like RAM
     assert m.free_pages(device=True) == 16
 
 
@@ -537,6 +541,7 @@ def test_device_lifecycle_from_njit(make_machine, profile):
     assert (found, populated, mapped) == (vma.index, L.FAULT_OK, 4)
     assert (one, rest) == (1, 1)  # the first page was already home for migrate_to_system
     assert (again, evicted) == (4, 4)
+    m.lru_add_drain_all()  # seed puts its CPU-addressable device pages back like RAM
     assert m.free_pages(device=True) == 16
     assert all(p.translate(vma.start + i * PS).pfn < m.ram_pages for i in range(4))
 

@@ -122,6 +122,9 @@ class Lifecycle:
         assert (moved == 0) == (before == 0)
         for k in range(len(self.procs)):
             assert self.on_device(k, 0, NPAGES) == []
+        # seed puts its CPU-addressable device pages back through the LRU-add
+        # batch, like RAM: they are free once it drains.
+        self.m.lru_add_drain_all()
         assert self.m.free_pages(device=True) == self.m.device_pages
 
     # ------------------------------------------------------------ invariants

@@ -13,8 +13,8 @@ semantics, not from ``kernels/*.py``:
 
 Only the *encodings* are shared with the engine (``kernels.layout``: MIGRATE_PFN
 layouts, PTE/PMD words, PG_* bits, counter names), plus the simulator's
-bookkeeping conventions (kernels/mm.py): CPU 0 takes user faults and CPU 1 runs the driver,
-putback_lru_page() puts a page straight on the LRU, a free device-private page
+bookkeeping conventions (kernels/mm.py): CPU 0 takes user faults and CPU 1 runs the driver
+(so migrate_vma()'s batch is CPU 1's), a free device-private page
 holds one reference in hmm-v25 (page_free when a put brings it back to 1), the
 allocator pops the top of a LIFO free stack and frees push onto it, and a
 migration entry stays on its page's reverse-map chain until it is removed. The
@@ -274,10 +274,11 @@ class Model:
         return True
 
     def putback_lru_page(self, pfn: int) -> None:
-        """Back on the LRU and drop the isolation reference (freed if it was the last)."""
+        """mm/vmscan.c (4.14): lru_cache_add(page), then put_page(page) for the
+        isolation's reference. migrate_vma() runs on the driver's CPU, so the page
+        waits in that CPU's batch, which holds it until the batch drains."""
         h = self.head(pfn)
-        if self.pages[h].ref > 1:
-            self.set(h, PG_LRU)
+        self.lru_cache_add(CPU_DRIVER, h)
         self.put_page(h)
 
     # ------------------------------------------------------------ page-table words

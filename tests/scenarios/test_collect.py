@@ -12,6 +12,7 @@ import numpy as np
 
 import migengine as me
 from tests.helpers import (
+    assert_freed_by_drain,
     HMM,
     HPAGE,
     PS,
@@ -41,8 +42,10 @@ def test_plain_anonymous_migration_moves_every_page(make_machine, profile):
         assert m.mpfn_to_pfn(src[i]) == old[i]
         assert src[i] & lay.MIGRATE and src[i] & lay.WRITE and src[i] & lay.LOCKED
         assert pfn_at(p, vma, i) == drv.given[i]
-        assert m.page(old[i]).free
-        assert refs(m, drv.given[i]) == (1, 1)
+    # finalize's putback_lru_page() of each source and each new page: the batch
+    # holds a reference on both until it drains, and frees the sources then.
+    assert_freed_by_drain(m, old)
+    assert all(refs(m, pfn) == (1, 1) for pfn in drv.given.values())
     assert m.counters["pgmigrate_success"] == 4
     assert_data(p, vma, range(4))
 

@@ -14,6 +14,7 @@ import pytest
 
 import migengine as me
 from tests.helpers import (
+    assert_freed_by_drain,
     HMM,
     HPAGE,
     PS,
@@ -134,7 +135,9 @@ def test_zero_page_hmm_is_replaced_by_insert_page(make_machine, profile):
 @pytest.mark.parametrize("kind", ["file", "shmem"])
 def test_file_page_to_system_memory(make_machine, kind):
     """4.14 pages: a page-cache page migrates to system memory; the page-cache slot
-    moves over (check_page and move_mapping count the page cache's reference)."""
+    moves over (check_page and move_mapping count the page cache's reference).
+    finalize puts both back through the driver CPU's LRU-add batch: the old page
+    (which keeps its mapping, as migrate_page() leaves it) is freed when it drains."""
     m = make_machine(32, 4, profile="hmm-v25")
     p, vma = filled(m, 1, kind=kind)
     old = pfn_at(p, vma, 0)
@@ -143,8 +146,10 @@ def test_file_page_to_system_memory(make_machine, kind):
     drv.run(vma)
     new = drv.given[0]
     assert pfn_at(p, vma, 0) == new
-    assert m.page(new).file and m.page(old).free
-    assert refs(m, new) == (2, 1)  # the mapping + the page cache
+    assert m.page(new).file
+    assert refs(m, new) == (3, 1)  # the mapping + the page cache + the batch
+    assert_freed_by_drain(m, [old])
+    assert refs(m, new) == (2, 1)
     child = p.fork()  # shared VMAs: the child faults from the page cache
     assert child.read(vma.start, PS) == pattern(0)
     assert pfn_at(child, child.vmas[0], 0) == new

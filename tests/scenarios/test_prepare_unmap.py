@@ -13,6 +13,8 @@ import numpy as np
 
 import migengine as me
 from tests.helpers import (
+    assert_in_batch,
+    assert_freed_by_drain,
     PS,
     Driver,
     addr,
@@ -65,7 +67,9 @@ def test_concurrent_migration_skips_migration_entries(make_machine, profile):
 
 def test_pinned_page_is_restored(make_machine, profile):
     """migrate_vma_check_page(): page_count - extra > mapcount (get_user_pages) ->
-    src = 0, the page is restored in place and its refcount comes back."""
+    src = 0, the page is restored in place. 4.14's prepare: get_page() +
+    putback_lru_page(), so the page waits in the driver CPU's LRU-add batch,
+    which holds one reference more until it drains."""
     m = make_machine(32, 0, profile=profile)
     p, vma = filled(m, 2)
     m.lru_add_drain_all()
@@ -76,15 +80,18 @@ def test_pinned_page_is_restored(make_machine, profile):
     src = drv.run(vma)
     assert src[0] == 0 and sorted(drv.given) == [1]
     assert p.translate(vma.start) == me.Pte("present", pfn, True, False)
-    assert refs(m, pfn) == before
-    info = m.page(pfn)
-    assert info.lru and not info.locked
+    assert refs(m, pfn) == (before[0] + 1, before[1])
+    assert_in_batch(m, pfn)
+    m.lru_add_drain_all()
+    assert refs(m, pfn) == before and m.page(pfn).lru
     m.unpin(pfn)
     assert_data(p, vma, range(2))
 
 
 def test_isolation_failure_is_restored(make_machine, profile):
-    """prepare: isolate_lru_page() fails (isolated by another) -> src = 0."""
+    """prepare: isolate_lru_page() fails (isolated by another) -> src = 0; prepare's
+    restore loop drops the collect reference (put_page, not putback). The other
+    isolator's putback_lru_page() then goes through the LRU-add batch."""
     m = make_machine(32, 0, profile=profile)
     p, vma = filled(m, 2)
     pfn = pfn_at(p, vma, 1)
@@ -96,6 +103,8 @@ def test_isolation_failure_is_restored(make_machine, profile):
     assert p.translate(addr(vma, 1)) == me.Pte("present", pfn, True, False)
     assert refs(m, pfn) == before
     m.putback_lru_page(pfn)
+    assert_in_batch(m, pfn)
+    m.lru_add_drain_all()
     assert m.page(pfn).lru
     assert_data(p, vma, range(2))
 
@@ -103,7 +112,8 @@ def test_isolation_failure_is_restored(make_machine, profile):
 def test_late_reference_gives_eagain_and_the_page_is_restored(make_machine, profile):
     """pages: a reference taken after unmap (GUP in alloc_and_copy) makes
     migrate_page_move_mapping() return -EAGAIN -> MIGRATE cleared; finalize restores
-    the source and puts (frees) the unused destination."""
+    the source (putback_lru_page(): into the driver CPU's batch) and puts (frees)
+    the unused destination."""
     m = make_machine(32, 0, profile=profile)
     p, vma = filled(m, 2)
     victim = pfn_at(p, vma, 0)
@@ -124,6 +134,9 @@ def test_late_reference_gives_eagain_and_the_page_is_restored(make_machine, prof
     assert m.counters["pgmigrate_fail"] == 1
     assert m.counters["pgmigrate_success"] == 1
     m.unpin(victim)
+    assert_in_batch(m, victim)
+    assert refs(m, victim) == (2, 1)
+    m.lru_add_drain_all()
     assert refs(m, victim) == (1, 1)
     assert_data(p, vma, range(2))
 
@@ -141,13 +154,14 @@ def test_mlocked_pages_migrate_and_keep_mlocked(make_machine, profile):
         new = pfn_at(p, vma, i)
         assert new == drv.given[i]
         assert m.page(new).mlocked
-        assert m.page(old[i]).free
+    assert_freed_by_drain(m, old)
     assert_data(p, vma, range(2))
 
 
 def test_fork_shared_pages_are_redirected_in_both_processes(make_machine, profile):
     """unmap: try_to_unmap() reaches the child's COW mapping; finalize:
-    remove_migration_ptes(page, newpage) redirects every migration entry."""
+    remove_migration_ptes(page, newpage) redirects every migration entry, and
+    putback_lru_page() leaves each new page in the driver CPU's batch."""
     m = make_machine(32, 0, profile=profile)
     p, vma = filled(m, 2)
     child = p.fork()
@@ -158,7 +172,8 @@ def test_fork_shared_pages_are_redirected_in_both_processes(make_machine, profil
         new = drv.given[i]
         assert p.translate(addr(vma, i)) == me.Pte("present", new, False, False)
         assert child.translate(addr(vma, i)) == me.Pte("present", new, False, False)
-        assert refs(m, new) == (2, 2)
+        assert refs(m, new) == (3, 2)
+        assert_in_batch(m, new)
     assert_data(p, vma, range(2))
     assert_data(child, child.vmas[0], range(2))
     child.write(addr(vma, 0), b"child")  # COW still breaks after the move
@@ -183,7 +198,7 @@ def test_fork_shared_device_page_moved_back_from_the_other_process(make_machine,
     new = pfn_at(p, vma, 0)
     assert new < m.ram_pages
     assert child.translate(vma.start) == me.Pte("present", new, False, False)
-    assert m.page(dev).free
+    assert_freed_by_drain(m, [dev])  # seed's device frames are put back like RAM
     assert m.device.mirrored(child, vma.start) == -1
     assert_data(p, vma, [0])
     assert_data(child, child.vmas[0], [0])

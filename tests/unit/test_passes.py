@@ -15,7 +15,7 @@ import pytest
 
 import migengine as me
 from migengine.kernels import collect, finalize, layout, pages, prepare, unmap
-from tests.helpers import kinds, refs
+from tests.helpers import assert_freed_by_drain, assert_in_batch, kinds, refs
 
 PS = 4096
 POISON = np.uint64(0xDEAD)
@@ -330,7 +330,8 @@ def test_prepare_isolation_failure_restores(make_machine, profile):
 
 def test_prepare_pinned_page_is_put_back(make_machine, profile):
     """prepare: migrate_vma_check_page() fails (page_count - 1 > mapcount) ->
-    src = 0, unlock, putback_lru_page(); hmm-v25 also re-maps it."""
+    src = 0, unlock, putback_lru_page() (into the driver CPU's LRU-add batch,
+    which holds a reference); hmm-v25 also re-maps it."""
     m = make_machine(16, 0, profile=profile)
     p = m.new_process()
     vma = p.mmap(1)
@@ -341,9 +342,8 @@ def test_prepare_pinned_page_is_put_back(make_machine, profile):
     mig.collect()
     mig.prepare()
     assert mig.src.tolist() == [0]
-    info = m.page(pfn)
-    assert not info.locked and info.lru
-    assert (info.refcount, info.mapcount) == (2, 1)  # mapping + pin
+    assert_in_batch(m, pfn)
+    assert refs(m, pfn) == (3, 1)  # mapping + pin + the batch
     assert kinds(p, vma) == ["present"]
     mig.finish()
     m.unpin(pfn)
@@ -410,9 +410,8 @@ def test_unmap_restores_a_page_pinned_after_prepare(make_machine, profile):
     assert mig.src[0] == 0
     assert mig.cpages == 1
     assert kinds(p, vma) == ["present", "migration"]
-    info = m.page(pfn)
-    assert not info.locked and info.lru
-    assert (info.refcount, info.mapcount) == (2, 1)
+    assert_in_batch(m, pfn)  # unmap's restore: putback_lru_page()
+    assert refs(m, pfn) == (3, 1)  # mapping + pin + the batch
     mig.finish()
     m.unpin(pfn)
 
@@ -480,9 +479,11 @@ def test_pages_late_reference_fails_with_eagain(make_machine, profile):
 
 # ---------------------------------------------------------------- finalize
 def test_finalize_redirects_or_restores_each_slot(mixed):
-    """finalize: M and a dst -> remove_migration_ptes(page, newpage), the source's
-    last reference goes and it is freed; no M or no dst -> the source is restored;
-    everything ends unlocked and the unused dst pages are put."""
+    """finalize: M and a dst -> remove_migration_ptes(page, newpage), and the
+    source's putback_lru_page() leaves it held by the driver CPU's LRU-add batch
+    alone (freed when it drains); no M or no dst -> the source is restored;
+    everything ends unlocked, put back through the batch, and the unused dst
+    pages are put."""
     m, p, vma, a, d = mixed
     mig = Passes(m, vma)
     mig.collect()
@@ -497,11 +498,12 @@ def test_finalize_redirects_or_restores_each_slot(mixed):
     assert delta(m, before)("pgmigrate_fail") == 0  # slot 3 was never offered a dst
     assert p.translate(vma.start) == me.Pte("present", new_a, True, False)
     assert p.translate(vma.start + 3 * PS) == me.Pte("present", d, True, False)
-    assert m.page(a).free
     for pfn in (new_a, d):
-        info = m.page(pfn)
-        assert not info.locked and info.lru
-        assert (info.refcount, info.mapcount) == (1, 1)
+        assert_in_batch(m, pfn)
+        assert refs(m, pfn) == (2, 1)  # the mapping + the batch
+    assert_freed_by_drain(m, [a])
+    for pfn in (new_a, d):
+        assert m.page(pfn).lru and refs(m, pfn) == (1, 1)
     assert p.read(vma.start, PS) == b"A" * PS
     assert p.read(vma.start + 3 * PS, PS) == b"D" * PS
 
@@ -521,7 +523,7 @@ def test_finalize_maps_a_device_destination(make_machine, profile):
     dev = mig.give(0, device=True)
     mig.pages()
     mig.finalize()
-    assert m.page(old).free
+    assert_freed_by_drain(m, [old])
     pte = p.translate(vma.start)
     info = m.page(dev)
     assert pte.pfn == dev and pte.writable and not info.locked
