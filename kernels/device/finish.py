@@ -138,13 +138,49 @@ def remap_to_device(state, d, slot, page, newpage, dst_mpfn):
     state.page["rmap"][at] = -1
 
 
+@internal(inline=True)
+def sources_left_waiting(state, n):
+    """How many of ``n`` plain sources put back in a row (putback_lru_page():
+    lru_cache_add() on this CPU, then put_page()) are still in its LRU-add
+    batch afterwards; the others are freed, in order.
+
+    A plain source holds only the isolation's reference, so the batch's is its
+    last. Every add that fills the batch drains it, freeing the sources in it
+    (the pages it held before come first and are only put). With ``b`` pages
+    in the batch, the first add to fill it is the ``PAGEVEC_SIZE - b``-th, and
+    after the last one ``(b + n) % PAGEVEC_SIZE`` sources wait in it.
+    """
+    b = state.pagevec_n[mm.this_cpu(state)]
+    if b + n < L.PAGEVEC_SIZE:
+        return n
+    return (b + n) % L.PAGEVEC_SIZE
+
+
+@internal(inline=True)
+def free_source_at(state, page, pos):
+    """A plain source's last reference dropped by a batch drain: free_frame()
+    at free-stack position ``pos`` (RAM moves no counter: threads may share
+    ``state``)."""
+    state.page["refcount"][mm.ix(page)] = 0
+    mm.mark_free(state, page)
+    mm.place_free(state, np.int64(page), pos)
+
+
 @internal
 def putback_sources(state, src, lo, hi):
-    """finalize's release of the sources of plain slots ``[lo, hi)``, in slot
-    order: putback_lru_page(), through this CPU's LRU-add batch (a source whose
-    last reference the isolation's was is freed when the batch drains)."""
+    """finalize's release of the sources of plain slots ``[lo, hi)`` in slot
+    order (putback_lru_page() each), by its net effect: when the adds fill this
+    CPU's batch, it drains (the pages it held first), the sources up to the
+    last fill are freed in order, and the rest wait in it (sources_left_waiting())."""
     lay = state.layout
-    for i in range(lo, hi):
+    keep = sources_left_waiting(state, hi - lo)
+    if keep < hi - lo:
+        mm.drain_cpu(state, mm.this_cpu(state))
+        for i in range(lo, hi - keep):
+            page = mm.mpfn_to_pfn(lay, src[i])
+            state.page["refcount"][mm.ix(page)] = 0
+            mm.free_frame(state, page)
+    for i in range(hi - keep, hi):
         mm.putback_lru_page(state, mm.mpfn_to_pfn(lay, src[i]))
 
 
@@ -180,10 +216,12 @@ def finish_plain_slot(state, slot, src, dst, i):
 
 
 @internal
-def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, shift):
-    """take_device_frame() of device ``d`` at ``dev_pos`` + finish_plain_slot(),
-    for a slot setup named a device page for, written as their net effect
-    (pgmigrate_success and the sources' putbacks are the caller's).
+def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, ram_pos, shift):
+    """take_device_frame() of device ``d`` at ``dev_pos`` + finish_plain_slot() +,
+    when ``ram_pos`` >= 0, the free of its source at that free-stack position (a
+    batch drain freed it: finish_reserved()), for a slot setup named a device
+    page for, written as their net effect (pgmigrate_success and the putbacks
+    of the sources left waiting in the batch are the caller's).
 
     The device frame leaves its stack and ends allocated (one reference more
     than free), unlocked (trylock, then unlock), holding the source's index,
@@ -208,6 +246,8 @@ def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, shift):
     pages["index"][newpage] = pages["index"][page]
     pages["rmap"][newpage] = slot
     remap_to_device(state, d, slot, page, newpage, dst[mm.ix(i)])
+    if ram_pos >= 0:
+        free_source_at(state, page, ram_pos)
 
 
 @internal
@@ -263,11 +303,13 @@ def finish_parallel(state, vma_index, start, npages, src, dst, threads):
 
 
 @internal
-def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top):
+def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top, ram_free, freed):
     """One thread of finish_reserved: for each of its slots, the device page's
-    allocation (device_alloc_page() of the frame setup named) and the plain
-    finish (finish_reserved_slot). In slot order the device stack moves by
-    one a slot, so slot ``i`` pops ``top - i``, where the serial sweep pops it."""
+    allocation (device_alloc_page() of the frame setup named), the plain
+    finish and, for the first ``freed`` slots, the source's free
+    (finish_reserved_slot). In slot order both stacks move by one a slot, so
+    slot ``i`` pops ``top - i`` and pushes at ``ram_free + i``, where the
+    serial sweep pops and pushes them."""
     info = state.sweep_info
     slot0 = mm.pte_slot(state, vma_index, start)
     end = info[t, I.SW_END]
@@ -275,14 +317,17 @@ def _finish_reserved_run(state, d, vma_index, start, src, dst, t, top):
     for i in range(info[t, I.SW_FIRST], end):
         if i + PREFETCH_AHEAD < end:
             prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
-        finish_reserved_slot(state, d, slot0 + i, src, dst, i, top - i, shift)
+        ram_pos = ram_free + i if i < freed else np.int64(-1)
+        finish_reserved_slot(state, d, slot0 + i, src, dst, i, top - i, ram_pos, shift)
     info[t, I.SW_STOP] = end
 
 
 @internal(parallel=True)
-def _finish_reserved_runs(state, d, vma_index, start, src, dst, threads, top):
+def _finish_reserved_runs(state, d, vma_index, start, src, dst, threads, top, ram_free, freed):
     for t in prange(threads):
-        _finish_reserved_run(state, d, vma_index, start, src, dst, np.int64(t), top)
+        _finish_reserved_run(
+            state, d, vma_index, start, src, dst, np.int64(t), top, ram_free, freed
+        )
 
 
 @internal
@@ -293,21 +338,33 @@ def finish_reserved(state, d, vma_index, start, npages, src, dst):
     the top of device ``d``'s free stack (reserve.name_device_pages()), and
     only the copy ran since.
     Post: the state device_alloc_and_copy()'s allocation and the finish sweep
-    leave (tests/properties/test_parallel.py holds it to the serial steps): the
-    sources are put back last, in slot order, as the serial sweep releases
-    them (no other slot's step touches a RAM frame or a batch).
+    leave (tests/properties/test_parallel.py holds it to the serial steps).
+    The sources' putbacks fill this CPU's LRU-add batch in slot order: when
+    they fill it at all, the pages it held drain first (here, before the
+    sweep), the sources up to the last fill are freed in slot order (by the
+    threads, at their places on the RAM stack), and the rest are put back
+    into the batch afterwards (sources_left_waiting()). No other step of a
+    slot touches a RAM frame or a batch.
     Returns the moved count, ``npages``.
     """
     threads = sweep_threads(state, npages)
     used = plan_chunks(state, start, npages, threads)
     top = mm.free_top(state, d)
+    keep = sources_left_waiting(state, npages)
+    if keep < npages:
+        mm.drain_cpu(state, mm.this_cpu(state))
+    ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
+    freed = npages - keep
     # No slot moves a counter or a migrate_vma count: all are settled here.
-    _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top)
+    _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top, ram_free, freed)
     state.dev[d, L.DEV_FREE] -= npages
     state.dev[d, L.DEV_CALLOC] += npages
     state.counters[L.C_DEVICE_CALLOC] += npages
     state.counters[L.C_PGMIGRATE_SUCCESS] += npages
-    putback_sources(state, src, 0, npages)
+    state.sys[L.SYS_RAM_FREE] += freed
+    lay = state.layout
+    for i in range(freed, npages):
+        mm.putback_lru_page(state, mm.mpfn_to_pfn(lay, src[i]))
     return npages
 
 
