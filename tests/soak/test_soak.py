@@ -147,7 +147,8 @@ def soak(profile: str, total: int = TOTAL, seed: int = SEED, log=sys.stdout) -> 
             if ep["ops"] == 0:
                 rec["ops"] += 1  # an episode failing at once still moves the soak on
         if rec["ops"] >= next_report or rec["ops"] >= total:
-            next_report += PROGRESS_EVERY
+            while next_report <= rec["ops"]:
+                next_report += PROGRESS_EVERY
             print(
                 f"{profile}: {rec['ops']:,} ops, {rec['episodes']} episodes, "
                 f"{rec['bytes_compared']:,} bytes compared, {len(rec['failures'])} failures, "
