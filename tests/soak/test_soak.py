@@ -9,7 +9,7 @@ seed and operation index.
     python -m tests.soak.test_soak --replay seed 17 4243   # episode seed 17, 4243 ops
 
 Each episode is a fresh machine running ``MIGENGINE_SOAK_EPISODE`` operations
-(every 25th a hundred times as many, so a slow leak has time to show; every
+(every 100th a hundred times as many, so a slow leak has time to show; every
 fourth with little memory, so allocations fail and faults run out of frames). After
 every operation ``m.check()`` passes and the bytes it could have changed equal
 the shadow; every ``MIGENGINE_SOAK_FULL_EVERY`` operations all
@@ -42,9 +42,10 @@ ENV = os.environ
 TOTAL = int(float(ENV.get("MIGENGINE_SOAK_OPS", "1000000")))
 SEED = int(ENV.get("MIGENGINE_SOAK_SEED", "0"))
 EPISODE = int(float(ENV.get("MIGENGINE_SOAK_EPISODE", "2000")))
-# Short episodes give many layouts (forks, THPs, mixes of kinds); every 25th runs
-# 100 times longer, so a slow leak has time to show on one machine.
-LONG_EVERY = 25
+# Short episodes give many layouts (forks, THPs, mixes of kinds); every 100th runs
+# 100 times longer, so a slow leak has time to show on one machine (about 40% of
+# the operations run on those).
+LONG_EVERY = 100
 LONG_FACTOR = 100
 FULL_EVERY = int(ENV.get("MIGENGINE_SOAK_FULL_EVERY", "200"))
 PROGRESS_EVERY = 100_000
