@@ -366,11 +366,7 @@ class World:
         ):
             self.note(f"{what}: OutOfMemory")
             return
-        if (
-            type(exc) is me.MigengineError
-            and "would block" in str(exc)
-            and (self.held_by_others() or self.held)
-        ):
+        if type(exc) is me.MigengineError and "would block" in str(exc) and self.held_by_others():
             self.note(f"{what}: would block")
             return
         raise self.unexpected(what, exc)
