@@ -15,11 +15,12 @@ from migengine.kernels import copy as kcopy
 from migengine.kernels import device as kdevice
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
+from migengine.process import Process
 
 if TYPE_CHECKING:
     from migengine._core import MachineCore
     from migengine.machine import Machine
-    from migengine.process import Process, Vma
+    from migengine.process import Vma
 
 
 class Device:
@@ -94,7 +95,7 @@ class Device:
 
     def mirrored(self, process: Process, addr: int) -> int:
         """The device pfn the mirror maps at ``addr``, or -1."""
-        vma = process.vma_at(as_count(addr, "addr"))
+        vma = self._process(process).vma_at(as_count(addr, "addr"))
         if vma is None:
             return -1
         st = self._core.state
@@ -104,13 +105,22 @@ class Device:
         return value >> 1 if value >= 0 else -1
 
     # ------------------------------------------------------------------ migration
+    def _process(self, process: object) -> Process:
+        """``process``, if it is a Process of this machine: TypeError for anything
+        else (None included, which once escaped as an AttributeError), ValueError
+        for another machine's."""
+        if not isinstance(process, Process):
+            raise TypeError(f"process must be a Process, not {type(process).__name__}")
+        if process.machine is not self._machine:
+            raise ValueError("the process belongs to another machine")
+        return process
+
     def _range(self, process: Process, start: int, end: int) -> tuple[int, int]:
+        self._process(process)
         s, e = as_count(start, "start"), as_count(end, "end")
         ps = self._core.page_size
         if s % ps or e % ps or s >= e:
             raise MigrateError(f"range [{s:#x}, {e:#x}) must be page aligned and non-empty")
-        if process.machine is not self._machine:
-            raise ValueError("the process belongs to another machine")
         return s, e
 
     def migrate_to_device(self, process: Process, start: int, end: int) -> int:

@@ -26,6 +26,7 @@ Pte.__doc__ = "A page-table lookup: kind, pfn (-1 if none), writable, huge (PMD 
 PROTS = {"rw": L.VM_READ | L.VM_WRITE, "r": L.VM_READ, "none": 0}
 _GAP = 2 * 1024 * 1024  # a guard gap between automatically placed mappings
 _MMAP_BASE = 0x7F00_0000_0000
+_ADDR_LIMIT = 2**63 - 1  # the largest end address an int64 VMA record holds
 
 
 class Vma:
@@ -119,6 +120,10 @@ class Process:
             start = as_count(addr, "addr")
             if start % m.page_size:
                 raise ValueError(f"addr {start:#x} is not page aligned")
+        if start + nbytes > _ADDR_LIMIT:  # the VMA's end is an int64 in the flat state
+            raise ValueError(
+                f"[{start:#x}, {start + nbytes:#x}) ends past the address space ({_ADDR_LIMIT:#x})"
+            )
         if self._overlaps(start, start + nbytes):
             raise ValueError(f"[{start:#x}, {start + nbytes:#x}) overlaps an existing mapping")
         vm_flags = PROTS[prot] | user | (L.VM_HUGEPAGE if thp else 0)

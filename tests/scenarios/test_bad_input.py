@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import migengine as me
+from migengine.kernels import layout as L
 
 
 @pytest.fixture
@@ -71,3 +72,25 @@ def test_a_huge_read_faults_where_the_mapping_ends_without_allocating_it(world):
     with pytest.raises(me.SegFault, match=f"{vma.end:#x}"):
         p.read(vma.start, 10**12)
     assert p.read(vma.start, 3) == b"abc"
+
+
+def test_the_device_takes_only_a_process_of_its_machine(world):
+    """migrate_to_device(None, ...) once escaped as an AttributeError."""
+    m, p, vma = world
+    for call in (m.device.migrate_to_device, m.device.migrate_to_system):
+        with pytest.raises(TypeError, match="must be a Process"):
+            call(None, vma.start, vma.end)
+    with pytest.raises(TypeError, match="must be a Process"):
+        m.device.mirrored(None, vma.start)
+
+
+def test_an_mmap_ending_past_the_address_space_is_a_value_error(world):
+    """An end past int64 once escaped as numpy's OverflowError, after a file
+    mapping had taken its page-cache slots."""
+    m, p, vma = world
+    used = int(m.state.sys[L.SYS_PCACHE_USED])
+    for kind in ("anon", "file"):
+        with pytest.raises(ValueError, match="past the address space"):
+            p.mmap(4, kind=kind, addr=2**63 - m.page_size)
+    assert int(m.state.sys[L.SYS_PCACHE_USED]) == used
+    assert len(p.vmas) == 1
