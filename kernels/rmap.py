@@ -18,6 +18,13 @@ def try_to_unmap(st, pfn):
     Replaces every present PTE and device-private entry of the page by a
     migration entry with the same write permission, dropping each mapping's
     mapcount and reference. Mlock is ignored, so it never leaves a mapping.
+
+    Both profiles drop the mapcount of ``pfn`` itself, as after "mm/hmm: fix
+    bad subpage pointer in try_to_unmap_one" (July 2019, Fixes a5430dda8a3a):
+    4.14 took the subpage of a device-private entry from its swap entry's
+    bogus pfn and dropped the wrong page's mapcount. The write bit of a
+    device-private entry's migration entry is the later kernels' too (4.14 on
+    x86-64 made it read-only); docs/fidelity.md lists both.
     """
     counters = st.counters
     slot = st.page["rmap"][pfn]
