@@ -116,9 +116,7 @@ class SimPeer(UvmModel):
             self.fixed_us += self.batch_us + self.fault_us * len(self.entries)
         super().service(now)
 
-    def _migrate(
-        self, first: int, end: int, to_device: bool, cpu: int = L.CPU_DRIVER
-    ) -> list[int]:
+    def _migrate(self, first: int, end: int, to_device: bool, cpu: int = L.CPU_DRIVER) -> list[int]:
         """One migrate_vma() of pages ``[first, end)`` on ``cpu``; returns the pages that moved."""
         done = python_migrate_range(self.flat, first, end - first, to_device, cpu)
         self.copy_us += done.model_ns * 1e-3

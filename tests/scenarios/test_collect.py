@@ -12,13 +12,13 @@ import numpy as np
 
 import migengine as me
 from tests.helpers import (
-    assert_freed_by_drain,
     HMM,
     HPAGE,
     PS,
     Driver,
     addr,
     assert_data,
+    assert_freed_by_drain,
     filled,
     pattern,
     pfn_at,

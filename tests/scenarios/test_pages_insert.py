@@ -14,13 +14,13 @@ import pytest
 
 import migengine as me
 from tests.helpers import (
-    assert_freed_by_drain,
     HMM,
     HPAGE,
     PS,
     Driver,
     addr,
     assert_data,
+    assert_freed_by_drain,
     filled,
     pattern,
     pfn_at,

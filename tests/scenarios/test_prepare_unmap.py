@@ -13,12 +13,12 @@ import numpy as np
 
 import migengine as me
 from tests.helpers import (
-    assert_in_batch,
-    assert_freed_by_drain,
     PS,
     Driver,
     addr,
     assert_data,
+    assert_freed_by_drain,
+    assert_in_batch,
     filled,
     pattern,
     pfn_at,
