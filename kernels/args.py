@@ -85,13 +85,20 @@ def held_refs(st, pfn):
         ref += 1
     if (flags & L.PG_ZONE_DEVICE) != 0:
         ref += 1
-    if st.page["mapping"][pfn] == L.MAPPING_FILE:
-        # The page cache's reference: a file page that migrated away keeps its
-        # mapping (migrate_page() leaves the old page's) until it is freed.
-        pc = st.page["index"][pfn]
-        if 0 <= pc < st.sys[L.SYS_PCACHE_USED] and st.pcache[pc] == pfn:
-            ref += 1
+    if in_page_cache(st, pfn):
+        ref += 1
     return ref
+
+
+@internal(inline=True)
+def in_page_cache(st, pfn):
+    """The page cache holds a reference on ``pfn``: its slot still names it. A
+    file page that migrated away keeps its mapping (migrate_page() leaves the
+    old page's) until it is freed, so the mapping alone does not tell."""
+    if st.page["mapping"][pfn] != L.MAPPING_FILE:
+        return False
+    pc = st.page["index"][pfn]
+    return 0 <= pc < st.sys[L.SYS_PCACHE_USED] and st.pcache[pc] == pfn
 
 
 # --------------------------------------------------------------------- arrays

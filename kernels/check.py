@@ -13,7 +13,7 @@ from numba import njit
 from . import layout as L
 from . import mm
 from ._jit import internal
-from .args import held_refs
+from .args import held_refs, in_page_cache
 
 CHECK_MESSAGES = (
     "ok",
@@ -158,10 +158,7 @@ def _held(st, pfn, maps):
         return True
     if (st.page["flags"][pfn] & (L.PG_PAGEVEC | L.PG_LOCKED | L.PG_EXT_ISOLATED)) != 0:
         return True
-    if st.page["mapping"][pfn] == L.MAPPING_FILE:
-        pc = st.page["index"][pfn]
-        return 0 <= pc < st.sys[L.SYS_PCACHE_USED] and st.pcache[pc] == pfn
-    return False
+    return in_page_cache(st, pfn)
 
 
 @internal

@@ -12,9 +12,10 @@ effect (the schedule is kernels.parallel.schedule's):
                                          page mapcount 1, refcount 3, on the
                                          slot's rmap chain
     unlock_page() x2, put_page(newpage)  both unlocked; new page refcount 2
-    putback_lru_page(page)               not here: afterwards, serially and in
-                                         slot order (putback_sources()), as it
-                                         goes through this CPU's LRU-add batch
+    putback_lru_page(page)               by its net effect on this CPU's LRU-add
+                                         batch, in slot order (sources_left_waiting():
+                                         putback_sources(), or free_source_at() in
+                                         the reserved threads)
     counters                             pgmigrate_success +1
 
     + device_alloc_page() of the frame   finish_reserved_slot: the device frame
@@ -126,9 +127,9 @@ def remap_to_device(state, d, slot, page, newpage, dst_mpfn):
     migration entry replaced by a device entry for ``newpage``, and the RAM
     source as finalize leaves it for its release: unlocked, off the slot's
     reverse map, dirty and mlocked moved over (the caller copied them),
-    holding the isolation reference. Its putback_lru_page() comes after the
-    sweep (putback_sources()): it goes through a per-CPU batch, whose drains
-    are in slot order."""
+    holding the isolation reference. Its putback_lru_page() is the caller's,
+    by its net effect in slot order: putback_sources() after the parallel
+    sweep, free_source_at() and a trailing putback in finish_reserved()."""
     at_slot = mm.ix(slot)
     state.mirror[d, at_slot] = mirror_entry(state.layout, np.int64(newpage), dst_mpfn)
     write = mm.pte_write(state.pte[at_slot])
