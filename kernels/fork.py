@@ -36,13 +36,15 @@ def fork_vma(state, parent, child):
     Private anonymous memory is shared write-protected, with one more mapcount
     and reference per page (PMD THPs on the head); device-private entries are
     shared read-only the same way; swap entries gain a user. Shared (shmem and
-    file) VMAs copy nothing: the child faults from the shared page cache. The
-    parent's range is invalidated in every device's mirror (mmu notifier).
+    file) VMAs copy nothing: the child faults from the shared page cache. A
+    private file mapping is copied as anonymous memory is (its page-cache pages
+    stay read-only in both). The parent's range is invalidated in every device's
+    mirror (mmu notifier).
     """
     ps = state.sys[L.SYS_PAGE_SIZE]
     npages = (state.vma["end"][parent] - state.vma["start"][parent]) // ps
     pbase = state.vma["pte_base"][parent]
-    if state.vma["kind"][parent] != L.VMA_ANON:
+    if (state.vma["flags"][parent] & L.VM_SHARED) != 0:
         return
     for k in range(npages):
         mm.unmirror_all(state, pbase + k)

@@ -28,11 +28,13 @@ def can_split_huge_page(st, head, caller_refs):
 
 
 @internal
-def _pmd_of_first_slot(st, first_slot):
+def pmd_of_first_slot(st, first_slot):
     """The PMD slot that a THP rmap node (a first PTE slot) stands for."""
     nv = st.sys[L.SYS_NR_VMAS]
     ps = st.sys[L.SYS_PAGE_SIZE]
     for v in range(nv):
+        if st.vma["live"][v] == 0:
+            continue  # munmap()ed: its slots map nothing
         base = st.vma["pte_base"][v]
         npg = (st.vma["end"][v] - st.vma["start"][v]) // ps
         if base <= first_slot < base + npg:
@@ -61,7 +63,7 @@ def split_huge_page(st, head, caller_refs):
     st.page["rmap"][head] = -1
     for j in range(L.HPAGE_PMD_NR):
         pfn = head + j
-        st.page["flags"][pfn] = flags & (L.PG_LRU | L.PG_DIRTY | L.PG_MLOCKED)
+        st.page["flags"][pfn] = flags & (L.PG_LRU | L.PG_DIRTY | L.PG_MLOCKED | L.PG_LAZYFREE)
         st.page["mapping"][pfn] = st.page["mapping"][head]
         st.page["index"][pfn] = st.page["index"][head] + j
         st.page["mapcount"][pfn] = nmaps
@@ -71,7 +73,7 @@ def split_huge_page(st, head, caller_refs):
     st.page["refcount"][head] += caller_refs
     while node != -1:
         nxt = st.pte_next[node]
-        pmd_i = _pmd_of_first_slot(st, node)
+        pmd_i = pmd_of_first_slot(st, node)
         write = (st.pmd[pmd_i] & L.PMD_WRITE) != 0
         for j in range(L.HPAGE_PMD_NR):
             word = mm.make_pte(L.PTE_PRESENT, head + j, write)

@@ -85,6 +85,7 @@ PG_DIRTY = np.uint32(1 << 8)
 PG_FREE = np.uint32(1 << 9)  # on a free list
 PG_EXT_LOCKED = np.uint32(1 << 10)  # the lock is held by someone else (m.lock_page)
 PG_EXT_ISOLATED = np.uint32(1 << 11)  # isolated from the LRU by someone else
+PG_LAZYFREE = np.uint32(1 << 12)  # MADV_FREE: an anon page with PG_swapbacked cleared
 
 # page["mapping"]
 MAPPING_NONE = np.int8(0)
@@ -110,7 +111,13 @@ USER_VM_FLAGS = VM_HUGETLB | VM_SPECIAL | VM_LOCKED | VM_UFFD_MISSING
 VMA_ANON = 0
 VMA_SHMEM = 1
 VMA_FILE = 2
-VMA_KINDS = {"anon": VMA_ANON, "shmem": VMA_SHMEM, "file": VMA_FILE}
+VMA_FILE_PRIVATE = 3  # MAP_PRIVATE of a file: page-cache pages, copied on write
+VMA_KINDS = {
+    "anon": VMA_ANON,
+    "shmem": VMA_SHMEM,
+    "file": VMA_FILE,
+    "file_private": VMA_FILE_PRIVATE,
+}
 
 # --- state.sys: machine scalars.
 SYS_PAGE_SIZE = 0
@@ -170,6 +177,7 @@ COUNTER_NAMES = (
     "device_faults",
     "device_sigbus",
     "migrate_dst_invalid",  # dst entries the dst check refused (kernels.dst_check)
+    "pglazyfreed",  # MADV_FREE pages reclaim discarded (kernels.vmscan)
 )
 (
     C_PGMIGRATE_SUCCESS,
@@ -191,6 +199,7 @@ COUNTER_NAMES = (
     C_DEVICE_FAULTS,
     C_DEVICE_SIGBUS,
     C_MIGRATE_DST_INVALID,
+    C_PGLAZYFREED,
 ) = range(len(COUNTER_NAMES))
 
 # --- per-CPU LRU-add batches. Faults run on the process CPU; migrate_vma() runs on the

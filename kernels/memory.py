@@ -188,29 +188,51 @@ def _fault_pmd(st, v, addr, write):
 
 # --------------------------------------------------------------------- PTE level
 @internal
-def _fault_file(st, v, addr, slot):
-    """do_shared_fault(): map the page-cache page, reading it in (zeroed) if absent."""
+def _pcache_page(st, v, addr):
+    """find_get_page() at ``addr``'s file offset, reading a missing page in
+    (zeroed, into the LRU-add batch; its reference is the page cache's); -1 when
+    no frame is free."""
     ps = st.sys[L.SYS_PAGE_SIZE]
     pc = st.vma["pcache_base"][v] + st.vma["pgoff"][v] + (addr - st.vma["start"][v]) // ps
     pfn = st.pcache[pc]
     if pfn < 0:
-        pfn = mm.alloc_frame(st, L.RAM_POOL)  # this reference is the page cache's
+        pfn = mm.alloc_frame(st, L.RAM_POOL)
         if pfn < 0:
-            return L.FAULT_OOM
+            return -1
         mm.zero_frame(st, pfn)
         st.page["mapping"][pfn] = L.MAPPING_FILE
         st.page["index"][pfn] = pc
         st.pcache[pc] = pfn
         mm.lru_cache_add(st, L.CPU_USER, pfn)
-    mm.map_new_page(st, slot, pfn, (st.vma["flags"][v] & L.VM_WRITE) != 0, False)
+    return pfn
+
+
+@internal
+def _fault_file(st, v, addr, slot, write):
+    """do_read_fault() / do_shared_fault() map the page-cache page (writable in a
+    shared writable mapping); do_cow_fault(), a store to a private file mapping,
+    maps a private anonymous copy of it instead."""
+    pfn = _pcache_page(st, v, addr)
+    if pfn < 0:
+        return L.FAULT_OOM
+    private = st.vma["kind"][v] == L.VMA_FILE_PRIVATE
+    if private and write:
+        new = _new_anon_page(st, v, addr)
+        if new < 0:
+            return L.FAULT_OOM
+        _copy_frame(st, new, pfn, 1)
+        mm.map_new_page(st, slot, new, True, False)
+        return L.FAULT_OK
+    writable = not private and (st.vma["flags"][v] & L.VM_WRITE) != 0
+    mm.map_new_page(st, slot, pfn, writable, False)
     return L.FAULT_OK
 
 
 @internal
 def _fault_none(st, v, addr, slot, write):
-    """do_anonymous_page() / do_shared_fault() on an empty PTE."""
+    """do_anonymous_page() / do_fault() on an empty PTE."""
     if st.vma["kind"][v] != L.VMA_ANON:
-        return _fault_file(st, v, addr, slot)
+        return _fault_file(st, v, addr, slot, write)
     if not write:
         st.pte[slot] = mm.make_pte(L.PTE_PRESENT, st.sys[L.SYS_ZERO_PFN], False)
         return L.FAULT_OK
@@ -223,10 +245,13 @@ def _fault_none(st, v, addr, slot, write):
 
 @internal
 def _fault_wp(st, v, addr, slot):
-    """do_wp_page(): a write to a read-only present PTE."""
+    """do_wp_page(): a write to a read-only present PTE. A shared mapping, or an
+    anonymous page mapped once, is reused; anything else (a fork-shared page, the
+    zero page, a page-cache page in a private file mapping) is copied."""
     pfn = mm.pte_pfn(st.pte[slot])
-    shared_file = st.page["mapping"][pfn] == L.MAPPING_FILE
-    if not mm.is_zero_pfn(st, pfn) and (shared_file or st.page["mapcount"][pfn] == 1):
+    shared = (st.vma["flags"][v] & L.VM_SHARED) != 0
+    anon_once = st.page["mapping"][pfn] == L.MAPPING_ANON and st.page["mapcount"][pfn] == 1
+    if not mm.is_zero_pfn(st, pfn) and (shared or anon_once):
         st.pte[slot] |= L.PTE_WRITE | L.PTE_DIRTY  # reuse: nobody else maps it
         mm.set_flag(st, pfn, L.PG_DIRTY)
         return L.FAULT_OK

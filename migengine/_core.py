@@ -96,8 +96,28 @@ class MachineCore:
         if not self.store_data:
             raise MigengineError("this machine keeps metadata only (store_data=False)")
 
+    def refuse_during_migration(self, what: str) -> None:
+        """MigengineError, before anything changes, while a migrate_vma() callback
+        runs or a split-API migration is open (setup done, finalize not): the
+        operation takes mmap_sem for writing, which the migration holds for
+        reading, and would tear down the page tables it holds."""
+        self.refuse_during_callback(what)
+        mig = self.state.mig
+        if mig[L.MIG_END] > mig[L.MIG_START] or mig[L.MIG_VMA] >= 1 << 32:
+            raise MigengineError(
+                f"{what} while a migration is open (migrate_vma_setup() without its "
+                "migrate_vma_finalize()): finish it first"
+            )
+
     def add_vma(
-        self, mm: int, start: int, npages: int, flags: int, kind: int, pcache_base: int
+        self,
+        mm: int,
+        start: int,
+        npages: int,
+        flags: int,
+        kind: int,
+        pcache_base: int,
+        pgoff: int = 0,
     ) -> int:
         """Lay out a VMA's page tables; returns its index.
 
@@ -123,9 +143,68 @@ class MachineCore:
         rec = st.vma[v]
         rec["start"], rec["end"], rec["flags"], rec["kind"] = start, end, flags, kind
         rec["mm"], rec["pte_base"], rec["pmd_base"] = mm, pte_base, pmd_base
-        rec["pcache_base"], rec["pgoff"], rec["live"] = pcache_base, 0, 1
+        rec["pcache_base"], rec["pgoff"], rec["live"] = pcache_base, pgoff, 1
         st.sys[L.SYS_NR_VMAS] = v + 1
         st.sys[L.SYS_PTE_USED] = pte_base + npages
         st.sys[L.SYS_PMD_USED] = pmd_base + nlevel
         self.set_state(st)
         return v
+
+    def split_vma(self, v: int, addr: int, new_below: bool) -> int:
+        """__split_vma(): VMA ``v`` becomes two at ``addr`` (page aligned, strictly
+        inside it); returns the new record's index. The new record takes the
+        part below ``addr`` when ``new_below``, else the part above; ``v`` keeps
+        the other. Both keep their page-table slots: the upper part's PTE, PMD
+        and file-offset bases move up by the pages below it, so an extent the
+        boundary cuts has one PMD slot that both parts share, as two VMAs share
+        a page table in the kernel. May replace the state (a VMA record more).
+        """
+        st = self.state
+        n = int(st.sys[L.SYS_NR_VMAS])
+        st = kstate.reserve(
+            st,
+            n + 1,
+            int(st.sys[L.SYS_PTE_USED]),
+            int(st.sys[L.SYS_PMD_USED]),
+            int(st.sys[L.SYS_PCACHE_USED]),
+        )
+        st.vma[n] = st.vma[v]
+        lower, upper = (n, v) if new_below else (v, n)
+        start = int(st.vma[v]["start"])
+        below = (addr - start) // self.page_size
+        shift = self.page_size.bit_length() - 1 + L.HPAGE_PMD_ORDER
+        up = st.vma[upper]
+        up["pte_base"] += below
+        up["pmd_base"] += (addr >> shift) - (start >> shift)
+        up["pgoff"] += below
+        up["start"] = addr
+        st.vma[lower]["end"] = addr
+        st.sys[L.SYS_NR_VMAS] = n + 1
+        self.set_state(st)
+        return n
+
+    def can_merge(self, lo: int, hi: int) -> bool:
+        """vma_merge()'s test for two VMAs that touch (``lo`` ends where ``hi``
+        starts): same process, flags, kind and file, and page-table slots, PMD
+        slots and file offsets that continue each other (two parts of one
+        mapping, split earlier)."""
+        a, b = self.state.vma[lo], self.state.vma[hi]
+        if not (a["live"] and b["live"] and a["end"] == b["start"]):
+            return False
+        for f in ("mm", "flags", "kind", "pcache_base"):
+            if a[f] != b[f]:
+                return False
+        pages = (int(a["end"]) - int(a["start"])) // self.page_size
+        shift = self.page_size.bit_length() - 1 + L.HPAGE_PMD_ORDER
+        pmd_step = (int(b["start"]) >> shift) - (int(a["start"]) >> shift)
+        return (
+            b["pte_base"] == a["pte_base"] + pages
+            and b["pgoff"] == a["pgoff"] + pages
+            and b["pmd_base"] == a["pmd_base"] + pmd_step
+        )
+
+    def merge_vmas(self, lo: int, hi: int) -> None:
+        """vma_merge(): ``lo`` grows over ``hi``, whose record dies."""
+        st = self.state
+        st.vma[lo]["end"] = st.vma[hi]["end"]
+        st.vma[hi]["live"] = 0

@@ -14,13 +14,14 @@ from migengine.errors import InvariantError, MigengineError, OutOfMemory
 from migengine.kernels import driver as kdriver
 from migengine.kernels import layout as L
 from migengine.kernels import state as kstate
+from migengine.kernels import vmscan as kvmscan
 from migengine.kernels.check import CHECK_MESSAGES, CHK_LEAK, check_state
 from migengine.process import Process
 
 PageInfo = namedtuple(
     "PageInfo",
     "pfn refcount mapcount locked lru pagevec anon file device zero compound free "
-    "dirty mlocked pins",
+    "dirty mlocked pins lazyfree",
 )
 PageInfo.__doc__ = "One struct page, as the kernel would count it (see Machine.page)."
 
@@ -168,6 +169,7 @@ class Machine:
             dirty=bool(flags & L.PG_DIRTY),
             mlocked=bool(flags & L.PG_MLOCKED),
             pins=int(rec["pins"]),
+            lazyfree=bool(flags & L.PG_LAZYFREE),
         )
 
     # ------------------------------------------------------------------ others acting on pages
@@ -180,21 +182,33 @@ class Machine:
     def _flags(self, p: int) -> int:
         return int(self.state.page["flags"][p])
 
-    def _in_use(self, pfn: object, what: str) -> int:
+    def _in_use(self, pfn: object, what: str, *, tail_to_head: bool = False) -> int:
         p = self._pfn(pfn)
         flags = self._flags(p)
         if flags & L.PG_FREE:
             raise ValueError(f"cannot {what} pfn {p}: the frame is free")
+        if tail_to_head and flags & L.PG_TAIL:
+            return p - p % L.HPAGE_PMD_NR  # a THP is an aligned run: its head
         if flags & (L.PG_ZERO | L.PG_TAIL):
             raise ValueError(f"cannot {what} pfn {p}: zero page or compound tail")
         return p
 
     def pin(self, pfn: int) -> None:
-        """Take an extra reference, as get_user_pages() does."""
-        kdriver.pin_page(self.state, self._in_use(pfn, "pin"))
+        """Take an extra reference, as get_user_pages() does (on a THP's head
+        for any of its pages). ValueError for a free frame or the zero page."""
+        kdriver.pin_page(self.state, self._in_use(pfn, "pin", tail_to_head=True))
 
     def unpin(self, pfn: int) -> None:
-        p = self._in_use(pfn, "unpin")
+        """Drop a pin that ``pin`` or ``p.pin`` took; ValueError if none is held.
+        ``p.pin`` of a read-only zero-page mapping pins the zero page, which is
+        counted in ``pins`` only: its reference count never frees it."""
+        p = self._pfn(pfn)
+        if p == self.zero_pfn:
+            if self.state.page["pins"][p] <= 0:
+                raise ValueError(f"pfn {p} (the zero page) is not pinned")
+            self.state.page["pins"][p] -= 1
+            return
+        p = self._in_use(p, "unpin", tail_to_head=True)
         if self.state.page["pins"][p] <= 0:
             raise ValueError(f"pfn {p} is not pinned")
         kdriver.unpin_page(self.state, p)
@@ -226,6 +240,13 @@ class Machine:
 
     def lru_add_drain_all(self) -> None:
         kdriver.lru_add_drain_all(self.state)
+
+    def reclaim(self) -> int:
+        """Reclaim the MADV_FREE pages that are still clean, as kswapd would reach
+        them (``p.madvise(..., "free")``); returns how many pages it freed. One
+        stored to since is kept, and loses its lazy-free mark."""
+        self.core.refuse_during_migration("reclaim")
+        return int(kvmscan.shrink_lazyfree(self.state))
 
     # ------------------------------------------------------------------ driver helpers
     def alloc_page(self, device: bool = False) -> int:

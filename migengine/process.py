@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from migengine import vma_ops
 from migengine._validate import as_bool, as_count, as_int
 from migengine.errors import MigengineError, OutOfMemory, SegFault, SigBus
 from migengine.kernels import cpu as kcpu
@@ -26,26 +27,55 @@ Pte.__doc__ = "A page-table lookup: kind, pfn (-1 if none), writable, huge (PMD 
 PROTS = {"rw": L.VM_READ | L.VM_WRITE, "r": L.VM_READ, "none": 0}
 _GAP = 2 * 1024 * 1024  # a guard gap between automatically placed mappings
 _MMAP_BASE = 0x7F00_0000_0000
-_ADDR_LIMIT = 2**63 - 1  # the largest end address an int64 VMA record holds
+
+
+_KIND_NAMES = {v: k for k, v in L.VMA_KINDS.items()}
 
 
 class Vma:
-    """One VMA: ``start``, ``end``, ``npages``, ``flags``, ``process``, ``index``."""
+    """One VMA: ``start``, ``end``, ``npages``, ``flags``, ``kind``, ``process``,
+    ``index`` (its record in the flat state), ``live``.
+
+    A view of its record: after munmap(), mprotect() or mremap() split, shrink
+    or merge it, the attributes say what it is now, and ``live`` is False once
+    it is gone (``p.vmas()`` lists the live ones).
+    """
 
     def __init__(self, process: Process, index: int) -> None:
         self.process = process
         self.index = index
-        rec = process.machine.state.vma[index]
-        self.start = int(rec["start"])
-        self.end = int(rec["end"])
-        self.flags = int(rec["flags"])
-        self.kind = {v: k for k, v in L.VMA_KINDS.items()}[int(rec["kind"])]
-        self.npages = (self.end - self.start) // process.machine.page_size
+
+    def _field(self, name: str) -> int:
+        return int(self.process.machine.state.vma[self.index][name])
+
+    @property
+    def start(self) -> int:
+        return self._field("start")
+
+    @property
+    def end(self) -> int:
+        return self._field("end")
+
+    @property
+    def flags(self) -> int:
+        return self._field("flags")
+
+    @property
+    def kind(self) -> str:
+        return _KIND_NAMES[self._field("kind")]
+
+    @property
+    def npages(self) -> int:
+        return (self.end - self.start) // self.process.machine.page_size
+
+    @property
+    def live(self) -> bool:
+        return self._field("live") != 0
 
     def __repr__(self) -> str:
         return (
             f"Vma(index={self.index}, start={self.start:#x}, end={self.end:#x}, "
-            f"kind={self.kind!r}, flags={self.flags:#x})"
+            f"kind={self.kind!r}, flags={self.flags:#x}, live={self.live})"
         )
 
 
@@ -72,15 +102,26 @@ class Process:
         self.machine = machine
         self._core = core
         self.pid = pid
-        self.vmas: list[Vma] = []
+        self._vma_views: dict[int, Vma] = {}
 
     # ------------------------------------------------------------------ layout
+    def _view(self, index: int) -> Vma:
+        """The one Vma object of record ``index``."""
+        view = self._vma_views.get(index)
+        if view is None:
+            view = self._vma_views[index] = Vma(self, index)
+        return view
+
+    def vmas(self) -> list[Vma]:
+        """The process's VMAs, in address order."""
+        return [self._view(i) for i in vma_ops.live_vmas(self._core, self.pid)]
+
     def _next_free_addr(self, nbytes: int) -> int:
-        top = max([v.end for v in self.vmas], default=_MMAP_BASE)
+        top = max([v.end for v in self.vmas()], default=_MMAP_BASE)
         return (top + _GAP + _GAP - 1) // _GAP * _GAP
 
     def _overlaps(self, start: int, end: int) -> bool:
-        return any(v.start < end and start < v.end for v in self.vmas)
+        return any(v.start < end and start < v.end for v in self.vmas())
 
     def mmap(
         self,
@@ -120,25 +161,55 @@ class Process:
             start = as_count(addr, "addr")
             if start % m.page_size:
                 raise ValueError(f"addr {start:#x} is not page aligned")
-        if start + nbytes > _ADDR_LIMIT:  # the VMA's end is an int64 in the flat state
+        limit = vma_ops.ADDR_LIMIT  # the VMA's end is an int64 in the flat state
+        if start + nbytes > limit:
             raise ValueError(
-                f"[{start:#x}, {start + nbytes:#x}) ends past the address space ({_ADDR_LIMIT:#x})"
+                f"[{start:#x}, {start + nbytes:#x}) ends past the address space ({limit:#x})"
             )
         if self._overlaps(start, start + nbytes):
             raise ValueError(f"[{start:#x}, {start + nbytes:#x}) overlaps an existing mapping")
         vm_flags = PROTS[prot] | user | (L.VM_HUGEPAGE if thp else 0)
-        if kind != "anon":
+        if kind in ("shmem", "file"):
             vm_flags |= L.VM_SHARED
         index = self._core.add_vma(self.pid, start, n, vm_flags, L.VMA_KINDS[kind], -1)
-        vma = Vma(self, index)
-        self.vmas.append(vma)
-        return vma
+        return self._view(index)
 
     def vma_at(self, addr: int) -> Vma | None:
-        for v in self.vmas:
+        for v in self.vmas():
             if v.start <= addr < v.end:
                 return v
         return None
+
+    def munmap(self, start: int, end: int) -> None:
+        """munmap(): remove the mappings of ``[start, end)`` (``end`` rounded up to
+        a page), splitting the VMAs it cuts. Each page loses these mappings and
+        is freed with its last reference; a device page goes back to its device.
+        ValueError for an unaligned start or an empty range; MigengineError
+        while a migration is open."""
+        for index in vma_ops.munmap(self._core, self.pid, start, end):
+            self._view(index)
+
+    def mprotect(self, start: int, end: int, prot: str) -> None:
+        """mprotect(): ``prot`` (``"rw"``, ``"r"`` or ``"none"``) for ``[start, end)``,
+        which VMAs must cover without a hole (SegFault otherwise). Taking write
+        away write-protects the range's PTEs; VMAs split and merge as needed."""
+        if prot not in PROTS:
+            raise ValueError(f"unknown prot {prot!r}; choose one of {sorted(PROTS)}")
+        for index in vma_ops.mprotect(self._core, self.pid, start, end, PROTS[prot]):
+            self._view(index)
+
+    def mremap(self, start: int, end: int, new_addr: int) -> Vma:
+        """mremap(MREMAP_MAYMOVE | MREMAP_FIXED): move the mapping of ``[start,
+        end)``, which one VMA must hold (SegFault otherwise), to ``new_addr``,
+        unmapping what was there; every entry moves, device-private ones too.
+        Returns the new Vma. ValueError for unaligned or overlapping ranges."""
+        return self._view(vma_ops.mremap(self._core, self.pid, start, end, new_addr))
+
+    def madvise(self, start: int, end: int, advice: str) -> None:
+        """madvise() with ``"dontneed"`` (zap the range: the next access faults a
+        zero page or the page-cache page in) or ``"free"`` (MADV_FREE: clean
+        private anonymous pages may be discarded by ``m.reclaim()``)."""
+        vma_ops.madvise(self._core, self.pid, start, end, advice)
 
     # ------------------------------------------------------------------ CPU accesses
     def _data_range(self, addr: object, n: object) -> tuple[int, int]:
@@ -216,17 +287,52 @@ class Process:
         """A child sharing private anonymous pages copy-on-write, shmem/file shared."""
         m = self.machine
         # All the child's page tables must fit, or no child at all.
-        kstate.check_pte_slots(int(m.state.sys[L.SYS_PTE_USED]) + sum(v.npages for v in self.vmas))
+        vmas = self.vmas()
+        kstate.check_pte_slots(int(m.state.sys[L.SYS_PTE_USED]) + sum(v.npages for v in vmas))
         child = m.new_process()
-        for vma in self.vmas:
+        for vma in vmas:
             rec = m.state.vma[vma.index]
             flags = int(rec["flags"]) & ~L.VM_LOCKED  # mlock is not inherited
             index = self._core.add_vma(
-                child.pid, vma.start, vma.npages, flags, int(rec["kind"]), int(rec["pcache_base"])
+                child.pid,
+                vma.start,
+                vma.npages,
+                flags,
+                int(rec["kind"]),
+                int(rec["pcache_base"]),
+                int(rec["pgoff"]),
             )
             kfork.fork_vma(m.state, vma.index, index)
-            child.vmas.append(Vma(child, index))
+            child._view(index)
         return child
+
+    def pin(self, addr: int, write: bool = False, longterm: bool = False) -> int:
+        """get_user_pages() of the page at ``addr``: fault it in as a load (or a
+        store, breaking COW, with ``write=True``) the way GUP's faultin_page()
+        does (a device-private page comes back to system memory first), then
+        take a pin on it. Returns the pfn pinned (a THP's subpage: the head holds
+        the reference); release it with ``m.unpin(pfn)``. ``longterm`` is
+        FOLL_LONGTERM, which matters only for device-coherent memory (modern).
+        SegFault for an address outside every VMA or a pin the VMA's protection
+        forbids, as GUP's -EFAULT."""
+        a = as_count(addr, "addr")
+        write = as_bool(write, "write")
+        as_bool(longterm, "longterm")
+        vma = self.vma_at(a)
+        if vma is None:
+            raise SegFault(f"pin at {a:#x}: no VMA")
+        ps = self.machine.page_size
+        page = a - a % ps
+        status, reached = kmemory.populate(self.machine.state, vma.index, page, page + ps, write)
+        _raise_fault(int(status), int(reached), "pin")
+        pte = self.translate(a)
+        if pte.kind not in ("present", "zero"):  # populate() made it present: never
+            raise MigengineError(f"pin at {a:#x}: the page is {pte.kind} after the fault")
+        if pte.kind == "zero":  # GUP pins the zero page too; nothing ever frees it
+            self.machine.state.page["pins"][pte.pfn] += 1
+        else:
+            self.machine.pin(pte.pfn)
+        return pte.pfn
 
     def translate(self, addr: int) -> Pte:
         """Walk the page table at ``addr``."""
@@ -235,4 +341,4 @@ class Process:
         return Pte(kcpu.TRANSLATE_KINDS[kind], int(pfn), bool(writable), bool(huge))
 
     def __repr__(self) -> str:
-        return f"Process(pid={self.pid}, vmas={len(self.vmas)})"
+        return f"Process(pid={self.pid}, vmas={len(self.vmas())})"

@@ -426,7 +426,7 @@ class World:
         child = parent.process.fork()
         kid = Proc(child)
         by_start = {v.vma.start: v for v in parent.views}
-        for vma in child.vmas:
+        for vma in child.vmas():
             pv = by_start[vma.start]
             shadow = pv.shadow
             if not pv.family.shared:  # copy-on-write: the child's own copy from now on
@@ -1115,7 +1115,7 @@ def _run_reentrant(w: World, draw: Draw, view: View, s: int, e: int) -> None:
     act = pick(draw, ("fork", "mmap", "new_process"))
     proc = view.proc.process
     base = fill_ops(w, draw.int(0, 2**30), device_p=0.5, fail_p=0.0)
-    nprocs, nvmas = len(w.m.processes), len(proc.vmas)
+    nprocs, nvmas = len(w.m.processes), len(proc.vmas())
 
     def alloc(*args: Any) -> None:
         base.alloc_and_copy(*args)
@@ -1133,7 +1133,7 @@ def _run_reentrant(w: World, draw: Draw, view: View, s: int, e: int) -> None:
         if "callback" not in str(exc):
             raise w.unexpected(f"{act} in a callback", exc) from exc
         w.note(f"migrate_vma: {act} refused")
-    if (len(w.m.processes), len(proc.vmas)) != (nprocs, nvmas):
+    if (len(w.m.processes), len(proc.vmas())) != (nprocs, nvmas):
         raise Failure(f"{act} in a callback made something")
 
 
@@ -1271,7 +1271,7 @@ def _other_process(w: World) -> me.Process:
 
 def _other_range(w: World) -> tuple[me.Process, int, int]:
     p = _other_process(w)
-    return p, p.vmas[0].start, p.vmas[0].end
+    return p, p.vmas()[0].start, p.vmas()[0].end
 
 
 def _ok_vma(w: World, v: View) -> bool:

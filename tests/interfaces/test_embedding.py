@@ -221,7 +221,7 @@ def test_every_entry_point_returns_einval_and_changes_nothing(make_machine, prof
     m = make_machine(64, 16, profile=profile)
     p = m.new_process()
     calls = _bad_calls(m, p)
-    p.populate(p.vmas[0].start, p.vmas[0].end)
+    p.populate(p.vmas()[0].start, p.vmas()[0].end)
     counters = m.counters
     ptes = m.state.pte.copy()
     for name, v, start, end, slots in calls:

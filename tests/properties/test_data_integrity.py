@@ -148,7 +148,7 @@ class DataIntegrity(RuleBasedStateMachine):
     def fork(self, index: int) -> None:
         parent = self.proc(index)
         child = parent.process.fork()
-        anon, shm = child.vmas  # same order and addresses as the parent's
+        anon, shm = child.vmas()  # same order and addresses as the parent's
         assert (anon.start, shm.start) == (parent.anon.start, parent.shm.start)
         self.procs.append(Proc(child, anon, shm, bytearray(parent.shadow)))
 

@@ -181,7 +181,7 @@ def _operation(data: st.DataObject, w: World) -> None:
     elif op == "fork" and len(w.procs) < 3:
         child = p.fork()
         w.procs.append(child)
-        w.vmas.extend(child.vmas)
+        w.vmas.extend(child.vmas())
     elif op == "swap":
         p.swap_out(addr)
     elif op == "to_device" and m.device_pages:

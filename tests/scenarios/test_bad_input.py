@@ -93,4 +93,4 @@ def test_an_mmap_ending_past_the_address_space_is_a_value_error(world):
         with pytest.raises(ValueError, match="past the address space"):
             p.mmap(4, kind=kind, addr=2**63 - m.page_size)
     assert int(m.state.sys[L.SYS_PCACHE_USED]) == used
-    assert len(p.vmas) == 1
+    assert len(p.vmas()) == 1

@@ -540,7 +540,7 @@ def test_a_driver_cannot_fork_mmap_or_put_a_source_from_a_callback(
     the migration then unwinds like any raising callback."""
     m, p, vma, *_ = world(make_machine, profile)
     old = [pfn_at(p, vma, i) for i in range(NPAGES)]
-    processes, vmas = len(m.processes), len(p.vmas)
+    processes, vmas = len(m.processes), len(p.vmas())
     ops = python_ops(m, True, {})
 
     def act(vma_, src, dst, start, end, private):
@@ -554,7 +554,7 @@ def test_a_driver_cannot_fork_mmap_or_put_a_source_from_a_callback(
     src, dst = np.zeros(NPAGES, np.uint64), np.zeros(NPAGES, np.uint64)
     with pytest.raises(me.MigengineError, match=r"migrate_vma\(\) callback"):
         me.migrate_vma(me.MigrateOps(*callbacks), vma, vma.start, vma.end, src, dst)
-    assert (len(m.processes), len(p.vmas)) == (processes, vmas)
+    assert (len(m.processes), len(p.vmas())) == (processes, vmas)
     now = [pfn_at(p, vma, i) for i in range(NPAGES)]  # before a read faults them back
     m.check()
     assert_data(p, vma, range(NPAGES))

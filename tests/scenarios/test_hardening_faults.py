@@ -101,7 +101,7 @@ def test_access_error_prot_none_after_migrate_vma_fills_holes(make_machine, prof
     refused(m, p, vma, reads=True)
     child = p.fork()
     m.check()
-    refused(m, child, child.vmas[0], reads=True)
+    refused(m, child, child.vmas()[0], reads=True)
     for pte in ptes(p, vma):
         if pte.kind == "present":
             assert m.frame(pte.pfn) == bytes(PS)  # the inserted pages: untouched zeroes
@@ -328,7 +328,7 @@ def test_thp_cow_then_device_migrate_vma_and_evict(make_machine):
     copies, then evict(): every page comes back with its bytes."""
     m, s = after_cow(make_machine, V25)
     for p in s.procs.values():
-        v = p.vmas[0]
+        v = p.vmas()[0]
         src = np.zeros(THP_NR, np.uint64)
         dst = np.zeros(THP_NR, np.uint64)
         assert me.migrate_vma(m.device.ops, v, v.start, v.end, src, dst) == 0
@@ -377,7 +377,7 @@ def test_check_a_file_page_out_of_its_page_cache_slot_is_a_leak(make_machine, pr
     # Unmap it from both by hand and take it out of its slot: nothing holds it.
     st = m.state
     for proc in (p, child):
-        v = proc.vmas[0]
+        v = proc.vmas()[0]
         kslot = int(st.vma["pte_base"][v.index])
         st.pte[kslot] = L.PTE_NONE
         st.pte_next[kslot] = -1

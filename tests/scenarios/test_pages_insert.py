@@ -152,7 +152,7 @@ def test_file_page_to_system_memory(make_machine, kind):
     assert refs(m, new) == (2, 1)
     child = p.fork()  # shared VMAs: the child faults from the page cache
     assert child.read(vma.start, PS) == pattern(0)
-    assert pfn_at(child, child.vmas[0], 0) == new
+    assert pfn_at(child, child.vmas()[0], 0) == new
     assert_data(p, vma, [0])
 
 

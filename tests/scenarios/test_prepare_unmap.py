@@ -175,7 +175,7 @@ def test_fork_shared_pages_are_redirected_in_both_processes(make_machine, profil
         assert refs(m, new) == (3, 2)
         assert_in_batch(m, new)
     assert_data(p, vma, range(2))
-    assert_data(child, child.vmas[0], range(2))
+    assert_data(child, child.vmas()[0], range(2))
     child.write(addr(vma, 0), b"child")  # COW still breaks after the move
     assert p.read(addr(vma, 0), PS) == pattern(0)
 
@@ -201,7 +201,7 @@ def test_fork_shared_device_page_moved_back_from_the_other_process(make_machine,
     assert_freed_by_drain(m, [dev])  # seed's device frames are put back like RAM
     assert m.device.mirrored(child, vma.start) == -1
     assert_data(p, vma, [0])
-    assert_data(child, child.vmas[0], [0])
+    assert_data(child, child.vmas()[0], [0])
 
 
 # ---------------------------------------------------------------- early returns, drains

@@ -188,7 +188,7 @@ def test_machine_process_and_device_share_one_core(make_machine):
     assert core.page_size == m.page_size == 4096
     assert isinstance(handle, int) and isinstance(core.handle, int)
     child = p.fork()
-    assert len(child.vmas) == len(p.vmas) and m.state is core.state
+    assert len(child.vmas()) == len(p.vmas()) and m.state is core.state
     assert m.device.ops == me.MigrateOps(m.device.ops.alloc_and_copy, m.device.ops.finalize_and_map)
 
 
