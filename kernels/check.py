@@ -218,17 +218,56 @@ def _check_tables(st, swaps):
         pfn = st.pcache[pc]
         if pfn >= 0 and (st.page["mapping"][pfn] != L.MAPPING_FILE or st.page["index"][pfn] != pc):
             return CHK_PCACHE, pc
-    kind_wanted = L.PTE_DEVICE if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25 else L.PTE_PRESENT
-    for d in range(st.mirror.shape[0]):
-        for slot in range(st.sys[L.SYS_PTE_USED]):
-            m = st.mirror[d, slot]
-            if m < 0:
-                continue
-            pte = st.pte[slot]
-            if mm.pte_kind(pte) != kind_wanted or mm.pte_pfn(pte) != (m >> 1):
-                return CHK_MIRROR, slot
-            if mm.device_of(st, m >> 1) != d:
-                return CHK_MIRROR, slot
+    return _check_mirrors(st)
+
+
+@internal
+def _mapped_at(st, v, addr, slot):
+    """(pfn, writable) that the page tables map at ``addr`` of VMA ``v``, or
+    (-1, False): a PMD mapping (THP or huge zero page), a present PTE or a
+    device-private entry."""
+    pword = st.pmd[mm.pmd_slot(st, v, addr)]
+    pk = mm.pmd_kind(pword)
+    if pk == L.PMD_HUGE_ZERO:
+        return st.sys[L.SYS_ZERO_PFN], False
+    if pk == L.PMD_THP:
+        pfn = mm.pte_pfn(pword) + mm.pages_in(st, addr % mm.pmd_extent(st))
+        return pfn, (pword & L.PMD_WRITE) != 0
+    if pk == L.PMD_TABLE:
+        pte = st.pte[slot]
+        kind = mm.pte_kind(pte)
+        if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
+            return mm.pte_pfn(pte), mm.pte_write(pte)
+    return np.int64(-1), False
+
+
+@internal
+def _check_mirrors(st):
+    """Every mirror entry maps the frame the page tables map at its slot: a
+    device page the device migrated there, or any page the device faulted in
+    with dev.read / dev.write (then writable only where the CPU's mapping of a
+    system page is). A device-private frame is mapped by a device entry."""
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    for v in range(st.sys[L.SYS_NR_VMAS]):
+        if st.vma["live"][v] == 0:
+            continue
+        base = st.vma["pte_base"][v]
+        start = st.vma["start"][v]
+        for k in range((st.vma["end"][v] - start) // ps):
+            slot = base + k
+            for d in range(st.mirror.shape[0]):
+                m = st.mirror[d, slot]
+                if m < 0:
+                    continue
+                pfn, writable = _mapped_at(st, v, start + k * ps, slot)
+                if pfn != (m >> 1):
+                    return CHK_MIRROR, slot
+                device = mm.is_device_pfn(st, pfn)
+                if (m & 1) != 0 and not writable and not device:
+                    return CHK_MIRROR, slot
+                if device and hmm and mm.pte_kind(st.pte[slot]) != L.PTE_DEVICE:
+                    return CHK_MIRROR, slot
     return CHK_OK, -1
 
 

@@ -212,6 +212,19 @@ CPU_DRIVER = 1
 # so at most 13 pages wait in it (the contract's v1 said 15).
 PAGEVEC_SIZE = 14
 
+# --- lib/test_hmm_uapi.h: HMM_DMIRROR_SNAPSHOT's byte per page (dev.snapshot).
+HMM_DMIRROR_PROT_ERROR = np.uint8(0xFF)
+HMM_DMIRROR_PROT_NONE = np.uint8(0x00)
+HMM_DMIRROR_PROT_READ = np.uint8(0x01)
+HMM_DMIRROR_PROT_WRITE = np.uint8(0x02)
+HMM_DMIRROR_PROT_PMD = np.uint8(0x04)
+HMM_DMIRROR_PROT_PUD = np.uint8(0x08)
+HMM_DMIRROR_PROT_ZERO = np.uint8(0x10)
+HMM_DMIRROR_PROT_DEV_PRIVATE_LOCAL = np.uint8(0x20)
+HMM_DMIRROR_PROT_DEV_PRIVATE_REMOTE = np.uint8(0x30)
+HMM_DMIRROR_PROT_DEV_COHERENT_LOCAL = np.uint8(0x40)
+HMM_DMIRROR_PROT_DEV_COHERENT_REMOTE = np.uint8(0x50)
+
 # --- errno values the compiled level returns (negated).
 EINVAL = 22
 ENOMEM = 12

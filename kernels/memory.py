@@ -94,6 +94,15 @@ def _map_new_thp(st, v, first, pmd_i):
 
 
 @internal
+def _unmirror_extent(st, v, first):
+    """The mmu-notifier invalidation of a PMD mapping replaced in this VMA: every
+    device's mirror forgets the extent's pages (a device may have read them)."""
+    slot0 = mm.pte_slot(st, v, first)
+    for j in range(L.HPAGE_PMD_NR):
+        mm.unmirror_all(st, slot0 + j)
+
+
+@internal
 def _unmap_shared_thp(st, v, first, head):
     """page_remove_rmap(page, true) + put_page(page) for this VMA's PMD mapping.
 
@@ -102,6 +111,7 @@ def _unmap_shared_thp(st, v, first, head):
     lose the other processes' mappings."""
     st.page["mapcount"][head] -= 1
     mm.rmap_del(st, head, mm.pte_slot(st, v, first))
+    _unmirror_extent(st, v, first)
     mm.put_page(st, head)
 
 
@@ -176,6 +186,7 @@ def _fault_pmd(st, v, addr, write):
         if not write:
             return L.FAULT_OK
         if _map_new_thp(st, v, first, pmd_i) >= 0:
+            _unmirror_extent(st, v, first)
             return L.FAULT_OK
         split_huge_pmd_zero(st, pmd_i, mm.pte_slot(st, v, first))
         return L.FAULT_RETRY

@@ -261,11 +261,11 @@ def zap_pte(st, slot):
     mapcount, mirror and reference)."""
     pfn = pte_pfn(st.pte[slot])
     st.pte[slot] = L.PTE_NONE
+    unmirror_all(st, slot)  # a device may mirror the zero page too (dev.read)
     if is_zero_pfn(st, pfn):
         return
     st.page["mapcount"][pfn] -= 1
     rmap_del(st, pfn, slot)
-    unmirror_all(st, slot)
     put_page(st, pfn)
 
 

@@ -88,6 +88,8 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
         mm.set_flag(st, newpage, L.PG_MLOCKED)
     if not device:
         mm.lru_cache_add(st, mm.this_cpu(st), newpage)
+    if flush:
+        mm.unmirror_all(st, slot)  # the zero page a device may have mirrored goes
     mm.map_new_page(st, slot, newpage, (vflags & L.VM_WRITE) != 0, device)
     if flush:
         st.counters[L.C_TLB_FLUSH] += 1

@@ -10,12 +10,13 @@ from migengine._numba_env import log_threading_layer
 from migengine._ops import MigrateOps
 from migengine._validate import as_count
 from migengine.copyengine import CopyEngine
-from migengine.errors import MigrateError
+from migengine.errors import MigrateError, SegFault
 from migengine.kernels import copy as kcopy
 from migengine.kernels import device as kdevice
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
-from migengine.process import Process
+from migengine.kernels.device import range_fault as krange
+from migengine.process import Process, _raise_fault
 
 if TYPE_CHECKING:
     from migengine._core import MachineCore
@@ -38,6 +39,7 @@ class Device:
         self._core = core
         self._engine = engine
         self.index = index  # its row in the device table (state.dev) and its mirror
+        self.last_faults = 0  # range faults of the last read or write (cmd.faults)
         self.ops = MigrateOps(kdevice.device_alloc_and_copy, kdevice.device_finalize_and_map)
 
     @property
@@ -158,3 +160,79 @@ class Device:
         )
         log_threading_layer()
         return int(ret)
+
+    # ------------------------------------------------------------------ device accesses
+    def _accessible(self, process: Process, start: int, end: int, write: bool, what: str) -> None:
+        """SegFault, before anything changes, unless every page of ``[start, end)``
+        lies in a VMA that lets the device fault it in: VM_READ (dmirror's
+        -EFAULT on a PROT_NONE VMA) and, for a store, VM_WRITE (its -EPERM)."""
+        st = self._core.state
+        addr = start
+        while addr < end:
+            vma = process.vma_at(addr)
+            if vma is None:
+                raise SegFault(f"device {what} at {addr:#x}: no VMA")
+            flags = int(st.vma["flags"][vma.index])
+            if not flags & L.VM_READ:
+                raise SegFault(f"device {what} at {addr:#x}: the VMA is PROT_NONE")
+            if write and not flags & L.VM_WRITE:
+                raise SegFault(f"device {what} at {addr:#x}: the VMA is read-only")
+            addr = vma.end
+
+    def _access(self, process: object, addr: object, n: int, data: np.ndarray | None) -> bytes:
+        """Validate, then run device_access() over ``n`` bytes at ``addr``: a
+        load into a new buffer (``data`` None) or a store of ``data``."""
+        p = self._process(process)
+        self._core.need_data()
+        a = as_count(addr, "addr")
+        write = data is not None
+        if n == 0:
+            return b""
+        ps = self._core.page_size
+        first, last = a - a % ps, (a + n + ps - 1) // ps * ps
+        what = "write" if write else "read"
+        self._accessible(p, first, last, write, what)
+        buf = data if data is not None else np.empty(n, np.uint8)
+        pfns = np.empty((last - first) // ps, np.uint64)
+        status, done, faults = krange.device_access(
+            self._core.state, self.index, p.pid, a, buf, n, write, pfns
+        )
+        self.last_faults = int(faults)
+        _raise_fault(int(status), a + int(done), f"device {what}")
+        return b"" if write else buf.tobytes()
+
+    def read(self, process: Process, addr: int, n: int) -> bytes:
+        """HMM_DMIRROR_READ: the device loads ``n`` bytes at ``addr`` through its
+        mirror, faulting the pages in with hmm_range_fault() (read faults: an
+        untouched anonymous page maps the zero page) and mirroring them. Its own
+        device-private pages are read in place. ``last_faults`` counts the range
+        faults it took (dmirror's ``cmd.faults``)."""
+        return self._access(process, addr, as_count(n, "n"), None)
+
+    def write(self, process: Process, addr: int, data: bytes) -> None:
+        """HMM_DMIRROR_WRITE: the device stores ``data`` at ``addr`` through its
+        mirror, after write faults as a CPU store takes them (COW broken, the zero
+        page replaced, a read-only device-private page faulted back)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        buf = np.frombuffer(bytes(data), np.uint8).copy()
+        self._access(process, addr, int(buf.size), buf)
+
+    def snapshot(self, process: Process, start: int, end: int) -> np.ndarray:
+        """HMM_DMIRROR_SNAPSHOT: one ``HMM_DMIRROR_PROT_*`` byte per page of
+        ``[start, end)`` (page aligned), from hmm_range_fault() without faulting:
+        nothing changes. A page outside every VMA is ``HMM_DMIRROR_PROT_ERROR``;
+        a range outside every VMA raises SegFault."""
+        p = self._process(process)
+        s, e = as_count(start, "start"), as_count(end, "end")
+        ps = self._core.page_size
+        if s % ps or e % ps or s >= e:
+            raise ValueError(f"range [{s:#x}, {e:#x}) must be page aligned and non-empty")
+        if not any(v.start < e and s < v.end for v in p.vmas):
+            raise SegFault(f"device snapshot of [{s:#x}, {e:#x}): no VMA")
+        npages = (e - s) // ps
+        out = np.empty(npages, np.uint8)
+        pfns = np.empty(npages, np.uint64)
+        status = krange.device_snapshot(self._core.state, self.index, p.pid, s, e, out, pfns)
+        _raise_fault(int(status), s, "device snapshot")
+        return out
