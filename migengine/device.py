@@ -228,7 +228,7 @@ class Device:
         ps = self._core.page_size
         if s % ps or e % ps or s >= e:
             raise ValueError(f"range [{s:#x}, {e:#x}) must be page aligned and non-empty")
-        if not any(v.start < e and s < v.end for v in p.vmas):
+        if not any(v.start < e and s < v.end for v in p.vmas()):
             raise SegFault(f"device snapshot of [{s:#x}, {e:#x}): no VMA")
         npages = (e - s) // ps
         out = np.empty(npages, np.uint8)
