@@ -18,7 +18,9 @@ from numba import types
 from ._jit import internal, kernel
 from ._llvm import array_at, arrays_at
 from .args import arrays_overlap
-from .device import migrate_range_to_system, migrate_to_device, run_driver
+from .device import run_driver
+from .device.common import DEV_INDEX_SHIFT
+from .device.ranges import migrate_range_to_device, migrate_range_to_system
 from .state import STATE_SPEC, State
 
 _SLOTS = 3  # per field: data address, shape[0], shape[1] (0 for 1-D)
@@ -70,17 +72,19 @@ def migrate_vma_to_device_at(handle, vma_index, start, end, src, dst):
 
 
 @kernel
-def migrate_to_device_at(handle, mm_id, start, end):
-    """m.device.migrate_to_device() from Python: device.migrate_to_device() on the
-    state behind ``handle``, with its checks (-EINVAL, nothing changed). The
-    handle itself is trusted: it is the Python layer's, not an API."""
-    return migrate_to_device(state_at(handle), mm_id, start, end)
+def migrate_to_device_at(handle, mm_id, start, end, d):
+    """dev.migrate_to_device() from Python: device ``d``'s migrate_range_to_device()
+    on the state behind ``handle``, with its checks (-EINVAL, nothing changed).
+    The handle itself is trusted: it is the Python layer's, not an API."""
+    s, e = np.int64(start), np.int64(end)
+    return migrate_range_to_device(state_at(handle), np.int64(d), np.int64(mm_id), s, e)
 
 
 @kernel
-def migrate_to_system_at(handle, mm_id, start, end):
-    """m.device.migrate_to_system() from Python, on the state behind ``handle``."""
-    return migrate_range_to_system(state_at(handle), mm_id, start, end, np.int64(0))
+def migrate_to_system_at(handle, mm_id, start, end, d):
+    """dev.migrate_to_system() from Python (device ``d``), on the state behind ``handle``."""
+    private = np.int64(d) << DEV_INDEX_SHIFT
+    return migrate_range_to_system(state_at(handle), mm_id, start, end, private)
 
 
 MPFN_ARRAY = types.Array(types.uint64, 1, "C")

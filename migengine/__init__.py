@@ -42,7 +42,7 @@ from migengine.kernels.layout import (
     VM_UFFD_MISSING,
     Layout,
 )
-from migengine.machine import Machine, PageInfo
+from migengine.machine import DeviceSpec, Machine, PageInfo
 from migengine.migrate import InvalidDstWarning, migrate_vma
 from migengine.process import Process, Pte, Vma
 from migengine.sim import SimConfig, SimResult, simulate
@@ -74,6 +74,7 @@ __all__ = [
     "InvalidDstWarning",
     "InvariantError",
     "Layout",
+    "DeviceSpec",
     "Machine",
     "MigengineError",
     "MigrateError",

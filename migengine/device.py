@@ -33,12 +33,20 @@ class Device:
     """
 
     def __init__(
-        self, machine: Machine, core: MachineCore, engine: CopyEngine, index: int = 0
+        self,
+        machine: Machine,
+        core: MachineCore,
+        engine: CopyEngine,
+        index: int = 0,
+        kind: str = "private",
+        owner: object = None,
     ) -> None:
         self._machine = machine
         self._core = core
         self._engine = engine
         self.index = index  # its row in the device table (state.dev) and its mirror
+        self.kind = kind  # "private": MEMORY_DEVICE_PRIVATE
+        self.owner = owner  # its pgmap->owner cookie
         self.last_faults = 0  # range faults of the last read or write (cmd.faults)
         self.ops = MigrateOps(kdevice.device_alloc_and_copy, kdevice.device_finalize_and_map)
 
@@ -87,8 +95,8 @@ class Device:
             "sigbus": int(row[L.DEV_SIGBUS]),
         }
 
-    @property
     def free_pages(self) -> int:
+        """Its free frames."""
         return int(self._core.state.dev[self.index, L.DEV_FREE])
 
     def fail_alloc(self, n: int) -> None:
@@ -130,7 +138,7 @@ class Device:
         s, e = self._range(process, start, end)
         # Through the handle: typing and unboxing every array of m.state costs
         # the dispatcher 2-40 us a call (kernels.handle).
-        ret = int(khandle.migrate_to_device_at(self._core.handle, process.pid, s, e))
+        ret = int(khandle.migrate_to_device_at(self._core.handle, process.pid, s, e, self.index))
         log_threading_layer()
         if ret < 0:
             raise MigrateError(f"[{s:#x}, {e:#x}) is not covered by readable VMAs")
@@ -139,7 +147,7 @@ class Device:
     def migrate_to_system(self, process: Process, start: int, end: int) -> int:
         """Move the range's device pages back to system memory; returns how many."""
         s, e = self._range(process, start, end)
-        ret = int(khandle.migrate_to_system_at(self._core.handle, process.pid, s, e))
+        ret = int(khandle.migrate_to_system_at(self._core.handle, process.pid, s, e, self.index))
         log_threading_layer()
         if ret < 0:
             raise MigrateError(f"[{s:#x}, {e:#x}) is not covered by VMAs")

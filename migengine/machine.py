@@ -25,6 +25,53 @@ PageInfo = namedtuple(
 )
 PageInfo.__doc__ = "One struct page, as the kernel would count it (see Machine.page)."
 
+DeviceSpec = namedtuple("DeviceSpec", "pages kind owner", defaults=("private", None))
+DeviceSpec.__doc__ = """One device of ``Machine(devices=[...])``: ``pages`` frames of ``kind``
+``"private"`` (device-private ZONE_DEVICE memory, reached by the CPU through the device's
+fault handler; ``"coherent"`` exists only in the modern profile) and ``owner``, its
+``pgmap->owner`` cookie (any hashable value; None gives the device one of its own)."""
+
+
+class _OwnOwner:
+    """The owner cookie of a device given ``owner=None``: its own, equal to no other."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __repr__(self) -> str:
+        return f"<owner of device {self.index}>"
+
+
+def _device_specs(devices: object, device_pages: int) -> list[DeviceSpec]:
+    """The machine's devices, validated: ``devices`` as given, or one device of
+    ``device_pages`` frames. ValueError or TypeError before anything is built."""
+    if devices is None:
+        return [DeviceSpec(device_pages)]
+    if device_pages:
+        raise ValueError("give device_pages or devices, not both")
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+        raise TypeError(f"devices must be a sequence of DeviceSpec, not {type(devices).__name__}")
+    specs = []
+    for i, spec in enumerate(devices):
+        if not isinstance(spec, DeviceSpec):
+            raise TypeError(f"devices[{i}] must be a DeviceSpec, not {type(spec).__name__}")
+        pages = as_count(spec.pages, f"devices[{i}].pages")
+        if spec.kind == "coherent":
+            raise ValueError(
+                f"devices[{i}]: kind 'coherent' (MEMORY_DEVICE_COHERENT) exists only in the "
+                "modern profile"
+            )
+        if spec.kind != "private":
+            raise ValueError(f"devices[{i}]: unknown kind {spec.kind!r}; choose 'private'")
+        try:
+            hash(spec.owner)
+        except TypeError:
+            raise TypeError(f"devices[{i}].owner must be hashable") from None
+        specs.append(DeviceSpec(pages, spec.kind, spec.owner))
+    if not specs:
+        raise ValueError("devices must name at least one device")
+    return specs
+
 
 class Machine:
     """A simulated machine: RAM frames, then device frames, in one pfn space.
@@ -51,9 +98,11 @@ class Machine:
         profile: str = "hmm-v25",
         seed: int | None = None,
         swap_pages: int | None = None,
+        devices: object = None,
     ) -> None:
         ram = as_count(ram_pages, "ram_pages", minimum=2)
         dev = as_count(device_pages, "device_pages")
+        specs = _device_specs(devices, dev)
         ps = as_count(page_size, "page_size", minimum=64)
         if ps & (ps - 1):
             raise ValueError(f"page_size must be a power of two, got {ps}")
@@ -67,14 +116,31 @@ class Machine:
         profile_id = L.PROFILES[profile]
         # The live state and its VMA layout, shared with the processes and the
         # device: an internal interface, not part of the public API.
+        sizes = tuple(spec.pages for spec in specs)
         self.core = MachineCore(
-            kstate.new_state(ram, dev, ps, store_data, profile_id, engine.to_array(), nswap)
+            kstate.new_state(
+                ram,
+                sum(sizes),
+                ps,
+                store_data,
+                profile_id,
+                engine.to_array(),
+                nswap,
+                device_sizes=sizes,
+            )
         )
         self._processes: list[Process] = []
         self.rng = np.random.default_rng(seed)
-        self.device = Device(self, self.core, engine)
         # One device per row of the device table (state.dev); m.device is the first.
-        self.devices: tuple[Device, ...] = (self.device,)
+        # Devices given the same owner share its id (state.dev's DEV_OWNER column).
+        owners: dict[object, int] = {}
+        built = []
+        for d, spec in enumerate(specs):
+            owner = _OwnOwner(d) if spec.owner is None else spec.owner
+            self.core.state.dev[d, L.DEV_OWNER] = owners.setdefault(owner, len(owners))
+            built.append(Device(self, self.core, engine, index=d, kind=spec.kind, owner=owner))
+        self.devices: tuple[Device, ...] = tuple(built)
+        self.device = self.devices[0]
 
     # ------------------------------------------------------------------ facts
     @property

@@ -180,12 +180,14 @@ def migrate_vma(
     if np.may_share_memory(src, dst):
         raise ValueError("src and dst must not overlap")
     m = vma.process.machine
-    if ops is m.device.ops or (
-        alloc is kdevice.device_alloc_and_copy and fin is kdevice.device_finalize_and_map
-    ):
-        # The device's ops are the same functions on every machine: they run on
-        # the VMA's machine, as its device's own cached pipeline.
-        return m.device.run_ops(vma, s, e, src, dst, _device_private(m, private))
+    if alloc is kdevice.device_alloc_and_copy and fin is kdevice.device_finalize_and_map:
+        # The devices' ops are the same functions on every machine: they run on
+        # the VMA's machine, as the cached pipeline of the device whose ops they
+        # are (of its first device for another machine's), unless ``private``
+        # names one.
+        dev = next((d for d in m.devices if d.ops is ops), m.device)
+        bits = _device_private(m, private, dev.index)
+        return m.device.run_ops(vma, s, e, src, dst, bits)
     if compiled:
         if alloc in _ENGINE_CALLBACKS or fin in _ENGINE_CALLBACKS:
             private = _device_private(m, private)
@@ -196,11 +198,11 @@ def migrate_vma(
     return 0
 
 
-def _device_private(m: Any, private: Any) -> int:
+def _device_private(m: Any, private: Any, default: int = 0) -> int:
     """``private`` for the device's callbacks: DEV_* bits and a device of this
-    machine (None is 0: the first device, no flags). ValueError otherwise."""
+    machine (None is device ``default``, no flags). ValueError otherwise."""
     if private is None:
-        return 0
+        return default << DEV_INDEX_SHIFT
     bits = as_int(private, "private")
     if not 0 <= bits >> DEV_INDEX_SHIFT < len(m.devices):
         raise ValueError(

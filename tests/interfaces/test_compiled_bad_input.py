@@ -595,9 +595,14 @@ def _group_device(w: _World) -> None:
         w.case(f"migrate_to_device: {label}", EINVAL, _ranges, st, 0, mm_id, rs, re, 0)
         w.case(f"migrate_to_system: {label}", EINVAL, _ranges, st, 1, mm_id, rs, re, 0)
         at = khandle.migrate_to_device_at
-        w.case(f"migrate_to_device_at: {label}", EINVAL, at, handle, mm_id, rs, re)
+        w.case(f"migrate_to_device_at: {label}", EINVAL, at, handle, mm_id, rs, re, 0)
         at = khandle.migrate_to_system_at
-        w.case(f"migrate_to_system_at: {label}", EINVAL, at, handle, mm_id, rs, re)
+        w.case(f"migrate_to_system_at: {label}", EINVAL, at, handle, mm_id, rs, re, 0)
+    for d in (1, -1):
+        at = khandle.migrate_to_device_at
+        w.case(f"migrate_to_device_at: device {d}", EINVAL, at, handle, pid, s, e, d)
+        at = khandle.migrate_to_system_at
+        w.case(f"migrate_to_system_at: device {d}", EINVAL, at, handle, pid, s, e, d)
     for private, label in ((1 << 8, "device 1 of 1"), (-1, "-1")):
         w.case(f"migrate_to_system: private {label}", EINVAL, _ranges, st, 1, pid, s, e, private)
     w.expect("evict", 4, _ranges(st, 2, 0, 0, 0, 0))

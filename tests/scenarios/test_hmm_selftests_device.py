@@ -6,8 +6,7 @@ mirrors, scaled down (small pages, fewer of them), with the selftests' fill
 operation. Both profiles are 4.14 (hmm-v25 and the seed patch): where a 4.14
 outcome differs from what the modern selftest asserts, the test asserts the
 4.14 one and says why. The machine has one device, so the hmm2 (two-device)
-parts of a case are left out, and mprotect does not exist yet: a case that
-needs it tests the part that is possible and says so.
+parts of a case are left out.
 """
 
 from __future__ import annotations
@@ -86,32 +85,28 @@ def test_anon_read(make_machine, profile):
 
 @BOTH
 def test_anon_read_prot(make_machine, profile):
-    """hmm-tests.c: anon_read_prot - a device read of a PROT_NONE mapping fails
-    (dmirror: -EFAULT, here SegFault) and changes nothing.
+    """hmm-tests.c: anon_read_prot - fill the buffer, mprotect() it PROT_NONE: a
+    device read fails (dmirror: -EFAULT, here SegFault), changes nothing and
+    mirrors nothing; made readable again, the CPU sees the data.
 
-    The selftest fills the buffer and then mprotect()s it PROT_NONE; this engine
-    has no mprotect yet, so the mapping is PROT_NONE from the start and only the
-    failing read (and that nothing changed, CPU data of a readable neighbour
-    included) is tested. In 4.14 a snapshot of it reports empty entries
-    (HMM_DMIRROR_PROT_NONE): hmm_vma_get_pfns() walked it without HMM_PFN_READ;
-    later kernels report HMM_DMIRROR_PROT_ERROR there."""
+    In 4.14 a snapshot of the PROT_NONE range reports NONE for each page:
+    hmm_vma_get_pfns() walked it without HMM_PFN_READ; later kernels report
+    HMM_DMIRROR_PROT_ERROR there."""
     m = machine(make_machine, profile)
     p = m.new_process()
-    rw = p.mmap(4)
-    none = p.mmap(4, prot="none", addr=rw.end)
+    vma = p.mmap(4)
     data = pattern(4)
-    p.write(rw.start, data)
+    p.write(vma.start, data)
+    p.mprotect(vma.start, vma.end, "none")
     with pytest.raises(me.SegFault):
-        m.device.read(p, none.start, 4 * PS)
+        m.device.read(p, vma.start, 4 * PS)
     m.check()
-    # Spanning both: refused before anything is faulted in, the readable part too.
+    assert all(m.device.mirrored(p, at(vma, i)) == -1 for i in range(4))
+    assert kinds(p, vma) == ["present"] * 4  # the PTEs stay: PROT_NONE is the VMA's
     with pytest.raises(me.SegFault):
-        m.device.read(p, rw.start, 8 * PS)
-    m.check()
-    assert all(m.device.mirrored(p, at(rw, i)) == -1 for i in range(4))
-    assert kinds(p, none) == ["none"] * 4
-    assert list(m.device.snapshot(p, none.start, none.end)) == [me.HMM_DMIRROR_PROT_NONE] * 4
-    assert p.read(rw.start, 4 * PS) == data
+        p.read(vma.start, 1)
+    p.mprotect(vma.start, vma.end, "r")
+    assert p.read(vma.start, 4 * PS) == data
     m.check()
 
 
@@ -160,9 +155,9 @@ def test_anon_write(make_machine, profile):
 def test_anon_write_prot(make_machine, profile):
     """hmm-tests.c: anon_write_prot - PROT_READ mapping: a device read of one page
     works (the zero page, faults 1); a device write fails (dmirror: -EPERM, here
-    SegFault) and memory stays zero. The selftest then mprotect()s the mapping
-    read-write and writes again; mprotect does not exist yet, so that part is
-    left out."""
+    SegFault) and memory stays zero. After mprotect(PROT_READ | PROT_WRITE) the
+    device write works (faults 1), the zero-page mapping is replaced, and the
+    CPU sees the data."""
     m = machine(make_machine, profile)
     p = m.new_process()
     vma = p.mmap(8, prot="r")
@@ -175,6 +170,11 @@ def test_anon_write_prot(make_machine, profile):
     snap = m.device.snapshot(p, vma.start, vma.end)
     assert list(snap) == [ZERO_R] + [me.HMM_DMIRROR_PROT_NONE] * 7
     assert p.read(vma.start, 8 * PS) == bytes(8 * PS)
+    p.mprotect(vma.start, vma.end, "rw")
+    m.device.write(p, vma.start, pattern(8))
+    assert m.device.last_faults == 1
+    assert p.translate(vma.start).kind == "present"  # the zero page was replaced
+    assert p.read(vma.start, 8 * PS) == pattern(8)
     m.check()
 
 

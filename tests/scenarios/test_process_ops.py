@@ -81,10 +81,10 @@ def test_munmap_returns_device_pages(make_machine, profile):
     m = make_machine(256, 32, profile=profile)
     p, vma = filled(m, 16)
     assert m.device.migrate_to_device(p, vma.start, vma.end) == 16
-    assert m.device.free_pages == 16
+    assert m.device.free_pages() == 16
     cfree = m.device.counters["cfree"]
     p.munmap(addr(vma, 4), addr(vma, 12))
-    assert m.device.free_pages == 24
+    assert m.device.free_pages() == 24
     assert m.device.counters["cfree"] == cfree + 8
     assert [m.device.mirrored(p, addr(vma, i)) >= 0 for i in (3, 4, 11, 12)] == [
         True,
@@ -368,7 +368,7 @@ def test_migrate_partial_unmap_fault(make_machine, profile, offset):
     assert m.device.migrate_to_device(p, vma.start, vma.end) == HPAGE
     base = vma.start
     p.munmap(base + offset * PS, base + (offset + ONEMEG) * PS)
-    assert m.device.free_pages == ONEMEG
+    assert m.device.free_pages() == ONEMEG
     for i in range(HPAGE):
         if offset <= i < offset + ONEMEG:
             continue
