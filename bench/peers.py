@@ -372,9 +372,13 @@ def _alloc_frame(f: Flat, device: bool) -> int:
 
 def _py_collect(f: Flat, first: int, n: int, src: list[int], dst: list[int]) -> int:
     """migrate_vma_collect() over the VMA's slots ``[first, first + n)``: each present
-    page or device-private entry is locked and replaced by a migration entry; one
-    TLB flush per PMD extent in which a present PTE went. Returns cpages."""
+    page or device-private entry is locked and replaced by a migration entry (a
+    device entry's read-only: 4.14 takes its write bit from the swap PTE); one
+    TLB flush per PMD extent in which a present PTE went. The walk's notifier
+    range wipes the device's mirror of the range (4.14). Returns cpages."""
     lay = f.lay
+    for slot in range(f.slot0 + first, f.slot0 + first + n):
+        f.mirror[slot] = -1
     shift = lay["shift"]
     cpages = 0
     page0 = f.start // f.page_size + first  # the range's first virtual page number
@@ -399,6 +403,8 @@ def _py_collect(f: Flat, first: int, n: int, src: list[int], dst: list[int]) -> 
             write = pte & _PTE_WRITE
             if write:
                 mpfn |= lay["write"]
+            if kind == _DEVICE_PTE:
+                write = 0
             _get_page(f, pfn)
             cpages += 1
             if not _trylock(f, pfn):

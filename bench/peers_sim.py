@@ -52,8 +52,10 @@ _KIND = int(L.PTE_KIND_MASK)
 _PRESENT = int(L.PTE_PRESENT)
 _DEVICE_PTE = int(L.PTE_DEVICE)
 _PTE_WRITE = int(L.PTE_WRITE)
+_PTE_DIRTY = int(L.PTE_DIRTY)
 _PFN_SHIFT = int(L.PTE_PFN_SHIFT)
 _DIRTY = int(L.PG_DIRTY)
+_ANON = int(L.MAPPING_ANON)
 
 #: The engine's statistics the peer keeps too, compared exactly by agreement().
 COMPARED = (*COUNTERS, "bytes_to_device", "bytes_to_host")
@@ -152,15 +154,25 @@ class SimPeer(UvmModel):
             f.data[frame * ps + (self.addr[k] & (ps - 1))] = (k + 1) & 0xFF
 
     def _cpu_access(self, k: int, p: int, write: bool) -> None:
-        """The CPU path: a device page faults back, then a store lands in its RAM frame."""
+        """The CPU path: a device page faults back (read-only: 4.14's migration
+        entry of a device page is), then a store's write fault reuses the page
+        (do_wp_page(): mapped once) and the store lands in its RAM frame."""
         super()._cpu_access(k, p, write)
         f = self.flat
-        if write and f.data is not None:
-            pte = f.pte[f.slot0 + p]
-            if pte & _KIND != _PRESENT or not pte & _PTE_WRITE:
-                raise OffCommonPath("CPU store: no writable present PTE (a fault to handle)")
+        if not write:
+            return
+        slot = f.slot0 + p
+        pte = f.pte[slot]
+        if pte & _KIND != _PRESENT:
+            raise OffCommonPath("CPU store: no present PTE (a fault to handle)")
+        pfn = pte >> _PFN_SHIFT
+        if not pte & _PTE_WRITE:
+            if f.mapcount[pfn] != 1 or f.mapping[pfn] != _ANON:
+                raise OffCommonPath("CPU store: a shared read-only page (copy on write)")
+            f.pte[slot] = pte | _PTE_WRITE | _PTE_DIRTY
+            f.flags[pfn] |= _DIRTY
+        if f.data is not None:
             ps = self.page_size
-            pfn = pte >> _PFN_SHIFT
             f.data[pfn * ps + (self.addr[k] & (ps - 1))] = (k + 1) & 0xFF
             f.flags[pfn] |= _DIRTY
 

@@ -123,7 +123,14 @@ def collect_slot(st, slot, hmm, mig):
     _count(mig, 1)
     if hmm and mm.trylock_page(st, pfn):
         mpfn |= lay[L.L_LOCKED]
-        return mpfn, _install_migration_entry(st, slot, pfn, (mpfn & lay[L.L_WRITE]) != 0)
+        # make_migration_entry(page, pte_write(pte)): for a device-private entry
+        # 4.14 reads the write bit of a swap PTE, clear on x86-64, so its
+        # migration entry is read-only and a page faulted back comes back
+        # read-only (src keeps WRITE: is_write_device_private_entry()). Later
+        # kernels test is_writable_device_private_entry() there.
+        device = lay[L.L_DEVICE] != 0 and (mpfn & lay[L.L_DEVICE]) != 0
+        write = (mpfn & lay[L.L_WRITE]) != 0 and not device
+        return mpfn, _install_migration_entry(st, slot, pfn, write)
     return mpfn, 0
 
 

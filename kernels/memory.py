@@ -16,6 +16,7 @@ from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
 from .args import in_vma, range_in_vma, valid_vma
 from .device.fault import device_fault
+from .filemap import find_or_read_page
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 
 _FAULT_RETRIES = 4
@@ -199,31 +200,11 @@ def _fault_pmd(st, v, addr, write):
 
 # --------------------------------------------------------------------- PTE level
 @internal
-def _pcache_page(st, v, addr):
-    """find_get_page() at ``addr``'s file offset, reading a missing page in
-    (zeroed, into the LRU-add batch; its reference is the page cache's); -1 when
-    no frame is free."""
-    ps = st.sys[L.SYS_PAGE_SIZE]
-    pc = st.vma["pcache_base"][v] + st.vma["pgoff"][v] + (addr - st.vma["start"][v]) // ps
-    pfn = st.pcache[pc]
-    if pfn < 0:
-        pfn = mm.alloc_frame(st, L.RAM_POOL)
-        if pfn < 0:
-            return -1
-        mm.zero_frame(st, pfn)
-        st.page["mapping"][pfn] = L.MAPPING_FILE
-        st.page["index"][pfn] = pc
-        st.pcache[pc] = pfn
-        mm.lru_cache_add(st, L.CPU_USER, pfn)
-    return pfn
-
-
-@internal
 def _fault_file(st, v, addr, slot, write):
     """do_read_fault() / do_shared_fault() map the page-cache page (writable in a
     shared writable mapping); do_cow_fault(), a store to a private file mapping,
     maps a private anonymous copy of it instead."""
-    pfn = _pcache_page(st, v, addr)
+    pfn = find_or_read_page(st, v, addr)
     if pfn < 0:
         return L.FAULT_OOM
     private = st.vma["kind"][v] == L.VMA_FILE_PRIVATE

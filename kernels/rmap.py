@@ -22,9 +22,11 @@ def try_to_unmap(st, pfn):
     Both profiles drop the mapcount of ``pfn`` itself, as after "mm/hmm: fix
     bad subpage pointer in try_to_unmap_one" (July 2019, Fixes a5430dda8a3a):
     4.14 took the subpage of a device-private entry from its swap entry's
-    bogus pfn and dropped the wrong page's mapcount. The write bit of a
-    device-private entry's migration entry is the later kernels' too (4.14 on
-    x86-64 made it read-only); docs/fidelity.md lists both.
+    bogus pfn and dropped the wrong page's mapcount. A device-private entry
+    becomes a read-only migration entry, as 4.14's make_migration_entry(page,
+    0) makes it; later kernels keep its write bit. Each mapping's slot leaves
+    every device's mirror (try_to_unmap_one()'s mmu_notifier_invalidate_range()).
+    docs/fidelity.md lists both.
     """
     counters = st.counters
     slot = st.page["rmap"][pfn]
@@ -32,7 +34,9 @@ def try_to_unmap(st, pfn):
         pte = st.pte[slot]
         kind = mm.pte_kind(pte)
         if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
-            st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, mm.pte_write(pte))
+            write = kind == L.PTE_PRESENT and mm.pte_write(pte)
+            st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
+            mm.unmirror_all(st, slot)
             st.page["mapcount"][pfn] -= 1
             mm.put_page(st, pfn)
             if kind == L.PTE_PRESENT:

@@ -16,7 +16,7 @@ from migengine.kernels import device as kdevice
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 from migengine.kernels.device import range_fault as krange
-from migengine.process import Process, _raise_fault
+from migengine.process import Process, raise_fault
 
 if TYPE_CHECKING:
     from migengine._core import MachineCore
@@ -206,7 +206,7 @@ class Device:
             self._core.state, self.index, p.pid, a, buf, n, write, pfns
         )
         self.last_faults = int(faults)
-        _raise_fault(int(status), a + int(done), f"device {what}")
+        raise_fault(int(status), a + int(done), f"device {what}")
         return b"" if write else buf.tobytes()
 
     def read(self, process: Process, addr: int, n: int) -> bytes:
@@ -242,5 +242,5 @@ class Device:
         out = np.empty(npages, np.uint8)
         pfns = np.empty(npages, np.uint64)
         status = krange.device_snapshot(self._core.state, self.index, p.pid, s, e, out, pfns)
-        _raise_fault(int(status), s, "device snapshot")
+        raise_fault(int(status), s, "device snapshot")
         return out

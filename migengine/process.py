@@ -79,7 +79,7 @@ class Vma:
         )
 
 
-def _raise_fault(status: int, addr: int, what: str) -> None:
+def raise_fault(status: int, addr: int, what: str) -> None:
     if status == L.FAULT_OK:
         return
     if status == L.FAULT_SEGV:
@@ -234,7 +234,7 @@ class Process:
         mapped = self._mapped_run(a, count)
         buf = np.empty(mapped, np.uint8)
         status, done = kmemory.access_vm(self.machine.state, self.pid, a, buf, mapped, False)
-        _raise_fault(int(status), a + int(done), "read")
+        raise_fault(int(status), a + int(done), "read")
         if mapped < count:
             raise SegFault(f"read at {a + mapped:#x}: no VMA")
         return buf.tobytes()
@@ -246,7 +246,7 @@ class Process:
         a, _ = self._data_range(addr, 0)
         buf = np.frombuffer(bytes(data), np.uint8).copy()
         status, done = kmemory.access_vm(self.machine.state, self.pid, a, buf, buf.size, True)
-        _raise_fault(int(status), a + int(done), "write")
+        raise_fault(int(status), a + int(done), "write")
 
     def populate(self, start: int, end: int, write: bool = True) -> None:
         """Touch every page of ``[start, end)``, as MAP_POPULATE would."""
@@ -261,7 +261,7 @@ class Process:
                 raise SegFault(f"populate at {addr:#x}: no VMA")
             stop = min(e, vma.end)
             status, reached = kmemory.populate(self.machine.state, vma.index, addr, stop, write)
-            _raise_fault(int(status), int(reached), "populate")
+            raise_fault(int(status), int(reached), "populate")
             addr = stop
 
     def swap_out(self, addr: int) -> None:
@@ -324,7 +324,7 @@ class Process:
         ps = self.machine.page_size
         page = a - a % ps
         status, reached = kmemory.populate(self.machine.state, vma.index, page, page + ps, write)
-        _raise_fault(int(status), int(reached), "pin")
+        raise_fault(int(status), int(reached), "pin")
         pte = self.translate(a)
         if pte.kind not in ("present", "zero"):  # populate() made it present: never
             raise MigengineError(f"pin at {a:#x}: the page is {pte.kind} after the fault")

@@ -14,6 +14,7 @@ import numpy as np
 from .. import layout as L
 from .._jit import internal
 from ..cpu import cpu_write
+from ..memory import handle_mm_fault
 from .evict import evict_one
 from .layout import (
     C_BLOCK_PAGES,
@@ -22,6 +23,7 @@ from .layout import (
     C_PID,
     C_STORE,
     C_UNIT,
+    C_VMA,
     C_VSTART,
     ERR_CPU_FAULT,
     F_BATCH_US,
@@ -141,11 +143,15 @@ def _complete(sim, state, now):
                 state.data[sim.dev_pfn[page] * ps + off] = val
             continue
         sim.ctr[S_REMOTE] += 1
-        if store and (info & 1) != 0:
-            val = write_value(sim.b_access[e])
-            sim.iobuf[0] = val
+        if (info & 1) != 0:
             addr = sim.cfg[C_VSTART] + (page << shift) + off
-            status = cpu_write(state, sim.cfg[C_PID], addr, sim.iobuf[:1])
+            if store:
+                sim.iobuf[0] = write_value(sim.b_access[e])
+                status = cpu_write(state, sim.cfg[C_PID], addr, sim.iobuf[:1])
+            else:
+                # No bytes to store, but the store's fault still runs: a page that
+                # came back from the device read-only (4.14) is made writable.
+                status = handle_mm_fault(state, sim.cfg[C_VMA], addr, True)
             if status != 0:
                 sim.ctr[S_ERROR] = ERR_CPU_FAULT
                 sim.ctr[S_ERROR_ARG] = status

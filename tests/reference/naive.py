@@ -455,10 +455,13 @@ def remove_migration_ptes(md: Model, page: int, newpage: int) -> None:
 def try_to_unmap(md: Model, page: int) -> None:
     """try_to_unmap(TTU_MIGRATION|TTU_IGNORE_MLOCK|TTU_IGNORE_ACCESS).
 
-    Each present PTE or device-private entry becomes a migration entry with the
-    same write permission; the mapping's count and reference go away. A present PTE
-    is cleared with ptep_clear_flush() (one TLB flush each) and its dirty bit moves
-    to the page; a device-private entry is simply cleared (no TLB entry to flush).
+    Each present PTE becomes a migration entry with the same write permission;
+    a device-private entry (ZONE_DEVICE) becomes a read-only one (4.14's
+    try_to_unmap_one(): make_migration_entry(page, 0)). The mapping's count and
+    reference go away. A present PTE is cleared with ptep_clear_flush() (one TLB
+    flush each) and its dirty bit moves to the page; a device-private entry is
+    simply cleared (no TLB entry to flush). The notifier drops the slot from
+    the mirror (mmu_notifier_invalidate_range()).
     """
     for slot in md.pages[page].rmap:
         word = md.pte[slot]
@@ -469,7 +472,9 @@ def try_to_unmap(md: Model, page: int) -> None:
             md.counters["tlb_flush"] += 1
             if word & PTE_DIRTY:
                 md.set(page, PG_DIRTY)
-        md.pte[slot] = md.pte_word(PTE_MIGRATION, page, bool(word & PTE_WRITE))
+        write = kind == PTE_PRESENT and bool(word & PTE_WRITE)
+        md.pte[slot] = md.pte_word(PTE_MIGRATION, page, write)
+        md.mirror[slot] = -1
         md.pages[page].map -= 1
         md.put_page(page)
 
@@ -534,7 +539,9 @@ def _collect_pte_range(md: Model, mig: Migrate, v: int, addr: int, stop: int) ->
                     # 15/19: lock and unmap right away, the common single-mapping case
                     mpfn |= lay["LOCKED"]
                     was_present = md.pte[slot] & 7 == PTE_PRESENT
-                    write = bool(mpfn & lay["WRITE"])
+                    # make_migration_entry(page, pte_write(pte)): for a device
+                    # entry that reads a bit of a swap PTE, clear on x86-64.
+                    write = was_present and bool(mpfn & lay["WRITE"])
                     md.pte[slot] = md.pte_word(PTE_MIGRATION, page, write)
                     p.map -= 1  # page_remove_rmap(); the slot stays on the chain
                     md.put_page(page)  # the mapping's reference
@@ -546,8 +553,15 @@ def _collect_pte_range(md: Model, mig: Migrate, v: int, addr: int, stop: int) ->
 
 
 def collect(md: Model, mig: Migrate) -> None:
-    """migrate_vma_collect(): walk [start, end) PMD by PMD."""
+    """migrate_vma_collect(): walk [start, end) PMD by PMD. In 4.14 (15/19) the walk
+    runs under mmu_notifier_invalidate_range_start() over the whole range: the
+    device's mirror, a notifier with no way to tell its own migration from any
+    other change, forgets it all."""
     v, span = mig.vma, md.pmd_span
+    if md.hmm:
+        first = md.pte_slot(v, mig.start)
+        for slot in range(first, first + (mig.end - mig.start) // md.page_size):
+            md.mirror[slot] = -1
     addr = mig.start
     while addr < mig.end:
         stop = min((addr // span + 1) * span, mig.end)
