@@ -44,6 +44,16 @@ from migengine.kernels.layout import (
 )
 from migengine.machine import DeviceSpec, Machine, PageInfo
 from migengine.migrate import InvalidDstWarning, migrate_vma
+from migengine.migrate_split import (
+    MIGRATE_VMA_SELECT_COMPOUND,
+    MIGRATE_VMA_SELECT_DEVICE_COHERENT,
+    MIGRATE_VMA_SELECT_DEVICE_PRIVATE,
+    MIGRATE_VMA_SELECT_SYSTEM,
+    MigrateVma,
+    migrate_vma_finalize,
+    migrate_vma_pages,
+    migrate_vma_setup,
+)
 from migengine.process import Process, Pte, Vma
 from migengine.sim import SimConfig, SimResult, simulate
 from migengine.trace import Trace
@@ -75,7 +85,12 @@ __all__ = [
     "InvariantError",
     "Layout",
     "DeviceSpec",
+    "MIGRATE_VMA_SELECT_COMPOUND",
+    "MIGRATE_VMA_SELECT_DEVICE_COHERENT",
+    "MIGRATE_VMA_SELECT_DEVICE_PRIVATE",
+    "MIGRATE_VMA_SELECT_SYSTEM",
     "Machine",
+    "MigrateVma",
     "MigengineError",
     "MigrateError",
     "MigrateOps",
@@ -107,4 +122,7 @@ __all__ = [
     "Vma",
     "simulate",
     "migrate_vma",
+    "migrate_vma_finalize",
+    "migrate_vma_pages",
+    "migrate_vma_setup",
 ]

@@ -95,7 +95,7 @@ def _check_ops(ops: object) -> tuple[Callable[..., Any], Callable[..., Any], boo
     return a, f, compiled[0]
 
 
-def _check_range(vma: Vma, start: int, end: int) -> int:
+def check_range(vma: Vma, start: int, end: int) -> int:
     """The kernel's EINVAL checks on the VMA and range; returns npages.
 
     Done in Python from the Vma's own fields: a compiled check would unbox the
@@ -174,7 +174,7 @@ def migrate_vma(
         raise TypeError(f"vma must be a Vma, not {type(vma).__name__}")
     s, e = as_int(start, "start"), as_int(end, "end")
     alloc, fin, compiled = _check_ops(ops)
-    npages = _check_range(vma, s, e)
+    npages = check_range(vma, s, e)
     src = mpfn_array(src, "src", npages)
     dst = mpfn_array(dst, "dst", npages)
     if np.may_share_memory(src, dst):
@@ -194,7 +194,7 @@ def migrate_vma(
         for fn, role in ((alloc, "alloc_and_copy"), (fin, "finalize_and_map")):
             _check_callback(fn, role, m.state, vma.index, src, dst, s, e, private)
     refused = _run(alloc, fin, compiled, vma, s, e, src, dst, private)
-    _warn(refused, "migrate_vma", stacklevel=2)
+    warn_refused(refused, "migrate_vma", stacklevel=2)
     return 0
 
 
@@ -297,7 +297,7 @@ def _run(
         src[:npages] &= ~lay.MIGRATE
     before = int(m.state.counters[L.C_MIGRATE_DST_INVALID])
     kpages.migrate_vma_pages(m.state, v, s, npages, src, dst)  # not the warning entry
-    refused = _refused(m.state, before)
+    refused = refused_since(m.state, before)
     if error is None:
         try:
             with _in_callback(core, InFlight(src, npages, lay.VALID, lay.MIGRATE, lay.SHIFT)):
@@ -341,7 +341,7 @@ class Refused(NamedTuple):
     total: int
 
 
-def _refused(st: Any, before: int) -> Refused:
+def refused_since(st: Any, before: int) -> Refused:
     """What the last pages pass refused, from the counter (``before`` it ran) and
     the pass's records in the copy scratch."""
     n = int(st.counters[L.C_MIGRATE_DST_INVALID]) - before
@@ -371,7 +371,7 @@ def _warnings(refused: Refused, what: str) -> list[InvalidDstWarning]:
     return out
 
 
-def _warn(refused: Refused, what: str, stacklevel: int) -> None:
+def warn_refused(refused: Refused, what: str, stacklevel: int) -> None:
     """Warn about each refused entry; ``stacklevel`` as the caller would pass it."""
     for warning in _warnings(refused, what):
         warnings.warn(warning, stacklevel=stacklevel + 1)
@@ -388,7 +388,7 @@ class _ReportsRefusedDst:
         ret = super().__call__(*args, **kwargs)  # type: ignore[misc]
         if before is not None:
             name = self.py_func.__name__  # type: ignore[attr-defined]
-            _warn(_refused(st, before), f"kernels.{name}", stacklevel=2)
+            warn_refused(refused_since(st, before), f"kernels.{name}", stacklevel=2)
         return ret
 
 

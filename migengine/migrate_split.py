@@ -1,0 +1,162 @@
+"""The split API of later kernels (``struct migrate_vma``): ``MigrateVma``,
+``migrate_vma_setup``, ``migrate_vma_pages``, ``migrate_vma_finalize``.
+
+In seed and hmm-v25 the three calls are 4.14's passes split where
+migrate_vma() calls its callbacks: setup is collect, prepare and unmap, pages
+is migrate_vma_pages() and finalize is migrate_vma_finalize(). The driver
+allocates, copies and fills ``dst`` between setup and pages, as a callback
+would. Each call validates in Python and runs the compiled kernel of the
+same name (``migengine.kernels``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from migengine._validate import as_int, mpfn_array
+from migengine.errors import MigrateError
+from migengine.kernels import layout as L
+from migengine.kernels import migrate as kmigrate
+from migengine.kernels._jit import KernelDispatcher
+from migengine.migrate import check_range, refused_since, warn_refused
+from migengine.process import Vma
+
+__all__ = [
+    "MIGRATE_VMA_SELECT_COMPOUND",
+    "MIGRATE_VMA_SELECT_DEVICE_COHERENT",
+    "MIGRATE_VMA_SELECT_DEVICE_PRIVATE",
+    "MIGRATE_VMA_SELECT_SYSTEM",
+    "MigrateVma",
+    "migrate_vma_finalize",
+    "migrate_vma_pages",
+    "migrate_vma_setup",
+]
+
+# enum migrate_vma_direction (include/linux/migrate.h, v5.9 and later).
+MIGRATE_VMA_SELECT_SYSTEM = 1 << 0
+MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 1 << 1
+MIGRATE_VMA_SELECT_DEVICE_COHERENT = 1 << 2
+MIGRATE_VMA_SELECT_COMPOUND = 1 << 3
+
+
+class MigrateVma:
+    """``struct migrate_vma``: the range, the arrays and the selection, and after
+    setup ``npages`` (the range's pages) and ``cpages`` (the pages collected)."""
+
+    def __init__(
+        self,
+        vma: Vma | None,
+        start: int,
+        end: int,
+        src: np.ndarray | None,
+        dst: np.ndarray | None,
+        *,
+        flags: int = MIGRATE_VMA_SELECT_SYSTEM,
+        pgmap_owner: Any = None,
+        fault_page: int | None = None,
+    ) -> None:
+        self.vma, self.start, self.end, self.src, self.dst = vma, start, end, src, dst
+        self.flags, self.pgmap_owner, self.fault_page = flags, pgmap_owner, fault_page
+        self.npages = 0
+        self.cpages = 0
+        self._open = False  # setup collected pages that pages/finalize still owe
+
+    def __repr__(self) -> str:
+        return (
+            f"MigrateVma(start={self.start:#x}, end={self.end:#x}, npages={self.npages}, "
+            f"cpages={self.cpages}, flags={self.flags:#x})"
+        )
+
+
+def _args(args: object) -> MigrateVma:
+    if not isinstance(args, MigrateVma):
+        raise TypeError(f"args must be a MigrateVma, not {type(args).__name__}")
+    return args
+
+
+def migrate_vma_setup(args: MigrateVma) -> int:
+    """migrate_vma_setup(): collect, prepare and unmap ``[args.start, args.end)``.
+
+    Returns 0 and sets ``args.npages`` and ``args.cpages``. The kernel's EINVAL
+    checks raise MigrateError; malformed arguments TypeError or ValueError; in
+    seed and hmm-v25, ``flags`` other than MIGRATE_VMA_SELECT_SYSTEM, a
+    ``pgmap_owner`` or a ``fault_page`` (selection came with later kernels)
+    ValueError; all before anything changes.
+    """
+    a = _args(args)
+    if a.vma is None:
+        raise MigrateError("migrate_vma_setup: vma is NULL")
+    if not isinstance(a.vma, Vma):
+        raise TypeError(f"vma must be a Vma, not {type(a.vma).__name__}")
+    if a.src is None or a.dst is None:
+        raise MigrateError("migrate_vma_setup: src and dst must both be given")
+    flags = as_int(a.flags, "flags")
+    if flags != MIGRATE_VMA_SELECT_SYSTEM or a.pgmap_owner is not None or a.fault_page is not None:
+        raise ValueError(
+            "flags, pgmap_owner and fault_page are the later kernels' selection; in the "
+            f"{a.vma.process.machine.profile} profile flags must be MIGRATE_VMA_SELECT_SYSTEM "
+            "and the others None"
+        )
+    if a._open:
+        raise ValueError("migrate_vma_setup: this MigrateVma's migration is still open")
+    s, e = as_int(a.start, "start"), as_int(a.end, "end")
+    npages = check_range(a.vma, s, e)
+    src = mpfn_array(a.src, "src", npages)
+    dst = mpfn_array(a.dst, "dst", npages)
+    if np.may_share_memory(src, dst):
+        raise ValueError("src and dst must not overlap")
+    m = a.vma.process.machine
+    m.core.refuse_during_callback("migrate_vma_setup()")
+    cpages = int(kmigrate.migrate_vma_setup(m.state, a.vma.index, s, e, src, dst))
+    if cpages < 0:  # checked above: only a VMA unmapped since
+        raise MigrateError(f"migrate_vma_setup: the kernel refused the range ({cpages})")
+    a.npages, a.cpages, a._open = npages, cpages, cpages > 0
+    return 0
+
+
+def _continue(a: MigrateVma, what: str) -> tuple[Any, int, int, int]:
+    """(machine, VMA index, start, end) of the migration setup opened."""
+    if not isinstance(a.vma, Vma) or a.npages == 0:
+        raise ValueError(f"{what}: migrate_vma_setup() has not run on these args")
+    ps = a.vma.process.machine.page_size
+    s = int(a.start) - int(a.start) % ps
+    return a.vma.process.machine, a.vma.index, s, s + a.npages * ps
+
+
+def migrate_vma_pages(args: MigrateVma) -> None:
+    """migrate_vma_pages(): move the struct-page state of every slot the driver
+    gave a destination. A ``dst`` entry the engine refuses fails its slot and
+    warns (``me.InvalidDstWarning``); a ``src`` written since setup raises
+    ValueError with nothing changed. Nothing to do when setup collected nothing."""
+    a = _args(args)
+    m, v, s, e = _continue(a, "migrate_vma_pages")
+    if not a._open:
+        return
+    call = (m.state, v, s, e, a.src, a.dst)
+    before = int(m.state.counters[L.C_MIGRATE_DST_INVALID])
+    # The dispatcher's own call: its Python entry would warn under its kernels. name.
+    ret = int(KernelDispatcher.__call__(kmigrate.migrate_vma_pages, *call))
+    if ret < 0:
+        raise ValueError(
+            "migrate_vma_pages: src no longer names the locked pages setup collected, or "
+            "the migration was finished"
+        )
+    warn_refused(refused_since(m.state, before), "migrate_vma_pages", stacklevel=2)
+
+
+def migrate_vma_finalize(args: MigrateVma) -> None:
+    """migrate_vma_finalize(): remap every slot (the new page, or the old one where
+    the move failed), unlock and release. Nothing to do when setup collected
+    nothing; a second call raises ValueError."""
+    a = _args(args)
+    m, v, s, e = _continue(a, "migrate_vma_finalize")
+    if not a._open:
+        if a.cpages > 0:
+            raise ValueError("migrate_vma_finalize: this migration is already finalized")
+        return
+    ret = int(kmigrate.migrate_vma_finalize(m.state, v, s, e, a.src, a.dst))
+    if ret < 0:
+        raise ValueError("migrate_vma_finalize: src no longer names the pages setup collected")
+    a._open = False
