@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 
 import numpy as np
 
@@ -60,3 +61,23 @@ def mpfn_array(arr: object, name: str, npages: int) -> np.ndarray:
     if arr.shape[0] < npages:
         raise ValueError(f"{name} has {arr.shape[0]} entries, the range needs {npages}")
     return arr
+
+
+def physical_memory() -> int:
+    """This machine's RAM in bytes (0 when the platform does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits(nbytes: int, what: str) -> None:
+    """ValueError, before anything is allocated, when ``what`` would need more
+    bytes than this machine's RAM (numpy would raise MemoryError part way, or
+    the system would start swapping)."""
+    ram = physical_memory()
+    if ram and nbytes > ram:
+        raise ValueError(
+            f"{what} would need {nbytes / 2**30:,.1f} GiB, more than this machine's "
+            f"{ram / 2**30:,.1f} GiB of RAM"
+        )

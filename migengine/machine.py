@@ -7,7 +7,7 @@ from collections import namedtuple
 import numpy as np
 
 from migengine._core import MachineCore
-from migengine._validate import as_count, as_int, as_uint64
+from migengine._validate import as_count, as_int, as_uint64, check_fits
 from migengine.copyengine import CopyEngine
 from migengine.device import Device
 from migengine.errors import InvariantError, MigengineError, OutOfMemory
@@ -30,6 +30,14 @@ DeviceSpec.__doc__ = """One device of ``Machine(devices=[...])``: ``pages`` fram
 ``"private"`` (device-private ZONE_DEVICE memory, reached by the CPU through the device's
 fault handler; ``"coherent"`` exists only in the modern profile) and ``owner``, its
 ``pgmap->owner`` cookie (any hashable value; None gives the device one of its own)."""
+
+
+def _under_migration(flags: int, mapping: int) -> bool:
+    """A page a migration in flight holds: locked by the engine (not by
+    ``Machine.lock_page``) while it belongs to a mapping, as a collected source
+    and a filled destination are between setup and finalize."""
+    engine_locked = flags & L.PG_LOCKED and not flags & L.PG_EXT_LOCKED
+    return bool(engine_locked) and mapping != L.MAPPING_NONE
 
 
 class _OwnOwner:
@@ -117,6 +125,12 @@ class Machine:
         # The live state and its VMA layout, shared with the processes and the
         # device: an internal interface, not part of the public API.
         sizes = tuple(spec.pages for spec in specs)
+        nframes = ram + sum(sizes)
+        # Per frame: its struct page, free-stack slots and copy scratch; then the
+        # bytes of frames and swap slots when they are kept.
+        need = nframes * (kstate.PAGE_DTYPE.itemsize + 8 * 8)
+        need += (nframes + nswap) * ps if store_data else 0
+        check_fits(need + nswap * 16, f"a machine of {nframes:,} frames of {ps:,} bytes")
         self.core = MachineCore(
             kstate.new_state(
                 ram,
@@ -341,6 +355,12 @@ class Machine:
                 "the migration collected, and its references are the migration's"
             )
         rec = self.state.page[p]
+        if _under_migration(int(rec["flags"]), int(rec["mapping"])):
+            raise MigengineError(
+                f"cannot put pfn {p}: it is a page of a migration in flight (a collected "
+                "source, or a destination the pages pass filled), locked by the engine "
+                "until migrate_vma_finalize()"
+            )
         refcount, pins, flags = int(rec["refcount"]), int(rec["pins"]), int(rec["flags"])
         if rec["mapcount"] > 0 or refcount <= 0:
             raise ValueError(f"pfn {p} is mapped or has no reference to put")
@@ -358,11 +378,17 @@ class Machine:
         kdriver.put_page(self.state, p)
 
     def copy_page(self, dst_pfn: int, src_pfn: int) -> None:
+        """copy_highpage(): ``src_pfn``'s bytes onto ``dst_pfn``. ValueError for the
+        zero page or a free frame on either side."""
         self.core.need_data()
         dst, src = self._pfn(dst_pfn), self._pfn(src_pfn)
         if dst == self.zero_pfn:
             raise ValueError(f"dst_pfn {dst} is the shared zero page, which every zero read maps")
-        kdriver.copy_page(self.state, dst, src)
+        for what, p in (("dst_pfn", dst), ("src_pfn", src)):
+            if self._flags(p) & L.PG_FREE:
+                raise ValueError(f"{what} {p} is a free frame: allocate it first")
+        if int(kdriver.copy_page(self.state, dst, src)) != 0:  # checked above: never
+            raise MigengineError(f"copy_page({dst}, {src}) was refused")
 
     def frame(self, pfn: int) -> bytes:
         """The frame's contents."""

@@ -284,29 +284,37 @@ def _run(
     dst_ro.flags.writeable = False
     lay = m.layout
     error: BaseException | None = None
+    # src is the migration's record of what it collected: an @njit callback
+    # could write it (Python ones get it read-only), so the record is kept.
+    record = src[:npages].copy()
     try:
         with _in_callback(core, InFlight(src, npages, lay.VALID, lay.MIGRATE, lay.SHIFT)):
             if compiled:
                 alloc(m.state, v, src, dst, s, e, private)
             else:
                 alloc(vma, src_ro, dst, s, e, private)
+        error = _wrote_src(src, record, "alloc_and_copy")
     except BaseException as exc:
+        error = exc
+    if error is not None:
         # As if no slot had a destination: finalize restores every source and
         # puts back (frees) every sound destination the driver handed over.
-        error = exc
-        src[:npages] &= ~lay.MIGRATE
+        src[:npages] = record & ~lay.MIGRATE
     before = int(m.state.counters[L.C_MIGRATE_DST_INVALID])
     kpages.migrate_vma_pages(m.state, v, s, npages, src, dst)  # not the warning entry
     refused = refused_since(m.state, before)
     if error is None:
+        record = src[:npages].copy()
         try:
             with _in_callback(core, InFlight(src, npages, lay.VALID, lay.MIGRATE, lay.SHIFT)):
                 if compiled:
                     fin(m.state, v, src, dst, s, e, private)
                 else:
                     fin(vma, src_ro, dst_ro, s, e, private)
+            error = _wrote_src(src, record, "finalize_and_map")
         except BaseException as exc:
             error = exc  # past the pages pass the moves stand: finalize completes them
+        src[:npages] = record
     done = kmigrate.migrate_vma_finalize(m.state, v, s, e, src, dst)
     if done is not None and done < 0:  # its range is the one setup opened: never
         raise MigengineError(f"migrate_vma_finalize refused the migration's own range ({done})")
@@ -321,6 +329,18 @@ def _run(
             ) from error
         raise error
     return refused
+
+
+def _wrote_src(src: np.ndarray, record: np.ndarray, role: str) -> MigengineError | None:
+    """The error for an ``@njit`` callback that wrote ``src``, or None."""
+    changed = np.flatnonzero(src[: record.shape[0]] != record)
+    if changed.size == 0:
+        return None
+    return MigengineError(
+        f"the {role} callback wrote src[{int(changed[0])}] ({changed.size} entries in all): "
+        "src is the migration's record of the pages it collected, for the driver to read; "
+        "the engine finished the migration from its own copy of it"
+    )
 
 
 @contextmanager

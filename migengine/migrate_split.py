@@ -62,6 +62,8 @@ class MigrateVma:
         self.npages = 0
         self.cpages = 0
         self._open = False  # setup collected pages that pages/finalize still owe
+        self._record = np.zeros(0, np.uint64)  # src as the core last left it
+        self._arrays = (self._record, self._record)  # src, dst as setup checked them
 
     def __repr__(self) -> str:
         return (
@@ -113,7 +115,14 @@ def migrate_vma_setup(args: MigrateVma) -> int:
     if cpages < 0:  # checked above: only a VMA unmapped since
         raise MigrateError(f"migrate_vma_setup: the kernel refused the range ({cpages})")
     a.npages, a.cpages, a._open = npages, cpages, cpages > 0
+    a._record = src[:npages].copy()
+    a._arrays = (src, dst)
     return 0
+
+
+def _src_written(a: MigrateVma) -> bool:
+    """The driver wrote ``src`` since the core last did (src is the core's)."""
+    return not np.array_equal(a._arrays[0][: a.npages], a._record)
 
 
 def _continue(a: MigrateVma, what: str) -> tuple[Any, int, int, int]:
@@ -133,16 +142,21 @@ def migrate_vma_pages(args: MigrateVma) -> None:
     a = _args(args)
     m, v, s, e = _continue(a, "migrate_vma_pages")
     if not a._open:
+        if a.cpages > 0:
+            raise ValueError("migrate_vma_pages: this migration is finalized")
         return
-    call = (m.state, v, s, e, a.src, a.dst)
+    if _src_written(a):
+        raise ValueError(
+            "migrate_vma_pages: src was written since migrate_vma_setup(); it is the core's "
+            "record of the pages collected (nothing changed: restore it, or finalize)"
+        )
+    call = (m.state, v, s, e, *a._arrays)
     before = int(m.state.counters[L.C_MIGRATE_DST_INVALID])
     # The dispatcher's own call: its Python entry would warn under its kernels. name.
     ret = int(KernelDispatcher.__call__(kmigrate.migrate_vma_pages, *call))
     if ret < 0:
-        raise ValueError(
-            "migrate_vma_pages: src no longer names the locked pages setup collected, or "
-            "the migration was finished"
-        )
+        raise ValueError("migrate_vma_pages: the migration was finished already")
+    a._record = a._arrays[0][: a.npages].copy()
     warn_refused(refused_since(m.state, before), "migrate_vma_pages", stacklevel=2)
 
 
@@ -156,7 +170,15 @@ def migrate_vma_finalize(args: MigrateVma) -> None:
         if a.cpages > 0:
             raise ValueError("migrate_vma_finalize: this migration is already finalized")
         return
-    ret = int(kmigrate.migrate_vma_finalize(m.state, v, s, e, a.src, a.dst))
+    written = _src_written(a)
+    if written:
+        a._arrays[0][: a.npages] = a._record  # finish from the core's record, then say so
+    ret = int(kmigrate.migrate_vma_finalize(m.state, v, s, e, *a._arrays))
     if ret < 0:
-        raise ValueError("migrate_vma_finalize: src no longer names the pages setup collected")
+        raise ValueError("migrate_vma_finalize: the migration was finished already")
     a._open = False
+    if written:
+        raise ValueError(
+            "migrate_vma_finalize: src was written since the core last did; the migration "
+            "was finished from the core's record, which src holds again"
+        )

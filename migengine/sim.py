@@ -20,6 +20,7 @@ import numpy as np
 from numba import carray, cfunc
 from numba.core.errors import NumbaError
 
+from migengine._validate import as_count
 from migengine.errors import (
     InvariantError,
     MigengineError,
@@ -290,6 +291,7 @@ def simulate(
     cfg = SimConfig() if config is None else config
     if not isinstance(cfg, SimConfig):
         raise TypeError(f"config must be a SimConfig, not {type(cfg).__name__}")
+    chunk_accesses = as_count(chunk_accesses, "chunk_accesses", 1)
     if isinstance(trace, Trace):
 
         def chunks() -> Iterator[Trace]:

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from migengine._validate import as_count
+from migengine._validate import as_count, check_fits
 
 DEFAULT_BASE = 0x7F0000000000
 WARP = 32
@@ -213,6 +213,7 @@ def generate(pattern: str, pages: int, accesses: int, seed: int, params: dict) -
     p = {**_COMMON, **_EXTRA[pattern], **params}
     pages = as_count(pages, "pages", 1)
     n = as_count(accesses, "accesses", 0)
+    check_fits(n * 24, f"a trace of {n:,} accesses")  # addr, write and proc, and a temporary
     seed = as_count(seed, "seed", 0)
     ps = _power_of_two(p["page_size"], "page_size", 8)
     base = as_count(p["base"], "base", 0)
