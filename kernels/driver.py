@@ -22,6 +22,7 @@ from .args import held_refs, valid_pfn
 _NO_UNLOCK = L.PG_FREE | L.PG_ZERO | L.PG_EXT_LOCKED
 _UNLOCKED = np.uint32(0xFFFFFFFF) ^ L.PG_LOCKED  # the mask that clears PG_locked
 _NO_COPY_ONTO = L.PG_FREE | L.PG_ZERO
+_ENGINE_LOCK = L.PG_LOCKED | L.PG_EXT_LOCKED  # PG_LOCKED alone: the engine holds it
 
 
 @kernel(inline=True)
@@ -42,7 +43,9 @@ def put_page(state, pfn):
     Returns 0, or -22 (-EINVAL, nothing changed) for a pfn outside the machine,
     a free frame, the zero page, or a page (its compound head) whose references
     are all held by its mappings, pins, LRU batch, page cache or device
-    (kernels.args.held_refs): a put that is not the caller's to make.
+    (kernels.args.held_refs): a put that is not the caller's to make; -16
+    (-EBUSY) for a page a migration in flight holds (a collected source, or a
+    destination the pages pass filled).
     """
     return _put_checked(state, pfn)
 
@@ -55,23 +58,38 @@ def _put_checked(state, pfn):
     head = mm.compound_head(state, pfn)
     if mm.has_flag(state, head, L.PG_FREE | L.PG_ZERO):
         return np.int64(-L.EINVAL)
+    if _under_migration(state.page["flags"][head], state.page["mapping"][head]):
+        return np.int64(-L.EBUSY)
     if state.page["refcount"][head] <= held_refs(state, head):
         return np.int64(-L.EINVAL)
     mm.put_page(state, head)
     return np.int64(0)
 
 
+@internal(inline=True)
+def _under_migration(flags, mapping):
+    """A page a migration in flight holds: locked by the engine (not by
+    ``Machine.lock_page``) while it belongs to a mapping, as a collected source
+    and a filled destination are until migrate_vma_finalize(). Its references
+    and its lock are the migration's, not a driver's to drop."""
+    return (flags & _ENGINE_LOCK) == L.PG_LOCKED and mapping != L.MAPPING_NONE
+
+
 @kernel(inline=True)
 def unlock_page(state, pfn):
     """unlock_page(): clear the page lock. Returns 0, or -22 (nothing changed)
     for a pfn outside the machine, a free frame or the zero page, or a page
-    locked by someone else (``Machine.lock_page``)."""
+    locked by someone else (``Machine.lock_page``); -16 (-EBUSY) for a page a
+    migration in flight holds locked until migrate_vma_finalize()."""
     # Inlined, on the flags array taken first: no call (measured ~130 ns more
     # between an alloc_page() and a put_page() in users' code) and no read of
     # the state under a branch.
     flags = state.page["flags"]
+    mapping = state.page["mapping"]
     if pfn < 0 or pfn >= flags.shape[0] or (flags[pfn] & _NO_UNLOCK) != 0:
         return np.int64(-L.EINVAL)
+    if (flags[pfn] & _ENGINE_LOCK) == L.PG_LOCKED and mapping[pfn] != L.MAPPING_NONE:
+        return np.int64(-L.EBUSY)  # a migration in flight holds it (_under_migration())
     flags[pfn] &= _UNLOCKED
     return np.int64(0)
 

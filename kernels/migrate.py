@@ -9,7 +9,8 @@ written in numba calls them directly and stays cacheable.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from . import layout as L
 from . import mm
@@ -71,7 +72,28 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     it returns a positive count the caller must fill ``dst`` and then call
     migrate_vma_pages() and migrate_vma_finalize() over the same range.
     """
-    return setup_entry(state, vma_index, start, end, src, dst)
+    return _typed(setup_entry, state, vma_index, start, end, src, dst)
+
+
+def _typed(fn, state, vma_index, start, end, src, dst):
+    """``fn(...)``, or -EINVAL when ``src`` or ``dst`` is not a writable 1-D
+    uint64 array: decided when numba compiles the caller, so an array of
+    another dtype or a read-only one compiles to the -EINVAL branch alone
+    (typed, the passes' bit operations on it would not compile at all)."""
+    return fn(state, vma_index, start, end, src, dst)
+
+
+def _mpfn_type(a):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint64 and a.mutable
+
+
+@overload(_typed, inline="always")
+def _typed_impl(fn, state, vma_index, start, end, src, dst):
+    if _mpfn_type(src) and _mpfn_type(dst):
+        return lambda fn, state, vma_index, start, end, src, dst: fn(
+            state, vma_index, start, end, src, dst
+        )
+    return lambda fn, state, vma_index, start, end, src, dst: np.int64(-L.EINVAL)
 
 
 @internal(hot=True)
@@ -183,7 +205,7 @@ def migrate_vma_pages(state, vma_index, start, end, src, dst):
     (kernels.args.continue_args), and every pfn ``src`` names is still a
     locked frame of the machine (kernels.args.src_sound: a ``src`` the caller
     wrote after setup)."""
-    return pages_checked(state, vma_index, start, end, src, dst)
+    return _typed(pages_checked, state, vma_index, start, end, src, dst)
 
 
 @internal
@@ -206,7 +228,7 @@ def migrate_vma_finalize(state, vma_index, start, end, src, dst):
 
     Returns 0, or -22 (nothing changed) for the checks of migrate_vma_pages();
     a second finalize of the same migration is refused too."""
-    return finalize_checked(state, vma_index, start, end, src, dst)
+    return _typed(finalize_checked, state, vma_index, start, end, src, dst)
 
 
 @internal

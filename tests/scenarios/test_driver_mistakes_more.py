@@ -161,4 +161,23 @@ def test_sizes_past_this_machine_s_memory_are_value_errors():
         me.Trace.synthetic("random", pages=10, accesses=2**40)
     tr = me.Trace.synthetic("random", pages=10, accesses=100)
     with pytest.raises(ValueError, match="chunk_accesses"):
-        me.simulate(tr, me.SimConfig(device_pages=4), chunk_accesses=-1)
+        me.simulate(tr, me.SimConfig(device_pages=64), chunk_accesses=-1)
+
+
+def test_compiled_split_api_refuses_arrays_of_another_type(make_machine):
+    """kernels.migrate_vma_setup/_pages/_finalize with a float64 or a read-only
+    src compile to -22 (numba would not type the passes' bit operations on them)."""
+    m = make_machine(64, 16)
+    p, vma = filled(m, 2)
+    dst = np.zeros(2, np.uint64)
+    ro = np.zeros(2, np.uint64)
+    ro.flags.writeable = False
+    for src in (np.zeros(2, np.float64), ro):
+        for fn in (
+            kernels.migrate_vma_setup,
+            kernels.migrate_vma_pages,
+            kernels.migrate_vma_finalize,
+        ):
+            assert fn(m.state, vma.index, vma.start, vma.end, src, dst) == -22
+    assert m.counters["migrate_vma_calls"] == 0
+    assert_data(p, vma, range(2))
