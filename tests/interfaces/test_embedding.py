@@ -540,7 +540,10 @@ def test_device_lifecycle_from_njit(make_machine, profile):
     found, populated, mapped, one, rest, again, evicted = got
     assert (found, populated, mapped) == (vma.index, L.FAULT_OK, 4)
     assert (one, rest) == (1, 1)  # the first page was already home for migrate_to_system
-    assert (again, evicted) == (4, 4)
+    # The two pages still on the device leave its mirror when the second migration
+    # unmaps them (hmm-v25: collect's mmu notifier; seed: try_to_unmap()'s), so
+    # the device reports the two it moved; all four are on the device for evict.
+    assert (again, evicted) == (2, 4)
     m.lru_add_drain_all()  # seed puts its CPU-addressable device pages back like RAM
     assert m.free_pages(device=True) == 16
     assert all(p.translate(vma.start + i * PS).pfn < m.ram_pages for i in range(4))
