@@ -23,10 +23,13 @@ def _discard(st, pfn):
     while slot != -1:
         nxt = st.pte_next[slot]
         if huge:
-            st.pmd[pmd_of_first_slot(st, slot)] = L.PMD_NONE
+            pmd_i = pmd_of_first_slot(st, slot)
+            if pmd_i >= 0:
+                st.pmd[pmd_i] = L.PMD_NONE
             st.page["mapcount"][pfn] -= 1
             mm.rmap_del(st, pfn, slot)
-            mm.unmirror_all(st, slot)
+            for j in range(L.HPAGE_PMD_NR):  # the extent's pages leave every mirror
+                mm.unmirror_all(st, slot + j)
             mm.put_page(st, pfn)
         else:
             mm.zap_pte(st, slot)

@@ -378,3 +378,22 @@ def test_migrate_partial_unmap_fault(make_machine, profile, thp, offset):
             continue
         assert p.read(base + i * PS, PS) == data[i * PS : (i + 1) * PS]
     m.check()
+
+
+def test_madvise_free_of_a_whole_thp(make_machine, profile):
+    """madvise_free_huge_pmd(): a PMD the range covers whole marks the THP (mapped
+    once, on the LRU) lazily freeable as one page; reclaim discards it whole,
+    after a device read had mirrored its pages (the mirror forgets all 512)."""
+    m = thp_machine(make_machine, profile)
+    p = m.new_process()
+    vma = p.mmap(HPAGE, thp=True)
+    p.write(vma.start, b"h" * PS)
+    head = p.translate(vma.start).pfn
+    assert p.translate(vma.start).huge and m.page(head).lru
+    assert m.device.read(p, vma.start + 7 * PS, 4) == bytes(4)
+    p.madvise(vma.start, vma.end, "free")
+    assert m.page(head).lazyfree and m.counters["thp_split_page"] == 0
+    assert m.reclaim() == HPAGE and m.page(head).free
+    assert m.device.mirrored(p, vma.start + 7 * PS) == -1
+    assert p.read(vma.start, PS) == bytes(PS)
+    m.check()
