@@ -46,8 +46,7 @@ def fork_vma(state, parent, child):
     pbase = state.vma["pte_base"][parent]
     if (state.vma["flags"][parent] & L.VM_SHARED) != 0:
         return
-    for k in range(npages):
-        mm.unmirror_all(state, pbase + k)
+    mm.invalidate_mirrors(state, pbase, npages)
     ext = mm.pmd_extent(state)
     start = state.vma["start"][parent]
     nlevel = (state.vma["end"][parent] - 1) // ext - start // ext + 1

@@ -12,9 +12,8 @@ import numpy as np
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
-from .args import range_in_vma
 from .memory import _swap_put
-from .zap import split_extent, zap_extents_ok
+from .zap import begin_range_pass, split_extent
 
 
 @internal(inline=True)
@@ -56,11 +55,10 @@ def madvise_free(state, vma_index, start, end):
     range) or -EBUSY (a THP to split is pinned or locked), both with nothing
     changed.
     """
+    ret = begin_range_pass(state, vma_index, start, end)
+    if ret != 0:
+        return ret
     ps = state.sys[L.SYS_PAGE_SIZE]
-    if not range_in_vma(state, vma_index, start, end) or (start | end) % ps != 0:
-        return np.int64(-L.EINVAL)
-    if not zap_extents_ok(state, vma_index, start, end):
-        return np.int64(-L.EBUSY)
     ext = mm.pmd_extent(state)
     addr = start
     while addr < end:

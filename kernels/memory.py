@@ -98,9 +98,7 @@ def _map_new_thp(st, v, first, pmd_i):
 def _unmirror_extent(st, v, first):
     """The mmu-notifier invalidation of a PMD mapping replaced in this VMA: every
     device's mirror forgets the extent's pages (a device may have read them)."""
-    slot0 = mm.pte_slot(st, v, first)
-    for j in range(L.HPAGE_PMD_NR):
-        mm.unmirror_all(st, slot0 + j)
+    mm.invalidate_mirrors(st, mm.pte_slot(st, v, first), L.HPAGE_PMD_NR)
 
 
 @internal

@@ -124,21 +124,15 @@ def _begin(state, vma_index, start, end, src, dst):
     mig[L.MIG_VMA] = tag
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
     if state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
-        invalidate_mirrors(state, mm.pte_slot(state, vma_index, start), npages)
+        # hmm-v25 (15/19, 8c3328f1f36a): collect runs under
+        # mmu_notifier_invalidate_range_start() over the whole range, and 4.14's
+        # notifier has no owner to tell a mirror its own migration from any other
+        # change: every device's mirror forgets the range (the device re-mirrors
+        # what it migrated in finalize_and_map). Later kernels pass the owner
+        # ("mm/notifier: add migration invalidation type", v5.9) and dmirror skips
+        # its own migrations. The seed's collect has no notifier.
+        mm.invalidate_mirrors(state, mm.pte_slot(state, vma_index, start), npages)
     return npages
-
-
-@internal(inline=True)
-def invalidate_mirrors(state, first_slot, npages):
-    """hmm-v25 (15/19, 8c3328f1f36a): collect runs under
-    mmu_notifier_invalidate_range_start() over the whole range, and 4.14's
-    notifier has no owner to tell a mirror its own migration from any other
-    change: every device's mirror forgets the range (the device re-mirrors
-    what it migrated in finalize_and_map). Later kernels pass the owner
-    ("mm/notifier: add migration invalidation type", v5.9) and dmirror skips
-    its own migrations. The seed's collect has no notifier."""
-    for d in range(state.mirror.shape[0]):
-        state.mirror[d, first_slot : first_slot + npages] = -1
 
 
 @internal(inline=True)

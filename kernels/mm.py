@@ -115,6 +115,14 @@ def unmirror_all(st, slot):
 
 
 @internal(inline=True)
+def invalidate_mirrors(st, first_slot, nslots):
+    """mmu_notifier_invalidate_range_start() over ``nslots`` PTE slots from
+    ``first_slot``: every device's mirror forgets them."""
+    for d in range(st.mirror.shape[0]):
+        st.mirror[d, first_slot : first_slot + nslots] = -1
+
+
+@internal(inline=True)
 def alloc_locked_page(st, pool):
     """A fresh frame of ``pool`` (RAM_POOL or a device index), locked, as a driver's
     allocator hands it to migrate_vma(); -1 when none is free. A device page

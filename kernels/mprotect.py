@@ -15,8 +15,7 @@ import numpy as np
 from . import layout as L
 from . import mm
 from ._jit import kernel
-from .args import range_in_vma
-from .zap import split_extent, zap_extents_ok
+from .zap import begin_range_pass, split_extent
 
 
 @kernel
@@ -32,14 +31,11 @@ def change_protection(state, vma_index, start, end):
     device's mirror forgot the range. Returns 0, or -EINVAL (bad VMA or range)
     or -EBUSY (a THP to split is pinned or locked), both with nothing changed.
     """
+    ret = begin_range_pass(state, vma_index, start, end)
+    if ret != 0:
+        return ret
     ps = state.sys[L.SYS_PAGE_SIZE]
-    if not range_in_vma(state, vma_index, start, end) or (start | end) % ps != 0:
-        return np.int64(-L.EINVAL)
-    if not zap_extents_ok(state, vma_index, start, end):
-        return np.int64(-L.EBUSY)
-    base = mm.pte_slot(state, vma_index, start)
-    for k in range((end - start) // ps):
-        mm.unmirror_all(state, base + k)
+    mm.invalidate_mirrors(state, mm.pte_slot(state, vma_index, start), (end - start) // ps)
     if (state.vma["flags"][vma_index] & L.VM_WRITE) != 0:
         return np.int64(0)
     ext = mm.pmd_extent(state)

@@ -66,8 +66,7 @@ def move_page_tables(state, old_v, new_v):
     old_start = state.vma["start"][old_v]
     new_start = state.vma["start"][new_v]
     base = state.vma["pte_base"][old_v]
-    for k in range(size // ps):
-        mm.unmirror_all(state, base + k)
+    mm.invalidate_mirrors(state, base, size // ps)
     addr = old_start
     while addr < old_start + size:
         first = addr - addr % ext

@@ -28,8 +28,7 @@ def _discard(st, pfn):
                 st.pmd[pmd_i] = L.PMD_NONE
             st.page["mapcount"][pfn] -= 1
             mm.rmap_del(st, pfn, slot)
-            for j in range(L.HPAGE_PMD_NR):  # the extent's pages leave every mirror
-                mm.unmirror_all(st, slot + j)
+            mm.invalidate_mirrors(st, slot, L.HPAGE_PMD_NR)  # the extent's pages
             mm.put_page(st, pfn)
         else:
             mm.zap_pte(st, slot)

@@ -89,6 +89,20 @@ def zap_extents_ok(st, v, start, end):
     return True
 
 
+@internal
+def begin_range_pass(state, v, start, end):
+    """The entry of a page-table pass over ``[start, end)`` of VMA ``v``
+    (zap, change_protection, madvise_free): 0 once the range checks hold,
+    else -EINVAL (a bad VMA or range, not page aligned) or -EBUSY (a THP it
+    covers in part cannot be split), nothing changed."""
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    if not range_in_vma(state, v, start, end) or (start | end) % ps != 0:
+        return np.int64(-L.EINVAL)
+    if not zap_extents_ok(state, v, start, end):
+        return np.int64(-L.EBUSY)
+    return np.int64(0)
+
+
 @kernel
 def zap_page_range(state, vma_index, start, end):
     """zap_page_range() - unmap every page of ``[start, end)`` in a VMA.
@@ -103,14 +117,11 @@ def zap_page_range(state, vma_index, start, end):
     the range. Returns 0, or -EINVAL (bad VMA or range) or -EBUSY (a THP the
     range covers in part cannot be split), both with nothing changed.
     """
+    ret = begin_range_pass(state, vma_index, start, end)
+    if ret != 0:
+        return ret
     ps = state.sys[L.SYS_PAGE_SIZE]
-    if not range_in_vma(state, vma_index, start, end) or (start | end) % ps != 0:
-        return np.int64(-L.EINVAL)
-    if not zap_extents_ok(state, vma_index, start, end):
-        return np.int64(-L.EBUSY)
-    base = mm.pte_slot(state, vma_index, start)
-    for k in range((end - start) // ps):
-        mm.unmirror_all(state, base + k)
+    mm.invalidate_mirrors(state, mm.pte_slot(state, vma_index, start), (end - start) // ps)
     ext = mm.pmd_extent(state)
     addr = start
     while addr < end:

@@ -125,10 +125,16 @@ def _src_written(a: MigrateVma) -> bool:
     return not np.array_equal(a._arrays[0][: a.npages], a._record)
 
 
-def _continue(a: MigrateVma, what: str) -> tuple[Any, int, int, int]:
-    """(machine, VMA index, start, end) of the migration setup opened."""
+def _continue(a: MigrateVma, what: str) -> tuple[Any, int, int, int] | None:
+    """(machine, VMA index, start, end) of the migration setup opened, or None
+    when setup collected nothing (nothing to do); ValueError before setup or
+    after finalize."""
     if not isinstance(a.vma, Vma) or a.npages == 0:
         raise ValueError(f"{what}: migrate_vma_setup() has not run on these args")
+    if not a._open:
+        if a.cpages > 0:
+            raise ValueError(f"{what}: this migration is already finalized")
+        return None
     ps = a.vma.process.machine.page_size
     s = int(a.start) - int(a.start) % ps
     return a.vma.process.machine, a.vma.index, s, s + a.npages * ps
@@ -140,11 +146,10 @@ def migrate_vma_pages(args: MigrateVma) -> None:
     warns (``me.InvalidDstWarning``); a ``src`` written since setup raises
     ValueError with nothing changed. Nothing to do when setup collected nothing."""
     a = _args(args)
-    m, v, s, e = _continue(a, "migrate_vma_pages")
-    if not a._open:
-        if a.cpages > 0:
-            raise ValueError("migrate_vma_pages: this migration is finalized")
+    opened = _continue(a, "migrate_vma_pages")
+    if opened is None:
         return
+    m, v, s, e = opened
     if _src_written(a):
         raise ValueError(
             "migrate_vma_pages: src was written since migrate_vma_setup(); it is the core's "
@@ -165,11 +170,10 @@ def migrate_vma_finalize(args: MigrateVma) -> None:
     the move failed), unlock and release. Nothing to do when setup collected
     nothing; a second call raises ValueError."""
     a = _args(args)
-    m, v, s, e = _continue(a, "migrate_vma_finalize")
-    if not a._open:
-        if a.cpages > 0:
-            raise ValueError("migrate_vma_finalize: this migration is already finalized")
+    opened = _continue(a, "migrate_vma_finalize")
+    if opened is None:
         return
+    m, v, s, e = opened
     written = _src_written(a)
     if written:
         a._arrays[0][: a.npages] = a._record  # finish from the core's record, then say so
