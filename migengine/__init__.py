@@ -56,6 +56,7 @@ from migengine.migrate_split import (
 )
 from migengine.process import Process, Pte, Vma
 from migengine.sim import SimConfig, SimResult, simulate
+from migengine.sweeps import sweep
 from migengine.trace import Trace
 
 MIGRATE_PFN_VALID = HMM_V25_LAYOUT.VALID
@@ -121,6 +122,7 @@ __all__ = [
     "VM_UFFD_MISSING",
     "Vma",
     "simulate",
+    "sweep",
     "migrate_vma",
     "migrate_vma_finalize",
     "migrate_vma_pages",

@@ -1,4 +1,4 @@
-"""The ``migengine`` console script (``migengine sim`` is in :mod:`migengine.cli_sim`).
+"""The ``migengine`` console script (``sim`` and ``sweep`` are in ``cli_sim``, ``cli_sweep``).
 
 ``migengine bench`` sweeps the copy engine's chunk size on the built-in
 workload (see :mod:`migengine.bench`): it prints a table and writes
@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import numba
 
-from migengine import __version__, bench, cli_sim
+from migengine import __version__, bench, cli_sim, cli_sweep
 from migengine.copyengine import CopyEngine
 
 PROG = "migengine"
@@ -148,6 +148,7 @@ def _build_parser() -> _Parser:
         help="also time each migration pass on the metadata-only machine",
     )
     cli_sim.add_parser(sub, _int_in)
+    cli_sweep.add_parser(sub)
     return parser
 
 
@@ -196,11 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("a command is required: bench or sim")
+        parser.error("a command is required: bench, sim or sweep")
     if args.command == "bench":
         return _bench(args)
     if args.command == "sim":
         return cli_sim.run(args, PROG)
+    if args.command == "sweep":
+        return cli_sweep.run(args, PROG)
     parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks it
 
 

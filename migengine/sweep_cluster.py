@@ -1,0 +1,144 @@
+"""Where a sweep's runs execute: in this process, or on a Dask distributed cluster.
+
+Every backend takes the same runs and yields the same records, in the order
+they finish; :func:`migengine.sweeps.sweep` sorts them back into grid order.
+
+* ``"serial"``: one after another in this process.
+* ``None``: a ``dask.distributed.LocalCluster`` started here and closed after:
+  one worker process per core, one thread each, with ``NUMBA_NUM_THREADS=1``
+  (and the BLAS/OpenMP pools at 1) in each worker's environment, so that
+  workers never oversubscribe the cores.
+* a ``dask.distributed.Client``: its cluster, wherever that runs.
+
+Before any task, every worker loads the kernels once (:func:`sweep_grid.warm`),
+from the numba cache this process has just filled or, on another machine,
+compiling them: the first worker alone, then the rest, since concurrent numba
+cache writes can collide (numba issue #4807). A task that raises, or whose
+worker dies, becomes a failed record; the others go on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from migengine.sim_config import SimConfig
+from migengine.sweep_grid import Run, TraceSpec, parameters, run_one, warm
+from migengine.trace import Trace
+
+#: Environment of a local cluster's workers: one numba thread, one BLAS/OpenMP thread.
+WORKER_ENV = {
+    "NUMBA_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+#: Seconds to wait for a scheduler given by address before giving up.
+CONNECT_TIMEOUT_S = 10
+
+
+def _failed(run: Run, name: str, error: str) -> dict[str, Any]:
+    record = parameters(run.config, name)
+    record["run"] = run.index
+    record["error"] = error
+    return record
+
+
+def run_serial(
+    runs: Sequence[Run], traces: Sequence[Trace | TraceSpec], names: Sequence[str]
+) -> Iterator[dict[str, Any]]:
+    for run in runs:
+        yield run_one(run, traces[run.trace], names[run.trace])
+
+
+def local_cluster(workers: int | None = None) -> Any:
+    """A LocalCluster of one single-threaded worker process per core (or ``workers``)."""
+    import logging
+
+    from dask.distributed import LocalCluster
+
+    n = workers or os.cpu_count() or 1
+    return LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        env=dict(WORKER_ENV),
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+
+
+def connect(address: str) -> Any:
+    """A Client of the scheduler at ``address``; ValueError if it cannot be reached."""
+    from dask.distributed import Client
+
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ValueError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+
+
+def warm_workers(client: Any, base: SimConfig) -> None:
+    """Load the kernels on every worker: the first one alone, then the others together."""
+    workers = sorted(client.scheduler_info()["workers"])
+    if not workers:
+        raise ValueError("the Dask cluster has no workers")
+    client.run(warm, base, workers=workers[:1])
+    if len(workers) > 1:
+        client.run(warm, base, workers=workers[1:])
+
+
+def run_on_client(
+    client: Any,
+    runs: Sequence[Run],
+    traces: Sequence[Trace | TraceSpec],
+    names: Sequence[str],
+    base: SimConfig,
+) -> Iterator[dict[str, Any]]:
+    """Each run one Dask task; records as the tasks finish."""
+    from dask.distributed import as_completed
+
+    warm_workers(client, base)
+    # A Trace goes to every worker once, not once per task; a spec is built by each task.
+    shipped = [client.scatter(t, broadcast=True) if isinstance(t, Trace) else t for t in traces]
+    futures = {}
+    for run in runs:
+        fut = client.submit(run_one, run, shipped[run.trace], names[run.trace], pure=False)
+        futures[fut] = run
+    for fut in as_completed(futures):
+        run = futures[fut]
+        try:
+            yield fut.result()
+        except Exception as exc:  # noqa: BLE001 - a lost worker fails its runs, not the sweep
+            yield _failed(run, names[run.trace], f"{type(exc).__name__}: {exc}")
+        fut.release()
+
+
+def execute(
+    client: Any,
+    runs: Sequence[Run],
+    traces: Sequence[Trace | TraceSpec],
+    names: Sequence[str],
+    base: SimConfig,
+    on_record: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run ``runs`` on ``client`` (``"serial"``, None or a Client); each record to ``on_record``."""
+    if not runs:
+        return
+    if isinstance(client, str) and client == "serial":
+        for record in run_serial(runs, traces, names):
+            on_record(record)
+        return
+    # Fill (or check) this machine's numba cache first, so local workers only load it.
+    warm(base)
+    if client is None:
+        with local_cluster() as cluster:
+            from dask.distributed import Client
+
+            with Client(cluster) as own:
+                for record in run_on_client(own, runs, traces, names, base):
+                    on_record(record)
+        return
+    for record in run_on_client(client, runs, traces, names, base):
+        on_record(record)
