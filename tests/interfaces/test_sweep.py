@@ -37,7 +37,9 @@ def test_serial_sweep_runs_every_combination(serial: pd.DataFrame) -> None:
     assert serial["error"].isna().all()
     # the grid's names come first, in grid order, each combination once
     assert list(serial.columns[1:4]) == list(GRID)
-    combos = set(zip(serial["prefetch"], serial["evict"], serial["engine.chunk_pages"]))
+    combos = set(
+        zip(serial["prefetch"], serial["evict"], serial["engine.chunk_pages"], strict=True)
+    )
     assert len(combos) == 8
     # each row is the run simulate() gives for those settings
     row = serial.iloc[5]
