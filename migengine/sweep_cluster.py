@@ -10,9 +10,10 @@ they finish; :func:`migengine.sweeps.sweep` sorts them back into grid order.
   workers never oversubscribe the cores.
 * a ``dask.distributed.Client``: its cluster, wherever that runs.
 
-Before any task, every worker loads the kernels once (:func:`sweep_grid.warm`),
-from the numba cache this process has just filled or, on another machine,
-compiling them: the first worker alone, then the rest, since concurrent numba
+Before any task, every worker loads the kernels once (:func:`sweep_grid.warm`).
+A local cluster's workers load them together from the numba cache this process
+has just filled. On a given cluster, which may not share this cache, the first
+worker loads or compiles them alone, then the rest, since concurrent numba
 cache writes can collide (numba issue #4807). A task that raises, or whose
 worker dies, becomes a failed record; the others go on.
 """
@@ -79,14 +80,18 @@ def connect(address: str) -> Any:
         raise ValueError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
 
 
-def warm_workers(client: Any, base: SimConfig) -> None:
-    """Load the kernels on every worker: the first one alone, then the others together."""
+def warm_workers(client: Any, base: SimConfig, cache_filled: bool) -> None:
+    """Load the kernels on every worker: all together when this process has just
+    filled the numba cache they read (a local cluster), else the first worker
+    alone (it may compile and write the cache), then the others."""
     workers = sorted(client.scheduler_info()["workers"])
     if not workers:
         raise ValueError("the Dask cluster has no workers")
-    client.run(warm, base, workers=workers[:1])
-    if len(workers) > 1:
-        client.run(warm, base, workers=workers[1:])
+    if not cache_filled:
+        client.run(warm, base, workers=workers[:1])
+        workers = workers[1:]
+    if workers:
+        client.run(warm, base, workers=workers)
 
 
 def run_on_client(
@@ -95,11 +100,12 @@ def run_on_client(
     traces: Sequence[Trace | TraceSpec],
     names: Sequence[str],
     base: SimConfig,
+    cache_filled: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Each run one Dask task; records as the tasks finish."""
     from dask.distributed import as_completed
 
-    warm_workers(client, base)
+    warm_workers(client, base, cache_filled)
     # A Trace goes to every worker once, not once per task; a spec is built by each task.
     shipped = [client.scatter(t, broadcast=True) if isinstance(t, Trace) else t for t in traces]
     futures = {}
@@ -137,7 +143,7 @@ def execute(
             from dask.distributed import Client
 
             with Client(cluster) as own:
-                for record in run_on_client(own, runs, traces, names, base):
+                for record in run_on_client(own, runs, traces, names, base, True):
                     on_record(record)
         return
     for record in run_on_client(client, runs, traces, names, base):
