@@ -247,3 +247,13 @@ def test_cli_sweep_missing_file_and_bad_scheduler(tmp_path: Path, capsys, monkey
     )
     assert "cannot reach the Dask scheduler" in capsys.readouterr().err
     assert read_results(tmp_path / "o") is None
+
+
+def test_example_grid_file_plans_its_runs() -> None:
+    """examples/sweep.toml (the README's sweep) is a valid grid of 3 x 3 x 2 runs."""
+    from migengine.cli_sweep import load_grid
+
+    p, plot = load_grid(str(Path(__file__).resolve().parents[2] / "examples" / "sweep.toml"))
+    assert len(p.runs) == 18 and p.varied == ["prefetch", "migrate_pages", "evict"]
+    assert plot == {"stat": "device_faults", "x": "migrate_pages", "y": "prefetch"}
+    assert p.base.device_pages == 8192 and not p.base.store_data
