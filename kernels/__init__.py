@@ -8,7 +8,8 @@ and module-level namedtuples after it; all but ``migrate_vma`` (which takes
 Nothing compiles at import time.
 
 Pipeline (HMM v25 ``migrate_vma`` and its callback-free split form):
-    migrate_vma, migrate_vma_setup, migrate_vma_pages, migrate_vma_finalize
+    migrate_vma, migrate_vma_setup, migrate_vma_pages, migrate_vma_finalize,
+    migrate_vma_setup_flags (the v5.9+ arguments: selection flags, owner, fault page)
 Driver helpers:
     alloc_page, put_page, unlock_page, copy_page, migrate_pfn, mpfn_to_pfn
 CPU side:
@@ -70,7 +71,13 @@ from .driver import (  # noqa: E402
 )
 from .layout import FAULT_OK, FAULT_OOM, FAULT_RETRY, FAULT_SEGV, FAULT_SIGBUS  # noqa: E402
 from .memory import handle_mm_fault, populate  # noqa: E402
-from .migrate import migrate_vma, migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup  # noqa: E402
+from .migrate import (  # noqa: E402
+    migrate_vma,
+    migrate_vma_finalize,
+    migrate_vma_pages,
+    migrate_vma_setup,
+    migrate_vma_setup_flags,
+)
 from .state import State  # noqa: E402
 
 __all__ = [
@@ -97,6 +104,7 @@ __all__ = [
     "layout",
     "migrate_vma",
     "migrate_vma_setup",
+    "migrate_vma_setup_flags",
     "migrate_vma_pages",
     "migrate_vma_finalize",
     "alloc_page",

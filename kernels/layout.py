@@ -29,26 +29,39 @@ import numpy as np
 
 U64 = np.uint64
 
-Layout = namedtuple("Layout", "VALID MIGRATE LOCKED WRITE DEVICE ERROR SHIFT")
+# COMPOUND (a PMD-sized folio's head slot) arrived with the device-THP series
+# (2025); neither the seed nor 4.14 has it, so it is 0 in both.
+Layout = namedtuple("Layout", "VALID MIGRATE LOCKED WRITE DEVICE ERROR SHIFT COMPOUND")
 LAYOUT_FIELDS = Layout._fields
 
 SEED_LAYOUT = Layout(
-    U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(0), U64(1 << 4), U64(5)
+    U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(0), U64(1 << 4), U64(5), U64(0)
 )
 HMM_V25_LAYOUT = Layout(
-    U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(1 << 4), U64(1 << 5), U64(6)
+    U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(1 << 4), U64(1 << 5), U64(6), U64(0)
 )
 
 PROFILE_SEED = 0
 PROFILE_HMM_V25 = 1
 PROFILES = {"seed": PROFILE_SEED, "hmm-v25": PROFILE_HMM_V25}
+# The kernel tree and version each profile follows (m.kernel).
+KERNELS = {
+    PROFILE_SEED: (
+        "HMM v25 14/19 'mm/migrate: new memory migration helper for use with device "
+        "memory v5' (Jerome Glisse, linux-mm, 2017-08-17), as posted"
+    ),
+    PROFILE_HMM_V25: (
+        "Linux 4.14 (torvalds/linux v4.14, 2017-11-12): mm/migrate.c migrate_vma() "
+        "with HMM v25 14-19/19 as merged"
+    ),
+}
 LAYOUTS = {PROFILE_SEED: SEED_LAYOUT, PROFILE_HMM_V25: HMM_V25_LAYOUT}
 
 # An mpfn with no flag set: no page, not migrating.
 MPFN_NONE = U64(0)
 
 # Indices into state.layout.
-L_VALID, L_MIGRATE, L_LOCKED, L_WRITE, L_DEVICE, L_ERROR, L_SHIFT = range(7)
+L_VALID, L_MIGRATE, L_LOCKED, L_WRITE, L_DEVICE, L_ERROR, L_SHIFT, L_COMPOUND = range(8)
 
 # --- PTE word: kind in bits 0-2, write bit 3, dirty bit 4, pfn (or swap slot) from bit 8.
 PTE_KIND_MASK = U64(7)

@@ -75,6 +75,24 @@ def migrate_vma_setup(state, vma_index, start, end, src, dst):
     return _typed(setup_entry, state, vma_index, start, end, src, dst)
 
 
+@kernel(inline=True)
+def migrate_vma_setup_flags(state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
+    """migrate_vma_setup() with ``struct migrate_vma``'s later fields.
+
+    Args:
+        state, vma_index, start, end, src, dst: as migrate_vma_setup().
+        flags: MIGRATE_VMA_SELECT_* bits (v5.9 on). owner: the int that
+            ``m.owner_id(owner)`` gives, the ``pgmap_owner`` (v5.7 ``src_owner``).
+        fault_pfn: the locked device page of a CPU fault being served
+            (``fault_page``, v6.1), or -1.
+    Returns: as migrate_vma_setup(): cpages, or -22 with nothing changed.
+    Profiles: seed and hmm-v25 follow kernels without these fields, so
+    ``flags``, ``owner`` and ``fault_pfn`` are ignored (never an error) and the
+    4.14 passes run exactly as migrate_vma_setup() runs them.
+    """
+    return _typed(setup_entry, state, vma_index, start, end, src, dst)
+
+
 def _typed(fn, state, vma_index, start, end, src, dst):
     """``fn(...)``, or -EINVAL when ``src`` or ``dst`` is not a writable 1-D
     uint64 array: decided when numba compiles the caller, so an array of

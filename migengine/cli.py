@@ -19,6 +19,7 @@ import numba
 
 from migengine import __version__, bench, cli_sim, cli_sweep
 from migengine.copyengine import CopyEngine
+from migengine.kernels import layout as L
 
 PROG = "migengine"
 # A 4 KiB-page workload needs ~8 KiB of memory per page with bytes stored;
@@ -63,6 +64,15 @@ def _chunk_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers")
     values = [parse(p) for p in parts]
     return sorted(set(values))
+
+
+def _profile_list(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",")]
+    known = sorted(L.PROFILES)
+    for name in names:
+        if name not in known:
+            raise argparse.ArgumentTypeError(f"unknown profile {name!r}; choose from {known}")
+    return list(dict.fromkeys(names))  # each once, in the order given
 
 
 def _fraction(text: str) -> float:
@@ -140,7 +150,11 @@ def _build_parser() -> _Parser:
     )
     b.add_argument("--seed", type=_int_in(0), default=0, help="layout seed (default 0)")
     b.add_argument(
-        "--profile", choices=("hmm-v25", "seed"), default="hmm-v25", help="kernel profile"
+        "--profile",
+        type=_profile_list,
+        default=["hmm-v25"],
+        metavar="P[,P...]",
+        help="kernel profile; several (seed,hmm-v25) run side by side (default hmm-v25)",
     )
     b.add_argument(
         "--passes",
@@ -163,6 +177,7 @@ def _progress(total: int) -> Any:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    profiles = args.profile
     config = bench.SweepConfig(
         pages=args.pages,
         chunks=args.chunk_pages,
@@ -172,14 +187,17 @@ def _bench(args: argparse.Namespace) -> int:
         threads=args.threads,
         stream=not args.no_stream,
         seed=args.seed,
-        profile=args.profile,
+        profile=profiles[0],
         passes=args.passes,
     )
     try:
         os.makedirs(args.out, exist_ok=True)
         # About how many functions a cold bench compiles (shown as progress).
         with bench.compile_notice(expected=BENCH_COMPILES):
-            result = bench.run_sweep(config, progress=_progress)
+            if len(profiles) == 1:
+                result = bench.run_sweep(config, progress=_progress)
+            else:
+                result = bench.run_profiles(config, profiles, progress=_progress)
         bench.write_results(result, os.path.join(args.out, "results.json"))
         bench.write_markdown(result, os.path.join(args.out, "results.md"), out=args.out)
         bench.plot_sweep(result, os.path.join(args.out, "chunk_sweep.png"))
@@ -187,7 +205,7 @@ def _bench(args: argparse.Namespace) -> int:
         msg = " ".join(str(exc).split()) or type(exc).__name__
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return 1
-    print(bench.format_table(result))
+    print(bench.format_comparison(result) if len(profiles) > 1 else bench.format_table(result))
     print(f"wrote {os.path.join(args.out, 'results.json')}, results.md and chunk_sweep.png")
     return 0
 

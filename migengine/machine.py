@@ -148,6 +148,7 @@ class Machine:
         # One device per row of the device table (state.dev); m.device is the first.
         # Devices given the same owner share its id (state.dev's DEV_OWNER column).
         owners: dict[object, int] = {}
+        self._owners = owners
         built = []
         for d, spec in enumerate(specs):
             owner = _OwnOwner(d) if spec.owner is None else spec.owner
@@ -170,6 +171,20 @@ class Machine:
     @property
     def profile(self) -> str:
         return self._profile
+
+    @property
+    def kernel(self) -> str:
+        """The kernel tree and version the profile follows."""
+        return L.KERNELS[L.PROFILES[self._profile]]
+
+    def owner_id(self, owner: object) -> int:
+        """The int that stands for device owner ``owner`` in compiled code (the
+        ``owner`` argument of ``kernels.migrate_vma_setup_flags``). Devices that
+        share an owner share its id. ValueError for an owner no device has."""
+        try:
+            return self._owners[owner]
+        except (KeyError, TypeError):
+            raise ValueError(f"no device of this machine has owner {owner!r}") from None
 
     @property
     def layout(self) -> L.Layout:

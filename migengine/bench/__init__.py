@@ -4,7 +4,7 @@
   its layout (:func:`fragmented_runs`) and the ``np.copyto`` baseline;
 - :mod:`~migengine.bench.passes`: one migration driven pass by pass;
 - :mod:`~migengine.bench.protocol`: the chunk-size sweep (:func:`run_sweep`)
-  and its measurement protocol;
+  and its measurement protocol, and :func:`run_profiles` (profiles side by side);
 - :mod:`~migengine.bench.environment`: the machine and software facts recorded;
 - :mod:`~migengine.bench.report`: the printed table, ``results.json``,
   ``results.md`` and the plot.
@@ -23,11 +23,15 @@ from migengine.bench.protocol import (
     DEFAULT_REPEAT,
     META_PAIRS,
     SweepConfig,
+    run_profiles,
     run_sweep,
 )
 from migengine.bench.report import (
+    format_comparison,
+    format_comparison_markdown,
     format_markdown,
     format_table,
+    plot_comparison,
     plot_sweep,
     regenerate_markdown,
     reproduce_command,
@@ -56,14 +60,18 @@ __all__ = [
     "Workload",
     "compile_notice",
     "copyto_baseline",
+    "format_comparison",
+    "format_comparison_markdown",
     "format_markdown",
     "format_table",
     "fragmented_runs",
     "pass_steps",
+    "plot_comparison",
     "plot_sweep",
     "regenerate_markdown",
     "reproduce_command",
     "run_metadata",
+    "run_profiles",
     "run_sweep",
     "threading_info",
     "time_passes",

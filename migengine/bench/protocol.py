@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_REPEAT",
     "META_PAIRS",
     "SweepConfig",
+    "run_profiles",
     "run_sweep",
 ]
 
@@ -261,3 +262,12 @@ def run_sweep(config: SweepConfig, progress: Callable[[int], Any] | None = None)
     if passes is not None:
         result["passes_ns_per_page"] = passes
     return result
+
+
+def run_profiles(
+    config: SweepConfig, profiles: Sequence[str], progress: Callable[[int], Any] | None = None
+) -> dict[str, Any]:
+    """``migengine bench --profile A,B``: one :func:`run_sweep` per profile, one after
+    the other in this process on the same workload (pages, layout seed, chunks,
+    engine, repetitions); ``{"runs": [their results, in order]}``."""
+    return {"runs": [run_sweep(replace(config, profile=p), progress) for p in profiles]}

@@ -145,6 +145,35 @@ def test_bench_writes_png(sweep):
 
 
 @pytest.mark.parametrize(("fragmentation", "chunk"), [(0.0, 16), (1.0, 4)])
+def test_bench_profiles_side_by_side(capsys, tmp_path):
+    """#16's comparison: --profile seed,hmm-v25 runs both sweeps on the same workload in one
+    run and shows each profile's table, then both side by side; results.json keeps both,
+    results.md is regenerated from it unchanged, and the plot is written."""
+    out = tmp_path / "cmp"
+    argv = ["--pages", "64", "--chunk-pages", "1,16", "--repeat", "1", "--out", str(out)]
+    text, _ = _run_ok(capsys, *argv, "--profile", "seed,hmm-v25,seed")
+    assert "profile seed," in text and "profile hmm-v25," in text
+    side = text[text.index("profiles side by side:") :].splitlines()
+    assert "seed x copyto" in side[1] and "hmm-v25 meta ns/pg" in side[1]
+    assert "meta hmm-v25/seed" in side[1]
+    assert [row.split()[0] for row in side[2:]] == ["1", "16"]
+    doc = json.loads((out / "results.json").read_text())
+    runs = doc["runs"]
+    assert [r["metadata"]["parameters"]["profile"] for r in runs] == ["seed", "hmm-v25"]
+    for run in runs:
+        assert [r["chunk_pages"] for r in run["records"]] == [1, 16]
+        assert run["metadata"]["parameters"]["pages"] == 64
+    # the same workload: both profiles copy the same descriptors
+    assert [r["descriptors"] for r in runs[0]["records"]] == [
+        r["descriptors"] for r in runs[1]["records"]
+    ]
+    md = (out / "results.md").read_text()
+    assert "--profile seed,hmm-v25" in md and "## seed" in md and "## hmm-v25" in md
+    assert bench.regenerate_markdown(out / "results.json") == str(out / "results.md")
+    assert (out / "results.md").read_text() == md
+    assert (out / "chunk_sweep.png").stat().st_size > 0
+
+
 def test_bench_fragmentation_extremes(capsys, tmp_path, fragmentation, chunk):
     """--fragmentation 0: one physical run, full chunks; 1: no two neighbours
     adjacent, so (barring a chance adjacency of shuffled pages) one page per
@@ -186,6 +215,8 @@ BAD_ARGV = [
     ["bench", "--threads", "0"],
     ["bench", "--threads", str(numba.config.NUMBA_NUM_THREADS + 1)],
     ["bench", "--profile", "v26"],
+    ["bench", "--profile", "seed,,hmm-v25"],
+    ["bench", "--profile", "seed,v26"],
 ]
 
 

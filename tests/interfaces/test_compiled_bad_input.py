@@ -64,6 +64,11 @@ def _setup(state, v, start, end, src, dst):
 
 
 @njit(cache=True)
+def _setup_flags(state, v, start, end, src, dst, flags, owner, fault_pfn):
+    return kernels.migrate_vma_setup_flags(state, v, start, end, src, dst, flags, owner, fault_pfn)
+
+
+@njit(cache=True)
 def _pages(state, v, start, end, src, dst):
     return kernels.migrate_vma_pages(state, v, start, end, src, dst)
 
@@ -295,6 +300,8 @@ def _group_setup(w: _World) -> None:
     st, handle = w.state, w.m.core.handle
     for name, v, s, e, n in _bad_ranges(w):
         w.case(f"setup: {name}", EINVAL, _setup, st, v, s, e, _u64(n), _u64(n))
+        args = (st, v, s, e, _u64(n), _u64(n), 1, 0, -1)
+        w.case(f"setup_flags: {name}", EINVAL, _setup_flags, *args)
         no_call = [EINVAL, 0]  # and no callback ran
         w.case(f"migrate_vma: {name}", no_call, _callback_form, st, v, s, e, _u64(n), _u64(n))
         w.case(f"to_device: {name}", EINVAL, _to_device, st, v, s, e, _u64(n), _u64(n), 0)
@@ -309,6 +316,9 @@ def _group_setup(w: _World) -> None:
     w.case("setup: overlapping", EINVAL, _setup, st, v, s, e, wide[:8], wide[4:])
     ints = np.zeros(8, np.int64)
     w.case("setup: int64 arrays", EINVAL, _setup, st, v, s, e, ints, ints.copy())
+    flag_args = (1, 0, -1)
+    w.case("setup_flags: int64 arrays", EINVAL, _setup_flags, st, v, s, e, ints, ints, *flag_args)
+    w.case("setup_flags: src is dst", EINVAL, _setup_flags, st, v, s, e, both, both, *flag_args)
     for private, label in ((1 << 8, "device 1 of 1"), (-1, "-1"), (BIG, "2**40")):
         for entry, fn in (("to_device", _to_device), ("to_system", _to_system)):
             w.case(f"{entry}: private {label}", EINVAL, fn, st, v, s, e, _u64(8), _u64(8), private)
