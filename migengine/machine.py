@@ -178,9 +178,8 @@ class Machine:
         return L.KERNELS[L.PROFILES[self._profile]]
 
     def owner_id(self, owner: object) -> int:
-        """The int that stands for device owner ``owner`` in compiled code (the
-        ``owner`` argument of ``kernels.migrate_vma_setup_flags``). Devices that
-        share an owner share its id. ValueError for an owner no device has."""
+        """``owner``'s int for compiled code (``kernels.migrate_vma_setup_flags``'s
+        ``owner``); devices sharing an owner share it. ValueError: no device has it."""
         try:
             return self._owners[owner]
         except (KeyError, TypeError):
