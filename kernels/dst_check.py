@@ -26,12 +26,12 @@ destination for every source (NUMA-style system to system migration) and a
 device-private one for an anonymous source; what it refuses (a page-cache page
 to device-private memory) it refuses in the pages pass, as the kernel does.
 
-Duplicates are found in the same pass, with no allocation: a row of the copy
-scratch (whose batch is over by the pages pass) marks, per frame, the slot that
-took it; a mark counts only when that slot's dst still names the frame, so
-stale marks need no clearing. Each refused slot is recorded in four other rows
-(slot, reason, pfn, earlier slot) for the Python layer's warnings, and counted
-in ``migrate_dst_invalid``.
+Duplicates are found in the same pass, with no allocation: ``state.dst_mark``
+marks, per frame, the slot that took it; a mark counts only when that slot's
+dst still names the frame, so stale marks need no clearing. Each refused slot
+is recorded in four rows of the copy scratch (slot, reason, pfn, earlier slot;
+its batch is over by the pages pass) for the Python layer's warnings, and
+counted in ``migrate_dst_invalid``.
 """
 
 import numpy as np
@@ -62,8 +62,8 @@ DST_REASONS = (
     "by someone else)",
 )
 
-# Rows of state.copy_scratch (int64[COPY_ROWS, nframes]) the check writes.
-MARK_ROW = I.COPY_DESC_LEN  # per frame: the slot that took it as its destination
+# Rows of state.copy_scratch the check writes; state.dst_mark holds, per frame,
+# the slot that took it as its destination.
 REC_SLOT = I.COPY_SRC  # per refused entry, in slot order: its slot,
 REC_REASON = I.COPY_DST  # its DST_* code,
 REC_PFN = I.COPY_DESC_SRC  # the pfn it named,
@@ -109,7 +109,7 @@ def check_dst(st, dst, npages):
     """The dst check over slots ``[0, npages)``; returns the entries refused.
 
     Post: every refused entry is 0 (no destination), recorded in the copy
-    scratch's REC_* rows (the first ``nframes`` of them) and counted in
+    scratch's REC_* rows (as many as it has columns) and counted in
     ``migrate_dst_invalid``; no struct page changed.
     """
     lay = st.layout
@@ -117,7 +117,7 @@ def check_dst(st, dst, npages):
     shift = lay[L.L_SHIFT]
     nframes = np.uint64(st.page.shape[0])
     scratch = st.copy_scratch
-    mark = scratch[MARK_ROW]
+    mark = st.dst_mark
     bad = 0
     for i in range(npages):
         mpfn = dst[mm.ix(i)]

@@ -49,7 +49,7 @@ def _stack_remove(st, pfn):
     pool = device_of(st, pfn)
     top = free_top(st, pool)
     pos = st.free_pos[pfn]
-    moved = st.free_stack[top]
+    moved = np.int64(st.free_stack[top])
     place_free(st, moved, pos)
     unplace_free(st, pfn, top)
     add_pool_free(st, pool, -1)
@@ -72,7 +72,7 @@ def alloc_frame(st, pool):
     refcount +1); -1 when the pool is empty."""
     if pool_free(st, pool) == 0:
         return -1
-    pfn = st.free_stack[free_top(st, pool)]
+    pfn = np.int64(st.free_stack[free_top(st, pool)])
     _stack_remove(st, pfn)
     init_allocated(st, pfn)
     return pfn

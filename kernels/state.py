@@ -26,7 +26,7 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
                   page_mapping() is non-NULL).
 ``data``          uint8 frame bytes, ``nframes * page_size`` long; empty when the
                   machine keeps metadata only.
-``free_stack`` / ``free_pos``
+``free_stack`` / ``free_pos`` (int32, as ``pte_next``, ``swap_map`` and ``swap_stack``)
                   indexed free stacks: RAM occupies ``free_stack[0:nr_ram]`` and each
                   device ``free_stack[first_pfn:first_pfn + npages]``; the depths are
                   ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``.
@@ -59,9 +59,12 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
 ``mig``           scratch ``struct migrate_vma`` scalars (MIG_* indices) used by
                   migrate_vma_setup(); setup never nests, so one block suffices.
 ``fault_mpfn``    scratch src/dst slots of the one-page CPU-fault migration.
-``copy_scratch``  int64[COPY_ROWS, nframes]: one engine batch's (source, destination)
-                  pairs and its descriptors. A batch never holds more pairs than
-                  there are frames, so it always fits.
+``copy_scratch``  int64[COPY_ROWS, copy_scratch_width(nr_device)]: one engine batch's
+                  (source, destination) pairs and its descriptors. Every pair has a
+                  device frame on one side, each frame in one pair at most, so a
+                  batch never holds more pairs than there are device frames.
+``dst_mark``      int32 per frame: the dst check's record of the slot that named the
+                  frame as its destination (kernels.dst_check).
 ``engine_load``   float64[MAX_CHANNELS]: per-channel busy time of the cost model.
 ``sweep_info`` / ``sweep_mig`` / ``sweep_counters``
                   per-thread scratch of the parallel sweeps (kernels.parallel): each
@@ -123,16 +126,16 @@ VMA_DTYPE = np.dtype(
 STATE_SPEC = (
     ("page", PAGE_DTYPE, 1),
     ("data", np.uint8, 1),
-    ("free_stack", np.int64, 1),
-    ("free_pos", np.int64, 1),
+    ("free_stack", np.int32, 1),
+    ("free_pos", np.int32, 1),
     ("vma", VMA_DTYPE, 1),
     ("pte", np.uint64, 1),
-    ("pte_next", np.int64, 1),
+    ("pte_next", np.int32, 1),
     ("pmd", np.uint64, 1),
     ("mirror", np.int64, 2),
     ("pcache", np.int64, 1),
-    ("swap_map", np.int64, 1),
-    ("swap_stack", np.int64, 1),
+    ("swap_map", np.int32, 1),
+    ("swap_stack", np.int32, 1),
     ("swap_data", np.uint8, 1),
     ("pagevec", np.int64, 2),
     ("pagevec_n", np.int64, 1),
@@ -144,6 +147,7 @@ STATE_SPEC = (
     ("mig", np.int64, 1),
     ("fault_mpfn", np.uint64, 1),
     ("copy_scratch", np.int64, 2),
+    ("dst_mark", np.int32, 1),
     ("engine_load", np.float64, 1),
     ("range_src", np.uint64, 1),
     ("range_dst", np.uint64, 1),
@@ -158,6 +162,19 @@ State = namedtuple("State", [name for name, _, _ in STATE_SPEC])
 State.ARRAY_TYPES = tuple(
     types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C") for _, dtype, ndim in STATE_SPEC
 )
+
+
+# Frame numbers, free-stack positions, rmap links and swap slots are int32.
+MAX_FRAMES = 2**31 - 1
+# Every engine batch copies to or from device frames, one pair per device frame at
+# most, so the copy scratch needs as many columns as the machine has device frames
+# (and a few, for the dst check's records of refused entries).
+MIN_COPY_SCRATCH = 64
+
+
+def copy_scratch_width(nr_device: int) -> int:
+    """Columns of the copy scratch: the most (source, destination) pairs one batch holds."""
+    return max(nr_device, MIN_COPY_SCRATCH)
 
 
 def page_aligned_zeros(nbytes: int, page_size: int) -> np.ndarray:
@@ -205,8 +222,10 @@ def new_state(
     zero = 0
     page["flags"][zero] = L.PG_ZERO
     page["refcount"][zero] = 1
-    free_stack = np.full(nframes, -1, np.int64)
-    free_pos = np.full(nframes, -1, np.int64)
+    if nframes > MAX_FRAMES:
+        raise ValueError(f"{nframes:,} frames: at most {MAX_FRAMES:,} (int32 frame numbers)")
+    free_stack = np.full(nframes, -1, np.int32)
+    free_pos = np.full(nframes, -1, np.int32)
     ram = np.arange(nr_ram - 1, zero, -1, dtype=np.int64)  # top of stack = lowest pfn
     free_stack[: ram.size] = ram
     free_pos[ram] = np.arange(ram.size)
@@ -245,12 +264,12 @@ def new_state(
         free_pos=free_pos,
         vma=np.zeros(vma_capacity, VMA_DTYPE),
         pte=np.zeros(pte_capacity, np.uint64),
-        pte_next=np.full(pte_capacity, -1, np.int64),
+        pte_next=np.full(pte_capacity, -1, np.int32),
         pmd=np.zeros(max(pte_capacity // L.HPAGE_PMD_NR, 16), np.uint64),
         mirror=np.full((devices.shape[0], pte_capacity), -1, np.int64),
         pcache=np.full(pcache_capacity, -1, np.int64),
-        swap_map=np.zeros(nr_swap, np.int64),
-        swap_stack=np.arange(nr_swap - 1, -1, -1, dtype=np.int64),
+        swap_map=np.zeros(nr_swap, np.int32),
+        swap_stack=np.arange(nr_swap - 1, -1, -1, dtype=np.int32),
         swap_data=swap_data,
         pagevec=np.full((L.NR_CPUS, L.PAGEVEC_SIZE + 1), -1, np.int64),
         pagevec_n=np.zeros(L.NR_CPUS, np.int64),
@@ -261,7 +280,8 @@ def new_state(
         copy_stats=np.zeros(5, np.float64),
         mig=np.zeros(L.MIG_FIELDS, np.int64),
         fault_mpfn=np.zeros(2, np.uint64),
-        copy_scratch=np.zeros((I.COPY_ROWS, nframes), np.int64),
+        copy_scratch=np.zeros((I.COPY_ROWS, copy_scratch_width(nr_device)), np.int64),
+        dst_mark=np.full(nframes, -1, np.int32),
         engine_load=np.zeros(L.MAX_CHANNELS, np.float64),
         range_src=np.zeros(pte_capacity, np.uint64),
         range_dst=np.zeros(pte_capacity, np.uint64),

@@ -126,11 +126,11 @@ class Machine:
         # device: an internal interface, not part of the public API.
         sizes = tuple(spec.pages for spec in specs)
         nframes = ram + sum(sizes)
-        # Per frame: its struct page, free-stack slots and copy scratch; then the
-        # bytes of frames and swap slots when they are kept.
-        need = nframes * (kstate.PAGE_DTYPE.itemsize + 8 * 8)
+        # Struct pages, free stacks, dst marks, the copy scratch, then kept bytes.
+        need = nframes * (kstate.PAGE_DTYPE.itemsize + 12)
+        need += 40 * kstate.copy_scratch_width(sum(sizes))
         need += (nframes + nswap) * ps if store_data else 0
-        check_fits(need + nswap * 16, f"a machine of {nframes:,} frames of {ps:,} bytes")
+        check_fits(need + nswap * 8, f"a machine of {nframes:,} frames of {ps:,} bytes")
         self.core = MachineCore(
             kstate.new_state(
                 ram,

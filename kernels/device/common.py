@@ -67,7 +67,7 @@ def hand_over(state, dst, i, mpfn, dpfn, sp, dp, n):
 def take_device_frame(state, pos):
     """device_alloc_page() of the frame at free-stack position ``pos``, which
     the caller ranked: the stack's depth is settled afterwards, for all pops."""
-    dpfn = state.free_stack[pos]
+    dpfn = np.int64(state.free_stack[pos])
     mm.unplace_free(state, dpfn, pos)
     mm.init_allocated(state, dpfn)
     mm.trylock_page(state, dpfn)

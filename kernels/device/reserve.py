@@ -81,7 +81,7 @@ def _name_run(st, src, dst, t, top):
     desc = OpenDescriptor(np.int64(-1), np.int64(-1), np.int64(0), np.int64(0))
     for i in range(first, info[t, I.SW_END]):
         mpfn = src[mm.ix(i)]
-        dpfn = st.free_stack[mm.ix(top - i)]
+        dpfn = np.int64(st.free_stack[mm.ix(top - i)])
         dst[mm.ix(i)] = (np.uint64(dpfn) << shift) | dst_bits | (mpfn & write)
         desc = _add_pair(desc, st, first, np.int64(mpfn >> shift), dpfn, limit)
     ndesc = desc.count

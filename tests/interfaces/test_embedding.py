@@ -154,6 +154,7 @@ def _every_entry_point(state, v, start, end, src, dst, log):
     return (
         copy_to_device(state, v, start, end, src, dst, 8),
         kernels.migrate_vma_setup(state, v, start, end, src, dst),
+        kernels.migrate_vma_setup_flags(state, v, start, end, src, dst, 1, 0, -1),
         kernels.migrate_vma(state, _count_alloc, _count_finalize, v, start, end, src, dst, log),
         kernels.migrate_vma_to_device(state, v, start, end, src, dst, 0),
         kernels.migrate_vma_to_system(state, v, start, end, src, dst, 0),
@@ -229,7 +230,7 @@ def test_every_entry_point_returns_einval_and_changes_nothing(make_machine, prof
         dst = np.zeros(max(slots, 8), np.uint64)
         log = np.zeros(2, np.int64)
         ret = _every_entry_point(m.state, v, start, end, src, dst, log)
-        assert ret == (EINVAL,) * 5, name
+        assert ret == (EINVAL,) * 6, name
         assert log.tolist() == [0, 0], name
     assert m.counters == counters
     assert np.array_equal(m.state.pte, ptes)

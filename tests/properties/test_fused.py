@@ -32,9 +32,12 @@ def _setup_by_passes(s: State, v: int, start: int, end: int, src, dst) -> int:
 
 
 def _scratch_free(s: State) -> dict[str, np.ndarray]:
-    """The state without what may differ: scratch (rewritten before every use,
+    """The state without what may differ: scratch (rewritten before every use, or, for
+    the dst check's marks, valid only where the slot they name still names the frame;
     compared as empty slices) and the copy's measured wall time."""
-    return comparable_state(s._replace(mig=s.mig[:0], copy_scratch=s.copy_scratch[:, :0]))
+    return comparable_state(
+        s._replace(mig=s.mig[:0], copy_scratch=s.copy_scratch[:, :0], dst_mark=s.dst_mark[:0])
+    )
 
 
 @pytest.mark.parametrize("hostile", [False, True], ids=["plain", "hostile"])
