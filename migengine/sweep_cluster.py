@@ -136,9 +136,11 @@ def execute(
         for record in run_serial(runs, traces, names):
             on_record(record)
         return
-    # Fill (or check) this machine's numba cache first, so local workers only load it.
-    warm(base)
     if client is None:
+        # Fill (or check) this machine's numba cache first, so local workers only load
+        # it. A given cluster's workers warm themselves (run_on_client): its machines
+        # may not share this cache, and this process runs no simulation.
+        warm(base)
         with local_cluster() as cluster:
             from dask.distributed import Client
 
