@@ -212,6 +212,8 @@ def new_state(
     if sum(sizes) != nr_device or not sizes:
         raise ValueError(f"device sizes {sizes} do not add up to {nr_device} device frames")
     nframes = nr_ram + nr_device
+    if nframes > MAX_FRAMES:
+        raise ValueError(f"{nframes:,} frames: at most {MAX_FRAMES:,} (int32 frame numbers)")
     # Cache-line aligned, so no 32-byte record spans two lines.
     page = page_aligned_zeros(nframes * PAGE_DTYPE.itemsize, 64).view(PAGE_DTYPE)
     page["rmap"] = -1
@@ -222,8 +224,6 @@ def new_state(
     zero = 0
     page["flags"][zero] = L.PG_ZERO
     page["refcount"][zero] = 1
-    if nframes > MAX_FRAMES:
-        raise ValueError(f"{nframes:,} frames: at most {MAX_FRAMES:,} (int32 frame numbers)")
     free_stack = np.full(nframes, -1, np.int32)
     free_pos = np.full(nframes, -1, np.int32)
     ram = np.arange(nr_ram - 1, zero, -1, dtype=np.int64)  # top of stack = lowest pfn
