@@ -136,10 +136,27 @@ def _done_keys(existing: Any, p: Plan) -> tuple[set[str], Any]:
     return done, existing[keep].reset_index(drop=True)
 
 
+def _plot_choice(args: argparse.Namespace, plot: dict[str, Any], p: Plan) -> tuple[Any, ...]:
+    """The summary plot's stat, x, y and kind (flags over [plot] over defaults); the
+    parameters and the kind are checked before anything runs (the stat names a result
+    column, known only after the runs)."""
+    stat = args.stat or plot.get("stat", "modelled_s")
+    x = args.x or plot.get("x", p.varied[0])
+    y = args.y or plot.get("y", p.varied[1] if len(p.varied) > 1 else None)
+    kind = args.plot or plot.get("kind")
+    for name in (x, y):
+        if name is not None and name not in p.key_columns:
+            raise ValueError(f"plot: {name!r} is not a run parameter ({', '.join(p.key_columns)})")
+    if kind not in (None, "heatmap", "lines") or (kind == "heatmap" and y is None):
+        raise ValueError(f"plot: kind must be 'lines', or 'heatmap' with a y, got {kind!r}")
+    return stat, x, y, kind
+
+
 def run(args: argparse.Namespace, prog: str) -> int:
     """Run ``migengine sweep``; returns the exit status."""
     try:
         p, plot = load_grid(args.grid)
+        stat, x, y, kind = _plot_choice(args, plot, p)
         os.makedirs(args.out, exist_ok=True)
         existing = read_results(args.out)
         done, kept = _done_keys(existing, p)
@@ -173,12 +190,7 @@ def run(args: argparse.Namespace, prog: str) -> int:
         rows = df[
             [run_key(rec, p.key_columns) in mine for rec in df[p.key_columns].to_dict("records")]
         ]
-        stat = args.stat or plot.get("stat", "modelled_s")
-        x = args.x or plot.get("x", p.varied[0])
-        y = args.y or plot.get("y", p.varied[1] if len(p.varied) > 1 else None)
-        plot_path = plot_summary(
-            rows, stat, x, y, Path(args.out) / PLOT, kind=args.plot or plot.get("kind")
-        )
+        plot_path = plot_summary(rows, stat, x, y, Path(args.out) / PLOT, kind=kind)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished runs are in {args.out}/{RESULTS}", file=sys.stderr)
         return 130

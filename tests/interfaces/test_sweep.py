@@ -223,6 +223,8 @@ def test_cli_sweep_interrupted_keeps_finished_runs(tmp_path: Path, monkeypatch, 
         (GRID_TOML.replace("prefetch =", "prefetchh ="), "'prefetchh' is not a SimConfig field"),
         (GRID_TOML.replace("device_pages = 512", "device_pages = 'many'"), "device_pages"),
         (GRID_TOML + "[plot]\nshade = 1\n", "unknown key"),
+        (GRID_TOML + "[plot]\nx = 'colour'\n", "'colour' is not a run parameter"),
+        (GRID_TOML + "[plot]\nkind = 'pie'\n", "kind must be"),
     ],
 )
 def test_cli_sweep_bad_grid_files(tmp_path: Path, capsys, text: str, match: str) -> None:
