@@ -29,6 +29,7 @@ from migengine.sweep_output import (
     RESULTS,
     Checkpoint,
     format_summary,
+    plot_kind,
     plot_summary,
     read_results,
 )
@@ -147,9 +148,7 @@ def _plot_choice(args: argparse.Namespace, plot: dict[str, Any], p: Plan) -> tup
     for name in (x, y):
         if name is not None and name not in p.key_columns:
             raise ValueError(f"plot: {name!r} is not a run parameter ({', '.join(p.key_columns)})")
-    if kind not in (None, "heatmap", "lines") or (kind == "heatmap" and y is None):
-        raise ValueError(f"plot: kind must be 'lines', or 'heatmap' with a y, got {kind!r}")
-    return stat, x, y, kind
+    return stat, x, y, plot_kind(kind, y)
 
 
 def run(args: argparse.Namespace, prog: str) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from migengine.sim_config import SimConfig
-from migengine.sweep_grid import Run, TraceSpec, parameters, run_one, warm
+from migengine.sweep_grid import Run, TraceSpec, run_one, run_record, warm
 from migengine.trace import Trace
 
 #: Environment of a local cluster's workers: one numba thread, one BLAS/OpenMP thread.
@@ -37,13 +37,6 @@ WORKER_ENV = {
 }
 #: Seconds to wait for a scheduler given by address before giving up.
 CONNECT_TIMEOUT_S = 10
-
-
-def _failed(run: Run, name: str, error: str) -> dict[str, Any]:
-    record = parameters(run.config, name)
-    record["run"] = run.index
-    record["error"] = error
-    return record
 
 
 def run_serial(
@@ -117,7 +110,7 @@ def run_on_client(
         try:
             yield fut.result()
         except Exception as exc:  # noqa: BLE001 - a lost worker fails its runs, not the sweep
-            yield _failed(run, names[run.trace], f"{type(exc).__name__}: {exc}")
+            yield run_record(run, names[run.trace], exc)
         fut.release()
 
 

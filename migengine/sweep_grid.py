@@ -35,8 +35,6 @@ from migengine.sim_config import SimConfig
 from migengine.trace import Trace
 
 ENGINE_PREFIX = "engine."
-#: Columns that describe where and with what a run ran, not what it computed.
-PROVENANCE = ("host", "pid", "python", "numba", "numpy", "migengine", "error")
 # SimConfig.to_dict() and the stats both name the device size; the stats' copy is dropped.
 _SHADOWED_STATS = frozenset({"device_pages"})
 
@@ -216,7 +214,8 @@ def run_key(row: Mapping[str, Any], names: Sequence[str]) -> str:
     return json.dumps([_scalar(row[n]) for n in names])
 
 
-def _provenance(error: str | None) -> dict[str, Any]:
+def _provenance() -> dict[str, Any]:
+    """Where and with what a run ran."""
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -224,26 +223,33 @@ def _provenance(error: str | None) -> dict[str, Any]:
         "numba": numba.__version__,
         "numpy": np.__version__,
         "migengine": __version__,
-        "error": error,
     }
+
+
+def run_record(run: Run, name: str, error: BaseException | None = None) -> dict[str, Any]:
+    """A run's parameters and index, and ``error`` (its exception as a message, or None)."""
+    record = parameters(run.config, name)
+    record["run"] = run.index
+    record["error"] = None if error is None else f"{type(error).__name__}: {error}"
+    return record
 
 
 def run_one(run: Run, trace: Trace | TraceSpec, name: str) -> dict[str, Any]:
     """Simulate one run; its record. Never raises: an exception becomes ``error``."""
-    record = parameters(run.config, name)
-    record["run"] = run.index
     t0 = time.perf_counter()
     try:
         source = trace.load() if isinstance(trace, TraceSpec) else trace
         stats = simulate(source, run.config, name=name).stats
     except Exception as exc:  # noqa: BLE001 - a sweep records every failure and goes on
+        record = run_record(run, name, exc)
         record["wall_s"] = time.perf_counter() - t0
-        record.update(_provenance(f"{type(exc).__name__}: {exc}"))
+        record.update(_provenance())
         return record
+    record = run_record(run, name)
     for key, value in stats.items():
         if key not in _SHADOWED_STATS:
             record[key] = _scalar(value)
-    record.update(_provenance(None))
+    record.update(_provenance())
     return record
 
 

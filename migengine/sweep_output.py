@@ -86,6 +86,15 @@ def format_summary(df: pd.DataFrame, varied: Sequence[str], stats: Sequence[str]
     return table.to_string(index=False)
 
 
+def plot_kind(kind: str | None, y: str | None) -> str:
+    """The plot kind: ``kind``, or by default a heatmap with a ``y`` and lines without;
+    ValueError for another kind, or a heatmap without a ``y``."""
+    kind = kind or ("heatmap" if y is not None else "lines")
+    if kind not in ("heatmap", "lines") or (kind == "heatmap" and y is None):
+        raise ValueError(f"plot: kind must be 'lines', or 'heatmap' with a y, got {kind!r}")
+    return kind
+
+
 def plot_summary(
     df: pd.DataFrame,
     stat: str,
@@ -105,11 +114,7 @@ def plot_summary(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kind = kind or ("heatmap" if y is not None else "lines")
-    if kind not in ("heatmap", "lines") or (kind == "heatmap" and y is None):
-        raise ValueError(
-            f"plot kind must be 'lines', or 'heatmap' with two parameters, got {kind!r}"
-        )
+    kind = plot_kind(kind, y)
     ok = df[df["error"].isna()] if "error" in df.columns else df
     if stat not in ok.columns:
         raise ValueError(f"no stat {stat!r} in the results")

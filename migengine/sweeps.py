@@ -13,6 +13,7 @@ row with its ``error`` and the sweep goes on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -42,13 +43,20 @@ class Plan:
     base: SimConfig
     varied: list[str]  # the grid's names, in grid order
 
-    @property
+    @functools.cached_property
     def key_columns(self) -> list[str]:
         """The columns that identify a run (all of its parameters)."""
         return list(parameters(self.base, "").keys())
 
+    @functools.cached_property
+    def _keys(self) -> dict[int, str]:
+        cols = self.key_columns
+        return {
+            r.index: run_key(parameters(r.config, self.names[r.trace]), cols) for r in self.runs
+        }
+
     def key(self, run: Run) -> str:
-        return run_key(parameters(run.config, self.names[run.trace]), self.key_columns)
+        return self._keys[run.index]
 
 
 def plan(
