@@ -10,6 +10,9 @@ Nothing compiles at import time.
 Pipeline (HMM v25 ``migrate_vma`` and its callback-free split form):
     migrate_vma, migrate_vma_setup, migrate_vma_pages, migrate_vma_finalize,
     migrate_vma_setup_flags (the v5.9+ arguments: selection flags, owner, fault page)
+Device-side migration (modern):
+    migrate_device_range, migrate_device_pfns, migrate_device_pages,
+    migrate_device_finalize, migrate_device_coherent_folio
 Driver helpers:
     alloc_page, put_page, unlock_page, copy_page, migrate_pfn, mpfn_to_pfn
 CPU side:
@@ -78,6 +81,13 @@ from .migrate import (  # noqa: E402
     migrate_vma_setup,
     migrate_vma_setup_flags,
 )
+from .migrate_device import (  # noqa: E402
+    migrate_device_coherent_folio,
+    migrate_device_finalize,
+    migrate_device_pages,
+    migrate_device_pfns,
+    migrate_device_range,
+)
 from .state import State  # noqa: E402
 
 __all__ = [
@@ -107,6 +117,11 @@ __all__ = [
     "migrate_vma_setup_flags",
     "migrate_vma_pages",
     "migrate_vma_finalize",
+    "migrate_device_range",
+    "migrate_device_pfns",
+    "migrate_device_pages",
+    "migrate_device_finalize",
+    "migrate_device_coherent_folio",
     "alloc_page",
     "put_page",
     "unlock_page",

@@ -6,6 +6,7 @@ prefetch distance.
 """
 
 from .layout import (
+    BEHAVIOURS_4_14,
     PG_EXT_ISOLATED,
     PG_EXT_LOCKED,
     PG_FREE,
@@ -22,6 +23,11 @@ from .layout import (
 MIG_ALL_PLAIN = 8
 # 1: the device took the batch as a whole (kernels.device.reserve); reset by setup
 MIG_RESERVED = 9
+
+# The behaviours the fast paths (the parallel sweeps, the plain and reserved
+# finishes) write by their net effect: a profile takes them only when its
+# behaviour bits are exactly these, and the plain passes otherwise.
+FAST_PATH_BEHAVIOURS = BEHAVIOURS_4_14
 
 # Slots a sweep prefetches ahead. A slot misses on several lines (two struct pages,
 # free-stack entries), so the distance keeps many misses in flight rather than

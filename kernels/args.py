@@ -33,7 +33,7 @@ from numba.extending import overload
 
 from . import layout as L
 from ._jit import internal
-from .pgtable import has_flag, mpfn_to_pfn, page_down, pages_in
+from .pgtable import device_base_ref, has_flag, mpfn_to_pfn, page_down, pages_in
 
 _SUSPENDED = np.int64(1) << np.int64(32)  # one suspended window, in MIG_VMA
 _VMA_BITS = _SUSPENDED - np.int64(1)
@@ -83,8 +83,7 @@ def held_refs(st, pfn):
         ref += 1
     if (flags & L.PG_EXT_ISOLATED) != 0:
         ref += 1
-    if (flags & L.PG_ZONE_DEVICE) != 0:
-        ref += 1
+    ref += device_base_ref(st, pfn)
     if in_page_cache(st, pfn):
         ref += 1
     return ref

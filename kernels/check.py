@@ -67,8 +67,8 @@ def _check_free_lists(st):
             return CHK_FREE_LIST, pfn
         if not free:
             continue
-        want_ref = 1 if mm.is_zone_device(st, pfn) else 0
-        others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_ZONE_DEVICE)
+        want_ref = mm.device_base_ref(st, pfn)
+        others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_DEVICE_KIND)
         if st.page["refcount"][pfn] != want_ref or st.page["mapcount"][pfn] != 0 or others:
             return CHK_FREE_FRAME, pfn
         if pfn < nr_ram:
@@ -122,7 +122,7 @@ def _count_mappings(st, maps, swaps):
                 continue
             if mm.has_flag(st, target, L.PG_FREE | L.PG_TAIL | L.PG_HEAD):
                 return CHK_BAD_MAP, base + k
-            if (kind == L.PTE_DEVICE) != mm.is_zone_device(st, target):
+            if (kind == L.PTE_DEVICE) != mm.is_device_private(st, target):
                 return CHK_BAD_MAP, base + k
             maps[target] += 1
     return CHK_OK, -1
@@ -248,7 +248,7 @@ def _check_mirrors(st):
     with dev.read / dev.write (then writable only where the CPU's mapping of a
     system page is). A device-private frame is mapped by a device entry."""
     ps = st.sys[L.SYS_PAGE_SIZE]
-    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    private = mm.behaves(st, L.B_DEVICE_PRIVATE)
     for v in range(st.sys[L.SYS_NR_VMAS]):
         if st.vma["live"][v] == 0:
             continue
@@ -264,9 +264,10 @@ def _check_mirrors(st):
                 if pfn != (m >> 1):
                     return CHK_MIRROR, slot
                 device = mm.is_device_pfn(st, pfn)
+                entry = mm.is_device_private(st, pfn)
                 if (m & 1) != 0 and not writable and not device:
                     return CHK_MIRROR, slot
-                if device and hmm and mm.pte_kind(st.pte[slot]) != L.PTE_DEVICE:
+                if entry and private and mm.pte_kind(st.pte[slot]) != L.PTE_DEVICE:
                     return CHK_MIRROR, slot
     return CHK_OK, -1
 

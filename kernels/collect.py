@@ -3,6 +3,12 @@
 Profiles: ``seed`` is HMM v25 14/19 as posted; ``hmm-v25`` adds 15/19 (lock and
 unmap while collecting), 16/19 (device-private entries as sources, ``dst = 0`` in
 every slot) and 17/19 (holes and zero-page entries collected as MIGRATE).
+``modern`` (mm/migrate_device.c) adds the selection flags and the owner
+(B_SELECT), holes only in anonymous VMAs (B_HOLES_ANON_ONLY), an unlockable page
+dropped here (B_LOCK_IN_COLLECT), a maybe-pinned anon-exclusive page left mapped
+(B_ANON_EXCLUSIVE), the dirty bit moved to the folio (B_DIRTY_TO_FOLIO), the
+device entry's write bit kept (B_WRITABLE_DEVICE_ENTRY) and the fault page taken
+without a trylock (B_FAULT_PAGE). Each branch tests its bit (``layout.B_*``).
 """
 
 from . import layout as L
@@ -20,16 +26,26 @@ def _count(mig, n):
     mig[L.MIG_COLLECTED] += n
 
 
+@internal(inline=True)
+def holes_collected(st, v):
+    """A hole in VMA ``v`` is collected as MIGRATE: hmm-v25 (17/19) in any VMA,
+    modern only in an anonymous one ("Only allow populating anonymous memory")."""
+    if not mm.behaves(st, L.B_HOLES):
+        return False
+    return not mm.behaves(st, L.B_HOLES_ANON_ONLY) or st.vma["kind"][v] == L.VMA_ANON
+
+
 @internal
-def migrate_vma_collect_hole(st, src, dst, mig, npages_in_hole):
+def migrate_vma_collect_hole(st, v, src, dst, mig, npages_in_hole):
     """migrate_vma_collect_hole(): a range with no page behind it.
 
     seed: ``src = dst = 0``. hmm-v25 (17/19): ``src = MIGRATE`` with no pfn and
     ``cpages++`` per page, so the driver may allocate for it (insert-page).
+    modern: the same in an anonymous VMA, ``src = 0`` in any other.
     The Oct 2017 off-by-one (dst of the next slot cleared) is not reproduced.
     """
     hole_mpfn = L.MPFN_NONE
-    if st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
+    if holes_collected(st, v):
         hole_mpfn = st.layout[L.L_MIGRATE]
     n = mig[L.MIG_NPAGES]
     for k in range(npages_in_hole):
@@ -87,31 +103,63 @@ def _install_migration_entry(st, slot, pfn, write):
     return was_present
 
 
+@internal(inline=True)
+def selected(st, pfn, mig, flag):
+    """modern: the selection flag ``flag`` is set and the device page ``pfn``'s
+    pgmap owner is the call's pgmap_owner (v5.7 ``src_owner``, v5.9 flags)."""
+    if (mig[L.MIG_FLAGS] & flag) == 0:
+        return False
+    return st.dev[mm.device_of(st, pfn), L.DEV_OWNER] == mig[L.MIG_OWNER]
+
+
 @internal(hot=True)
-def collect_pte(st, slot, hmm):
+def collect_pte(st, v, slot, mig):
     """Classify one PTE: (mpfn before refcounting, pfn or -1, counts as a hole)."""
     lay = st.layout
     pte = st.pte[slot]
     kind = mm.pte_kind(pte)
-    hole_mpfn = lay[L.L_MIGRATE] if hmm else L.MPFN_NONE
     wbit = lay[L.L_WRITE] if mm.pte_write(pte) else L.MPFN_NONE
+    select = mm.behaves(st, L.B_SELECT)
     if kind == L.PTE_NONE:
-        return hole_mpfn, -1, hmm
+        if holes_collected(st, v):
+            return lay[L.L_MIGRATE], -1, True
+        return L.MPFN_NONE, -1, False
     pfn = mm.pte_pfn(pte)
-    if kind == L.PTE_DEVICE and hmm:
+    if kind == L.PTE_DEVICE and mm.behaves(st, L.B_DEVICE_PRIVATE):
+        if select and not selected(st, pfn, mig, L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE):
+            return L.MPFN_NONE, -1, False  # another owner's page, or not selected
         return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | lay[L.L_DEVICE] | wbit, pfn, False
     if kind != L.PTE_PRESENT:
         return L.MPFN_NONE, -1, False  # swap, migration and error entries stay put
+    system = (mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_SYSTEM) != 0
     if mm.is_zero_pfn(st, pfn):
-        return hole_mpfn, -1, hmm
+        if select:
+            # modern: the zero page is a hole only with SELECT_SYSTEM; without it
+            # vm_normal_page() gives no page and the slot is 0.
+            return (lay[L.L_MIGRATE], -1, True) if system else (L.MPFN_NONE, -1, False)
+        if mm.behaves(st, L.B_HOLES):
+            return lay[L.L_MIGRATE], -1, True
+        return L.MPFN_NONE, -1, False
+    if select:
+        if not mm.is_zone_device(st, pfn):
+            if not system:
+                return L.MPFN_NONE, -1, False
+        elif not selected(st, pfn, mig, L.MIGRATE_VMA_SELECT_DEVICE_COHERENT):
+            return L.MPFN_NONE, -1, False  # a device-coherent page of another owner
     return mm.make_mpfn(lay, pfn) | lay[L.L_MIGRATE] | wbit, pfn, False
 
 
+@internal(inline=True)
+def _anon_exclusive(st, pfn):
+    """PageAnonExclusive() as the model has it: an anonymous page mapped once."""
+    return st.page["mapping"][pfn] == L.MAPPING_ANON and st.page["mapcount"][pfn] == 1
+
+
 @internal(hot=True)
-def collect_slot(st, slot, hmm, mig):
+def collect_slot(st, v, slot, mig):
     """One PTE of migrate_vma_collect_pmd(): (its mpfn, 1 if collect unmapped it)."""
     lay = st.layout
-    mpfn, pfn, hole = collect_pte(st, slot, hmm)
+    mpfn, pfn, hole = collect_pte(st, v, slot, mig)
     if hole:
         _count(mig, 1)
         return mpfn, 0
@@ -120,26 +168,55 @@ def collect_slot(st, slot, hmm, mig):
     if st.page["mapping"][pfn] == L.MAPPING_NONE or mm.has_flag(st, pfn, L.PG_HEAD | L.PG_TAIL):
         return L.MPFN_NONE, 0  # no page->mapping, or PageTransCompound()
     mm.get_page(st, pfn)
-    _count(mig, 1)
-    if hmm and mm.trylock_page(st, pfn):
-        mpfn |= lay[L.L_LOCKED]
-        # make_migration_entry(page, pte_write(pte)): for a device-private entry
-        # 4.14 reads the write bit of a swap PTE, clear on x86-64, so its
-        # migration entry is read-only and a page faulted back comes back
-        # read-only (src keeps WRITE: is_write_device_private_entry()). Later
-        # kernels test is_writable_device_private_entry() there.
-        device = lay[L.L_DEVICE] != 0 and (mpfn & lay[L.L_DEVICE]) != 0
-        write = (mpfn & lay[L.L_WRITE]) != 0 and not device
-        return mpfn, _install_migration_entry(st, slot, pfn, write)
-    return mpfn, 0
+    lock_in_collect = mm.behaves(st, L.B_LOCK_IN_COLLECT)
+    if not lock_in_collect:
+        _count(mig, 1)  # 4.14 counts before the trylock
+    if not mm.behaves(st, L.B_COLLECT_UNMAPS):
+        return mpfn, 0
+    fault_page = mm.behaves(st, L.B_FAULT_PAGE) and pfn == mig[L.MIG_FAULT_PFN]
+    if not fault_page and not mm.trylock_page(st, pfn):
+        if lock_in_collect:
+            mm.put_page(st, pfn)  # v5.16: best effort, the slot is dropped now
+            return L.MPFN_NONE, 0
+        return mpfn, 0  # 4.14: prepare tries the lock again
+    pte = st.pte[slot]
+    if mm.behaves(st, L.B_ANON_EXCLUSIVE) and _anon_exclusive(st, pfn):
+        # modern (6c287605fd56, v5.19): an anon-exclusive page's PTE goes with
+        # ptep_clear_flush(), a flush of its own when it was present; then
+        # folio_try_share_anon_rmap_pte() fails for a page that may be
+        # DMA-pinned (a pin of the model counts; never a device-private one):
+        # the PTE is put back and the slot dropped.
+        if mm.pte_kind(pte) == L.PTE_PRESENT:
+            st.counters[L.C_TLB_FLUSH] += 1
+        if st.page["pins"][pfn] > 0 and not mm.is_device_private(st, pfn):
+            if not fault_page:
+                mm.unlock_page(st, pfn)
+            mm.put_page(st, pfn)
+            return L.MPFN_NONE, 0
+    if lock_in_collect:
+        _count(mig, 1)
+    mpfn |= lay[L.L_LOCKED]
+    if mm.behaves(st, L.B_DIRTY_TO_FOLIO) and (pte & L.PTE_DIRTY) != 0:
+        mm.set_flag(st, pfn, L.PG_DIRTY)
+    # make_migration_entry(page, pte_write(pte)): for a device-private entry
+    # 4.14 reads the write bit of a swap PTE, clear on x86-64, so its
+    # migration entry is read-only and a page faulted back comes back
+    # read-only (src keeps WRITE: is_write_device_private_entry()). Later
+    # kernels test is_writable_device_private_entry() there
+    # (B_WRITABLE_DEVICE_ENTRY).
+    device = mm.pte_kind(pte) == L.PTE_DEVICE
+    write = (mpfn & lay[L.L_WRITE]) != 0
+    if device and not mm.behaves(st, L.B_WRITABLE_DEVICE_ENTRY):
+        write = False
+    return mpfn, _install_migration_entry(st, slot, pfn, write)
 
 
 @internal(inline=True)
-def collect_pte_slot(st, slot, src, dst, n, mig, hmm):
+def collect_pte_slot(st, v, slot, src, dst, n, mig):
     """The PTE loop's body for slot ``n`` of the range: collect_slot() and the
     ``src``/``dst`` writes. Returns 1 when collect unmapped the page."""
-    mpfn, was_unmapped = collect_slot(st, slot, hmm, mig)
-    if hmm:
+    mpfn, was_unmapped = collect_slot(st, v, slot, mig)
+    if mm.behaves(st, L.B_DEVICE_PRIVATE):
         dst[n] = 0  # 16/19 writes dst for every slot; the seed only for holes
     src[n] = mpfn
     return was_unmapped
@@ -155,7 +232,7 @@ def prefetch_ahead(st, slot, k, count):
 
 
 @internal
-def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
+def _collect_ptes(st, v, addr, end, src, dst, mig):
     """The PTE loop of migrate_vma_collect_pmd() for ``[addr, end)``."""
     slot = mm.pte_slot(st, v, addr)
     n = mig[L.MIG_NPAGES]
@@ -163,14 +240,14 @@ def _collect_ptes(st, v, addr, end, src, dst, mig, hmm):
     unmapped = 0
     for k in range(count):
         prefetch_ahead(st, slot, k, count)
-        unmapped += collect_pte_slot(st, slot + k, src, dst, n + k, mig, hmm)
+        unmapped += collect_pte_slot(st, v, slot + k, src, dst, n + k, mig)
     mig[L.MIG_NPAGES] = n + count
     if unmapped:
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
 @internal(hot=True)
-def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
+def collect_extent(st, v, addr, stop, src, dst, mig):
     """migrate_vma_collect_pmd()'s PMD-level branches for the extent ``[addr, stop)``.
 
     Returns True when they handled it (a hole, or a huge entry that could not be
@@ -181,15 +258,15 @@ def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
     pmd_i = mm.pmd_slot(st, v, addr)
     kind = mm.pmd_kind(st.pmd[pmd_i])
     if kind == L.PMD_NONE:
-        migrate_vma_collect_hole(st, src, dst, mig, count)
+        migrate_vma_collect_hole(st, v, src, dst, mig, count)
         return True
     if kind != L.PMD_TABLE and not _collect_huge(
         st, v, addr, pmd_i, mm.pte_slot(st, v, addr & -ext)
     ):
-        if hmm:
+        if mm.behaves(st, L.B_HOLES):
             migrate_vma_collect_skip(st, src, dst, mig, count)
         else:
-            migrate_vma_collect_hole(st, src, dst, mig, count)
+            migrate_vma_collect_hole(st, v, src, dst, mig, count)
         return True
     return False
 
@@ -197,13 +274,12 @@ def collect_extent(st, v, addr, stop, src, dst, mig, hmm):
 @internal
 def collect_range(st, v, start, end, src, dst, mig):
     """migrate_vma_collect()'s walk over ``[start, end)``, one PMD extent at a time."""
-    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ext = mm.pmd_extent(st)
     addr = start
     while addr < end:
         stop = min((addr | (ext - 1)) + 1, end)  # the end of addr's PMD extent
-        if not collect_extent(st, v, addr, stop, src, dst, mig, hmm):
-            _collect_ptes(st, v, addr, stop, src, dst, mig, hmm)
+        if not collect_extent(st, v, addr, stop, src, dst, mig):
+            _collect_ptes(st, v, addr, stop, src, dst, mig)
         addr = stop
     mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * st.sys[L.SYS_PAGE_SIZE]
 
@@ -226,5 +302,8 @@ def migrate_vma_collect(st, v, start, end, src, dst, mig):
     "split THP instead of skipping them"), the huge zero PMD is split.
     hmm-v25 - holes and zero pages give MIGRATE; device-private entries give
     VALID|MIGRATE|DEVICE; pages that trylock are locked and unmapped here.
+    modern - ``mig[MIG_FLAGS]`` and ``mig[MIG_OWNER]`` select what is taken;
+    holes only in anonymous VMAs; a page that does not trylock gives 0 and is
+    not counted; the fault page (``mig[MIG_FAULT_PFN]``) is taken unlocked-for.
     """
     collect_range(st, v, start, end, src, dst, mig)

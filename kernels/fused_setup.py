@@ -17,22 +17,23 @@ from .unmap import restore_slot, unmap_slot
 
 
 @internal(hot=True)
-def _prepare_and_unmap_slot(st, slot, src, k, mig, hmm):
+def _prepare_and_unmap_slot(st, slot, src, k, mig):
     """prepare and unmap for a slot just collected. prepare's local
-    lru_add_drain() runs before its first page, as in the separate pass."""
+    lru_add_drain() (modern: unmap's) runs before its first page, as in the
+    separate pass."""
     if mm.mpfn_to_pfn(st.layout, src[k]) < 0:
         return
     if mig[L.MIG_DRAINED] == 0:
         mm.lru_add_drain(st, mm.this_cpu(st))
         mig[L.MIG_DRAINED] = 1
-    if prepare_slot(st, src, k, mig, hmm):
+    if not mm.behaves(st, L.B_LOCK_IN_COLLECT) and prepare_slot(st, src, k, mig):
         restore_remapped_slot(st, slot, src, k)
-    elif unmap_slot(st, src, k, mig, hmm):
-        restore_slot(st, src, k)
+    elif unmap_slot(st, src, k, mig):
+        restore_slot(st, src, k, mig[L.MIG_FAULT_PFN])
 
 
 @internal(hot=True)
-def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
+def _setup_ptes(st, v, addr, end, src, dst, mig, unmapped):
     """collect's PTE loop over ``[addr, end)`` with prepare and unmap per slot;
     ``unmapped`` is nonzero when PTEs of this PMD were already cleared (a sweep
     resumed mid-PMD, kernels.parallel)."""
@@ -41,8 +42,8 @@ def _setup_ptes(st, v, addr, end, src, dst, mig, hmm, unmapped):
     count = mm.pages_in(st, end - addr)
     for k in range(count):
         prefetch_ahead(st, slot, k, count)
-        unmapped += collect_pte_slot(st, slot + k, src, dst, n + k, mig, hmm)
-        _prepare_and_unmap_slot(st, slot + k, src, n + k, mig, hmm)
+        unmapped += collect_pte_slot(st, v, slot + k, src, dst, n + k, mig)
+        _prepare_and_unmap_slot(st, slot + k, src, n + k, mig)
     mig[L.MIG_NPAGES] = n + count
     if unmapped:
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
@@ -56,15 +57,15 @@ def setup_sweep(st, v, start, end, src, dst, mig, unmapped0):
     range's slots from ``mig[MIG_NPAGES]`` on; mig: the call's scalars;
     unmapped0: the first PMD already had PTEs cleared (kernels.parallel).
     Pre: arguments checked. Post: as migrate_vma_collect(), migrate_vma_prepare()
-    and migrate_vma_unmap() one after the other over the range.
+    and migrate_vma_unmap() one after the other over the range (modern:
+    collect, then migrate_device_unmap()).
     """
-    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ext = mm.pmd_extent(st)
     addr = start
     while addr < end:
         stop = min((addr | (ext - 1)) + 1, end)  # the end of addr's PMD extent
-        if not collect_extent(st, v, addr, stop, src, dst, mig, hmm):
-            _setup_ptes(st, v, addr, stop, src, dst, mig, hmm, unmapped0)
+        if not collect_extent(st, v, addr, stop, src, dst, mig):
+            _setup_ptes(st, v, addr, stop, src, dst, mig, unmapped0)
         unmapped0 = 0
         addr = stop
     mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * st.sys[L.SYS_PAGE_SIZE]

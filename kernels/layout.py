@@ -11,16 +11,22 @@ NumPy 2 never rejects a negated mask (numpy #26440):
   ========  =====  =======  ======  =====  ======  =====  =====
   seed      1<<0   1<<1     1<<2    1<<3   absent  1<<4   5
   hmm-v25   1<<0   1<<1     1<<2    1<<3   1<<4    1<<5   6
+  modern    1<<0   1<<1     absent  1<<3   absent  absent 6
   ========  =====  =======  ======  =====  ======  =====  =====
 
   ``seed`` is HMM v25 14/19 as posted; ``hmm-v25`` is the series as merged in
   Linux 4.14, where 16/19 inserted ``MIGRATE_PFN_DEVICE`` at bit 4 and pushed
-  ``ERROR`` and the pfn up by one.
+  ``ERROR`` and the pfn up by one. ``modern`` (Linux 6.x) lost DEVICE and ERROR
+  in v5.4 ("mm: remove the unused MIGRATE_PFN_DEVICE flag", "mm: turn
+  migrate_vma upside down") and LOCKED in v5.16 (ab09243aa95a), and gained
+  ``MIGRATE_PFN_COMPOUND`` at bit 4 with the device-THP series (2025).
+* the behaviour bits (``B_*``): one per kernel change a profile carries;
 * the simulated page-table encodings (PTE and PMD words);
 * struct page flags, VMA flags and the indices of the scalar/counter arrays.
 
 Kernels read the active layout from ``state.layout`` (a uint64 array in
-``LAYOUT_FIELDS`` order) so one compiled kernel serves both profiles.
+``LAYOUT_FIELDS`` order) and the profile's behaviour bits from
+``state.sys[SYS_BEHAVIOUR]``, so one compiled kernel serves every profile.
 """
 
 from collections import namedtuple
@@ -40,10 +46,14 @@ SEED_LAYOUT = Layout(
 HMM_V25_LAYOUT = Layout(
     U64(1 << 0), U64(1 << 1), U64(1 << 2), U64(1 << 3), U64(1 << 4), U64(1 << 5), U64(6), U64(0)
 )
+MODERN_LAYOUT = Layout(
+    U64(1 << 0), U64(1 << 1), U64(0), U64(1 << 3), U64(0), U64(0), U64(6), U64(1 << 4)
+)
 
 PROFILE_SEED = 0
 PROFILE_HMM_V25 = 1
-PROFILES = {"seed": PROFILE_SEED, "hmm-v25": PROFILE_HMM_V25}
+PROFILE_MODERN = 2
+PROFILES = {"seed": PROFILE_SEED, "hmm-v25": PROFILE_HMM_V25, "modern": PROFILE_MODERN}
 # The kernel tree and version each profile follows (m.kernel).
 KERNELS = {
     PROFILE_SEED: (
@@ -54,8 +64,56 @@ KERNELS = {
         "Linux 4.14 (torvalds/linux v4.14, 2017-11-12): mm/migrate.c migrate_vma() "
         "with HMM v25 14-19/19 as merged"
     ),
+    PROFILE_MODERN: (
+        "Linux 6.x mm/migrate_device.c (torvalds/linux v6.18 with the linux-mm "
+        "device-private THP series, 2025): the split API with struct migrate_vma"
+    ),
 }
-LAYOUTS = {PROFILE_SEED: SEED_LAYOUT, PROFILE_HMM_V25: HMM_V25_LAYOUT}
+LAYOUTS = {
+    PROFILE_SEED: SEED_LAYOUT,
+    PROFILE_HMM_V25: HMM_V25_LAYOUT,
+    PROFILE_MODERN: MODERN_LAYOUT,
+}
+
+# --- behaviours (state.sys[SYS_BEHAVIOUR]): each difference between profiles is one
+# bit, named after the kernel change that made it, and tested where the kernel
+# branches; the fast paths cover a set of them (kernels._indices.FAST_PATH_BEHAVIOURS).
+B_COLLECT_UNMAPS = 1 << 0  # HMM v25 15/19, 8c3328f1f36a: collect locks and unmaps
+B_DEVICE_PRIVATE = 1 << 1  # 16/19, a5430dda8a3a: device-private entries, ZONE_DEVICE frames
+B_HOLES = 1 << 2  # 17/19, 8315ada7f095: holes collected, insert_page, no dst clears MIGRATE
+B_SELECT = 1 << 3  # v5.7/v5.9: selection flags and pgmap_owner (5143192cd410)
+B_OWNER_NOTIFIER = 1 << 4  # v5.9, 6b49bf6ddb70: MMU_NOTIFY_MIGRATE carries the owner
+B_HOLES_ANON_ONLY = 1 << 5  # modern collect: pte_none outside an anon VMA is not collected
+B_LOCK_IN_COLLECT = 1 << 6  # v5.16, ab09243aa95a: no LOCKED; prepare folded into unmap
+B_WRITABLE_DEVICE_ENTRY = 1 << 7  # a device-private entry's write bit reaches src and the entry
+B_DIRTY_TO_FOLIO = 1 << 8  # v6.0, fd35ca3d12cc: a dirty PTE marks the folio dirty in collect
+B_ANON_EXCLUSIVE = 1 << 9  # v6.0: a maybe-pinned anon-exclusive page is not collected
+B_DEVICE_REF0 = 1 << 10  # v6.1: a free device page has refcount 0
+B_FAULT_PAGE = 1 << 11  # v6.1, 16ce101db85d: the CPU fault holds the page as fault_page
+B_TARGET_LRU = 1 << 12  # 2025, 41cddf83d8b0: finalize puts only the target on the LRU
+BEHAVIOURS_4_14 = B_COLLECT_UNMAPS | B_DEVICE_PRIVATE | B_HOLES
+BEHAVIOURS_MODERN = (
+    BEHAVIOURS_4_14
+    | B_SELECT
+    | B_OWNER_NOTIFIER
+    | B_HOLES_ANON_ONLY
+    | B_LOCK_IN_COLLECT
+    | B_WRITABLE_DEVICE_ENTRY
+    | B_DIRTY_TO_FOLIO
+    | B_ANON_EXCLUSIVE
+    | B_DEVICE_REF0
+    | B_FAULT_PAGE
+    | B_TARGET_LRU
+)
+BEHAVIOURS = {PROFILE_SEED: 0, PROFILE_HMM_V25: BEHAVIOURS_4_14, PROFILE_MODERN: BEHAVIOURS_MODERN}
+
+# enum migrate_vma_direction (include/linux/migrate.h).
+MIGRATE_VMA_SELECT_SYSTEM = 1 << 0
+MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 1 << 1
+MIGRATE_VMA_SELECT_DEVICE_COHERENT = 1 << 2
+MIGRATE_VMA_SELECT_COMPOUND = 1 << 3
+MIGRATE_VMA_SELECT_ALL = (1 << 4) - 1
+OWNER_NONE = -1  # a pgmap_owner no device has (NULL)
 
 # An mpfn with no flag set: no page, not migrating.
 MPFN_NONE = U64(0)
@@ -99,6 +157,8 @@ PG_FREE = np.uint32(1 << 9)  # on a free list
 PG_EXT_LOCKED = np.uint32(1 << 10)  # the lock is held by someone else (m.lock_page)
 PG_EXT_ISOLATED = np.uint32(1 << 11)  # isolated from the LRU by someone else
 PG_LAZYFREE = np.uint32(1 << 12)  # MADV_FREE: an anon page with PG_swapbacked cleared
+PG_COHERENT = np.uint32(1 << 13)  # a ZONE_DEVICE frame of MEMORY_DEVICE_COHERENT memory
+PG_DEVICE_KIND = PG_ZONE_DEVICE | PG_COHERENT  # what a frame keeps when allocated or freed
 
 # page["mapping"]
 MAPPING_NONE = np.int8(0)
@@ -117,8 +177,11 @@ VM_MIXEDMAP = 0x10000000
 VM_HUGETLB = 0x400000
 VM_HUGEPAGE = 0x20000000  # thp=True
 VM_UFFD_MISSING = 0x200
+# The model's mark for vma_is_dax() (the kernel asks the file's inode, not vm_flags):
+# a bit no kernel vm_flags value uses. Modern migrate_vma_setup() refuses DAX VMAs.
+VM_DAX = 1 << 48
 VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
-USER_VM_FLAGS = VM_HUGETLB | VM_SPECIAL | VM_LOCKED | VM_UFFD_MISSING
+USER_VM_FLAGS = VM_HUGETLB | VM_SPECIAL | VM_LOCKED | VM_UFFD_MISSING | VM_DAX
 
 # vma["kind"]
 VMA_ANON = 0
@@ -146,10 +209,11 @@ SYS_PTE_USED = 9
 SYS_PMD_USED = 10
 SYS_PCACHE_USED = 11
 SYS_SWAP_FREE = 12
-# 13: unused (allocations left to fail are per device: state.dev, DEV_FAIL_ALLOC)
+SYS_BEHAVIOUR = 13  # the profile's B_* bits
 SYS_NR_SWAP = 14
 SYS_PAGE_SHIFT = 15  # log2(page size): a shift, not a 64-bit division, per address
-SYS_FIELDS = 16
+SYS_LRU_BATCH = 16  # the LRU-add batch's size (PAGEVEC_SIZE, or the folio batch's)
+SYS_FIELDS = 17
 
 # --- state.dev: the device table, one row per device (ZONE_DEVICE pgmap), DEV_* columns.
 # Each device owns the frames [DEV_FIRST_PFN, + DEV_NPAGES), after RAM and the devices
@@ -167,6 +231,7 @@ DEV_SIGBUS = 9  # of those, the ones that ended in SIGBUS
 DEV_FIELDS = 10
 DEVICE_PRIVATE = 0  # MEMORY_DEVICE_PRIVATE
 DEVICE_COHERENT = 1  # MEMORY_DEVICE_COHERENT
+DEVICE_KINDS = {"private": DEVICE_PRIVATE, "coherent": DEVICE_COHERENT}
 RAM_POOL = -1  # the page allocator's pool of system RAM; device d's pool is d
 
 # --- state.counters: vmstat-like, cumulative.
@@ -222,8 +287,16 @@ NR_CPUS = 2
 CPU_USER = 0
 CPU_DRIVER = 1
 # 4.14's PAGEVEC_SIZE: __lru_cache_add() drains the batch when an add fills it,
-# so at most 13 pages wait in it (the contract's v1 said 15).
+# so at most 13 pages wait in it (the contract's v1 said 15). Modern kernels
+# batch folios, with the same drain rule (folio_batch_add_and_move()).
 PAGEVEC_SIZE = 14
+FOLIO_BATCH_SIZE = 31
+LRU_BATCH = {
+    PROFILE_SEED: PAGEVEC_SIZE,
+    PROFILE_HMM_V25: PAGEVEC_SIZE,
+    PROFILE_MODERN: FOLIO_BATCH_SIZE,
+}
+MAX_LRU_BATCH = FOLIO_BATCH_SIZE
 
 # --- lib/test_hmm_uapi.h: HMM_DMIRROR_SNAPSHOT's byte per page (dev.snapshot).
 HMM_DMIRROR_PROT_ERROR = np.uint8(0xFF)
@@ -255,7 +328,10 @@ MIG_DRAINED = 5  # 1 once the setup sweep has done prepare's lru_add_drain()
 MIG_DRAINED_ALL = 6  # 1 once prepare has called lru_add_drain_all() (at most once)
 MIG_COLLECTED = 7  # what collect counted into cpages (setup's vmstat counter)
 # 8, 9: the engine's own (kernels._indices.MIG_ALL_PLAIN, MIG_RESERVED)
-MIG_FIELDS = 10
+MIG_FLAGS = 10  # MIGRATE_VMA_SELECT_* (modern)
+MIG_OWNER = 11  # pgmap_owner as an owner id, OWNER_NONE for NULL (modern)
+MIG_FAULT_PFN = 12  # fault_page, -1 for none (modern)
+MIG_FIELDS = 13
 
 # page["rmap"] is int32, and a page's int32 counts need headroom above its mappings
 # (pins, LRU batches, isolation): PTE slots stop at 2^30.

@@ -88,9 +88,13 @@ def migrate_vma_setup_flags(state, vma_index, start, end, src, dst, flags, owner
     Returns: as migrate_vma_setup(): cpages, or -22 with nothing changed.
     Profiles: seed and hmm-v25 follow kernels without these fields, so
     ``flags``, ``owner`` and ``fault_pfn`` are ignored (never an error) and the
-    4.14 passes run exactly as migrate_vma_setup() runs them.
+    4.14 passes run exactly as migrate_vma_setup() runs them. modern: -22 also
+    for a DAX VMA, flags outside MIGRATE_VMA_SELECT_*, an owner no device has
+    (other than OWNER_NONE), and a ``fault_pfn`` that is not a locked
+    device-private page mapped in the range (setup_fields_ok()).
     """
-    return _typed(setup_entry, state, vma_index, start, end, src, dst)
+    f, o, p = np.int64(flags), np.int64(owner), np.int64(fault_pfn)
+    return _typed_flags(setup_entry_flags, state, vma_index, start, end, src, dst, f, o, p)
 
 
 def _typed(fn, state, vma_index, start, end, src, dst):
@@ -114,6 +118,22 @@ def _typed_impl(fn, state, vma_index, start, end, src, dst):
     return lambda fn, state, vma_index, start, end, src, dst: np.int64(-L.EINVAL)
 
 
+def _typed_flags(fn, state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
+    """_typed() with the modern setup's three scalars."""
+    return fn(state, vma_index, start, end, src, dst, flags, owner, fault_pfn)
+
+
+@overload(_typed_flags, inline="always")
+def _typed_flags_impl(fn, state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
+    if _mpfn_type(src) and _mpfn_type(dst):
+        return lambda fn, state, vma_index, start, end, src, dst, flags, owner, fault_pfn: fn(
+            state, vma_index, start, end, src, dst, flags, owner, fault_pfn
+        )
+    return lambda fn, state, vma_index, start, end, src, dst, flags, owner, fault_pfn: np.int64(
+        -L.EINVAL
+    )
+
+
 @internal(hot=True)
 def setup_entry(state, vma_index, start, end, src, dst):
     """setup_range() for users' code, compiled once without reference counting:
@@ -122,44 +142,128 @@ def setup_entry(state, vma_index, start, end, src, dst):
     return setup_range(state, vma_index, start, end, src, dst)
 
 
+@internal(hot=True)
+def setup_entry_flags(state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
+    """setup_entry() with the modern fields."""
+    return setup_range_flags(state, vma_index, start, end, src, dst, flags, owner, fault_pfn)
+
+
 @internal
-def _begin(state, vma_index, start, end, src, dst):
+def _begin(state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
     """The argument checks, then the call's ``struct migrate_vma`` scalars zeroed
     and set (its window opened, kernels.args) and the call counted. Returns
     npages, or -EINVAL (nothing changed): also for arrays that are not 1-D
-    uint64 or that overlap."""
+    uint64 or that overlap, and (modern) for setup_fields_ok()."""
     npages = migrate_vma_check_args(state, vma_index, start, end, src.shape[0], dst.shape[0])
     if npages < 0:
         return npages
     if not mpfn_arrays(src, dst, npages):
         return np.int64(-L.EINVAL)
+    select = mm.behaves(state, L.B_SELECT)
+    if select and (end - start) >> state.sys[L.SYS_PAGE_SHIFT] <= 0:
+        # modern counts the pages of the unrounded range first (v5.4's
+        # migrate_vma_setup()): less than a page is EINVAL.
+        return np.int64(-L.EINVAL)
     start = mm.page_down(state, start)
+    if select and not setup_fields_ok(state, vma_index, start, npages, flags, owner, fault_pfn):
+        return np.int64(-L.EINVAL)
     mig = state.mig
     tag = window_tag(mig, vma_index)
     mig[:] = 0
     mig[L.MIG_START] = start
     mig[L.MIG_END] = start + npages * state.sys[L.SYS_PAGE_SIZE]
     mig[L.MIG_VMA] = tag
+    mig[L.MIG_FLAGS] = flags if select else L.MIGRATE_VMA_SELECT_SYSTEM
+    mig[L.MIG_OWNER] = owner if select else L.OWNER_NONE
+    mig[L.MIG_FAULT_PFN] = fault_pfn if mm.behaves(state, L.B_FAULT_PAGE) else -1
     state.counters[L.C_MIGRATE_VMA_CALLS] += 1
-    if state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25:
+    first = mm.pte_slot(state, vma_index, start)
+    if mm.behaves(state, L.B_OWNER_NOTIFIER):
+        # modern (998427b3ad2c, v5.9): MMU_NOTIFY_MIGRATE carries pgmap_owner,
+        # and dmirror leaves its mirror alone for its own migrations.
+        mirrors_forget_range(state, first, npages, owner)
+    elif mm.behaves(state, L.B_COLLECT_UNMAPS):
         # hmm-v25 (15/19, 8c3328f1f36a): collect runs under
         # mmu_notifier_invalidate_range_start() over the whole range, and 4.14's
         # notifier has no owner to tell a mirror its own migration from any other
         # change: every device's mirror forgets the range (the device re-mirrors
-        # what it migrated in finalize_and_map). Later kernels pass the owner
-        # ("mm/notifier: add migration invalidation type", v5.9) and dmirror skips
-        # its own migrations. The seed's collect has no notifier.
-        mm.invalidate_mirrors(state, mm.pte_slot(state, vma_index, start), npages)
+        # what it migrated in finalize_and_map). The seed's collect has no notifier.
+        mm.invalidate_mirrors(state, first, npages)
     return npages
+
+
+@internal
+def mirrors_forget_range(state, first, npages, owner):
+    """dmirror_interval_invalidate() for an MMU_NOTIFY_MIGRATE range of
+    ``owner``: every device of another owner forgets the slots."""
+    for d in range(state.mirror.shape[0]):
+        if state.dev[d, L.DEV_OWNER] != owner:
+            state.mirror[d, first : first + npages] = -1
+
+
+@internal
+def setup_fields_ok(state, v, start, npages, flags, owner, fault_pfn):
+    """modern migrate_vma_setup()'s checks of the later fields: not a DAX VMA
+    (vma_is_dax(), v5.4), known selection flags, an owner some device has (or
+    none), and a fault page that is a locked device-private page (v6.1, and
+    the trylock of v6.15) mapped by a device entry of this range."""
+    if (state.vma["flags"][v] & L.VM_DAX) != 0:
+        return False
+    if flags < 0 or (flags & ~L.MIGRATE_VMA_SELECT_ALL) != 0:
+        return False
+    if owner != L.OWNER_NONE and not owner_known(state, owner):
+        return False
+    if fault_pfn == -1:
+        return True
+    if fault_pfn < 0 or fault_pfn >= state.page.shape[0]:
+        return False
+    if not mm.is_zone_device(state, fault_pfn) or not mm.has_flag(state, fault_pfn, L.PG_LOCKED):
+        return False
+    d = mm.device_of(state, fault_pfn)
+    if state.dev[d, L.DEV_KIND] != L.DEVICE_PRIVATE:
+        return False
+    first = mm.pte_slot(state, v, start)
+    slot = np.int64(state.page["rmap"][fault_pfn])
+    while slot >= 0:
+        if first <= slot < first + npages and mm.pte_kind(state.pte[slot]) == L.PTE_DEVICE:
+            return True
+        slot = np.int64(state.pte_next[slot])
+    return False
+
+
+@internal(inline=True)
+def owner_known(state, owner):
+    """Some device has pgmap owner ``owner``."""
+    for d in range(state.dev.shape[0]):
+        if state.dev[d, L.DEV_OWNER] == owner:
+            return True
+    return False
 
 
 @internal(inline=True)
 def setup_range(state, vma_index, start, end, src, dst):
+    """setup_range_flags() as 4.14's setup and me.migrate_vma take it: in
+    modern MIGRATE_VMA_SELECT_SYSTEM, no owner, no fault page."""
+    return setup_range_flags(
+        state,
+        vma_index,
+        start,
+        end,
+        src,
+        dst,
+        np.int64(L.MIGRATE_VMA_SELECT_SYSTEM),
+        np.int64(L.OWNER_NONE),
+        np.int64(-1),
+    )
+
+
+@internal(inline=True)
+def setup_range_flags(state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
     """migrate_vma_setup()'s body, shared with the device's own pipeline.
 
     Post: as migrate_vma_setup(); ``state.mig`` holds the call's scalars, with
     ``MIG_ALL_PLAIN`` set when the parallel sweep found every slot plain."""
-    npages = _begin(state, vma_index, start, end, src, dst)
+    npages = _begin(state, vma_index, start, end, src, dst, flags, owner, fault_pfn)
     if npages < 0:
         return npages
     start = mm.page_down(state, start)
@@ -189,8 +293,16 @@ def setup_by_passes(state, vma_index, start, end, src, dst):
     over the whole range, returning as soon as cpages reaches 0: the oracle
     tests/properties/test_fused.py holds the fused sweep to.
     Returns cpages or -EINVAL; ``state.mig`` holds the call's scalars.
+    modern: collect, then unmap (prepare is folded into it).
     """
-    npages = _begin(state, vma_index, start, end, src, dst)
+    f, o = np.int64(L.MIGRATE_VMA_SELECT_SYSTEM), np.int64(L.OWNER_NONE)
+    return setup_by_passes_flags(state, vma_index, start, end, src, dst, f, o, np.int64(-1))
+
+
+@kernel
+def setup_by_passes_flags(state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
+    """setup_by_passes() with the modern fields (migrate_vma_setup_flags())."""
+    npages = _begin(state, vma_index, start, end, src, dst, flags, owner, fault_pfn)
     if npages < 0:
         return npages
     start = mm.page_down(state, start)
@@ -198,7 +310,7 @@ def setup_by_passes(state, vma_index, start, end, src, dst):
     src[:npages] = 0
     migrate_vma_collect(state, vma_index, start, mig[L.MIG_END], src, dst, mig)
     state.counters[L.C_MIGRATE_VMA_COLLECTED] += mig[L.MIG_CPAGES]
-    if mig[L.MIG_CPAGES] != 0:
+    if mig[L.MIG_CPAGES] != 0 and not mm.behaves(state, L.B_LOCK_IN_COLLECT):
         migrate_vma_prepare(state, vma_index, src, mig)
     if mig[L.MIG_CPAGES] != 0:
         migrate_vma_unmap(state, src, mig)

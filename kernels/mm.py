@@ -14,7 +14,8 @@ Refcount conventions (both profiles unless stated):
 
 * a free RAM frame has refcount 0; a free device frame has 1 in ``hmm-v25``
   (4.14: the device holds a reference, and a put back to 1 frees it), 0 in
-  ``seed`` (CPU-addressable device memory behaves like a second RAM node);
+  ``seed`` (CPU-addressable device memory behaves like a second RAM node) and
+  in ``modern`` (v6.1: allocation sets 1, a put to 0 runs page_free);
 * each PTE or device-private entry mapping a page holds one reference;
 * the per-CPU LRU-add batch, LRU isolation, the page cache and each pin hold one.
 """
@@ -34,11 +35,14 @@ from .page_alloc import (  # noqa: F401  (re-exported: mm is the primitives' one
     unplace_free,
 )
 from .pgtable import (  # noqa: F401  (re-exported)
+    behaves,
     clear_flag,
     compound_head,
+    device_base_ref,
     device_of,
     has_flag,
     is_device_pfn,
+    is_device_private,
     is_zero_pfn,
     is_zone_device,
     ix,
@@ -78,8 +82,8 @@ def _free_compound(st, head):
 def put_page(st, pfn):
     """Drop a reference; free the page when it reaches its free value.
 
-    A ZONE_DEVICE page (hmm-v25) is handed back to the device's free list when the
-    count returns to 1, the v4.14 ``page_free`` convention.
+    A ZONE_DEVICE page is handed back to the device's free list when the count
+    returns to its base (device_base_ref: 1 in 4.14, 0 since v6.1).
     """
     head = compound_head(st, pfn)
     refcount = st.page["refcount"]
@@ -88,7 +92,7 @@ def put_page(st, pfn):
     refcount[head] -= 1
     ref = refcount[head]
     if is_zone_device(st, head):
-        if ref == 1:
+        if ref == device_base_ref(st, head):
             free_frame(st, head)
         return
     if ref == 0:
@@ -162,14 +166,15 @@ def lru_cache_add(st, cpu, pfn):
     4.14's __lru_cache_add(): the batch drains when this add fills it
     (``pagevec_add()`` left no space: PAGEVEC_SIZE pages), so at most
     PAGEVEC_SIZE - 1 pages wait in it; a compound page drains it at once, the
-    pages before it included.
+    pages before it included. Modern folio_batch_add_and_move() has the same
+    rule with the folio batch's size (``SYS_LRU_BATCH``).
     """
     get_page(st, pfn)
     set_flag(st, pfn, L.PG_PAGEVEC)
     n = st.pagevec_n[cpu]
     st.pagevec[cpu, n] = pfn
     st.pagevec_n[cpu] = n + 1
-    if n + 1 >= L.PAGEVEC_SIZE or has_flag(st, pfn, L.PG_HEAD):
+    if n + 1 >= st.sys[L.SYS_LRU_BATCH] or has_flag(st, pfn, L.PG_HEAD):
         drain_cpu(st, cpu)
 
 

@@ -57,7 +57,7 @@ def _stack_remove(st, pfn):
 
 @internal(hot=True)
 def init_allocated(st, pfn):
-    st.page["flags"][pfn] &= L.PG_ZONE_DEVICE
+    st.page["flags"][pfn] &= L.PG_DEVICE_KIND
     st.page["mapcount"][pfn] = 0
     st.page["pins"][pfn] = 0
     st.page["mapping"][pfn] = L.MAPPING_NONE
@@ -105,7 +105,7 @@ def unplace_free(st, pfn, pos):
 def mark_free(st, pfn):
     """The struct-page side of freeing a frame (free_frame() without the stack)."""
     at = ix(pfn)
-    st.page["flags"][at] = (st.page["flags"][at] & L.PG_ZONE_DEVICE) | L.PG_FREE
+    st.page["flags"][at] = (st.page["flags"][at] & L.PG_DEVICE_KIND) | L.PG_FREE
     st.page["mapcount"][at] = 0
     st.page["mapping"][at] = L.MAPPING_NONE
     st.page["rmap"][at] = -1

@@ -3,7 +3,11 @@
 Profiles: ``seed`` skips slots without a destination (they keep MIGRATE) and has
 no hole insertion; ``hmm-v25`` clears MIGRATE on slots without a destination
 (17/19), fills collected holes with migrate_vma_insert_page() (17/19), and
-refuses page-cache pages for a device-private destination (16/19).
+refuses page-cache pages for a device-private destination (16/19). ``modern``
+(__migrate_device_pages()) allows a device destination for an anonymous source
+whose swap cache can be freed (the model keeps no swap cache, so every
+anonymous page), expects no device reference on a ZONE_DEVICE source (v6.1)
+and one more on the fault page.
 Both first run the dst check (:mod:`kernels.dst_check`) over the driver's ``dst``.
 """
 
@@ -14,7 +18,7 @@ from .dst_check import check_dst
 
 
 @internal(hot=True)
-def migrate_page_move_mapping(st, newpage, page):
+def migrate_page_move_mapping(st, newpage, page, fault_pfn):
     """migrate_page(mapping, newpage, page, MIGRATE_SYNC_NO_COPY).
 
     Args: st, newpage, page (pfns). Pre: page locked, isolated, unmapped;
@@ -22,12 +26,13 @@ def migrate_page_move_mapping(st, newpage, page):
     Post: 0 on success, with mapping, index and page-cache slot moved to newpage
     and PG_dirty / PG_mlocked transferred (no data is copied: NO_COPY);
     -EAGAIN, with nothing changed, when the refcount is not the expected
-    ``1 (isolation or collect) + 1 (ZONE_DEVICE source) [+ 1 page cache]``,
-    e.g. after a late get_user_pages().
+    ``1 (isolation or collect) + 1 (ZONE_DEVICE source, 4.14) [+ 1 page cache]
+    [+ 1 fault page, modern: folio_migrate_mapping()'s extra_count]``, e.g.
+    after a late get_user_pages().
     """
-    expected = 1
-    if mm.is_zone_device(st, page):
-        expected += 1  # ZONE_DEVICE pages always hold a reference for their device
+    expected = 1 + mm.device_base_ref(st, page)
+    if mm.behaves(st, L.B_FAULT_PAGE) and page == fault_pfn:
+        expected += 1
     file_backed = st.page["mapping"][page] == L.MAPPING_FILE
     if file_backed:
         expected += 1
@@ -81,7 +86,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
         return
     if pk == L.PMD_NONE:
         st.pmd[pmd_i] = L.PMD_TABLE  # pte_alloc()
-    device = mm.is_zone_device(st, newpage)
+    device = mm.is_zone_device(st, newpage)  # never on an LRU
     st.page["mapping"][newpage] = L.MAPPING_ANON
     st.page["index"][newpage] = mm.pages_in(st, addr)
     if (vflags & L.VM_LOCKED) != 0 and not device:
@@ -90,7 +95,9 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
         mm.lru_cache_add(st, mm.this_cpu(st), newpage)
     if flush:
         mm.unmirror_all(st, slot)  # the zero page a device may have mirrored goes
-    mm.map_new_page(st, slot, newpage, (vflags & L.VM_WRITE) != 0, device)
+    mm.map_new_page(
+        st, slot, newpage, (vflags & L.VM_WRITE) != 0, mm.is_device_private(st, newpage)
+    )
     if flush:
         st.counters[L.C_TLB_FLUSH] += 1
     st.counters[L.C_INSERT_PAGE] += 1
@@ -98,7 +105,7 @@ def migrate_vma_insert_page(st, v, addr, newpage, src, i):
 
 
 @internal(hot=True)
-def _pages_slot_hmm(st, v, addr, src, dst, i):
+def _pages_slot_hmm(st, v, addr, src, dst, i, fault_pfn):
     lay = st.layout
     newpage = mm.mpfn_to_pfn(lay, dst[i])
     page = mm.mpfn_to_pfn(lay, src[i])
@@ -114,7 +121,7 @@ def _pages_slot_hmm(st, v, addr, src, dst, i):
     if mm.is_zone_device(st, newpage) and st.page["mapping"][page] == L.MAPPING_FILE:
         src[i] &= ~lay[L.L_MIGRATE]  # only private anonymous memory goes to device-private
         return
-    if migrate_page_move_mapping(st, newpage, page) != 0:
+    if migrate_page_move_mapping(st, newpage, page, fault_pfn) != 0:
         src[i] &= ~lay[L.L_MIGRATE]
 
 
@@ -125,15 +132,16 @@ def _pages_slot_seed(st, src, dst, i):
     page = mm.mpfn_to_pfn(lay, src[i])
     if page < 0 or newpage < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
         return  # 14/19: a slot without a destination keeps MIGRATE
-    if migrate_page_move_mapping(st, newpage, page) != 0:
+    if migrate_page_move_mapping(st, newpage, page, -1) != 0:
         src[i] &= ~lay[L.L_MIGRATE]
 
 
 @internal(inline=True)
-def pages_slot(st, v, addr, src, dst, i, hmm):
-    """migrate_vma_pages() for slot ``i`` (at ``addr``) alone."""
-    if hmm:
-        _pages_slot_hmm(st, v, addr, src, dst, i)
+def pages_slot(st, v, addr, src, dst, i, fault_pfn):
+    """migrate_vma_pages() for slot ``i`` (at ``addr``) alone; ``fault_pfn``:
+    modern's fault_page, -1 for none."""
+    if mm.behaves(st, L.B_HOLES):
+        _pages_slot_hmm(st, v, addr, src, dst, i, fault_pfn)
     else:
         _pages_slot_seed(st, src, dst, i)
 
@@ -154,7 +162,7 @@ def migrate_vma_pages(st, v, start, npages, src, dst):
     one without a destination, its page untouched.
     """
     check_dst(st, dst, npages)
-    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     ps = st.sys[L.SYS_PAGE_SIZE]
+    fault_pfn = st.mig[L.MIG_FAULT_PFN]
     for i in range(npages):
-        pages_slot(st, v, start + i * ps, src, dst, i, hmm)
+        pages_slot(st, v, start + i * ps, src, dst, i, fault_pfn)

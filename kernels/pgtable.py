@@ -119,8 +119,32 @@ def device_of(st, pfn):
 
 @internal(inline=True)
 def is_zone_device(st, pfn):
-    """is_device_private_page(): device frames are ZONE_DEVICE only in hmm-v25."""
+    """is_zone_device_page(): device frames are ZONE_DEVICE in hmm-v25 and modern
+    (the seed's device memory is CPU-addressable, like RAM)."""
     return (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) != 0
+
+
+@internal(inline=True)
+def is_device_private(st, pfn):
+    """is_device_private_page(): a ZONE_DEVICE frame that is not device-coherent
+    (MEMORY_DEVICE_COHERENT frames are mapped by present PTEs)."""
+    return (st.page["flags"][pfn] & L.PG_DEVICE_KIND) == L.PG_ZONE_DEVICE
+
+
+@internal(inline=True)
+def behaves(st, bit):
+    """The profile carries the kernel change ``bit`` (a ``layout.B_*``)."""
+    return (st.sys[L.SYS_BEHAVIOUR] & bit) != 0
+
+
+@internal(inline=True)
+def device_base_ref(st, pfn):
+    """The reference a ZONE_DEVICE page holds for its device while allocated or
+    free: 1 in 4.14 (page_free when a put brings it back to 1), 0 since v6.1
+    (free device pages have refcount 0, B_DEVICE_REF0); 0 for other frames."""
+    if (st.page["flags"][pfn] & L.PG_ZONE_DEVICE) == 0 or behaves(st, L.B_DEVICE_REF0):
+        return 0
+    return 1
 
 
 @internal(inline=True)

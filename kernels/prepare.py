@@ -44,7 +44,7 @@ def _prepare_seed_slot(st, src, k, pfn, mig):
     # drops it, so no LRU page could pass the pinned check. Drop it here, as the
     # comments describe and as 4.14 does.
     mm.put_page(st, pfn)
-    if not migrate_vma_check_page(st, pfn):
+    if not migrate_vma_check_page(st, pfn, -1):
         src[k] = L.MPFN_NONE
         mm.unlock_page(st, pfn)
         mig[L.MIG_CPAGES] -= 1
@@ -86,7 +86,7 @@ def _prepare_hmm_slot(st, src, k, pfn, mig):
                 mm.put_page(st, pfn)
             return restore
         mm.put_page(st, pfn)  # drop the reference taken in collect
-    if migrate_vma_check_page(st, pfn):
+    if migrate_vma_check_page(st, pfn, -1):
         return 0
     restore = _drop(st, src, k, pfn, mig, remap)
     if remap and not device:
@@ -101,18 +101,20 @@ def _prepare_hmm_slot(st, src, k, pfn, mig):
 
 
 @internal(inline=True)
-def prepare_slot(st, src, k, mig, hmm):
+def prepare_slot(st, src, k, mig):
     """migrate_vma_prepare() for slot ``k`` alone; 1 when it must be remapped.
 
     A slot without a page is left alone. seed: trylock, isolate, drop the
     collect reference, check pins. hmm-v25: pages collect already locked skip
     the trylock; ZONE_DEVICE pages skip the LRU steps; a failure on a page
     collect unmapped clears MIGRATE and returns 1 (see restore_remapped_slot).
+    modern has no prepare (B_LOCK_IN_COLLECT): its steps are in
+    :func:`kernels.unmap.device_unmap_slot`.
     """
     pfn = mm.mpfn_to_pfn(st.layout, src[k])
     if pfn < 0:
         return 0
-    if hmm:
+    if mm.behaves(st, L.B_COLLECT_UNMAPS):
         return _prepare_hmm_slot(st, src, k, pfn, mig)
     _prepare_seed_slot(st, src, k, pfn, mig)
     return 0
@@ -160,11 +162,10 @@ def migrate_vma_prepare(st, v, src, mig):
     """
     mm.lru_add_drain(st, mm.this_cpu(st))
     mig[L.MIG_DRAINED_ALL] = 0
-    hmm = st.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
     npages = mig[L.MIG_NPAGES]
     restore = 0
     i = 0
     while i < npages and mig[L.MIG_CPAGES] > 0:
-        restore += prepare_slot(st, src, i, mig, hmm)
+        restore += prepare_slot(st, src, i, mig)
         i += 1
     _restore_remapped(st, v, src, mig, restore)

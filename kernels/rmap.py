@@ -24,7 +24,8 @@ def try_to_unmap(st, pfn):
     4.14 took the subpage of a device-private entry from its swap entry's
     bogus pfn and dropped the wrong page's mapcount. A device-private entry
     becomes a read-only migration entry, as 4.14's make_migration_entry(page,
-    0) makes it; later kernels keep its write bit. Each mapping's slot leaves
+    0) makes it; modern's try_to_migrate_one() keeps its write bit
+    (B_WRITABLE_DEVICE_ENTRY). Each mapping's slot leaves
     every device's mirror (try_to_unmap_one()'s mmu_notifier_invalidate_range()).
     docs/fidelity.md lists both.
     """
@@ -34,7 +35,11 @@ def try_to_unmap(st, pfn):
         pte = st.pte[slot]
         kind = mm.pte_kind(pte)
         if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
-            write = kind == L.PTE_PRESENT and mm.pte_write(pte)
+            write = mm.pte_write(pte)
+            if kind == L.PTE_DEVICE and not mm.behaves(st, L.B_WRITABLE_DEVICE_ENTRY):
+                write = False
+            if mm.behaves(st, L.B_DIRTY_TO_FOLIO) and (pte & L.PTE_DIRTY) != 0:
+                mm.set_flag(st, pfn, L.PG_DIRTY)  # try_to_migrate_one()'s folio_mark_dirty()
             st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
             mm.unmirror_all(st, slot)
             st.page["mapcount"][pfn] -= 1
@@ -48,12 +53,13 @@ def try_to_unmap(st, pfn):
 def remove_migration_pte(st, slot, page, newpage):
     """remove_migration_pte() for one slot: map ``newpage`` where the migration
     entry for ``page`` stands. A device-private target gets a device entry, any
-    other a present PTE; the write bit comes from the migration entry."""
+    other (device-coherent too) a present PTE; the write bit comes from the
+    migration entry."""
     pte = st.pte[slot]
     if mm.pte_kind(pte) != L.PTE_MIGRATION or mm.pte_pfn(pte) != page:
         return False
     write = mm.pte_write(pte)
-    device_entry = mm.is_zone_device(st, newpage)
+    device_entry = mm.is_device_private(st, newpage)
     word = mm.make_pte(L.PTE_DEVICE if device_entry else L.PTE_PRESENT, newpage, write)
     st.pte[slot] = word
     if newpage != page:

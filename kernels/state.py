@@ -50,7 +50,7 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
 ``swap_map`` / ``swap_stack`` / ``swap_data``
                   swap slots: users per slot, the free stack, and the slot bytes.
 ``pagevec`` / ``pagevec_n``
-                  the per-CPU LRU-add batches (``NR_CPUS`` x ``PAGEVEC_SIZE + 1``).
+                  the per-CPU LRU-add batches (``NR_CPUS`` x ``MAX_LRU_BATCH + 1``).
 ``sys``           machine scalars, ``SYS_*`` indices.
 ``counters``      vmstat-like counters, ``COUNTER_NAMES`` order.
 ``layout``        the active profile's ``MIGRATE_PFN_*`` values, ``LAYOUT_FIELDS`` order.
@@ -202,11 +202,14 @@ def new_state(
     pte_capacity: int = 4096,
     pcache_capacity: int = 1024,
     device_sizes: tuple[int, ...] | None = None,
+    device_kinds: tuple[int, ...] | None = None,
 ) -> State:
     """Build an empty machine: every frame free, no VMA, RAM frame 0 the zero page.
 
     ``device_sizes``: each device's frames, in pfn order after RAM (default: one
     device of ``nr_device`` frames, which may be none); they add up to ``nr_device``.
+    ``device_kinds``: each device's DEVICE_PRIVATE or DEVICE_COHERENT (default
+    private); a coherent device's frames carry PG_COHERENT.
     """
     sizes = (nr_device,) if device_sizes is None else tuple(device_sizes)
     if sum(sizes) != nr_device or not sizes:
@@ -218,9 +221,11 @@ def new_state(
     page = page_aligned_zeros(nframes * PAGE_DTYPE.itemsize, 64).view(PAGE_DTYPE)
     page["rmap"] = -1
     page["flags"] = L.PG_FREE
-    page["flags"][nr_ram:] |= L.PG_ZONE_DEVICE if profile == L.PROFILE_HMM_V25 else 0
-    if profile == L.PROFILE_HMM_V25:
-        page["refcount"][nr_ram:] = 1  # 4.14: a free device-private page holds one ref
+    behaviour = L.BEHAVIOURS[profile]
+    if behaviour & L.B_DEVICE_PRIVATE:
+        page["flags"][nr_ram:] |= L.PG_ZONE_DEVICE
+        if not behaviour & L.B_DEVICE_REF0:
+            page["refcount"][nr_ram:] = 1  # 4.14: a free device-private page holds one ref
     zero = 0
     page["flags"][zero] = L.PG_ZERO
     page["refcount"][zero] = 1
@@ -240,7 +245,10 @@ def new_state(
         devices[d, L.DEV_NPAGES] = size
         devices[d, L.DEV_FREE] = size
         devices[d, L.DEV_OWNER] = d
-        devices[d, L.DEV_KIND] = L.DEVICE_PRIVATE
+        kind = L.DEVICE_PRIVATE if device_kinds is None else device_kinds[d]
+        devices[d, L.DEV_KIND] = kind
+        if kind == L.DEVICE_COHERENT:
+            page["flags"][first : first + size] |= L.PG_COHERENT
         first += size
     sysv = np.zeros(L.SYS_FIELDS, np.int64)
     sysv[L.SYS_PAGE_SIZE] = page_size
@@ -249,6 +257,8 @@ def new_state(
     sysv[L.SYS_NR_RAM] = nr_ram
     sysv[L.SYS_NR_DEVICE] = nr_device
     sysv[L.SYS_PROFILE] = profile
+    sysv[L.SYS_BEHAVIOUR] = behaviour
+    sysv[L.SYS_LRU_BATCH] = L.LRU_BATCH[profile]
     sysv[L.SYS_STORE_DATA] = 1 if store_data else 0
     sysv[L.SYS_ZERO_PFN] = zero
     sysv[L.SYS_RAM_FREE] = ram.size
@@ -271,7 +281,7 @@ def new_state(
         swap_map=np.zeros(nr_swap, np.int32),
         swap_stack=np.arange(nr_swap - 1, -1, -1, dtype=np.int32),
         swap_data=swap_data,
-        pagevec=np.full((L.NR_CPUS, L.PAGEVEC_SIZE + 1), -1, np.int64),
+        pagevec=np.full((L.NR_CPUS, L.MAX_LRU_BATCH + 1), -1, np.int64),
         pagevec_n=np.zeros(L.NR_CPUS, np.int64),
         sys=sysv,
         counters=np.zeros(len(L.COUNTER_NAMES), np.int64),

@@ -33,6 +33,8 @@ def swap_out(state, vma_index, addr):
     pfn = mm.pte_pfn(pte)
     if mm.is_zero_pfn(state, pfn) or state.page["mapping"][pfn] != L.MAPPING_ANON:
         return -L.EINVAL
+    if mm.is_zone_device(state, pfn):
+        return -L.EFAULT  # device-coherent memory is never on an LRU, so never reclaimed
     if mm.has_flag(state, pfn, L.PG_PAGEVEC):
         mm.lru_add_drain_all(state)
     if state.page["refcount"][pfn] != state.page["mapcount"][pfn] or mm.has_flag(

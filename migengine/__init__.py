@@ -10,6 +10,7 @@ benchmark behind ``migengine bench``. Nothing compiles at import time.
 from migengine._ops import MigrateOps
 from migengine._version import __version__ as __version__
 from migengine.copyengine import CopyEngine
+from migengine.device import DeviceSpec
 from migengine.errors import (
     InvariantError,
     MigengineError,
@@ -32,6 +33,7 @@ from migengine.kernels.layout import (
     HMM_DMIRROR_PROT_ZERO,
     HMM_V25_LAYOUT,
     SEED_LAYOUT,
+    VM_DAX,
     VM_DONTEXPAND,
     VM_HUGETLB,
     VM_IO,
@@ -42,8 +44,14 @@ from migengine.kernels.layout import (
     VM_UFFD_MISSING,
     Layout,
 )
-from migengine.machine import DeviceSpec, Machine, PageInfo
+from migengine.machine import Machine, PageInfo
 from migengine.migrate import InvalidDstWarning, migrate_vma
+from migengine.migrate_device import (
+    migrate_device_finalize,
+    migrate_device_pages,
+    migrate_device_pfns,
+    migrate_device_range,
+)
 from migengine.migrate_split import (
     MIGRATE_VMA_SELECT_COMPOUND,
     MIGRATE_VMA_SELECT_DEVICE_COHERENT,
@@ -92,6 +100,10 @@ __all__ = [
     "MIGRATE_VMA_SELECT_SYSTEM",
     "Machine",
     "MigrateVma",
+    "migrate_device_finalize",
+    "migrate_device_pages",
+    "migrate_device_pfns",
+    "migrate_device_range",
     "MigengineError",
     "MigrateError",
     "MigrateOps",
@@ -119,6 +131,7 @@ __all__ = [
     "VM_MIXEDMAP",
     "VM_PFNMAP",
     "VM_SPECIAL",
+    "VM_DAX",
     "VM_UFFD_MISSING",
     "Vma",
     "simulate",

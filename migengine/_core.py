@@ -58,10 +58,13 @@ class MachineCore:
 
     migrating: InFlight | None
     """The migration whose ``alloc_and_copy`` or ``finalize_and_map`` is running, else None."""
+    device_range: np.ndarray | None
+    """``src`` as the core left it in an open device-range migration (modern), else None."""
 
     def __init__(self, st: kstate.State) -> None:
         self.set_state(st)
         self.migrating = None
+        self.device_range = None
 
     def refuse_during_callback(self, what: str) -> None:
         """Raise MigengineError, before anything changes, when a migrate_vma()

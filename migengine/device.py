@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +23,42 @@ if TYPE_CHECKING:
     from migengine._core import MachineCore
     from migengine.machine import Machine
     from migengine.process import Vma
+
+
+DeviceSpec = namedtuple("DeviceSpec", "pages kind owner", defaults=("private", None))
+DeviceSpec.__doc__ = """One device of ``Machine(devices=[...])``: ``pages`` frames of ``kind``
+``"private"`` (device-private ZONE_DEVICE memory, reached by the CPU through the device's
+fault handler) or ``"coherent"`` (MEMORY_DEVICE_COHERENT, mapped by present PTEs; modern
+profile only), and ``owner``, its
+``pgmap->owner`` cookie (any hashable value; None gives the device one of its own)."""
+
+
+def device_specs(devices: object, device_pages: int) -> list[DeviceSpec]:
+    """The machine's devices, validated: ``devices`` as given, or one device of
+    ``device_pages`` frames. ValueError or TypeError before anything is built."""
+    if devices is None:
+        return [DeviceSpec(device_pages)]
+    if device_pages:
+        raise ValueError("give device_pages or devices, not both")
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+        raise TypeError(f"devices must be a sequence of DeviceSpec, not {type(devices).__name__}")
+    specs = []
+    for i, spec in enumerate(devices):
+        if not isinstance(spec, DeviceSpec):
+            raise TypeError(f"devices[{i}] must be a DeviceSpec, not {type(spec).__name__}")
+        pages = as_count(spec.pages, f"devices[{i}].pages")
+        if spec.kind not in ("private", "coherent"):
+            raise ValueError(
+                f"devices[{i}]: unknown kind {spec.kind!r}; choose 'private' or 'coherent'"
+            )
+        try:
+            hash(spec.owner)
+        except TypeError:
+            raise TypeError(f"devices[{i}].owner must be hashable") from None
+        specs.append(DeviceSpec(pages, spec.kind, spec.owner))
+    if not specs:
+        raise ValueError("devices must name at least one device")
+    return specs
 
 
 class Device:

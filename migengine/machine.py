@@ -9,7 +9,7 @@ import numpy as np
 from migengine._core import MachineCore
 from migengine._validate import as_count, as_int, as_uint64, check_fits
 from migengine.copyengine import CopyEngine
-from migengine.device import Device
+from migengine.device import Device, device_specs
 from migengine.errors import InvariantError, MigengineError, OutOfMemory
 from migengine.kernels import driver as kdriver
 from migengine.kernels import layout as L
@@ -24,12 +24,6 @@ PageInfo = namedtuple(
     "dirty mlocked pins lazyfree",
 )
 PageInfo.__doc__ = "One struct page, as the kernel would count it (see Machine.page)."
-
-DeviceSpec = namedtuple("DeviceSpec", "pages kind owner", defaults=("private", None))
-DeviceSpec.__doc__ = """One device of ``Machine(devices=[...])``: ``pages`` frames of ``kind``
-``"private"`` (device-private ZONE_DEVICE memory, reached by the CPU through the device's
-fault handler; ``"coherent"`` exists only in the modern profile) and ``owner``, its
-``pgmap->owner`` cookie (any hashable value; None gives the device one of its own)."""
 
 
 def _under_migration(flags: int, mapping: int) -> bool:
@@ -48,37 +42,6 @@ class _OwnOwner:
 
     def __repr__(self) -> str:
         return f"<owner of device {self.index}>"
-
-
-def _device_specs(devices: object, device_pages: int) -> list[DeviceSpec]:
-    """The machine's devices, validated: ``devices`` as given, or one device of
-    ``device_pages`` frames. ValueError or TypeError before anything is built."""
-    if devices is None:
-        return [DeviceSpec(device_pages)]
-    if device_pages:
-        raise ValueError("give device_pages or devices, not both")
-    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
-        raise TypeError(f"devices must be a sequence of DeviceSpec, not {type(devices).__name__}")
-    specs = []
-    for i, spec in enumerate(devices):
-        if not isinstance(spec, DeviceSpec):
-            raise TypeError(f"devices[{i}] must be a DeviceSpec, not {type(spec).__name__}")
-        pages = as_count(spec.pages, f"devices[{i}].pages")
-        if spec.kind == "coherent":
-            raise ValueError(
-                f"devices[{i}]: kind 'coherent' (MEMORY_DEVICE_COHERENT) exists only in the "
-                "modern profile"
-            )
-        if spec.kind != "private":
-            raise ValueError(f"devices[{i}]: unknown kind {spec.kind!r}; choose 'private'")
-        try:
-            hash(spec.owner)
-        except TypeError:
-            raise TypeError(f"devices[{i}].owner must be hashable") from None
-        specs.append(DeviceSpec(pages, spec.kind, spec.owner))
-    if not specs:
-        raise ValueError("devices must name at least one device")
-    return specs
 
 
 class Machine:
@@ -110,7 +73,7 @@ class Machine:
     ) -> None:
         ram = as_count(ram_pages, "ram_pages", minimum=2)
         dev = as_count(device_pages, "device_pages")
-        specs = _device_specs(devices, dev)
+        specs = device_specs(devices, dev)
         ps = as_count(page_size, "page_size", minimum=64)
         if ps & (ps - 1):
             raise ValueError(f"page_size must be a power of two, got {ps}")
@@ -118,6 +81,10 @@ class Machine:
             raise TypeError("store_data must be a bool")
         if not isinstance(profile, str) or profile not in L.PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(L.PROFILES)}")
+        if profile != "modern" and any(spec.kind == "coherent" for spec in specs):
+            raise ValueError(
+                "kind 'coherent' (MEMORY_DEVICE_COHERENT, v6.0) exists only in the modern profile"
+            )
         nswap = ram if swap_pages is None else as_count(swap_pages, "swap_pages")
         engine = CopyEngine()
         self._profile = profile
@@ -141,6 +108,7 @@ class Machine:
                 engine.to_array(),
                 nswap,
                 device_sizes=sizes,
+                device_kinds=tuple(L.DEVICE_KINDS[spec.kind] for spec in specs),
             )
         )
         self._processes: list[Process] = []
@@ -378,10 +346,10 @@ class Machine:
         refcount, pins, flags = int(rec["refcount"]), int(rec["pins"]), int(rec["flags"])
         if rec["mapcount"] > 0 or refcount <= 0:
             raise ValueError(f"pfn {p} is mapped or has no reference to put")
-        # The references others hold (what kernels.args.held_refs counts): pins, the
-        # LRU-add batch, another isolator, the page cache, a ZONE_DEVICE page's device.
-        others = (L.PG_PAGEVEC, L.PG_EXT_ISOLATED, L.PG_ZONE_DEVICE)
-        held = pins + sum(1 for f in others if flags & f)
+        # What others hold (kernels.args.held_refs): pins, the LRU-add batch, another
+        # isolator, the page cache, a ZONE_DEVICE page's device (4.14 only, not v6.1).
+        held = pins + sum(1 for f in (L.PG_PAGEVEC, L.PG_EXT_ISOLATED) if flags & f)
+        held += 1 if flags & L.PG_ZONE_DEVICE and self._profile != "modern" else 0
         held += 1 if int(rec["mapping"]) == L.MAPPING_FILE else 0
         if refcount <= held:
             what = f"{pins} pin(s) (unpin() releases them)" if pins else "others"

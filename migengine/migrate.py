@@ -103,7 +103,12 @@ def check_range(vma: Vma, start: int, end: int) -> int:
     """
     if vma.flags & (L.VM_HUGETLB | L.VM_SPECIAL):
         raise MigrateError(f"migrate_vma: VMA flags {vma.flags:#x} are hugetlb or VM_SPECIAL")
+    modern = vma.process.machine.profile == "modern"
     ps = vma.process.machine.page_size
+    if modern and vma.flags & L.VM_DAX:
+        raise MigrateError("migrate_vma: a DAX VMA (vma_is_dax(), refused since v5.4)")
+    if modern and (end - start) // ps <= 0:
+        raise MigrateError(f"migrate_vma: [{start:#x}, {end:#x}) is less than a page (v5.4)")
     s, e = start - start % ps, end - end % ps
     if not (vma.start <= s < vma.end and vma.start < e <= vma.end and s < e):
         raise MigrateError(

@@ -3,10 +3,11 @@
 
 In seed and hmm-v25 the three calls are 4.14's passes split where
 migrate_vma() calls its callbacks: setup is collect, prepare and unmap, pages
-is migrate_vma_pages() and finalize is migrate_vma_finalize(). The driver
-allocates, copies and fills ``dst`` between setup and pages, as a callback
-would. Each call validates in Python and runs the compiled kernel of the
-same name (``migengine.kernels``).
+is migrate_vma_pages() and finalize is migrate_vma_finalize(). In modern they
+are Linux 6.x's, with the selection flags, ``pgmap_owner`` and ``fault_page``
+(kernels.migrate_vma_setup_flags). The driver allocates, copies and fills
+``dst`` between setup and pages, as a callback would. Each call validates in
+Python and runs the compiled kernel of the same name (``migengine.kernels``).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ __all__ = [
 ]
 
 # enum migrate_vma_direction (include/linux/migrate.h, v5.9 and later).
-MIGRATE_VMA_SELECT_SYSTEM = 1 << 0
-MIGRATE_VMA_SELECT_DEVICE_PRIVATE = 1 << 1
-MIGRATE_VMA_SELECT_DEVICE_COHERENT = 1 << 2
-MIGRATE_VMA_SELECT_COMPOUND = 1 << 3
+MIGRATE_VMA_SELECT_SYSTEM = L.MIGRATE_VMA_SELECT_SYSTEM
+MIGRATE_VMA_SELECT_DEVICE_PRIVATE = L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+MIGRATE_VMA_SELECT_DEVICE_COHERENT = L.MIGRATE_VMA_SELECT_DEVICE_COHERENT
+MIGRATE_VMA_SELECT_COMPOUND = L.MIGRATE_VMA_SELECT_COMPOUND
 
 
 class MigrateVma:
@@ -85,7 +86,10 @@ def migrate_vma_setup(args: MigrateVma) -> int:
     checks raise MigrateError; malformed arguments TypeError or ValueError; in
     seed and hmm-v25, ``flags`` other than MIGRATE_VMA_SELECT_SYSTEM, a
     ``pgmap_owner`` or a ``fault_page`` (selection came with later kernels)
-    ValueError; all before anything changes.
+    ValueError; all before anything changes. modern also raises MigrateError
+    for a DAX VMA and a ``fault_page`` that is not a locked device-private
+    page mapped in the range, and ValueError for unknown flags or an owner no
+    device has.
     """
     a = _args(args)
     if a.vma is None:
@@ -94,13 +98,20 @@ def migrate_vma_setup(args: MigrateVma) -> int:
         raise TypeError(f"vma must be a Vma, not {type(a.vma).__name__}")
     if a.src is None or a.dst is None:
         raise MigrateError("migrate_vma_setup: src and dst must both be given")
+    m = a.vma.process.machine
     flags = as_int(a.flags, "flags")
-    if flags != MIGRATE_VMA_SELECT_SYSTEM or a.pgmap_owner is not None or a.fault_page is not None:
+    modern = m.profile == "modern"
+    if not modern and (
+        flags != MIGRATE_VMA_SELECT_SYSTEM or a.pgmap_owner is not None or a.fault_page is not None
+    ):
         raise ValueError(
             "flags, pgmap_owner and fault_page are the later kernels' selection; in the "
-            f"{a.vma.process.machine.profile} profile flags must be MIGRATE_VMA_SELECT_SYSTEM "
-            "and the others None"
+            f"{m.profile} profile flags must be MIGRATE_VMA_SELECT_SYSTEM and the others None"
         )
+    if flags & ~L.MIGRATE_VMA_SELECT_ALL or flags < 0:
+        raise ValueError(f"flags {flags:#x}: not MIGRATE_VMA_SELECT_* bits")
+    owner = L.OWNER_NONE if a.pgmap_owner is None else m.owner_id(a.pgmap_owner)
+    fault = -1 if a.fault_page is None else as_int(a.fault_page, "fault_page")
     if a._open:
         raise ValueError("migrate_vma_setup: this MigrateVma's migration is still open")
     s, e = as_int(a.start, "start"), as_int(a.end, "end")
@@ -109,15 +120,43 @@ def migrate_vma_setup(args: MigrateVma) -> int:
     dst = mpfn_array(a.dst, "dst", npages)
     if np.may_share_memory(src, dst):
         raise ValueError("src and dst must not overlap")
-    m = a.vma.process.machine
     m.core.refuse_during_callback("migrate_vma_setup()")
-    cpages = int(kmigrate.migrate_vma_setup(m.state, a.vma.index, s, e, src, dst))
+    if modern:
+        _check_modern(a.vma, s, npages, fault)
+    cpages = int(
+        kmigrate.migrate_vma_setup_flags(m.state, a.vma.index, s, e, src, dst, flags, owner, fault)
+    )
     if cpages < 0:  # checked above: only a VMA unmapped since
         raise MigrateError(f"migrate_vma_setup: the kernel refused the range ({cpages})")
     a.npages, a.cpages, a._open = npages, cpages, cpages > 0
     a._record = src[:npages].copy()
     a._arrays = (src, dst)
     return 0
+
+
+def _check_modern(vma: Vma, start: int, npages: int, fault: int) -> None:
+    """modern migrate_vma_setup()'s EINVAL checks of its later fields, in Python
+    with the kernel's reasons (kernels.migrate.setup_fields_ok() repeats them)."""
+    m = vma.process.machine
+    if vma.flags & L.VM_DAX:
+        raise MigrateError("migrate_vma_setup: a DAX VMA (vma_is_dax())")
+    if fault == -1:
+        return
+    if not 0 <= fault < m.state.page.shape[0]:
+        raise MigrateError(f"migrate_vma_setup: fault_page {fault} is no frame of the machine")
+    owner = next((d for d in m.devices if d.first_pfn <= fault < d.first_pfn + d.npages), None)
+    if owner is None or owner.kind != "private":
+        raise MigrateError(f"migrate_vma_setup: fault_page {fault} is not device-private")
+    if not m.page(fault).locked:
+        raise MigrateError(f"migrate_vma_setup: fault_page {fault} is not locked")
+    st = m.state
+    first = int(st.vma["pte_base"][vma.index]) + (start - vma.start) // m.page_size
+    slot = int(st.page["rmap"][fault])
+    while slot >= 0:  # its reverse map: the entries that map it
+        if first <= slot < first + npages:
+            return
+        slot = int(st.pte_next[slot])
+    raise MigrateError(f"migrate_vma_setup: fault_page {fault} is not mapped in the range")
 
 
 def _src_written(a: MigrateVma) -> bool:

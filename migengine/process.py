@@ -14,6 +14,7 @@ from migengine.kernels import cpu as kcpu
 from migengine.kernels import fork as kfork
 from migengine.kernels import layout as L
 from migengine.kernels import memory as kmemory
+from migengine.kernels import migrate_device as kmigrate_device
 from migengine.kernels import state as kstate
 from migengine.kernels import swap as kswap
 
@@ -317,7 +318,7 @@ class Process:
         forbids, as GUP's -EFAULT."""
         a = as_count(addr, "addr")
         write = as_bool(write, "write")
-        as_bool(longterm, "longterm")
+        longterm = as_bool(longterm, "longterm")
         vma = self.vma_at(a)
         if vma is None:
             raise SegFault(f"pin at {a:#x}: no VMA")
@@ -326,6 +327,13 @@ class Process:
         status, reached = kmemory.populate(self.machine.state, vma.index, page, page + ps, write)
         raise_fault(int(status), int(reached), "pin")
         pte = self.translate(a)
+        m = self.machine
+        if longterm and pte.kind == "present" and m.profile == "modern" and m.page(pte.pfn).device:
+            # FOLL_LONGTERM on device-coherent memory (modern): the page moves to RAM
+            # first (migrate_device_coherent_folio()), -EBUSY if it cannot.
+            if int(kmigrate_device.migrate_device_coherent_folio(m.state, pte.pfn)):
+                raise MigengineError(f"pin at {a:#x}: the device-coherent page cannot move (EBUSY)")
+            pte = self.translate(a)
         if pte.kind not in ("present", "zero"):  # populate() made it present: never
             raise MigengineError(f"pin at {a:#x}: the page is {pte.kind} after the fault")
         if pte.kind == "zero":  # GUP pins the zero page too; nothing ever frees it

@@ -23,7 +23,7 @@ from ..copy import (
     STAT_WALL_S,
     descriptor_ns,
 )
-from ..migrate import migrate_vma_finalize, migrate_vma_pages, migrate_vma_setup
+from ..migrate import migrate_vma_finalize, migrate_vma_pages, setup_range_flags
 from .alloc import system_alloc_page
 from .common import dev_private
 from .mirror import system_finalize_and_map
@@ -61,7 +61,7 @@ def fault_alloc_and_copy(state, src, dst, private):
     rpfn = system_alloc_page(state, private)
     if rpfn < 0:
         if (mpfn & lay[L.L_DEVICE]) != 0:
-            dst[0] = lay[L.L_ERROR]
+            dst[0] = lay[L.L_ERROR]  # 4.14: the core leaves it, the fault SIGBUSes
         return
     copy_one_page(state, rpfn, spfn)
     dst[0] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
@@ -76,6 +76,13 @@ def device_fault(state, vma_index, addr):
     the driver wrote ``dst = MIGRATE_PFN_ERROR``; the core then restored the
     device entry, so a later retry can succeed. FAULT_SEGV, nothing done, when
     ``vma_index`` is no live VMA or ``addr`` lies outside it.
+
+    modern: do_swap_page() takes a reference on the device page (v6.1,
+    16ce101db85d) and its lock (v6.15, 1afaeb8293c9; a page locked elsewhere
+    makes the access wait and retry: FAULT_OK here), and dmirror_devmem_fault()
+    runs the split API with SELECT_DEVICE_PRIVATE, its own owner and the page
+    as ``fault_page``; a failed allocation leaves ``dst`` 0 and the fault
+    fails (dmirror's VM_FAULT_OOM; a SIGBUS here, as in 4.14).
     """
     if not in_vma(state, vma_index, addr):
         return L.FAULT_SEGV
@@ -83,7 +90,14 @@ def device_fault(state, vma_index, addr):
     ps = state.sys[L.SYS_PAGE_SIZE]
     addr = mm.page_down(state, addr)
     # The handler of the device whose page the entry maps (its pgmap's ops).
-    d = max(mm.device_of(state, mm.pte_pfn(state.pte[mm.pte_slot(state, vma_index, addr)])), 0)
+    page = mm.pte_pfn(state.pte[mm.pte_slot(state, vma_index, addr)])
+    d = max(mm.device_of(state, page), 0)
+    holds_page = mm.behaves(state, L.B_FAULT_PAGE)
+    if holds_page:
+        mm.get_page(state, page)
+        if not mm.trylock_page(state, page):
+            mm.put_page(state, page)
+            return L.FAULT_OK
     counters[L.C_DEVICE_FAULTS] += 1
     state.dev[d, L.DEV_FAULTS] += 1
     src = state.fault_mpfn[0:1]
@@ -93,13 +107,27 @@ def device_fault(state, vma_index, addr):
     # finalize's putbacks use that CPU's LRU-add batch, not the driver's.
     cpu = state.sys[L.SYS_CPU]
     state.sys[L.SYS_CPU] = L.CPU_USER
-    if migrate_vma_setup(state, vma_index, addr, addr + ps, src, dst) > 0:
+    flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
+    fault_pfn = page if holds_page else np.int64(-1)
+    owner = state.dev[d, L.DEV_OWNER]
+    collected = setup_range_flags(
+        state, vma_index, addr, addr + ps, src, dst, flags, owner, fault_pfn
+    )
+    lay = state.layout
+    failed = False
+    if collected > 0:
         fault_alloc_and_copy(state, src, dst, dev_private(d, 0))
+        # The allocation failed: 4.14's driver wrote MIGRATE_PFN_ERROR, modern's
+        # left dst 0; either way the core restores the device entry.
+        failed = (src[0] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[0]) < 0
         migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
         system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
         migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
     state.sys[L.SYS_CPU] = cpu
-    if dst[0] == state.layout[L.L_ERROR]:
+    if holds_page:
+        mm.unlock_page(state, page)
+        mm.put_page(state, page)
+    if failed:
         counters[L.C_DEVICE_SIGBUS] += 1
         state.dev[d, L.DEV_SIGBUS] += 1
         return L.FAULT_SIGBUS

@@ -60,15 +60,15 @@ def prefetch_slot(state, src, dst, i, shift):
 
 
 @internal(hot=True)
-def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, hmm):
+def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, fault_pfn):
     """pages, finalize_and_map and finalize for slot ``i``; 1 if dmirror counts it moved."""
-    pages_slot(state, vma_index, addr, src, dst, i, hmm)
+    pages_slot(state, vma_index, addr, src, dst, i, fault_pfn)
     moved = moved_count(state.layout, src, dst, i)
     if to_device:
         mirror_slot(state, slot, src, dst, i)
     else:
         unmirror_slot(state, slot, src, dst, i)
-    finalize_slot(state, src, dst, i, hmm)
+    finalize_slot(state, src, dst, i, fault_pfn)
     return moved
 
 
@@ -78,7 +78,7 @@ def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
 
     Inlined: a call that passes the state hands over ~1.9 KB of array fields,
     and as a call on every migration it made a one-page migration 3x slower."""
-    hmm = state.sys[L.SYS_PROFILE] == L.PROFILE_HMM_V25
+    fault_pfn = state.mig[L.MIG_FAULT_PFN]
     ps = state.sys[L.SYS_PAGE_SIZE]
     slot0 = mm.pte_slot(state, vma_index, start)
     shift = state.layout[L.L_SHIFT]
@@ -87,7 +87,7 @@ def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
         if i + PREFETCH_AHEAD < hi:
             prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
         addr = start + i * ps
-        moved += finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, hmm)
+        moved += finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, fault_pfn)
     return moved
 
 
@@ -148,13 +148,15 @@ def sources_left_waiting(state, n):
     A plain source holds only the isolation's reference, so the batch's is its
     last. Every add that fills the batch drains it, freeing the sources in it
     (the pages it held before come first and are only put). With ``b`` pages
-    in the batch, the first add to fill it is the ``PAGEVEC_SIZE - b``-th, and
-    after the last one ``(b + n) % PAGEVEC_SIZE`` sources wait in it.
+    in the batch and a batch of size ``s`` (SYS_LRU_BATCH), the first add to
+    fill it is the ``s - b``-th, and after the last one ``(b + n) % s`` sources
+    wait in it.
     """
     b = state.pagevec_n[mm.this_cpu(state)]
-    if b + n < L.PAGEVEC_SIZE:
+    size = state.sys[L.SYS_LRU_BATCH]
+    if b + n < size:
         return n
-    return (b + n) % L.PAGEVEC_SIZE
+    return (b + n) % size
 
 
 @internal(inline=True)
@@ -239,7 +241,7 @@ def finish_reserved_slot(state, d, slot, src, dst, i, dev_pos, ram_pos, shift):
     mm.unplace_free(state, newpage, dev_pos)
     pages = state.page
     moved_flags = pages["flags"][page] & (L.PG_DIRTY | L.PG_MLOCKED)
-    pages["flags"][newpage] = (pages["flags"][newpage] & L.PG_ZONE_DEVICE) | moved_flags
+    pages["flags"][newpage] = (pages["flags"][newpage] & L.PG_DEVICE_KIND) | moved_flags
     pages["refcount"][newpage] += 1
     pages["mapcount"][newpage] = 1
     pages["pins"][newpage] = 0

@@ -1,6 +1,6 @@
 """The device's own migrate_vma(): its callbacks called directly, so it stays cached.
 
-run_driver() composes the generic passes (kernels.migrate.setup_range, the
+run_driver() composes the generic passes (kernels.migrate.setup_range_flags, the
 device's alloc_and_copy and finish) for one direction. When the setup sweep
 took every slot as plain and the device can serve them all, it takes the
 batch as a whole (kernels.device.reserve).
@@ -12,7 +12,7 @@ from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
 from ..args import close_window, valid_device
-from ..migrate import setup_range
+from ..migrate import setup_range_flags
 from .alloc import alloc_and_copy
 from .common import dev_index
 from .finish import finish_driver
@@ -30,9 +30,19 @@ def run_driver(state, to_device, vma_index, start, end, src, dst, private):
     the setup found all plain is taken as a whole (reserve.try_reserved).
     -EINVAL, nothing changed, also for a ``private`` naming no device.
     """
-    if not valid_device(state, dev_index(private)):
+    d = dev_index(private)
+    if not valid_device(state, d):
         return np.int64(-L.EINVAL)
-    cpages = setup_range(state, vma_index, start, end, src, dst)
+    # dmirror_migrate_to_device() / _to_system(): the device's own owner, and
+    # SELECT_SYSTEM one way, its own memory's kind the other (modern; 4.14
+    # takes neither).
+    flags = np.int64(L.MIGRATE_VMA_SELECT_SYSTEM)
+    if not to_device:
+        flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
+        if state.dev[d, L.DEV_KIND] == L.DEVICE_COHERENT:
+            flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_COHERENT)
+    owner = state.dev[d, L.DEV_OWNER]
+    cpages = setup_range_flags(state, vma_index, start, end, src, dst, flags, owner, np.int64(-1))
     if cpages <= 0:
         return min(cpages, 0)
     start = mm.page_down(state, start)

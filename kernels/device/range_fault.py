@@ -8,7 +8,7 @@ a miss makes the driver fault the rest of the range in with hmm_range_fault()
 page table without faulting and encodes each page in the uapi's
 ``HMM_DMIRROR_PROT_*`` byte.
 
-**Which kernel.** Both profiles (``seed`` and ``hmm-v25``) are Linux 4.14, whose
+**Which kernel.** ``seed`` and ``hmm-v25`` are Linux 4.14, whose
 mm/hmm.c had hmm_vma_fault() and hmm_vma_get_pfns() in place of today's
 hmm_range_fault(). The walk (:func:`_walk_page`) follows 4.14's
 hmm_vma_walk_pmd():
@@ -18,7 +18,9 @@ hmm_vma_walk_pmd():
   never migrated back for a read. 4.14 had no owner: "mm/hmm: check the device
   private page owner in hmm_range_fault()" (Linux 5.7) made a fault migrate
   another owner's page back to RAM through the CPU fault path and a snapshot
-  report it as empty; neither profile does;
+  report it as empty; neither 4.14 profile does, the modern one does
+  (:func:`_device_entry`), and reports its own pages in place, never faulting
+  them;
 * a *write* fault on a read-only device-private entry goes to the fault path
   (handle_mm_fault(), which calls the device's fault handler: the page comes
   back to RAM, then COW is broken as for a CPU store), as 4.14 did;
@@ -93,11 +95,12 @@ def hmm_pfn_to_pfn(entry):
 
 
 @internal(hot=True)
-def _walk_page(st, v, addr, fault, write):
+def _walk_page(st, v, addr, fault, write, owner):
     """4.14's hmm_vma_walk_pmd() for one page: (hmm_pfn, _WALK_*).
 
     ``fault``: the access must be possible afterwards (hmm_vma_fault());
-    without it nothing is asked for (hmm_vma_get_pfns()).
+    without it nothing is asked for (hmm_vma_get_pfns()). ``owner``: the
+    walker's ``dev_private_owner`` (modern only, see _device_entry()).
     """
     read = HMM_PFN_READ if (st.vma["flags"][v] & L.VM_READ) != 0 else HMM_PFN_NONE
     pword = st.pmd[mm.pmd_slot(st, v, addr)]
@@ -122,10 +125,7 @@ def _walk_page(st, v, addr, fault, write):
         entry = _hmm_pfn(mm.pte_pfn(pte), HMM_PFN_VALID | wflag | read)
         return entry, _WALK_FAULT if write and not writable else _WALK_DONE
     if kind == L.PTE_DEVICE:
-        # 4.14: reported in place, whoever owns it; only a write to a read-only
-        # entry faults (and so migrates the page back).
-        entry = _hmm_pfn(mm.pte_pfn(pte), HMM_PFN_VALID | HMM_PFN_DEVICE_PRIVATE | wflag | read)
-        return entry, _WALK_FAULT if write and not writable else _WALK_DONE
+        return _device_entry(st, pte, fault, write, owner, wflag | read)
     if kind == L.PTE_MIGRATION:
         return HMM_PFN_NONE, _WALK_WAIT if fault else _WALK_DONE
     if kind == L.PTE_ERROR:
@@ -134,8 +134,35 @@ def _walk_page(st, v, addr, fault, write):
     return HMM_PFN_NONE, _WALK_FAULT if fault else _WALK_DONE
 
 
+@internal(inline=True)
+def _device_entry(st, pte, fault, write, owner, flags):
+    """A device-private entry in the walk.
+
+    4.14: reported in place, whoever owns it; only a write to a read-only entry
+    faults (and so migrates the page back). modern ("mm/hmm: check the device
+    private page owner in hmm_range_fault()", v5.7; "mm/hmm: fault non-owner
+    device private entries", v6.1): a page of the walker's own owner is
+    reported as it is, never faulted; another owner's page is faulted back to
+    RAM when the walk faults, and not reported (not VALID) when it does not.
+    """
+    pfn = mm.pte_pfn(pte)
+    if mm.behaves(st, L.B_SELECT):
+        if st.dev[mm.device_of(st, pfn), L.DEV_OWNER] == owner:
+            return _hmm_pfn(pfn, HMM_PFN_VALID | HMM_PFN_DEVICE_PRIVATE | flags), _WALK_DONE
+        return HMM_PFN_NONE, _WALK_FAULT if fault else _WALK_DONE
+    entry = _hmm_pfn(pfn, HMM_PFN_VALID | HMM_PFN_DEVICE_PRIVATE | flags)
+    return entry, _WALK_FAULT if write and not mm.pte_write(pte) else _WALK_DONE
+
+
 @kernel
 def hmm_range_fault(state, vma_index, start, end, fault, write, pfns):
+    """hmm_range_fault() with no ``dev_private_owner`` (see hmm_range_fault_owner())."""
+    o = np.int64(L.OWNER_NONE)
+    return hmm_range_fault_owner(state, vma_index, start, end, fault, write, pfns, o)
+
+
+@internal
+def hmm_range_fault_owner(state, vma_index, start, end, fault, write, pfns, owner):
     """hmm_range_fault() - snapshot, and optionally fault in, a range of one VMA.
 
     4.14's hmm_vma_fault() (``fault`` True) or hmm_vma_get_pfns() (False); the
@@ -170,7 +197,7 @@ def hmm_range_fault(state, vma_index, start, end, fault, write, pfns):
         addr = s + i * ps
         status = L.FAULT_RETRY
         for _ in range(_RETRIES):
-            entry, action = _walk_page(state, v, addr, fault, write)
+            entry, action = _walk_page(state, v, addr, fault, write, owner)
             pfns[i] = entry
             if action == _WALK_DONE:
                 status = L.FAULT_OK
@@ -192,7 +219,8 @@ def dmirror_range_fault(st, d, v, start, end, write, pfns):
     ``v`` in and record every page in device ``d``'s mirror, tagged writable
     when the walk saw it writable. Returns FAULT_*; an ERROR entry after a
     successful fault is FAULT_SIGBUS (dmirror warns and fails the access)."""
-    status = hmm_range_fault(st, v, start, end, np.bool_(True), np.bool_(write), pfns)
+    owner = st.dev[d, L.DEV_OWNER]
+    status = hmm_range_fault_owner(st, v, start, end, np.bool_(True), np.bool_(write), pfns, owner)
     if status != L.FAULT_OK:
         return status
     slot0 = mm.pte_slot(st, v, start)
@@ -319,7 +347,9 @@ def device_snapshot(state, d, mm_id, start, end, out, pfns):
             continue
         stop = min(end, state.vma["end"][v])
         k = mm.pages_in(state, stop - a)
-        hmm_range_fault(state, v, a, stop, np.bool_(False), np.bool_(False), pfns[i : i + k])
+        owner = state.dev[d, L.DEV_OWNER]
+        no = np.bool_(False)
+        hmm_range_fault_owner(state, v, a, stop, no, no, pfns[i : i + k], owner)
         for j in range(k):
             out[i + j] = dmirror_mkentry(state, d, pfns[i + j])
         i += k

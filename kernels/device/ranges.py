@@ -11,6 +11,7 @@ from .. import mm
 from .._jit import internal, kernel
 from ..args import valid_device
 from .common import DEV_KEEP_STATS, DEV_NOFAIL, dev_index, dev_private
+from .evict import evict_device
 from .mirror import mirrored_pages
 from .pipeline import migrate_vma_driver, migrate_vma_to_system
 
@@ -107,9 +108,15 @@ def evict(state):
     """Move every device page of every process back to RAM (driver removal).
 
     Allocations cannot fail here (__GFP_NOFAIL). Returns the pages moved.
+    4.14 walks every VMA with migrate_vma(); modern (v6.1) migrates each
+    device's frames by pfn (kernels.device.evict), pages mapped nowhere too.
     """
     state.copy_stats[:] = 0.0
     moved = 0
+    if mm.behaves(state, L.B_DEVICE_REF0):
+        for d in range(state.dev.shape[0]):
+            moved += evict_device(state, d)
+        return moved
     for v in range(state.sys[L.SYS_NR_VMAS]):
         if state.vma["live"][v] == 0:
             continue

@@ -46,11 +46,12 @@ def with_counters(st, counters):
 def sweep_threads(st, npages):
     """How many threads a sweep of ``npages`` slots uses (1: stay serial).
 
-    Parallel only in hmm-v25, from ``parallel_min_pages`` up, within the
-    engine's ``threads`` cap and numba's current thread count, and with at
+    Parallel only for a profile whose behaviours the fast paths write
+    (``FAST_PATH_BEHAVIOURS``: hmm-v25's), from ``parallel_min_pages`` up, within
+    the engine's ``threads`` cap and numba's current thread count, and with at
     least one PMD extent per thread.
     """
-    if st.sys[L.SYS_PROFILE] != L.PROFILE_HMM_V25:
+    if st.sys[L.SYS_BEHAVIOUR] != I.FAST_PATH_BEHAVIOURS:
         return 1
     if npages < st.engine[ENG_PAR_MIN_PAGES]:
         return 1

@@ -10,6 +10,8 @@ semantics, not from ``kernels/*.py``:
 * ``hmm-v25``: the 4.14 merge of patches 14-17 (mm/migrate.c's migrate_vma()):
   collect locks and unmaps, device-private sources, holes and zero pages as
   MIGRATE, no-destination clears MIGRATE, insert_page on holes.
+* ``modern``: Linux 6.x mm/migrate_device.c (migrate_vma_setup/pages/finalize);
+  its passes live in ``naive_modern.py``, which :func:`migrate_vma` hands over to.
 
 Only the *encodings* are shared with the engine (``kernels.layout``: MIGRATE_PFN
 layouts, PTE/PMD words, PG_* bits, counter names), plus the simulator's
@@ -44,6 +46,13 @@ HPAGE_NR = L.HPAGE_PMD_NR
 # include/linux/pagevec.h (4.14): PAGEVEC_SIZE 14. mm/swap.c's __lru_cache_add()
 # adds, then drains when pagevec_add() reports no space left or the page is compound.
 PAGEVEC_SIZE = 14
+# Linux 6.10+ include/linux/pagevec.h: PAGEVEC_SIZE 31 ("31 pointers + header align
+# the folio_batch structure to a power of two"; renamed FOLIO_BATCH_SIZE later).
+# mm/swap.c __folio_batch_add_and_move(): folio_get(), then folio_batch_move_lru()
+# when folio_batch_add() leaves no space or !folio_may_be_lru_cached() (large folio):
+# the same rule as 4.14's, so only the size differs.
+FOLIO_BATCH_SIZE = 31
+LRU_BATCH_SIZE = {"seed": PAGEVEC_SIZE, "hmm-v25": PAGEVEC_SIZE, "modern": FOLIO_BATCH_SIZE}
 CPU_USER, CPU_DRIVER = L.CPU_USER, L.CPU_DRIVER
 
 # struct page flag bits, as plain ints.
@@ -117,10 +126,16 @@ class Model:
     counters: dict[str, int]
     data: bytearray
     fail_alloc: int
+    dev_owner: int = 0  # the device's pgmap->owner id (state.dev[0, DEV_OWNER])
 
     @property
     def hmm(self) -> bool:
         return self.profile == "hmm-v25"
+
+    @property
+    def device_free_ref(self) -> int:
+        """A free ZONE_DEVICE page's refcount: 1 in 4.14, 0 since v6.1 (modern)."""
+        return 0 if self.profile == "modern" else 1
 
     # ------------------------------------------------------------ MIGRATE_PFN words
     def mpfn(self, pfn: int) -> int:
@@ -165,7 +180,7 @@ class Model:
         self.pages[pfn].flags &= ~flag
 
     def device_private(self, pfn: int) -> bool:
-        """is_zone_device_page(): device frames are device-private only in hmm-v25."""
+        """is_zone_device_page(): device frames are device-private in hmm-v25 and modern."""
         return self.has(pfn, PG_ZONE_DEVICE)
 
     def compound(self, pfn: int) -> bool:
@@ -211,14 +226,15 @@ class Model:
         self.pages[self.head(pfn)].ref += 1
 
     def put_page(self, pfn: int) -> None:
-        """Drop a reference; free at 0 (RAM) or, for device-private memory, at 1."""
+        """Drop a reference; free at 0 (RAM) or, for device-private memory, at
+        device_free_ref (1 in 4.14; 0 in modern, where the pgmap's page_free runs)."""
         h = self.head(pfn)
         if h == self.zero_pfn:
             return  # the shared zero page is never counted
         p = self.pages[h]
         p.ref -= 1
         if self.device_private(h):
-            if p.ref == 1:
+            if p.ref == self.device_free_ref:
                 self.free_frame(h)
             return
         if p.ref == 0:
@@ -249,11 +265,11 @@ class Model:
 
     def lru_cache_add(self, cpu: int, pfn: int) -> None:
         """__lru_cache_add(): the batch takes a reference; the add that fills it
-        (the 14th page), or any compound page, drains it."""
+        (the 14th page; modern: the 31st), or any compound page, drains it."""
         self.get_page(pfn)
         self.set(pfn, PG_PAGEVEC)
         self.pagevec[cpu].append(pfn)
-        if len(self.pagevec[cpu]) == PAGEVEC_SIZE or self.has(pfn, PG_HEAD):
+        if len(self.pagevec[cpu]) == LRU_BATCH_SIZE[self.profile] or self.has(pfn, PG_HEAD):
             self._drain(cpu)
 
     def lru_add_drain(self, cpu: int) -> None:
@@ -354,6 +370,7 @@ def snapshot(m: Any) -> Model:
         counters={n: int(v) for n, v in zip(L.COUNTER_NAMES, st.counters, strict=True)},
         data=bytearray(st.data.tobytes()),
         fail_alloc=int(st.dev[0, L.DEV_FAIL_ALLOC]),
+        dev_owner=int(st.dev[0, L.DEV_OWNER]),
     )
 
 
@@ -957,6 +974,10 @@ def migrate_vma(
     private: Any = None,
 ) -> tuple[int, Migrate | None]:
     """migrate_vma(): returns (0 or -EINVAL, the struct migrate_vma it used)."""
+    if md.profile == "modern":  # me.migrate_vma() over the split API (naive_modern.py)
+        from tests.reference import naive_modern
+
+        return naive_modern.migrate_vma(md, ops, v, start, end, src, dst, private)
     npages = check_args(md, v, start, end)
     if npages < 0 or ops is None or src is None or dst is None:
         return EINVAL, None
