@@ -154,7 +154,7 @@ def _build_parser() -> _Parser:
         type=_profile_list,
         default=["hmm-v25"],
         metavar="P[,P...]",
-        help="kernel profile; several (seed,hmm-v25) run side by side (default hmm-v25)",
+        help="kernel profile; several (seed,hmm-v25,modern) run side by side (default hmm-v25)",
     )
     b.add_argument(
         "--passes",

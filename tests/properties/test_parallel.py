@@ -1,6 +1,6 @@
 """The parallel metadata sweeps (kernels.parallel, kernels.device) against the serial ones.
 
-A large hmm-v25 migration splits its setup, allocation and finish sweeps over
+A large hmm-v25 or modern migration splits its setup, allocation and finish sweeps over
 threads, taking only *plain* slots in parallel and everything else in slot
 order afterwards. That must not change anything: here a process of several
 PMD extents is built in a random state (fragmented faults, forks, pins,
@@ -34,6 +34,9 @@ SCRATCH = ("sweep_info", "sweep_mig", "sweep_counters", "mig", "copy_scratch", "
 pytestmark = pytest.mark.skipif(
     numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads to run anything in parallel"
 )
+# The profiles the fast paths serve (kernels._indices.FAST_PATH_*): each writes
+# the net effect of its own behaviour bits.
+FAST = pytest.mark.parametrize("profile", ["hmm-v25", "modern"])
 
 
 # Not a divisor of a PMD extent: a run crossing a thread's edge is chunked from
@@ -78,10 +81,12 @@ def _perturb(data: st.DataObject, m: me.Machine, p: me.Process, vma: me.Vma) -> 
                 pass  # already held that way
 
 
-def _world(data: st.DataObject, make_machine) -> tuple[me.Machine, me.Process, me.Vma, bool]:
+def _world(
+    data: st.DataObject, make_machine, profile: str
+) -> tuple[me.Machine, me.Process, me.Vma, bool]:
     extents = data.draw(st.integers(2, 4), label="extents")
     npages = extents * EXTENT + data.draw(st.integers(0, EXTENT - 1), label="extra pages")
-    m = make_machine(npages + 700, npages + 64, page_size=PS, swap_pages=64)
+    m = make_machine(npages + 700, npages + 64, page_size=PS, swap_pages=64, profile=profile)
     p = m.new_process()
     if data.draw(st.booleans(), label="a THP first"):
         thp = p.mmap(EXTENT, thp=True)
@@ -109,12 +114,13 @@ def _world(data: st.DataObject, make_machine) -> tuple[me.Machine, me.Process, m
     max_examples=25,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@FAST
 @given(data=st.data())
-def test_parallel_sweeps_equal_the_serial_ones(make_machine, data):
-    """hmm-v25 migrate_vma_to_device / _to_system with the metadata sweeps on two
+def test_parallel_sweeps_equal_the_serial_ones(make_machine, profile, data):
+    """migrate_vma_to_device / _to_system with the metadata sweeps on two
     threads == on one thread: page tables, struct pages, free stacks (order
     included), rmap, mirror, LRU batches, counters, copy stats and data."""
-    m, p, vma, whole = _world(data, make_machine)
+    m, p, vma, whole = _world(data, make_machine, profile)
     lo, hi = 0, vma.npages
     if not whole:
         lo = data.draw(st.integers(0, min(EXTENT - 1, vma.npages - 2 * EXTENT)), label="first page")
@@ -150,13 +156,14 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
     return bool(parallel[6])
 
 
-def test_an_all_plain_migration_equals_the_serial_one(make_machine):
+@FAST
+def test_an_all_plain_migration_equals_the_serial_one(make_machine, profile):
     """The reserved path (kernels.device.reserve, device.finish.finish_reserved):
     the device's threads name each slot's device page after an all-plain setup,
     the finish threads allocate it with the rest of the slot's net effect. A
     fully faulted process with some pages written (dirty), on two threads == the
     generic per-slot steps on one, data included."""
-    m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
+    m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS, profile=profile)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
     p.populate(vma.start, vma.end)
@@ -176,14 +183,15 @@ def test_an_all_plain_migration_equals_the_serial_one(make_machine):
         ("a pinned page in the second thread's slots", False),
     ],
 )
-def test_the_reserved_path_runs_only_when_it_holds(make_machine, case, reserved):
+@FAST
+def test_the_reserved_path_runs_only_when_it_holds(make_machine, profile, case, reserved):
     """kernels.device.reserve.try_reserved: the device names its pages only after
     an all-plain setup, with a frame for every slot and no failure injected; when
     a setup thread stops early (a pinned page) the allocation runs slot by slot.
     Either way the two-thread state == the one-thread one."""
     npages = 3 * EXTENT
     device = npages - 1 if case.startswith("device pool") else npages
-    m = make_machine(npages + 64, device, page_size=PS)
+    m = make_machine(npages + 64, device, page_size=PS, profile=profile)
     p = m.new_process()
     vma = p.mmap(npages)
     p.populate(vma.start, vma.end)
@@ -199,11 +207,12 @@ def test_the_reserved_path_runs_only_when_it_holds(make_machine, case, reserved)
     assert _assert_parallel_equals_serial(m, vma, start, end) == reserved
 
 
-def test_a_plain_migration_really_runs_in_parallel(make_machine):
+@FAST
+def test_a_plain_migration_really_runs_in_parallel(make_machine, profile):
     """The comparison above is not vacuous: on a plain process every thread of
     the setup and finish sweeps gets to the end of its slots, and the setup
     device takes the batch as a whole (kernels.device.reserve, mig[MIG_RESERVED])."""
-    m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS)
+    m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS, profile=profile)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
     p.populate(vma.start, vma.end)
