@@ -40,6 +40,7 @@ from .copy import (  # noqa: E402
 from .cpu import (  # noqa: E402
     TR_DEVICE,
     TR_ERROR,
+    TR_EXCLUSIVE,
     TR_MIGRATION,
     TR_NONE,
     TR_PRESENT,
@@ -105,6 +106,7 @@ __all__ = [
     "STAT_WALL_S",
     "TR_DEVICE",
     "TR_ERROR",
+    "TR_EXCLUSIVE",
     "TR_MIGRATION",
     "TR_NONE",
     "TR_PRESENT",

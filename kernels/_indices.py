@@ -6,7 +6,12 @@ prefetch distance.
 """
 
 from .layout import (
+    B_ANON_EXCLUSIVE,
+    B_DEVICE_REF0,
+    B_DIRTY_TO_FOLIO,
+    B_TARGET_LRU,
     BEHAVIOURS_4_14,
+    BEHAVIOURS_MODERN,
     PG_EXT_ISOLATED,
     PG_EXT_LOCKED,
     PG_FREE,
@@ -24,10 +29,17 @@ MIG_ALL_PLAIN = 8
 # 1: the device took the batch as a whole (kernels.device.reserve); reset by setup
 MIG_RESERVED = 9
 
-# The behaviours the fast paths (the parallel sweeps, the plain and reserved
-# finishes) write by their net effect: a profile takes them only when its
-# behaviour bits are exactly these, and the plain passes otherwise.
-FAST_PATH_BEHAVIOURS = BEHAVIOURS_4_14
+# The fast paths (the parallel sweeps, the plain and reserved finishes) write a
+# plain slot's net effect. They need 4.14's collect, device-private memory and
+# holes (FAST_PATH_NEEDS), and serve a profile only when each of its other bits
+# is one they write (FAST_PATH_WRITES: the flush of an anon-exclusive PTE, the
+# dirty bit, the device refcount, the target-only LRU) or one a plain slot
+# never meets (selection, owner, holes, trylock failures, device entries, fault
+# pages); otherwise the plain passes run. tests/properties/test_parallel.py
+# holds them to the plain passes in every profile they serve.
+FAST_PATH_NEEDS = BEHAVIOURS_4_14
+FAST_PATH_WRITES = B_ANON_EXCLUSIVE | B_DIRTY_TO_FOLIO | B_DEVICE_REF0 | B_TARGET_LRU
+FAST_PATH_BEHAVIOURS = BEHAVIOURS_MODERN  # the bits the fast paths write or never meet
 
 # Slots a sweep prefetches ahead. A slot misses on several lines (two struct pages,
 # free-stack entries), so the distance keeps many misses in flight rather than

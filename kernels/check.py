@@ -139,7 +139,8 @@ def _chain_matches(st, pfn, limit):
             return False
         pte = st.pte[node]
         kind = mm.pte_kind(pte)
-        mapped_here = (kind == L.PTE_PRESENT or kind == L.PTE_DEVICE) and mm.pte_pfn(pte) == pfn
+        mapping = kind == L.PTE_PRESENT or kind == L.PTE_DEVICE or kind == L.PTE_EXCLUSIVE
+        mapped_here = mapping and mm.pte_pfn(pte) == pfn
         if not mapped_here and not mm.has_flag(st, pfn, L.PG_HEAD):
             return False
         node = st.pte_next[node]
@@ -236,7 +237,7 @@ def _mapped_at(st, v, addr, slot):
     if pk == L.PMD_TABLE:
         pte = st.pte[slot]
         kind = mm.pte_kind(pte)
-        if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
+        if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE or kind == L.PTE_EXCLUSIVE:
             return mm.pte_pfn(pte), mm.pte_write(pte)
     return np.int64(-1), False
 
@@ -261,7 +262,7 @@ def _check_mirrors(st):
                 if m < 0:
                     continue
                 pfn, writable = _mapped_at(st, v, start + k * ps, slot)
-                if pfn != (m >> 1):
+                if pfn != mm.mirror_pfn(m):
                     return CHK_MIRROR, slot
                 device = mm.is_device_pfn(st, pfn)
                 entry = mm.is_device_private(st, pfn)

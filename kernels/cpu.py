@@ -12,9 +12,9 @@ from ._jit import internal, kernel
 from .memory import access_vm
 
 # translate() kinds, in Pte.kind order.
-TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR = range(7)
+TR_NONE, TR_PRESENT, TR_ZERO, TR_SWAP, TR_MIGRATION, TR_DEVICE, TR_ERROR, TR_EXCLUSIVE = range(8)
 
-TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error")
+TRANSLATE_KINDS = ("none", "present", "zero", "swap", "migration", "device", "error", "exclusive")
 
 
 @kernel(inline=True)
@@ -78,4 +78,6 @@ def translate(state, mm_id, addr):
         return TR_MIGRATION, pfn, write, False
     if kind == L.PTE_DEVICE:
         return TR_DEVICE, pfn, write, False
+    if kind == L.PTE_EXCLUSIVE:
+        return TR_EXCLUSIVE, pfn, write, False
     return TR_ERROR, -1, False, False

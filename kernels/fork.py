@@ -16,6 +16,12 @@ def _fork_pte(st, pslot, cslot):
     kind = mm.pte_kind(pte)
     if kind == L.PTE_NONE:
         return
+    if kind == L.PTE_EXCLUSIVE:
+        # copy_nonpresent_pte(): a device-exclusive entry is restored to an
+        # ordinary PTE first (the parent's mirrors already forgot the range),
+        # then copied as a present one.
+        pte = mm.make_pte(L.PTE_PRESENT, mm.pte_pfn(pte), mm.pte_write(pte))
+        kind = L.PTE_PRESENT
     if kind == L.PTE_SWAP:
         st.swap_map[mm.pte_pfn(pte)] += 1
     elif kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:

@@ -129,6 +129,7 @@ PTE_SWAP = U64(2)
 PTE_MIGRATION = U64(3)
 PTE_DEVICE = U64(4)  # device-private swap-style entry (hmm-v25 only)
 PTE_ERROR = U64(5)  # hwpoison-style entry: any access is a SIGBUS
+PTE_EXCLUSIVE = U64(6)  # device-exclusive entry (modern): keeps its page's rmap and mapcount
 PTE_WRITE = U64(1 << 3)
 PTE_DIRTY = U64(1 << 4)
 PTE_PFN_SHIFT = U64(8)
@@ -229,6 +230,9 @@ DEV_CFREE = 7  # pages returned (cfree)
 DEV_FAULTS = 8  # CPU faults its handler served
 DEV_SIGBUS = 9  # of those, the ones that ended in SIGBUS
 DEV_FIELDS = 10
+# A mirror entry (state.mirror[d, slot]) is (pfn << 1) | writable, -1 for none;
+# dmirror's DPT_XA_TAG_ATOMIC (a page the device holds exclusively) is this bit.
+MIRROR_ATOMIC = np.int64(1 << 62)
 DEVICE_PRIVATE = 0  # MEMORY_DEVICE_PRIVATE
 DEVICE_COHERENT = 1  # MEMORY_DEVICE_COHERENT
 DEVICE_KINDS = {"private": DEVICE_PRIVATE, "coherent": DEVICE_COHERENT}

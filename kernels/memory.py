@@ -281,6 +281,24 @@ def _swap_put(st, entry):
         st.sys[L.SYS_SWAP_FREE] += 1
 
 
+@internal
+def _restore_exclusive(st, v, slot):
+    """do_swap_page()'s remove_device_exclusive_entry() (modern): with the page
+    locked (else the access waits: RETRY), an MMU_NOTIFY_EXCLUSIVE range with
+    no owner makes every mirror forget the slot (the device's ATOMIC tag goes),
+    and the ordinary PTE comes back, writable where the entry and the VMA are.
+    The rmap and mapcount never left. Then the access retries."""
+    pte = st.pte[slot]
+    pfn = mm.pte_pfn(pte)
+    if not mm.trylock_page(st, pfn):
+        return L.FAULT_RETRY
+    mm.unmirror_all(st, slot)
+    write = mm.pte_write(pte) and (st.vma["flags"][v] & L.VM_WRITE) != 0
+    st.pte[slot] = mm.make_pte(L.PTE_PRESENT, pfn, write)
+    mm.unlock_page(st, pfn)
+    return L.FAULT_RETRY
+
+
 @internal(inline=True)
 def _fault_pte(st, v, addr, write):
     slot = mm.pte_slot(st, v, addr)
@@ -299,6 +317,8 @@ def _fault_pte(st, v, addr, write):
         return L.FAULT_RETRY if ret == L.FAULT_OK else ret
     if kind == L.PTE_ERROR:
         return L.FAULT_SIGBUS
+    if kind == L.PTE_EXCLUSIVE:
+        return _restore_exclusive(st, v, slot)
     return L.FAULT_RETRY  # a migration entry: the access would wait for the page lock
 
 

@@ -17,12 +17,14 @@ is open or suspended, and leave none open.
 """
 
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
-from .args import is_mpfn_array, mpfn_arrays, src_sound, valid_pfn
+from .args import mpfn_arrays, src_sound, valid_pfn
 from .dst_check import check_dst
 from .finalize import finalize_slot
 from .pages import migrate_page_move_mapping
@@ -74,6 +76,24 @@ def _unmap_collected(st, src, npages):
     return np.int64(0)
 
 
+def _u64_mutable(a):
+    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint64 and a.mutable
+
+
+def _typed(fn, state, src, dst, a, b):
+    """``fn(state, src, dst, a, b)``, or -EINVAL when ``src`` or ``dst`` is not a
+    writable 1-D uint64 array: decided when numba compiles the caller, so such
+    an array compiles to the -EINVAL branch alone (the passes write both)."""
+    return fn(state, src, dst, a, b)
+
+
+@overload(_typed, inline="always")
+def _typed_impl(fn, state, src, dst, a, b):
+    if _u64_mutable(src) and _u64_mutable(dst):
+        return lambda fn, state, src, dst, a, b: fn(state, src, dst, a, b)
+    return lambda fn, state, src, dst, a, b: np.int64(-L.EINVAL)
+
+
 @kernel
 def migrate_device_range(state, src, start_pfn, npages):
     """migrate_device_range() - collect and unmap a range of device pages.
@@ -86,9 +106,15 @@ def migrate_device_range(state, src, start_pfn, npages):
     Post: ``src[i]`` is ``pfn|VALID|MIGRATE`` for each page locked and
     unmapped everywhere (its mappings are migration entries), else 0.
     """
-    if not mm.behaves(state, L.B_DEVICE_REF0) or not is_mpfn_array(src):
-        return np.int64(-L.EINVAL)
     start, n = np.int64(start_pfn), np.int64(npages)
+    return _typed(_range, state, src, src, start, n)
+
+
+@internal
+def _range(state, src, unused, start, n):
+    """migrate_device_range()'s checks and body."""
+    if not mm.behaves(state, L.B_DEVICE_REF0):
+        return np.int64(-L.EINVAL)
     if n <= 0 or src.shape[0] < n or _window_busy(state):
         return np.int64(-L.EINVAL)
     if not _device_frame(state, start) or not _device_frame(state, start + n - 1):
@@ -109,7 +135,13 @@ def migrate_device_pfns(state, src):
     Returns 0, or -22 with nothing changed: not modern, a pfn that is no device
     frame, a pfn listed twice, or a window open.
     """
-    if not mm.behaves(state, L.B_DEVICE_REF0) or not is_mpfn_array(src) or _window_busy(state):
+    return _typed(_pfns, state, src, src, np.int64(0), np.int64(0))
+
+
+@internal
+def _pfns(state, src, unused, a, b):
+    """migrate_device_pfns()'s checks and body."""
+    if not mm.behaves(state, L.B_DEVICE_REF0) or _window_busy(state):
         return np.int64(-L.EINVAL)
     n = src.shape[0]
     for i in range(n):
@@ -152,6 +184,12 @@ def migrate_device_pages(state, src, dst):
     struct-page move (folio_migrate_mapping(), no fault page).
     Returns 0, or -22 with nothing changed (device_args_ok()).
     """
+    return _typed(_pages, state, src, dst, np.int64(0), np.int64(0))
+
+
+@internal
+def _pages(state, src, dst, a, b):
+    """migrate_device_pages()'s checks and pass."""
     if not device_args_ok(state, src, dst):
         return np.int64(-L.EINVAL)
     n = src.shape[0]
@@ -181,6 +219,12 @@ def migrate_device_finalize(state, src, dst):
     the new page where the slot kept MIGRATE, the old one elsewhere; only the
     target goes to the LRU. Returns 0, or -22 with nothing changed.
     """
+    return _typed(_finalize, state, src, dst, np.int64(0), np.int64(0))
+
+
+@internal
+def _finalize(state, src, dst, a, b):
+    """migrate_device_finalize()'s checks and pass."""
     if not device_args_ok(state, src, dst):
         return np.int64(-L.EINVAL)
     for i in range(src.shape[0]):
@@ -223,10 +267,10 @@ def migrate_device_coherent_folio(state, pfn):
     newpage = mm.alloc_locked_page(state, np.int64(L.RAM_POOL))
     if newpage >= 0:
         dst[0] = mm.make_mpfn(lay, newpage)
-    migrate_device_pages(state, src, dst)
+    _pages(state, src, dst, np.int64(0), np.int64(0))
     if (src[0] & lay[L.L_MIGRATE]) != 0 and state.sys[L.SYS_STORE_DATA] != 0:
         ps = state.sys[L.SYS_PAGE_SIZE]
         memcpy_bytes(state.data, newpage * ps, state.data, p * ps, ps)
     moved = (src[0] & lay[L.L_MIGRATE]) != 0
-    migrate_device_finalize(state, src, dst)
+    _finalize(state, src, dst, np.int64(0), np.int64(0))
     return np.int64(0) if moved else np.int64(-L.EBUSY)

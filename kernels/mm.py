@@ -49,6 +49,7 @@ from .pgtable import (  # noqa: F401  (re-exported)
     make_mpfn,
     make_pmd,
     make_pte,
+    mirror_pfn,
     mpfn_to_pfn,
     page_down,
     page_size,

@@ -53,7 +53,7 @@ def change_protection(state, vma_index, start, end):
             slot = mm.pte_slot(state, vma_index, addr)
             for k in range((stop - addr) // ps):
                 pk = mm.pte_kind(state.pte[slot + k])
-                if pk == L.PTE_PRESENT or pk == L.PTE_DEVICE:
-                    state.pte[slot + k] &= ~L.PTE_WRITE
+                if pk == L.PTE_PRESENT or pk == L.PTE_DEVICE or pk == L.PTE_EXCLUSIVE:
+                    state.pte[slot + k] &= ~L.PTE_WRITE  # (a readable device-exclusive entry)
         addr = stop
     return np.int64(0)

@@ -35,7 +35,12 @@ def _move_pte(st, old_slot, new_slot):
     st.pte[old_slot] = L.PTE_NONE
     st.pte[new_slot] = pte
     kind = mm.pte_kind(pte)
-    if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE or kind == L.PTE_MIGRATION:
+    if (
+        kind == L.PTE_PRESENT
+        or kind == L.PTE_DEVICE
+        or kind == L.PTE_MIGRATION
+        or (kind == L.PTE_EXCLUSIVE)
+    ):
         pfn = mm.pte_pfn(pte)
         if not mm.is_zero_pfn(st, pfn):
             _relink(st, pfn, old_slot, new_slot)

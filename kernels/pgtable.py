@@ -132,6 +132,12 @@ def is_device_private(st, pfn):
 
 
 @internal(inline=True)
+def mirror_pfn(m):
+    """The frame a mirror entry (``state.mirror[d, slot]`` >= 0) maps."""
+    return (m & ~L.MIRROR_ATOMIC) >> 1
+
+
+@internal(inline=True)
 def behaves(st, bit):
     """The profile carries the kernel change ``bit`` (a ``layout.B_*``)."""
     return (st.sys[L.SYS_BEHAVIOUR] & bit) != 0

@@ -64,7 +64,7 @@ def remove_migration_pte(st, slot, page, newpage):
     st.pte[slot] = word
     if newpage != page:
         for d in range(st.mirror.shape[0]):
-            if st.mirror[d, slot] >= 0 and (st.mirror[d, slot] >> 1) == page:
+            if st.mirror[d, slot] >= 0 and mm.mirror_pfn(st.mirror[d, slot]) == page:
                 # The page left the device: that dmirror's mmu notifier drops the entry.
                 st.mirror[d, slot] = -1
     st.page["mapcount"][newpage] += 1

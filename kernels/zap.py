@@ -60,7 +60,7 @@ def _zap_slot(st, slot):
     """zap_pte_range() for one PTE slot (its mirror entries already dropped)."""
     pte = st.pte[slot]
     kind = mm.pte_kind(pte)
-    if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE:
+    if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE or kind == L.PTE_EXCLUSIVE:
         mm.zap_pte(st, slot)
     elif kind == L.PTE_SWAP:
         _swap_put(st, mm.pte_pfn(pte))

@@ -11,9 +11,10 @@ from migengine._numba_env import log_threading_layer
 from migengine._ops import MigrateOps
 from migengine._validate import as_count
 from migengine.copyengine import CopyEngine
-from migengine.errors import MigrateError, SegFault
+from migengine.errors import MigengineError, MigrateError, SegFault
 from migengine.kernels import copy as kcopy
 from migengine.kernels import device as kdevice
+from migengine.kernels import exclusive as kexclusive
 from migengine.kernels import handle as khandle
 from migengine.kernels import layout as L
 from migengine.kernels.device import range_fault as krange
@@ -149,7 +150,7 @@ class Device:
         rec = st.vma[vma.index]
         slot = int(rec["pte_base"]) + (addr - vma.start) // self._core.page_size
         value = int(st.mirror[self.index, slot])
-        return value >> 1 if value >= 0 else -1
+        return (value & ~int(L.MIRROR_ATOMIC)) >> 1 if value >= 0 else -1
 
     # ------------------------------------------------------------------ migration
     def _process(self, process: object) -> Process:
@@ -262,6 +263,55 @@ class Device:
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         buf = np.frombuffer(bytes(data), np.uint8).copy()
         self._access(process, addr, int(buf.size), buf)
+
+    def _exclusive_range(self, process: Process, start: int, end: int, what: str) -> list:
+        """The (VMA index, start, end) pieces of a page-aligned range, checked:
+        modern only, every page in a VMA (SegFault otherwise)."""
+        if self._machine.profile != "modern":
+            raise ValueError(f"{what}: device-exclusive access is the modern profile's (v5.14)")
+        p = self._process(process)
+        s, e = as_count(start, "start"), as_count(end, "end")
+        ps = self._core.page_size
+        if s % ps or e % ps or s >= e:
+            raise ValueError(f"range [{s:#x}, {e:#x}) must be page aligned and non-empty")
+        pieces, addr = [], s
+        while addr < e:
+            vma = p.vma_at(addr)
+            if vma is None:
+                raise SegFault(f"{what} at {addr:#x}: no VMA")
+            pieces.append((vma, addr, min(e, vma.end)))
+            addr = vma.end
+        return pieces
+
+    def make_exclusive(self, process: Process, start: int, end: int) -> None:
+        """HMM_DMIRROR_EXCLUSIVE (modern): make_device_exclusive() on each page of
+        ``[start, end)``: faulted in writable (a PMD mapping split first), locked,
+        replaced by a device-exclusive entry (``translate`` kind ``"exclusive"``;
+        its rmap and mapcount stay) and mapped ATOMIC in this device's mirror,
+        until a CPU access restores the PTE. SegFault for a page outside every
+        VMA or in one that is not readable and writable (GUP's -EFAULT),
+        ValueError for a VMA that is not anonymous (-EOPNOTSUPP), both before
+        anything changes; MigengineError (-EBUSY) for a page locked by someone
+        else, the pages before it already exclusive."""
+        pieces = self._exclusive_range(process, start, end, "make_exclusive")
+        for vma, _, _ in pieces:
+            if vma.kind != "anon":
+                raise ValueError(f"make_exclusive: a {vma.kind} VMA is not anonymous (EOPNOTSUPP)")
+            if vma.flags & (L.VM_READ | L.VM_WRITE) != L.VM_READ | L.VM_WRITE:
+                raise SegFault(f"make_exclusive at {vma.start:#x}: the VMA is not read-write")
+        for vma, s, e in pieces:
+            ret = int(kexclusive.device_exclusive(self._core.state, self.index, vma.index, s, e))
+            if ret < 0:
+                raise MigengineError(f"make_exclusive in [{s:#x}, {e:#x}): errno {-ret}")
+
+    def check_exclusive(self, process: Process, start: int, end: int) -> bool:
+        """HMM_DMIRROR_CHECK_EXCLUSIVE: whether some page of ``[start, end)`` is
+        still mapped ATOMIC by this device (dmirror's -EPERM)."""
+        pieces = self._exclusive_range(process, start, end, "check_exclusive")
+        st = self._core.state
+        return any(
+            kexclusive.check_exclusive(st, self.index, v.index, s, e) > 0 for v, s, e in pieces
+        )
 
     def snapshot(self, process: Process, start: int, end: int) -> np.ndarray:
         """HMM_DMIRROR_SNAPSHOT: one ``HMM_DMIRROR_PROT_*`` byte per page of

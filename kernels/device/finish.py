@@ -106,8 +106,8 @@ def plain_to_finish(state, slot, src, dst, i):
         return False
     if (state.page["flags"][page] & I.PLAIN_SETUP_EXCLUDED & ~L.PG_LOCKED) != 0:
         return False  # (ZONE_DEVICE among them: the source is RAM)
-    if (state.page["flags"][newpage] & L.PG_ZONE_DEVICE) == 0:
-        return False
+    if not mm.is_device_private(state, newpage):
+        return False  # RAM, or device-coherent memory (a present PTE)
     pte = state.pte[slot]
     return (
         state.page["mapping"][page] == L.MAPPING_ANON
@@ -116,7 +116,7 @@ def plain_to_finish(state, slot, src, dst, i):
         and state.pte_next[slot] == -1
         and mm.pte_kind(pte) == L.PTE_MIGRATION
         and mm.pte_pfn(pte) == page
-        and state.page["refcount"][newpage] == 2
+        and state.page["refcount"][newpage] == 1 + mm.device_base_ref(state, newpage)
         and state.page["mapping"][newpage] == L.MAPPING_NONE
     )
 
@@ -174,8 +174,15 @@ def putback_sources(state, src, lo, hi):
     """finalize's release of the sources of plain slots ``[lo, hi)`` in slot
     order (putback_lru_page() each), by its net effect: when the adds fill this
     CPU's batch, it drains (the pages it held first), the sources up to the
-    last fill are freed in order, and the rest wait in it (sources_left_waiting())."""
+    last fill are freed in order, and the rest wait in it (sources_left_waiting()).
+    modern (B_TARGET_LRU): each source's put frees it, in slot order."""
     lay = state.layout
+    if mm.behaves(state, L.B_TARGET_LRU):
+        for i in range(lo, hi):
+            page = mm.mpfn_to_pfn(lay, src[i])
+            state.page["refcount"][mm.ix(page)] = 0
+            mm.free_frame(state, page)
+        return
     keep = sources_left_waiting(state, hi - lo)
     if keep < hi - lo:
         mm.drain_cpu(state, mm.this_cpu(state))
@@ -353,8 +360,9 @@ def finish_reserved(state, d, vma_index, start, npages, src, dst):
     threads = sweep_threads(state, npages)
     used = plan_chunks(state, start, npages, threads)
     top = mm.free_top(state, d)
-    keep = sources_left_waiting(state, npages)
-    if keep < npages:
+    # modern (B_TARGET_LRU): no source goes through the batch, each is freed.
+    keep = 0 if mm.behaves(state, L.B_TARGET_LRU) else sources_left_waiting(state, npages)
+    if keep < npages and not mm.behaves(state, L.B_TARGET_LRU):
         mm.drain_cpu(state, mm.this_cpu(state))
     ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
     freed = npages - keep

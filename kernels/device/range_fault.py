@@ -278,7 +278,7 @@ def device_access(state, d, mm_id, addr, buf, nbytes, write, pfns):
             m = state.mirror[d, slot]
             if m < 0 or (write and (m & 1) == 0):
                 return L.FAULT_RETRY, done, faults
-        pfn = m >> 1
+        pfn = mm.mirror_pfn(m)
         off = a % ps
         n = min(ps - off, nbytes - done)
         if write:

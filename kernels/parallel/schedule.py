@@ -1,4 +1,4 @@
-"""The parallel schedule of a large migration's metadata sweeps (hmm-v25).
+"""The parallel schedule of a large migration's metadata sweeps (hmm-v25, modern).
 
 A sweep does the same steps for every slot, and each slot's steps touch only
 that slot's own pages and page-table entry. What slots share is:
@@ -46,12 +46,16 @@ def with_counters(st, counters):
 def sweep_threads(st, npages):
     """How many threads a sweep of ``npages`` slots uses (1: stay serial).
 
-    Parallel only for a profile whose behaviours the fast paths write
-    (``FAST_PATH_BEHAVIOURS``: hmm-v25's), from ``parallel_min_pages`` up, within
-    the engine's ``threads`` cap and numba's current thread count, and with at
-    least one PMD extent per thread.
+    Parallel only for a profile the fast paths serve (kernels._indices:
+    FAST_PATH_NEEDS and FAST_PATH_BEHAVIOURS: hmm-v25 and modern; modern only
+    for a migration that selects system memory), from ``parallel_min_pages``
+    up, within the engine's ``threads`` cap and numba's current thread count,
+    and with at least one PMD extent per thread.
     """
-    if st.sys[L.SYS_BEHAVIOUR] != I.FAST_PATH_BEHAVIOURS:
+    beh = st.sys[L.SYS_BEHAVIOUR]
+    if (beh & I.FAST_PATH_NEEDS) != I.FAST_PATH_NEEDS or (beh & ~I.FAST_PATH_BEHAVIOURS) != 0:
+        return 1
+    if mm.behaves(st, L.B_SELECT) and (st.mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_SYSTEM) == 0:
         return 1
     if npages < st.engine[ENG_PAR_MIN_PAGES]:
         return 1

@@ -20,6 +20,10 @@ generic per-slot steps, which re-test each branch:
     the collect reference dropped     refcount 2 -> 1
     migrate_vma_check_page() x2       passes (refcount - 1 == 0 == mapcount)
     counters                          none move; cpages and collected +1
+    modern: ptep_clear_flush()        tlb_flush +1 (an anon-exclusive present PTE,
+                                      B_ANON_EXCLUSIVE)
+    modern: the PTE's dirty bit       PG_dirty set when the PTE was dirty
+                                      (B_DIRTY_TO_FOLIO)
 
 tests/properties/test_parallel.py holds this path to the serial sweep, which
 takes the generic steps. When every slot was plain, ``mig[MIG_ALL_PLAIN]`` is
@@ -79,17 +83,20 @@ def _plain_bits(lay):
 
 
 @internal
-def _setup_plain_slot(st, slot, pfn, bits):
+def _setup_plain_slot(st, slot, pfn, bits, dirty_to_folio):
     """collect_slot() + prepare_slot() + unmap_slot() of a plain slot mapping
     ``pfn``, written as their net effect; returns the slot's mpfn.
 
     The steps it replaces and their net effect are tabled in the module doc.
     """
     at = mm.ix(pfn)
-    write = mm.pte_write(st.pte[mm.ix(slot)])
+    pte = st.pte[mm.ix(slot)]
+    write = mm.pte_write(pte)
     st.pte[mm.ix(slot)] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
     st.page["mapcount"][at] = 0  # it was 1
     st.page["flags"][at] = (st.page["flags"][at] ^ L.PG_LRU) | L.PG_LOCKED  # LRU was set
+    if dirty_to_folio and (pte & L.PTE_DIRTY) != 0:
+        st.page["flags"][at] |= L.PG_DIRTY
     mpfn = (np.uint64(pfn) << bits.shift) | bits.src
     return (mpfn | bits.write) if write else mpfn
 
@@ -105,6 +112,8 @@ def _setup_plain_run(st, v, start, src, dst, t):
     slot0 = mm.pte_slot(st, v, start)
     ext_mask = mm.pmd_extent(st) - 1
     bits = _plain_bits(st.layout)
+    dirty_to_folio = mm.behaves(st, L.B_DIRTY_TO_FOLIO)
+    flush_each = mm.behaves(st, L.B_ANON_EXCLUSIVE)  # a plain page is anon-exclusive
     first = info[t, I.SW_FIRST]
     i = first
     end = info[t, I.SW_END]
@@ -124,11 +133,13 @@ def _setup_plain_run(st, v, start, src, dst, t):
         pfn = _plain_pfn(st, slot0 + i)
         if pfn < 0:
             break
-        src[mm.ix(i)] = _setup_plain_slot(st, slot0 + i, pfn, bits)
+        src[mm.ix(i)] = _setup_plain_slot(st, slot0 + i, pfn, bits, dirty_to_folio)
         dst[mm.ix(i)] = L.MPFN_NONE
         unmapped += 1
         i += 1
     collected = i - first
+    if flush_each:
+        counters[L.C_TLB_FLUSH] += collected
     mig[L.MIG_CPAGES] += collected
     mig[L.MIG_COLLECTED] += collected
     if i == end and unmapped:

@@ -321,8 +321,8 @@ def _rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     runs = result["runs"]
     names = [r["metadata"]["parameters"]["profile"] for r in runs]
     header = ["chunk"] + [f"{n} {h}" for h, _, _ in _SIDE for n in names]
-    if len(names) == 2:
-        header.append(f"meta {names[1]}/{names[0]}")
+    # Each profile's metadata cost against the one before it in the list.
+    header += [f"meta {b}/{a}" for a, b in zip(names, names[1:], strict=False)]
     rows = []
     for k, rec0 in enumerate(runs[0]["records"]):
         row = [str(rec0["chunk_pages"])]
@@ -330,9 +330,8 @@ def _rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             for run in runs:
                 value = run["records"][k][key]
                 row.append("n/a" if value is None else format(value, spec))
-        if len(names) == 2:
-            a, b = (run["records"][k]["meta_ns_per_page"] for run in runs)
-            row.append(f"{b / a:.2f}" if a else "n/a")
+        meta = [run["records"][k]["meta_ns_per_page"] for run in runs]
+        row += [f"{b / a:.2f}" if a else "n/a" for a, b in zip(meta, meta[1:], strict=False)]
         rows.append(row)
     return header, rows
 

@@ -551,6 +551,68 @@ def test_device_lifecycle_from_njit(make_machine, profile):
 
 
 @njit(cache=True)
+def _evict_by_pfn(state, first, npages, src, dst):
+    """A driver evicting its memory by pfn (dmirror_device_evict_chunk, modern):
+    collect the device's frames, give each collected page a system page with
+    its data, then pages and finalize. Returns the pages collected."""
+    ret = kernels.migrate_device_range(state, src, first, npages)
+    if ret < 0:
+        return ret
+    lay = state.layout
+    n = 0
+    for i in range(npages):
+        dst[i] = 0
+        if (src[i] & lay[L.L_MIGRATE]) == 0:
+            continue
+        rpfn = kernels.alloc_page(state, False)
+        kernels.copy_page(state, rpfn, kernels.mpfn_to_pfn(state, src[i]))
+        dst[i] = kernels.migrate_pfn(state, rpfn)
+        n += 1
+    kernels.migrate_device_pages(state, src, dst)
+    kernels.migrate_device_finalize(state, src, dst)
+    return n
+
+
+@njit(cache=True)
+def _device_range_odds(state, pfns, coherent):
+    """migrate_device_pfns() of a pfn list, then finalize without destinations
+    (every page is restored), and migrate_device_coherent_folio() of ``coherent``."""
+    if kernels.migrate_device_pfns(state, pfns) < 0:
+        return np.int64(-1)
+    none = np.zeros(pfns.shape[0], np.uint64)
+    kernels.migrate_device_pages(state, pfns, none)
+    kernels.migrate_device_finalize(state, pfns, none)
+    return kernels.migrate_device_coherent_folio(state, coherent)
+
+
+def test_device_range_from_njit(make_machine):
+    """The modern device-range API from users' compiled code: a device's pages
+    evicted by pfn from every process (a forked child too), data intact; a pfn
+    list restored in place; a long-term pin's migration of a coherent page."""
+    specs = [me.DeviceSpec(8), me.DeviceSpec(4, "coherent")]
+    m = make_machine(64, devices=specs, profile="modern")
+    p = m.new_process()
+    vma = p.mmap(4)
+    data = bytes(range(256)) * (4 * PS // 256)
+    p.write(vma.start, data)
+    m.device.migrate_to_device(p, vma.start, vma.start + 3 * PS)
+    child = p.fork()
+    dev = m.device
+    src, dst = np.zeros(8, np.uint64), np.zeros(8, np.uint64)
+    assert _evict_by_pfn(m.state, dev.first_pfn, dev.npages, src, dst) == 3
+    assert dev.free_pages() == 8
+    assert p.read(vma.start, 4 * PS) == data and child.read(vma.start, 4 * PS) == data
+    coherent = m.devices[1]
+    coherent.migrate_to_device(p, vma.start, vma.start + 2 * PS)
+    first = p.translate(vma.start).pfn
+    pfns = np.array([first, first + 1], np.uint64)
+    assert _device_range_odds(m.state, pfns, first) == 0  # moved to RAM
+    assert p.translate(vma.start).pfn < m.ram_pages
+    assert p.translate(vma.start + PS).pfn == first + 1  # restored in place
+    assert p.read(vma.start, 4 * PS) == data
+
+
+@njit(cache=True)
 def _fault_and_resolve(state, v, addr, write):
     return kernels.handle_mm_fault(state, v, addr, write)
 

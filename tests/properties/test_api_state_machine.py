@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-import migengine as me
 from tests.shadow_world import World
 
 SCALE = float(os.environ.get("MIGENGINE_SM_SCALE", "1"))
@@ -47,14 +45,6 @@ class DataDraw:
 
     def chance(self, p: float) -> bool:
         return self.data.draw(st.integers(0, 999)) < p * 1000
-
-
-def _builds(profile: str) -> bool:
-    try:
-        me.Machine(16, profile=profile)
-    except ValueError:
-        return False
-    return True
 
 
 class ApiStateMachine(RuleBasedStateMachine):
@@ -222,7 +212,5 @@ TestApiHmmV25 = ApiStateMachine.TestCase
 TestApiHmmV25.settings = RUNS
 TestApiSeed = ApiStateMachineSeed.TestCase
 TestApiSeed.settings = RUNS
-TestApiModern = pytest.mark.skipif(
-    not _builds("modern"), reason="Machine refuses profile='modern' (not built yet)"
-)(ApiStateMachineModern.TestCase)
+TestApiModern = ApiStateMachineModern.TestCase
 TestApiModern.settings = RUNS

@@ -3,7 +3,7 @@
 A hypothesis rule-based state machine keeps a shadow bytearray per process (and one
 for the shmem object all processes share) and checks, byte for byte, that every
 read returns the last bytes written there, whatever migrated, forked or swapped
-in between; ``m.check()`` runs after every step. Both profiles.
+in between; ``m.check()`` runs after every step. Every profile.
 """
 
 from __future__ import annotations
@@ -177,8 +177,14 @@ class DataIntegritySeed(DataIntegrity):
     PROFILE = "seed"
 
 
+class DataIntegrityModern(DataIntegrity):
+    PROFILE = "modern"
+
+
 RUNS = settings(max_examples=60, stateful_step_count=40)  # deadline: conftest's profiles
 TestDataIntegrityHmmV25 = DataIntegrity.TestCase
 TestDataIntegrityHmmV25.settings = RUNS
 TestDataIntegritySeed = DataIntegritySeed.TestCase
 TestDataIntegritySeed.settings = RUNS
+TestDataIntegrityModern = DataIntegrityModern.TestCase
+TestDataIntegrityModern.settings = RUNS

@@ -64,8 +64,14 @@ def test_fused_setup_equals_collect_prepare_unmap(make_machine, profile, hostile
 
 def _driver_by_passes(s: State, to_device: bool, v: int, start: int, end: int, src, dst) -> int:
     """The device driver as separate passes: setup, alloc_and_copy, pages,
-    finalize_and_map, finalize; returns dmirror's moved count."""
-    cpages = _setup_by_passes(s, v, start, end, src, dst)
+    finalize_and_map, finalize; returns dmirror's moved count. Setup takes what
+    dmirror asks for in modern (ignored by the 4.14 profiles): SELECT_SYSTEM to
+    the device, its own memory back, and the device's owner."""
+    flags = L.MIGRATE_VMA_SELECT_SYSTEM if to_device else L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+    owner = int(s.dev[0, L.DEV_OWNER])
+    cpages = int(
+        kernels.migrate.setup_by_passes_flags(s, v, start, end, src, dst, flags, owner, -1)
+    )
     if cpages <= 0:
         return min(cpages, 0)
     ps = int(s.sys[L.SYS_PAGE_SIZE])

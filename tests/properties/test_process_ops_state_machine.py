@@ -207,6 +207,10 @@ class ProcessOpsSeed(ProcessOpsMachine):
     profile = "seed"
 
 
+class ProcessOpsModern(ProcessOpsMachine):
+    profile = "modern"
+
+
 _SETTINGS = settings(
     max_examples=int(40 * SCALE),
     stateful_step_count=40,
@@ -217,3 +221,5 @@ TestProcessOpsHmmV25 = ProcessOpsMachine.TestCase
 TestProcessOpsHmmV25.settings = _SETTINGS
 TestProcessOpsSeed = ProcessOpsSeed.TestCase
 TestProcessOpsSeed.settings = _SETTINGS
+TestProcessOpsModern = ProcessOpsModern.TestCase
+TestProcessOpsModern.settings = _SETTINGS

@@ -168,7 +168,7 @@ def soak(profile: str, total: int = TOTAL, seed: int = SEED, log=sys.stdout) -> 
 
 
 @pytest.mark.skipif(ENV.get("MIGENGINE_SOAK") != "1", reason="the soak runs with MIGENGINE_SOAK=1")
-@pytest.mark.parametrize("profile", ["hmm-v25", "seed"])
+@pytest.mark.parametrize("profile", ["hmm-v25", "seed", "modern"])
 def test_soak(profile: str) -> None:
     """MIGENGINE_SOAK_OPS random operations: no crash, no invariant failure, no
     byte lost, no frame leaked."""
