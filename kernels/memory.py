@@ -18,6 +18,7 @@ from .args import in_vma, range_in_vma, valid_vma
 from .device.fault import device_fault
 from .filemap import find_or_read_page
 from .huge_memory import split_huge_page, split_huge_pmd_zero
+from .rmap import restore_exclusive_pte
 
 _FAULT_RETRIES = 4
 
@@ -281,24 +282,6 @@ def _swap_put(st, entry):
         st.sys[L.SYS_SWAP_FREE] += 1
 
 
-@internal
-def _restore_exclusive(st, v, slot):
-    """do_swap_page()'s remove_device_exclusive_entry() (modern): with the page
-    locked (else the access waits: RETRY), an MMU_NOTIFY_EXCLUSIVE range with
-    no owner makes every mirror forget the slot (the device's ATOMIC tag goes),
-    and the ordinary PTE comes back, writable where the entry and the VMA are.
-    The rmap and mapcount never left. Then the access retries."""
-    pte = st.pte[slot]
-    pfn = mm.pte_pfn(pte)
-    if not mm.trylock_page(st, pfn):
-        return L.FAULT_RETRY
-    mm.unmirror_all(st, slot)
-    write = mm.pte_write(pte) and (st.vma["flags"][v] & L.VM_WRITE) != 0
-    st.pte[slot] = mm.make_pte(L.PTE_PRESENT, pfn, write)
-    mm.unlock_page(st, pfn)
-    return L.FAULT_RETRY
-
-
 @internal(inline=True)
 def _fault_pte(st, v, addr, write):
     slot = mm.pte_slot(st, v, addr)
@@ -318,7 +301,7 @@ def _fault_pte(st, v, addr, write):
     if kind == L.PTE_ERROR:
         return L.FAULT_SIGBUS
     if kind == L.PTE_EXCLUSIVE:
-        return _restore_exclusive(st, v, slot)
+        return restore_exclusive_pte(st, v, slot)
     return L.FAULT_RETRY  # a migration entry: the access would wait for the page lock
 
 

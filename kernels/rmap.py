@@ -1,4 +1,4 @@
-"""Reverse-map walks: try_to_unmap() and remove_migration_ptes().
+"""Reverse-map walks: try_to_unmap() and remove_migration_ptes(); restore_exclusive_pte().
 
 The chain of a page (``page["rmap"]`` then ``pte_next``) lists every PTE slot that
 refers to it in any process: present PTEs, device-private entries and migration
@@ -90,3 +90,20 @@ def remove_migration_ptes(st, page, newpage):
         else:
             prev = slot
         slot = nxt
+
+
+@internal
+def restore_exclusive_pte(st, v, slot):
+    """do_swap_page()'s remove_device_exclusive_entry() (modern): the page locked
+    (else RETRY), every mirror forgets the slot (MMU_NOTIFY_EXCLUSIVE, no owner:
+    the ATOMIC tag goes), and the ordinary PTE comes back, writable where the
+    entry and the VMA are (rmap and mapcount never left); the access retries."""
+    pte = st.pte[slot]
+    pfn = mm.pte_pfn(pte)
+    if not mm.trylock_page(st, pfn):
+        return L.FAULT_RETRY
+    mm.unmirror_all(st, slot)
+    write = mm.pte_write(pte) and (st.vma["flags"][v] & L.VM_WRITE) != 0
+    st.pte[slot] = mm.make_pte(L.PTE_PRESENT, pfn, write)
+    mm.unlock_page(st, pfn)
+    return L.FAULT_RETRY
