@@ -148,14 +148,14 @@ def test_committed_results_md_is_generated_from_results_json():
 
 
 def test_committed_profile_comparison_is_generated_from_its_results_json():
-    """docs/bench-results/profiles/ (migengine bench --profile seed,hmm-v25): its results.md
+    """docs/bench-results/profiles/ (migengine bench --profile seed,hmm-v25,modern): its results.md
     is the comparison's own form, regenerated from results.json."""
     result = json.loads((DOCS / "profiles" / "results.json").read_text())
     names = [run["metadata"]["parameters"]["profile"] for run in result["runs"]]
-    assert names == ["seed", "hmm-v25"]
+    assert names == ["seed", "hmm-v25", "modern"]
     expected = report.format_markdown(result, out="docs/bench-results/profiles")
     assert (DOCS / "profiles" / "results.md").read_text() == expected
-    assert "--profile seed,hmm-v25" in expected
+    assert "--profile seed,hmm-v25,modern" in expected
 
 
 def test_the_readme_shows_the_generated_table():
