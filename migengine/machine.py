@@ -50,10 +50,11 @@ class Machine:
     Args:
         ram_pages: system RAM frames (frame 0 is reserved as the shared zero page).
         device_pages: frames of the machine's device (device-private ZONE_DEVICE
-            memory in ``hmm-v25``, CPU-addressable device memory in ``seed``).
+            memory in ``hmm-v25`` and ``modern``, CPU-addressable in ``seed``).
         page_size: bytes per page (a power of two, at least 64).
         store_data: keep real bytes per frame; False keeps metadata only.
-        profile: ``"hmm-v25"`` (Linux 4.14, the default) or ``"seed"`` (the patch).
+        profile: ``"hmm-v25"`` (Linux 4.14, the default), ``"seed"`` (the patch) or
+            ``"modern"`` (Linux 6.x migrate_device).
         seed: seeds ``m.rng``, the generator workload helpers draw from; the
             engine itself is deterministic.
         swap_pages: swap slots (default: as many as RAM frames).

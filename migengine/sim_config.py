@@ -40,7 +40,7 @@ class SimConfig:
 
     Attributes:
         device_pages: device memory in pages (int > 0).
-        profile: the engine's kernel profile (``"hmm-v25"`` or ``"seed"``).
+        profile: the engine's kernel profile (``"hmm-v25"``, ``"seed"`` or ``"modern"``).
         migrate_pages: pages per migration unit, a power of two from 1 to 512
             (4 KiB to 2 MiB at 4 KiB pages). A fault moves its whole unit.
         batch_faults: fault entries per batch (NVIDIA's uvm_perf_fault_batch_count, 256).
