@@ -17,9 +17,10 @@ def try_to_unmap(st, pfn):
 
     Replaces every present PTE and device-private entry of the page by a
     migration entry with the same write permission, dropping each mapping's
-    mapcount and reference. Mlock is ignored, so it never leaves a mapping.
+    mapcount and reference; a dirty PTE's bit moves to the page. Mlock is
+    ignored, so it never leaves a mapping.
 
-    Both profiles drop the mapcount of ``pfn`` itself, as after "mm/hmm: fix
+    Every profile drops the mapcount of ``pfn`` itself, as after "mm/hmm: fix
     bad subpage pointer in try_to_unmap_one" (July 2019, Fixes a5430dda8a3a):
     4.14 took the subpage of a device-private entry from its swap entry's
     bogus pfn and dropped the wrong page's mapcount. A device-private entry
@@ -38,8 +39,8 @@ def try_to_unmap(st, pfn):
             write = mm.pte_write(pte)
             if kind == L.PTE_DEVICE and not mm.behaves(st, L.B_WRITABLE_DEVICE_ENTRY):
                 write = False
-            if mm.behaves(st, L.B_DIRTY_TO_FOLIO) and (pte & L.PTE_DIRTY) != 0:
-                mm.set_flag(st, pfn, L.PG_DIRTY)  # try_to_migrate_one()'s folio_mark_dirty()
+            if (pte & L.PTE_DIRTY) != 0:
+                mm.set_flag(st, pfn, L.PG_DIRTY)  # "Move the dirty bit to the page"
             st.pte[slot] = mm.make_pte(L.PTE_MIGRATION, pfn, write)
             mm.unmirror_all(st, slot)
             st.page["mapcount"][pfn] -= 1

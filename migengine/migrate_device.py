@@ -83,46 +83,38 @@ def migrate_device_pfns(m: Any, src: np.ndarray) -> int:
     return 0
 
 
-def _continue(m: Any, src: np.ndarray, dst: np.ndarray, what: str) -> tuple[Any, Any] | None:
+def _continue(m: Any, src: np.ndarray, dst: np.ndarray, what: str, kernel: Any) -> bool:
+    """Run ``kernel(state, src, dst)`` on the open device-range migration, after
+    the checks: modern, the arrays the range collected, ``src`` as the core last
+    left it. False, nothing done, when the range collected nothing."""
     if getattr(m, "profile", None) != "modern":
         raise ValueError(f"{what}: the device-range API is the modern profile's (v6.1)")
     record = m.core.device_range
     n = 0 if record is None else record.shape[0]
     s, d = mpfn_array(src, "src", max(n, 1)), mpfn_array(dst, "dst", max(n, 1))
     if record is None:
-        if (s[: s.shape[0]] & L.MODERN_LAYOUT.MIGRATE).any():
+        if (s & L.MODERN_LAYOUT.MIGRATE).any():
             raise ValueError(f"{what}: no device-range migration is open")
-        return None  # nothing was collected: nothing to do
+        return False  # nothing was collected: nothing to do
     if s.shape[0] != n or d.shape[0] != n or np.may_share_memory(s, d):
         raise ValueError(f"{what}: src and dst must be the {n} slots the range collected")
-    return s, d
+    if not np.array_equal(s, record):
+        raise ValueError(f"{what}: src was written since the core last did")
+    m.core.refuse_during_callback(f"{what}()")
+    if int(kernel(m.state, s, d)) != 0:
+        raise ValueError(f"{what}: the kernel refused the arrays")
+    return True
 
 
 def migrate_device_pages(m: Any, src: np.ndarray, dst: np.ndarray) -> None:
     """migrate_device_pages(): the pages pass without a VMA (no hole insertion).
     ``src`` must be what migrate_device_range() or _pfns() left in it."""
-    opened = _continue(m, src, dst, "migrate_device_pages")
-    if opened is None:
-        return
-    s, d = opened
-    if not np.array_equal(s, m.core.device_range):
-        raise ValueError("migrate_device_pages: src was written since the range was collected")
-    m.core.refuse_during_callback("migrate_device_pages()")
-    if int(kdev.migrate_device_pages(m.state, s, d)) != 0:
-        raise ValueError("migrate_device_pages: the kernel refused the arrays")
-    m.core.device_range = s.copy()
+    if _continue(m, src, dst, "migrate_device_pages", kdev.migrate_device_pages):
+        m.core.device_range = np.asarray(src).copy()
 
 
 def migrate_device_finalize(m: Any, src: np.ndarray, dst: np.ndarray) -> None:
     """migrate_device_finalize(): remap every slot (the new page where it
     migrated, the old one elsewhere), unlock and release; closes the migration."""
-    opened = _continue(m, src, dst, "migrate_device_finalize")
-    if opened is None:
-        return
-    s, d = opened
-    if not np.array_equal(s, m.core.device_range):
-        raise ValueError("migrate_device_finalize: src was written since the core last did")
-    m.core.refuse_during_callback("migrate_device_finalize()")
-    if int(kdev.migrate_device_finalize(m.state, s, d)) != 0:
-        raise ValueError("migrate_device_finalize: the kernel refused the arrays")
-    m.core.device_range = None
+    if _continue(m, src, dst, "migrate_device_finalize", kdev.migrate_device_finalize):
+        m.core.device_range = None

@@ -469,16 +469,18 @@ def remove_migration_ptes(md: Model, page: int, newpage: int) -> None:
             md.pages[newpage].rmap.append(slot)
 
 
-def try_to_unmap(md: Model, page: int) -> None:
+def try_to_unmap(md: Model, page: int, device_write: bool = False) -> None:
     """try_to_unmap(TTU_MIGRATION|TTU_IGNORE_MLOCK|TTU_IGNORE_ACCESS).
 
     Each present PTE becomes a migration entry with the same write permission;
     a device-private entry (ZONE_DEVICE) becomes a read-only one (4.14's
-    try_to_unmap_one(): make_migration_entry(page, 0)). The mapping's count and
-    reference go away. A present PTE is cleared with ptep_clear_flush() (one TLB
-    flush each) and its dirty bit moves to the page; a device-private entry is
-    simply cleared (no TLB entry to flush). The notifier drops the slot from
-    the mirror (mmu_notifier_invalidate_range()).
+    try_to_unmap_one(): make_migration_entry(page, 0)), or keeps its write bit
+    with ``device_write`` (modern's try_to_migrate_one():
+    is_writable_device_private_entry()). The mapping's count and reference go
+    away. A present PTE is cleared with ptep_clear_flush() (one TLB flush each)
+    and its dirty bit moves to the page; a device-private entry is simply
+    cleared (no TLB entry to flush). The notifier drops the slot from the
+    mirror (mmu_notifier_invalidate_range(); modern's MMU_NOTIFY_CLEAR range).
     """
     for slot in md.pages[page].rmap:
         word = md.pte[slot]
@@ -489,7 +491,7 @@ def try_to_unmap(md: Model, page: int) -> None:
             md.counters["tlb_flush"] += 1
             if word & PTE_DIRTY:
                 md.set(page, PG_DIRTY)
-        write = kind == PTE_PRESENT and bool(word & PTE_WRITE)
+        write = (kind == PTE_PRESENT or device_write) and bool(word & PTE_WRITE)
         md.pte[slot] = md.pte_word(PTE_MIGRATION, page, write)
         md.mirror[slot] = -1
         md.pages[page].map -= 1
@@ -569,16 +571,12 @@ def _collect_pte_range(md: Model, mig: Migrate, v: int, addr: int, stop: int) ->
         md.counters["tlb_flush"] += 1  # one flush_tlb_range() per PMD
 
 
-def collect(md: Model, mig: Migrate) -> None:
-    """migrate_vma_collect(): walk [start, end) PMD by PMD. In 4.14 (15/19) the walk
-    runs under mmu_notifier_invalidate_range_start() over the whole range: the
-    device's mirror, a notifier with no way to tell its own migration from any
-    other change, forgets it all."""
+def walk_pmds(md: Model, mig: Migrate, hole: Any, ptes: Any) -> None:
+    """The PMD-by-PMD walk of migrate_vma_collect() over [start, end), the same in
+    4.14 and modern: ``hole(md, mig, n)`` for an empty extent, ``ptes(md, mig,
+    addr, stop)`` for a page table; the huge zero PMD is split first, a THP is
+    trylocked and split (its extent skipped when either fails)."""
     v, span = mig.vma, md.pmd_span
-    if md.hmm:
-        first = md.pte_slot(v, mig.start)
-        for slot in range(first, first + (mig.end - mig.start) // md.page_size):
-            md.mirror[slot] = -1
     addr = mig.start
     while addr < mig.end:
         stop = min((addr // span + 1) * span, mig.end)
@@ -587,7 +585,7 @@ def collect(md: Model, mig: Migrate) -> None:
         kind = pmd & 3
         walk = True
         if kind == PMD_NONE:
-            _collect_hole(md, mig, n)
+            hole(md, mig, n)
             walk = False
         elif kind == PMD_HUGE_ZERO:
             mig.notes.add("collect: huge zero PMD")
@@ -602,16 +600,32 @@ def collect(md: Model, mig: Migrate) -> None:
                 md.put_page(head)
                 walk = False
             else:
-                walk = split_huge_page(md, head)
+                walk = split_huge_page(md, head)  # modern: split_folio()
                 md.unlock(head)
                 md.put_page(head)
             if not walk:
                 mig.notes.add("collect: THP skipped")
                 _collect_skip(md, mig, n)
         if walk:
-            _collect_pte_range(md, mig, v, addr, stop)
+            ptes(md, mig, addr, stop)
         addr = stop
     mig.end = mig.start + mig.npages * md.page_size
+
+
+def collect(md: Model, mig: Migrate) -> None:
+    """migrate_vma_collect(): walk [start, end) PMD by PMD. In 4.14 (15/19) the walk
+    runs under mmu_notifier_invalidate_range_start() over the whole range: the
+    device's mirror, a notifier with no way to tell its own migration from any
+    other change, forgets it all."""
+    if md.hmm:
+        first = md.pte_slot(mig.vma, mig.start)
+        for slot in range(first, first + (mig.end - mig.start) // md.page_size):
+            md.mirror[slot] = -1
+
+    def ptes(md: Model, mig: Migrate, addr: int, stop: int) -> None:
+        _collect_pte_range(md, mig, mig.vma, addr, stop)
+
+    walk_pmds(md, mig, _collect_hole, ptes)
 
 
 # ============================================================================ prepare
@@ -798,11 +812,18 @@ def migrate_page(md: Model, newpage: int, page: int) -> bool:
     mapping and index move, the page cache's reference and slot move, and
     migrate_page_states() carries dirty and mlocked over. No data is copied.
     """
+    in_cache = md.pages[page].mapping == MAPPING_FILE
+    return move_mapping(md, newpage, page, 1 + md.device_private(page) + in_cache)
+
+
+def move_mapping(md: Model, newpage: int, page: int, expected: int) -> bool:
+    """What 4.14's migrate_page_move_mapping() and modern's folio_migrate_mapping()
+    + folio_migrate_flags() share, given the references the page must hold:
+    -EAGAIN (False) for another count or a page-cache slot that moved; else the
+    page cache's reference and slot, mapping and index move, and dirty and
+    mlocked are carried over."""
     p, n = md.pages[page], md.pages[newpage]
-    expected = 1 + (1 if md.device_private(page) else 0)
     in_cache = p.mapping == MAPPING_FILE
-    if in_cache:
-        expected += 1
     if p.ref != expected:
         return False
     if in_cache:

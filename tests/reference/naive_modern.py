@@ -36,10 +36,6 @@ from tests.reference.naive import (
     MAPPING_NONE,
     PG_DIRTY,
     PG_LRU,
-    PG_MLOCKED,
-    PMD_HUGE_ZERO,
-    PMD_NONE,
-    PMD_THP,
     PTE_DEVICE,
     PTE_DIRTY,
     PTE_MIGRATION,
@@ -106,19 +102,7 @@ def try_to_migrate(md: Model, page: int) -> None:
     The anon-exclusive/GUP-pin abort cannot happen here in the simulator: a page
     still mapped after collect was mapped more than once, hence not exclusive.
     """
-    for slot in md.pages[page].rmap:
-        word = md.pte[slot]
-        kind = word & 7
-        if kind not in (PTE_PRESENT, PTE_DEVICE):
-            continue
-        if kind == PTE_PRESENT:
-            md.counters["tlb_flush"] += 1
-            if word & PTE_DIRTY:
-                md.set(page, PG_DIRTY)
-        md.pte[slot] = md.pte_word(PTE_MIGRATION, page, bool(word & PTE_WRITE))
-        md.mirror[slot] = -1
-        md.pages[page].map -= 1
-        md.put_page(page)
+    N.try_to_unmap(md, page, device_write=True)
 
 
 # ============================================================================ collect
@@ -225,40 +209,7 @@ def collect(md: Model, mig: MigrateVma) -> None:
     unless the owner is the device itself. Then PMD by PMD, as 4.14 but for the
     hole rule and the per-PTE changes above."""
     _invalidate(md, mig, mig.start, mig.end)
-    v, span = mig.vma, md.pmd_span
-    addr = mig.start
-    while addr < mig.end:
-        stop = min((addr // span + 1) * span, mig.end)
-        n = (stop - addr) // md.page_size
-        pmd = md.pmd[md.pmd_index(v, addr)]
-        kind = pmd & 3
-        walk = True
-        if kind == PMD_NONE:
-            _hole(md, mig, n)
-            walk = False
-        elif kind == PMD_HUGE_ZERO:  # is_huge_zero_folio(): split_huge_pmd()
-            mig.notes.add("collect: huge zero PMD")
-            N.split_huge_pmd_zero(md, v, addr)
-        elif kind == PMD_THP:
-            head = pmd >> PTE_SHIFT
-            md.get_page(head)
-            mig.notes.add("collect: PMD-mapped THP")
-            if not md.trylock(head):
-                # As in 4.14 the kernel returns migrate_vma_collect_skip() without
-                # folio_put(); the model drops the reference (see naive.py).
-                md.put_page(head)
-                walk = False
-            else:
-                walk = N.split_huge_page(md, head)  # split_folio()
-                md.unlock(head)
-                md.put_page(head)
-            if not walk:
-                mig.notes.add("collect: THP skipped")
-                N._collect_skip(md, mig, n)
-        if walk:
-            _collect_ptes(md, mig, addr, stop)
-        addr = stop
-    mig.end = mig.start + mig.npages * md.page_size
+    N.walk_pmds(md, mig, _hole, _collect_ptes)
 
 
 # ============================================================================ unmap
@@ -388,21 +339,8 @@ def migrate_mapping(md: Model, newpage: int, page: int, extra: int) -> bool:
     added one for a ZONE_DEVICE page (a free device page held one); since the v6.1
     zero-refcount series none. Then as naive.migrate_page(): the page-cache slot and
     its reference move, mapping and index move, dirty and mlocked are carried."""
-    p, n = md.pages[page], md.pages[newpage]
-    in_cache = p.mapping == MAPPING_FILE
-    if p.ref != 1 + extra + in_cache:
-        return False
-    if in_cache:
-        if md.pcache[p.index] != page:
-            return False
-        n.ref += 1
-        md.pcache[p.index] = newpage
-        p.ref -= 1
-    n.index, n.mapping = p.index, p.mapping
-    carried = p.flags & (PG_DIRTY | PG_MLOCKED)
-    p.flags &= ~carried
-    n.flags |= carried
-    return True
+    in_cache = md.pages[page].mapping == MAPPING_FILE
+    return N.move_mapping(md, newpage, page, 1 + extra + in_cache)
 
 
 def pages(md: Model, mig: MigrateVma) -> None:
