@@ -250,3 +250,86 @@ def test_migrate_anon_huge_empty(make_machine, variant):
     assert m.device.migrate_to_device(p, vma.start, vma.end) == THP_NR
     assert all(on_device(m, p, vma, i) for i in range(THP_NR))
     assert p.read(vma.start, THP_NR * PS) == bytes(THP_NR * PS)
+
+
+@VARIANTS
+@pytest.mark.parametrize("offset", [0, THP_NR // 4, THP_NR // 2])
+def test_migrate_partial_unmap_fault(make_machine, variant, offset):
+    """migrate_partial_unmap_fault (small pages; device THP is not built): munmap
+    half of a migrated 2 MiB buffer at three offsets: its device pages go back
+    to the device's free list; the rest reads back (private: faulting)."""
+    m = machine(make_machine, variant, pages=THP_NR + 8, ram=2 * THP_NR + 64)
+    p, vma, data = filled(m, THP_NR)
+    assert m.device.migrate_to_device(p, vma.start, vma.end) == THP_NR
+    half, base = THP_NR // 2, vma.start  # the Vma is a live view: munmap moves its start
+    p.munmap(at(vma, offset), at(vma, offset + half))
+    assert m.device.free_pages() == m.device.npages - half
+    for i in range(THP_NR):
+        if not offset <= i < offset + half:
+            assert p.read(base + i * PS, PS) == data[i * PS : (i + 1) * PS]
+
+
+@VARIANTS
+@pytest.mark.parametrize("before", [True, False], ids=["migrate-then-mremap", "mremap-first"])
+def test_migrate_remap_fault(make_machine, variant, before):
+    """migrate_remap_fault: mremap(MREMAP_MAYMOVE|MREMAP_FIXED) carries the device
+    entries (private) or present PTEs to device memory (coherent) to the new
+    address, where the data reads back."""
+    m = machine(make_machine, variant)
+    p, vma, data = filled(m, 16)
+    target = vma.start + 8 * 1024 * 1024
+    if before:
+        assert m.device.migrate_to_device(p, vma.start, vma.end) == 16
+    new = p.mremap(vma.start, vma.end, target)
+    if not before:
+        assert m.device.migrate_to_device(p, new.start, new.end) == 16
+    assert all(on_device(m, p, new, i) for i in range(16))
+    assert p.read(new.start, 16 * PS) == data
+
+
+@VARIANTS
+def test_anon_read_and_write_of_device_memory(make_machine, variant):
+    """anon_read / anon_write on pages in the device's own memory: the device
+    reads and writes them in place (its own private pages are reported, not
+    faulted; coherent pages are present), and the CPU then sees the device's
+    stores."""
+    m = machine(make_machine, variant)
+    p, vma, data = filled(m, 4)
+    m.device.migrate_to_device(p, vma.start, vma.end)
+    assert m.device.read(p, vma.start, 4 * PS) == data
+    new = pattern(4, 50)
+    m.device.write(p, vma.start, new)
+    assert all(on_device(m, p, vma, i) for i in range(4))
+    assert m.device.counters["faults"] == 0
+    back_to_ram(m, p, vma, new, variant)
+
+
+@VARIANTS
+def test_anon_write_child_shared(make_machine, variant):
+    """anon_write_child_shared: a MAP_SHARED anonymous buffer is not migrated (no
+    hole or page-cache page goes to device memory: -ENOENT in the selftest); the
+    child's stores are the parent's."""
+    m = machine(make_machine, variant)
+    p = m.new_process()
+    vma = p.mmap(8, kind="shmem")
+    p.write(vma.start, pattern(8))
+    assert m.device.migrate_to_device(p, vma.start, vma.end) == 0
+    child = p.fork()
+    child.write(vma.start, pattern(8, sign=-1))
+    assert p.read(vma.start, 8 * PS) == pattern(8, sign=-1)
+
+
+@VARIANTS
+def test_migrate_anon_huge_zero_err(make_machine, variant):
+    """migrate_anon_huge_zero_err, without device THP: the huge zero page is
+    split into zero-page PTEs and collected as holes (SELECT_SYSTEM); with the
+    device's allocations failing, nothing moves and the zeros read back."""
+    m = machine(make_machine, variant, pages=THP_NR + 8, ram=2 * THP_NR + 64)
+    p = m.new_process()
+    vma = p.mmap(THP_NR, thp=True)
+    assert p.read(vma.start, PS) == bytes(PS)
+    assert p.translate(vma.start).huge  # the huge zero page
+    m.device.fail_alloc(THP_NR)
+    assert m.device.migrate_to_device(p, vma.start, vma.end) == 0
+    assert not any(on_device(m, p, vma, i) for i in range(THP_NR))
+    assert p.read(vma.start, THP_NR * PS) == bytes(THP_NR * PS)
