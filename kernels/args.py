@@ -134,21 +134,59 @@ def mpfn_arrays(src, dst, npages):
 
 @internal(hot=True)
 def src_sound(st, src, npages):
-    """Every pfn ``src[:npages]`` names is a frame of the machine and locked.
+    """Every pfn ``src[:npages]`` names is a frame of the machine, locked, and
+    named by one slot only.
 
     migrate_vma_setup() leaves each slot that names a page with that page
     collected, locked and referenced, and clears the others (4.14's
     migrate_vma_prepare() sets ``src[i] = 0`` for a page it could not lock).
-    So a slot naming a frame past the machine or an unlocked page was written
-    by the caller after setup; the kernel would index ``struct page`` with it.
+    So a slot naming a frame past the machine, an unlocked page or a page an
+    earlier slot names was written by the caller after setup; the kernel would
+    index ``struct page`` with it, or finish one page twice. Leaves each named
+    frame's ``state.dst_mark`` at its slot, for dst_sound().
     """
     lay = st.layout
+    mark = st.dst_mark
     for i in range(npages):
         pfn = mpfn_to_pfn(lay, src[i])
         if pfn < 0:
             continue
         if not valid_pfn(st, pfn) or not has_flag(st, pfn, L.PG_LOCKED):
             return False
+        j = mark[pfn]
+        if 0 <= j < i and mpfn_to_pfn(lay, src[j]) == pfn:
+            return False
+        mark[pfn] = i
+    return True
+
+
+@internal(hot=True)
+def dst_sound(st, src, dst, npages):
+    """Every pfn ``dst[:npages]`` names is one finalize may unlock and put: a frame
+    of the machine, allocated, locked by the engine (not by m.lock_page()),
+    named by no source and by one slot only, and mapped nowhere unless its
+    slot had no source page (a hole the pages pass filled). Call right after
+    src_sound(), whose marks it reads (``state.dst_mark``: a source's slot
+    below ``npages``, a destination's at ``npages`` + its slot)."""
+    lay = st.layout
+    mark = st.dst_mark
+    for i in range(npages):
+        pfn = mpfn_to_pfn(lay, dst[i])
+        if pfn < 0:
+            continue
+        if not valid_pfn(st, pfn):
+            return False
+        flags = st.page["flags"][pfn]
+        if (flags & L.PG_LOCKED) == 0 or (flags & (L.PG_EXT_LOCKED | L.PG_FREE)) != 0:
+            return False
+        j = np.int64(mark[pfn])
+        if 0 <= j < npages and mpfn_to_pfn(lay, src[j]) == pfn:
+            return False  # a source of this migration
+        if npages <= j < npages + i and mpfn_to_pfn(lay, dst[j - npages]) == pfn:
+            return False  # an earlier slot's destination
+        if st.page["mapcount"][pfn] != 0 and mpfn_to_pfn(lay, src[i]) >= 0:
+            return False
+        mark[pfn] = npages + i
     return True
 
 

@@ -18,6 +18,7 @@ from ._jit import internal, kernel
 from .args import (
     close_window,
     continue_args,
+    dst_sound,
     mpfn_arrays,
     range_in_vma,
     src_sound,
@@ -361,7 +362,7 @@ def finalize_checked(state, vma_index, start, end, src, dst):
     npages = continue_args(state, vma_index, start, end, src, dst)
     if npages < 0:
         return npages
-    if not src_sound(state, src, npages):
+    if not src_sound(state, src, npages) or not dst_sound(state, src, dst, npages):
         return np.int64(-L.EINVAL)
     _finalize(state, npages, src, dst)
     close_window(state.mig)

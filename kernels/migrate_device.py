@@ -24,7 +24,7 @@ from . import layout as L
 from . import mm
 from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
-from .args import mpfn_arrays, src_sound, valid_pfn
+from .args import dst_sound, mpfn_arrays, src_sound, valid_pfn
 from .dst_check import check_dst
 from .finalize import finalize_slot
 from .pages import migrate_page_move_mapping
@@ -158,10 +158,11 @@ def _pfns(state, src, unused, a, b):
 
 @internal
 def device_args_ok(state, src, dst):
-    """The checks of migrate_device_pages() and _finalize(): modern, arrays of
-    one length, every pfn ``src`` names a locked frame (src_sound()) that the
-    engine locked (not m.lock_page()) and that is mapped nowhere."""
-    if not mm.behaves(state, L.B_DEVICE_REF0):
+    """The checks of migrate_device_pages() and _finalize(): modern, no
+    migrate_vma_setup() window open, arrays of one length, every pfn ``src``
+    names a locked frame named once (src_sound()) that the engine locked (not
+    m.lock_page()) and that is mapped nowhere."""
+    if not mm.behaves(state, L.B_DEVICE_REF0) or _window_busy(state):
         return False
     n = src.shape[0]
     if not mpfn_arrays(src, dst, n) or dst.shape[0] != n or not src_sound(state, src, n):
@@ -224,8 +225,9 @@ def migrate_device_finalize(state, src, dst):
 
 @internal
 def _finalize(state, src, dst, a, b):
-    """migrate_device_finalize()'s checks and pass."""
-    if not device_args_ok(state, src, dst):
+    """migrate_device_finalize()'s checks (every destination one finalize may
+    put: dst_sound()) and pass."""
+    if not device_args_ok(state, src, dst) or not dst_sound(state, src, dst, src.shape[0]):
         return np.int64(-L.EINVAL)
     for i in range(src.shape[0]):
         finalize_slot(state, src, dst, i, np.int64(-1))

@@ -111,6 +111,11 @@ class MachineCore:
                 f"{what} while a migration is open (migrate_vma_setup() without its "
                 "migrate_vma_finalize()): finish it first"
             )
+        if self.device_range is not None:
+            raise MigengineError(
+                f"{what} while a device-range migration is open (migrate_device_range() "
+                "without its migrate_device_finalize()): finish it first"
+            )
 
     def add_vma(
         self,

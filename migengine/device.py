@@ -192,8 +192,11 @@ class Device:
         return ret
 
     def evict(self) -> int:
-        """Move every device page of every process back to RAM; returns how many."""
-        return int(kdevice.evict(self._core.state))
+        """Move every device page of every process back to RAM; returns how many.
+        4.14 walks every VMA and so moves every device's pages (no owner filter);
+        modern evicts this device's frames by pfn (dmirror_device_evict_chunk())."""
+        self._core.refuse_during_migration("evict()")
+        return int(kdevice.evict_one(self._core.state, self.index))
 
     def run_ops(
         self, vma: Vma, start: int, end: int, src: np.ndarray, dst: np.ndarray, private: Any

@@ -96,8 +96,9 @@ def _continue(m: Any, src: np.ndarray, dst: np.ndarray, what: str, kernel: Any) 
         if (s & L.MODERN_LAYOUT.MIGRATE).any():
             raise ValueError(f"{what}: no device-range migration is open")
         return False  # nothing was collected: nothing to do
-    if s.shape[0] != n or d.shape[0] != n or np.may_share_memory(s, d):
-        raise ValueError(f"{what}: src and dst must be the {n} slots the range collected")
+    s, d = s[:n], d[:n]  # the slots the range collected
+    if np.may_share_memory(s, d):
+        raise ValueError(f"{what}: src and dst must not overlap")
     if not np.array_equal(s, record):
         raise ValueError(f"{what}: src was written since the core last did")
     m.core.refuse_during_callback(f"{what}()")
@@ -110,7 +111,8 @@ def migrate_device_pages(m: Any, src: np.ndarray, dst: np.ndarray) -> None:
     """migrate_device_pages(): the pages pass without a VMA (no hole insertion).
     ``src`` must be what migrate_device_range() or _pfns() left in it."""
     if _continue(m, src, dst, "migrate_device_pages", kdev.migrate_device_pages):
-        m.core.device_range = np.asarray(src).copy()
+        record = m.core.device_range
+        m.core.device_range = np.asarray(src)[: record.shape[0]].copy()
 
 
 def migrate_device_finalize(m: Any, src: np.ndarray, dst: np.ndarray) -> None:

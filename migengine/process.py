@@ -285,8 +285,11 @@ class Process:
             raise OutOfMemory("swap is full")
 
     def fork(self) -> Process:
-        """A child sharing private anonymous pages copy-on-write, shmem/file shared."""
+        """A child sharing private anonymous pages copy-on-write, shmem/file shared.
+        MigengineError while a migration is open (fork takes mmap_sem for writing,
+        and would copy its migration entries)."""
         m = self.machine
+        self._core.refuse_during_migration("fork()")
         # All the child's page tables must fit, or no child at all.
         vmas = self.vmas()
         kstate.check_pte_slots(int(m.state.sys[L.SYS_PTE_USED]) + sum(v.npages for v in vmas))

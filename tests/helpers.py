@@ -151,9 +151,12 @@ class Driver:
 # ---------------------------------------------------------------- whole states
 def snapshot(m: me.Machine) -> dict[str, tuple]:
     """A deep copy of every array of the flat state (field by field for struct
-    arrays: their alignment padding holds no state and is not copied reliably)."""
+    arrays: their alignment padding holds no state and is not copied reliably),
+    without ``dst_mark``: scratch the argument checks write as they go."""
     out: dict[str, tuple] = {}
     for name, arr in zip(m.state._fields, m.state, strict=True):
+        if name == "dst_mark":
+            continue
         for field in arr.dtype.names or (None,):
             col = arr if field is None else arr[field]
             out[f"{name}.{field}"] = (col.dtype.str, col.shape, copy.deepcopy(col).tobytes())

@@ -27,7 +27,13 @@ from .fault import device_fault
 from .finish import finish_plain_slot, finish_reserved, finish_reserved_slot
 from .mirror import device_finalize_and_map, mirror_entry, system_finalize_and_map
 from .pipeline import migrate_vma_driver, migrate_vma_to_device, migrate_vma_to_system, run_driver
-from .ranges import evict, migrate_range_to_system, migrate_to_device, migrate_to_system
+from .ranges import (
+    evict,
+    evict_one,
+    migrate_range_to_system,
+    migrate_to_device,
+    migrate_to_system,
+)
 
 __all__ = [
     "DEV_KEEP_STATS",
@@ -37,6 +43,7 @@ __all__ = [
     "device_fault",
     "device_finalize_and_map",
     "evict",
+    "evict_one",
     "find_vma",
     "finish_plain_slot",
     "finish_reserved",

@@ -104,6 +104,18 @@ def migrate_range_to_system(state, mm_id, start, end, private):
 
 
 @kernel
+def evict_one(state, d):
+    """Device ``d``'s removal: evict() in 4.14 (every VMA, every device's pages),
+    evict_device() of ``d`` alone in modern. -EINVAL for no such device."""
+    if not valid_device(state, np.int64(d)):
+        return np.int64(-L.EINVAL)
+    if mm.behaves(state, L.B_DEVICE_REF0):
+        state.copy_stats[:] = 0.0
+        return evict_device(state, np.int64(d))
+    return evict(state)
+
+
+@kernel
 def evict(state):
     """Move every device page of every process back to RAM (driver removal).
 

@@ -200,3 +200,43 @@ def test_device_range_bad_input(make_machine):
     assert kernels.migrate_device_finalize(m.state, bogus, z) == -22
     assert [p.translate(addr(vma, i)).kind for i in range(2)] == ["device"] * 2
     assert_data(p, vma, range(2))
+
+
+def test_an_open_device_range_blocks_what_would_tear_it_down(make_machine):
+    """Between migrate_device_range() and migrate_device_finalize() the pages are
+    behind migration entries: munmap, madvise, mprotect, mremap, fork and evict
+    wait for it (MigengineError, nothing changed), as for an open split-API
+    migration."""
+    m = make_machine(64, 8, profile="modern")
+    p, vma = filled(m, 4)
+    m.device.migrate_to_device(p, vma.start, vma.end)
+    src = np.zeros(8, np.uint64)
+    me.migrate_device_range(m, src, m.device.first_pfn, 8)
+    for op in (
+        lambda: p.munmap(vma.start, vma.end),
+        lambda: p.madvise(vma.start, vma.end, "dontneed"),
+        lambda: p.mprotect(vma.start, vma.end, "r"),
+        lambda: p.fork(),
+        lambda: m.device.evict(),
+    ):
+        with pytest.raises(me.MigengineError, match="open"):
+            op()
+    me.migrate_device_finalize(m, src, np.zeros(8, np.uint64))  # no destination: restored
+    assert [p.translate(addr(vma, i)).kind for i in range(4)] == ["device"] * 4
+    assert_data(p, vma, range(4))
+
+
+def test_evict_moves_only_its_own_device(make_machine):
+    """dmirror_device_evict_chunk() (modern) evicts the device's own frames; in
+    4.14 eviction walks every VMA and, with no owner filter, takes every
+    device's pages."""
+    for profile, kinds in (("modern", "coherent"), ("hmm-v25", "private")):
+        specs = [me.DeviceSpec(8, owner="a"), me.DeviceSpec(8, kinds, owner="b")]
+        m = make_machine(64, devices=specs, profile=profile)
+        d0, d1 = m.devices
+        p, vma = filled(m, 4)
+        d0.migrate_to_device(p, vma.start, addr(vma, 2))
+        d1.migrate_to_device(p, addr(vma, 2), vma.end)
+        assert d0.evict() == (2 if profile == "modern" else 4)
+        assert d1.free_pages() == (6 if profile == "modern" else 8)
+        assert_data(p, vma, range(4))
