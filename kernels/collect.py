@@ -81,7 +81,7 @@ def _collect_huge(st, v, addr, pmd_i, first_slot):
     head = mm.pte_pfn(st.pmd[pmd_i])
     mm.get_page(st, head)
     if not mm.trylock_page(st, head):
-        # Both profiles keep the later kernels' put here: 4.14 returns without
+        # Every profile keeps the later kernels' put here: 4.14 returns without
         # it, leaking the reference, and that THP could never be split again
         # (docs/fidelity.md, "4.14 behaviours that later kernels changed").
         mm.put_page(st, head)

@@ -10,7 +10,7 @@ _nrt=False)`` kernel, which LLVM inlines into its callers. ``_nrt=False``
 because with numba's reference counting on, each call taking the state increfs
 and decrefs every array (measured at ~600 ns per call); nothing on the per-page
 path allocates, so it needs none.
-Refcount conventions (both profiles unless stated):
+Refcount conventions (every profile unless stated):
 
 * a free RAM frame has refcount 0; a free device frame has 1 in ``hmm-v25``
   (4.14: the device holds a reference, and a put back to 1 frees it), 0 in

@@ -47,7 +47,7 @@ the uapi's code for device memory the CPU maps.
 4.14's ``hmm_pfn_t`` carried no mapping order; the ``HMM_PFN_PMD`` bit here
 (the snapshot's ``HMM_DMIRROR_PROT_PMD``) is what modern kernels report with
 the map order ("mm/hmm: provide the page mapping order in hmm_range_fault()",
-Linux 5.10). Both profiles report it, as the uapi defines it.
+Linux 5.10). Every profile reports it, as the uapi defines it.
 
 The mirror stays coherent with the CPU page table because every path that
 takes a mapping away from a slot invalidates every device's entry there (zap,
