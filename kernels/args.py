@@ -190,7 +190,19 @@ def dst_sound(st, src, dst, npages):
     return True
 
 
+def mutable_mpfn_type(a):
+    """A numba type: a writable 1-D uint64 array (for the callers' overloads
+    that compile a bad array to an -EINVAL return)."""
+    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint64 and a.mutable
+
+
 # --------------------------------------------------------------------- the window
+@internal(inline=True)
+def window_open(mig):
+    """A migrate_vma_setup() window is open, or one is suspended."""
+    return mig[L.MIG_END] > mig[L.MIG_START] or mig[L.MIG_VMA] >= _SUSPENDED
+
+
 @internal(inline=True)
 def window_tag(mig, v):
     """``MIG_VMA`` for a window setup opens on VMA ``v``: an open window under

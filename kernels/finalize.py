@@ -15,8 +15,9 @@ from .rmap import remove_migration_ptes
 
 @internal(inline=True)
 def release(st, pfn):
-    """put_page() for ZONE_DEVICE pages, putback_lru_page() for the others."""
-    if mm.behaves(st, L.B_DEVICE_PRIVATE) and mm.is_zone_device(st, pfn):
+    """put_page() for ZONE_DEVICE pages (none in seed), putback_lru_page() for
+    the others."""
+    if mm.is_zone_device(st, pfn):
         mm.put_page(st, pfn)
     else:
         mm.putback_lru_page(st, pfn)

@@ -9,7 +9,7 @@ written in numba calls them directly and stays cacheable.
 """
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.extending import overload
 
 from . import layout as L
@@ -20,6 +20,7 @@ from .args import (
     continue_args,
     dst_sound,
     mpfn_arrays,
+    mutable_mpfn_type,
     range_in_vma,
     src_sound,
     window_tag,
@@ -106,13 +107,9 @@ def _typed(fn, state, vma_index, start, end, src, dst):
     return fn(state, vma_index, start, end, src, dst)
 
 
-def _mpfn_type(a):
-    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint64 and a.mutable
-
-
 @overload(_typed, inline="always")
 def _typed_impl(fn, state, vma_index, start, end, src, dst):
-    if _mpfn_type(src) and _mpfn_type(dst):
+    if mutable_mpfn_type(src) and mutable_mpfn_type(dst):
         return lambda fn, state, vma_index, start, end, src, dst: fn(
             state, vma_index, start, end, src, dst
         )
@@ -126,7 +123,7 @@ def _typed_flags(fn, state, vma_index, start, end, src, dst, flags, owner, fault
 
 @overload(_typed_flags, inline="always")
 def _typed_flags_impl(fn, state, vma_index, start, end, src, dst, flags, owner, fault_pfn):
-    if _mpfn_type(src) and _mpfn_type(dst):
+    if mutable_mpfn_type(src) and mutable_mpfn_type(dst):
         return lambda fn, state, vma_index, start, end, src, dst, flags, owner, fault_pfn: fn(
             state, vma_index, start, end, src, dst, flags, owner, fault_pfn
         )

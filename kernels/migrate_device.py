@@ -17,25 +17,17 @@ is open or suspended, and leave none open.
 """
 
 import numpy as np
-from numba import types
 from numba.extending import overload
 
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
-from .args import dst_sound, mpfn_arrays, src_sound, valid_pfn
+from .args import dst_sound, mpfn_arrays, mutable_mpfn_type, src_sound, valid_pfn, window_open
 from .dst_check import check_dst
 from .finalize import finalize_slot
 from .pages import migrate_page_move_mapping
 from .unmap import migrate_vma_unmap
-
-
-@internal(inline=True)
-def _window_busy(st):
-    """A migrate_vma_setup() window is open, or one is suspended."""
-    mig = st.mig
-    return mig[L.MIG_END] > mig[L.MIG_START] or mig[L.MIG_VMA] >= np.int64(1) << np.int64(32)
 
 
 @internal(hot=True)
@@ -76,10 +68,6 @@ def _unmap_collected(st, src, npages):
     return np.int64(0)
 
 
-def _u64_mutable(a):
-    return isinstance(a, types.Array) and a.ndim == 1 and a.dtype == types.uint64 and a.mutable
-
-
 def _typed(fn, state, src, dst, a, b):
     """``fn(state, src, dst, a, b)``, or -EINVAL when ``src`` or ``dst`` is not a
     writable 1-D uint64 array: decided when numba compiles the caller, so such
@@ -89,7 +77,7 @@ def _typed(fn, state, src, dst, a, b):
 
 @overload(_typed, inline="always")
 def _typed_impl(fn, state, src, dst, a, b):
-    if _u64_mutable(src) and _u64_mutable(dst):
+    if mutable_mpfn_type(src) and mutable_mpfn_type(dst):
         return lambda fn, state, src, dst, a, b: fn(state, src, dst, a, b)
     return lambda fn, state, src, dst, a, b: np.int64(-L.EINVAL)
 
@@ -115,7 +103,7 @@ def _range(state, src, unused, start, n):
     """migrate_device_range()'s checks and body."""
     if not mm.behaves(state, L.B_DEVICE_REF0):
         return np.int64(-L.EINVAL)
-    if n <= 0 or src.shape[0] < n or _window_busy(state):
+    if n <= 0 or src.shape[0] < n or window_open(state.mig):
         return np.int64(-L.EINVAL)
     if not _device_frame(state, start) or not _device_frame(state, start + n - 1):
         return np.int64(-L.EINVAL)
@@ -141,16 +129,18 @@ def migrate_device_pfns(state, src):
 @internal
 def _pfns(state, src, unused, a, b):
     """migrate_device_pfns()'s checks and body."""
-    if not mm.behaves(state, L.B_DEVICE_REF0) or _window_busy(state):
+    if not mm.behaves(state, L.B_DEVICE_REF0) or window_open(state.mig):
         return np.int64(-L.EINVAL)
     n = src.shape[0]
+    mark = state.dst_mark  # a frame's slot, as src_sound() marks them
     for i in range(n):
         if src[i] > np.uint64(state.page.shape[0]) or not _device_frame(state, np.int64(src[i])):
             return np.int64(-L.EINVAL)
-    for i in range(n):
-        for j in range(i):
-            if src[i] == src[j]:
-                return np.int64(-L.EINVAL)
+        pfn = np.int64(src[i])
+        j = mark[pfn]
+        if 0 <= j < i and src[j] == src[i]:
+            return np.int64(-L.EINVAL)  # listed twice
+        mark[pfn] = i
     for i in range(n):
         src[i] = collect_device_pfn(state, np.int64(src[i]))
     return _unmap_collected(state, src, n)
@@ -162,7 +152,7 @@ def device_args_ok(state, src, dst):
     migrate_vma_setup() window open, arrays of one length, every pfn ``src``
     names a locked frame named once (src_sound()) that the engine locked (not
     m.lock_page()) and that is mapped nowhere."""
-    if not mm.behaves(state, L.B_DEVICE_REF0) or _window_busy(state):
+    if not mm.behaves(state, L.B_DEVICE_REF0) or window_open(state.mig):
         return False
     n = src.shape[0]
     if not mpfn_arrays(src, dst, n) or dst.shape[0] != n or not src_sound(state, src, n):
@@ -252,7 +242,7 @@ def migrate_device_coherent_folio(state, pfn):
         return np.int64(-L.EINVAL)
     if not mm.has_flag(state, p, L.PG_COHERENT) or mm.has_flag(state, p, L.PG_FREE):
         return np.int64(-L.EINVAL)
-    if _window_busy(state):
+    if window_open(state.mig):
         return np.int64(-L.EBUSY)
     mm.get_page(state, p)  # the pin GUP turned into a reference
     if not mm.trylock_page(state, p):

@@ -160,6 +160,16 @@ def drain_cpu(st, cpu):
     st.pagevec_n[cpu] = 0
 
 
+@internal(inline=True)
+def drain_all_once(st, pfn, mig):
+    """lru_add_drain_all() for the first page a migration finds off the LRU, once
+    per call (``mig[MIG_DRAINED_ALL]``): it may sit in another CPU's batch.
+    4.14's prepare and modern's migrate_device_unmap() both do it."""
+    if not has_flag(st, pfn, L.PG_LRU) and mig[L.MIG_DRAINED_ALL] == 0:
+        lru_add_drain_all(st)
+        mig[L.MIG_DRAINED_ALL] = 1
+
+
 @internal(hot=True)
 def lru_cache_add(st, cpu, pfn):
     """lru_cache_add(): queue a page in ``cpu``'s LRU-add batch (takes a reference).

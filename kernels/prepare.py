@@ -13,15 +13,6 @@ from .pin_check import migrate_vma_check_page
 from .rmap import remove_migration_pte
 
 
-@internal(inline=True)
-def _may_drain_all(st, pfn, mig):
-    """lru_add_drain_all() for the first page found off the LRU, once per call:
-    it may sit in another CPU's LRU-add batch."""
-    if not mm.has_flag(st, pfn, L.PG_LRU) and mig[L.MIG_DRAINED_ALL] == 0:
-        mm.lru_add_drain_all(st)
-        mig[L.MIG_DRAINED_ALL] = 1
-
-
 @internal(hot=True)
 def _prepare_seed_slot(st, src, k, pfn, mig):
     """The seed's loop body for one collected page."""
@@ -32,7 +23,7 @@ def _prepare_seed_slot(st, src, k, pfn, mig):
         mm.put_page(st, pfn)
         return
     src[k] |= lay[L.L_LOCKED]
-    _may_drain_all(st, pfn, mig)
+    mm.drain_all_once(st, pfn, mig)
     if mm.isolate_lru_page(st, pfn) != 0:
         src[k] = L.MPFN_NONE
         mm.unlock_page(st, pfn)
@@ -79,7 +70,7 @@ def _prepare_hmm_slot(st, src, k, pfn, mig):
         src[k] |= lay[L.L_LOCKED]
     device = mm.is_zone_device(st, pfn)
     if not device:
-        _may_drain_all(st, pfn, mig)
+        mm.drain_all_once(st, pfn, mig)
         if mm.isolate_lru_page(st, pfn) != 0:
             restore = _drop(st, src, k, pfn, mig, remap)
             if not remap:

@@ -48,9 +48,7 @@ def device_unmap_slot(st, src, i, mig):
         return 0
     device = mm.is_zone_device(st, pfn)
     if not device:
-        if not mm.has_flag(st, pfn, L.PG_LRU) and mig[L.MIG_DRAINED_ALL] == 0:
-            mm.lru_add_drain_all(st)
-            mig[L.MIG_DRAINED_ALL] = 1
+        mm.drain_all_once(st, pfn, mig)
         if mm.isolate_lru_page(st, pfn) != 0:
             return _drop_slot(st, src, i, mig)
         mm.put_page(st, pfn)

@@ -26,13 +26,11 @@ __all__ = [
 
 
 def _modern(m: Any, what: str) -> None:
+    """ValueError outside the modern profile; MigengineError while a migration
+    (a callback, a setup window, a device range) is open."""
     if getattr(m, "profile", None) != "modern":
         raise ValueError(f"{what}: the device-range API is the modern profile's (v6.1)")
-    if m.core.device_range is not None:
-        raise ValueError(f"{what}: a device-range migration is still open; finalize it first")
-    mig = m.state.mig
-    if mig[L.MIG_END] > mig[L.MIG_START] or mig[L.MIG_VMA] >> 32:
-        raise ValueError(f"{what}: a migrate_vma_setup() migration is still open")
+    m.core.refuse_during_migration(f"{what}()")
 
 
 def _device_of(m: Any, pfn: int, what: str) -> Any:
@@ -59,7 +57,6 @@ def migrate_device_range(m: Any, src: np.ndarray, start_pfn: int, npages: int) -
     first, last = _device_of(m, start, what), _device_of(m, start + n - 1, what)
     if first is not last:
         raise ValueError(f"{what}: [{start}, {start + n}) spans two devices")
-    m.core.refuse_during_callback(f"{what}()")
     if int(kdev.migrate_device_range(m.state, out, start, n)) != 0:
         raise ValueError(f"{what}: the kernel refused the range")
     _opened(m, out[:n])
@@ -76,7 +73,6 @@ def migrate_device_pfns(m: Any, src: np.ndarray) -> int:
         _device_of(m, as_int(pfn, f"src[{i}]"), what)
     if len(set(out.tolist())) != out.shape[0]:
         raise ValueError(f"{what}: a pfn is listed twice")
-    m.core.refuse_during_callback(f"{what}()")
     if int(kdev.migrate_device_pfns(m.state, out)) != 0:
         raise ValueError(f"{what}: the kernel refused the list")
     _opened(m, out)
