@@ -66,6 +66,7 @@ from .device import (  # noqa: E402  # noqa: E402
     system_finalize_and_map,
 )
 from .driver import (  # noqa: E402
+    alloc_folio,
     alloc_page,
     copy_page,
     migrate_pfn,
@@ -125,6 +126,7 @@ __all__ = [
     "migrate_device_finalize",
     "migrate_device_coherent_folio",
     "alloc_page",
+    "alloc_folio",
     "put_page",
     "unlock_page",
     "copy_page",

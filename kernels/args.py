@@ -142,17 +142,24 @@ def src_sound(st, src, npages):
     migrate_vma_prepare() sets ``src[i] = 0`` for a page it could not lock).
     So a slot naming a frame past the machine, an unlocked page or a page an
     earlier slot names was written by the caller after setup; the kernel would
-    index ``struct page`` with it, or finish one page twice. Leaves each named
+    index ``struct page`` with it, or finish one page twice. So was a COMPOUND
+    slot (modern) that names no folio head, or whose extent runs past
+    ``npages``. Leaves each named
     frame's ``state.dst_mark`` at its slot, for dst_sound().
     """
     lay = st.layout
     mark = st.dst_mark
+    compound = lay[L.L_COMPOUND]
     for i in range(npages):
         pfn = mpfn_to_pfn(lay, src[i])
+        if (src[i] & compound) != 0 and i + L.HPAGE_PMD_NR > npages:
+            return False  # a COMPOUND slot (modern) heads a whole PMD extent
         if pfn < 0:
             continue
         if not valid_pfn(st, pfn) or not has_flag(st, pfn, L.PG_LOCKED):
             return False
+        if ((src[i] & compound) != 0) != has_flag(st, pfn, L.PG_HEAD):
+            return False  # COMPOUND names a folio's head, and only it does
         j = mark[pfn]
         if 0 <= j < i and mpfn_to_pfn(lay, src[j]) == pfn:
             return False

@@ -60,17 +60,25 @@ def _check_free_lists(st):
     nframes = st.page.shape[0]
     nfree_ram = 0
     nfree_dev = 0
+    folio_heads = _count_free_folios(st)
+    if folio_heads < 0:
+        return CHK_FREE_LIST, -1
     for pfn in range(nframes):
         free = mm.has_flag(st, pfn, L.PG_FREE)
         pos = st.free_pos[pfn]
-        if free != (pos >= 0) or (free and st.free_stack[pos] != pfn):
+        # a free folio's head (modern) is on its pool's folio list, not the stack
+        folio = free and mm.has_flag(st, pfn, L.PG_HEAD)
+        if (free and not folio) != (pos >= 0) or (pos >= 0 and st.free_stack[pos] != pfn):
             return CHK_FREE_LIST, pfn
         if not free:
             continue
-        want_ref = mm.device_base_ref(st, pfn)
-        others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_DEVICE_KIND)
+        want_ref = 0 if folio else mm.device_base_ref(st, pfn)
+        others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_DEVICE_KIND | L.PG_HEAD)
         if st.page["refcount"][pfn] != want_ref or st.page["mapcount"][pfn] != 0 or others:
             return CHK_FREE_FRAME, pfn
+        if folio:
+            folio_heads -= 1
+            continue
         if pfn < nr_ram:
             nfree_ram += 1
         else:
@@ -84,9 +92,29 @@ def _check_free_lists(st):
             pfn = st.free_stack[pos]
             if pfn < first or pfn >= first + st.dev[d, L.DEV_NPAGES]:
                 return CHK_FREE_LIST, pfn  # a frame on another pool's stack
-    if nfree_dev != 0:
+    if nfree_dev != 0 or folio_heads != 0:
         return CHK_FREE_COUNT, -1
     return CHK_OK, -1
+
+
+@internal
+def _count_free_folios(st):
+    """Walk every pool's free-folio list (kernels.page_alloc): each node a free
+    head, aligned, of that pool, as many as its count; the total, or -1."""
+    total = 0
+    for pool in range(-1, st.dev.shape[0]):
+        n = mm.pool_folios(st, pool)
+        head = st.sys[L.SYS_FOLIO_TOP] if pool < 0 else st.dev[pool, L.DEV_FOLIO_TOP]
+        for _ in range(n):
+            if head < 0 or head % L.HPAGE_PMD_NR != 0 or mm.device_of(st, head) != pool:
+                return -1
+            if not mm.has_flag(st, head, L.PG_FREE) or not mm.has_flag(st, head, L.PG_HEAD):
+                return -1
+            head = st.page["index"][head]
+        if head != -1:
+            return -1
+        total += n
+    return total
 
 
 @internal
@@ -101,10 +129,15 @@ def _count_mappings(st, maps, swaps):
         end = st.vma["end"][v]
         for j in range((end - 1) // ext - start // ext + 1):
             word = st.pmd[st.vma["pmd_base"][v] + j]
-            if mm.pmd_kind(word) == L.PMD_THP:
+            pk = mm.pmd_kind(word)
+            if pk == L.PMD_MIGRATION:
+                return CHK_MIGRATION_ENTRY, st.vma["pmd_base"][v] + j
+            if mm.pmd_maps_folio(pk):
                 head = mm.pte_pfn(word)
                 if not mm.has_flag(st, head, L.PG_HEAD):
                     return CHK_COMPOUND, head
+                if (pk == L.PMD_DEVICE) != mm.is_device_private(st, head):
+                    return CHK_BAD_MAP, head
                 maps[head] += 1
         base = st.vma["pte_base"][v]
         for k in range((end - start) // ps):
@@ -168,8 +201,14 @@ def _check_page(st, pfn, maps, limit):
     if (flags & (L.PG_FREE | L.PG_ZERO)) != 0:
         return CHK_OK
     if (flags & L.PG_TAIL) != 0:
+        # no half-split folio: a tail's head is a head, and a tail holds nothing
         ok = st.page["refcount"][pfn] == 0 and st.page["mapcount"][pfn] == 0
+        ok = ok and mm.has_flag(st, pfn - pfn % L.HPAGE_PMD_NR, L.PG_HEAD)
         return CHK_OK if ok else CHK_COMPOUND
+    if (flags & L.PG_HEAD) != 0:
+        for j in range(1, L.HPAGE_PMD_NR):
+            if not mm.has_flag(st, pfn + j, L.PG_TAIL):
+                return CHK_COMPOUND
     if st.page["mapcount"][pfn] != maps[pfn]:
         return CHK_MAPCOUNT
     if not _chain_matches(st, pfn, limit):
@@ -231,7 +270,7 @@ def _mapped_at(st, v, addr, slot):
     pk = mm.pmd_kind(pword)
     if pk == L.PMD_HUGE_ZERO:
         return st.sys[L.SYS_ZERO_PFN], False
-    if pk == L.PMD_THP:
+    if mm.pmd_maps_folio(pk):
         pfn = mm.pte_pfn(pword) + mm.pages_in(st, addr % mm.pmd_extent(st))
         return pfn, (pword & L.PMD_WRITE) != 0
     if pk == L.PMD_TABLE:
@@ -240,6 +279,14 @@ def _mapped_at(st, v, addr, slot):
         if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE or kind == L.PTE_EXCLUSIVE:
             return mm.pte_pfn(pte), mm.pte_write(pte)
     return np.int64(-1), False
+
+
+@internal(inline=True)
+def _device_entry_at(st, v, addr, slot):
+    """A device-private entry maps ``addr``: a PTE, or (modern) a PMD entry."""
+    if mm.pmd_kind(st.pmd[mm.pmd_slot(st, v, addr)]) == L.PMD_DEVICE:
+        return True
+    return mm.pte_kind(st.pte[slot]) == L.PTE_DEVICE
 
 
 @internal
@@ -268,7 +315,7 @@ def _check_mirrors(st):
                 entry = mm.is_device_private(st, pfn)
                 if (m & 1) != 0 and not writable and not device:
                     return CHK_MIRROR, slot
-                if entry and private and mm.pte_kind(st.pte[slot]) != L.PTE_DEVICE:
+                if entry and private and not _device_entry_at(st, v, start + k * ps, slot):
                     return CHK_MIRROR, slot
     return CHK_OK, -1
 

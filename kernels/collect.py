@@ -246,6 +246,95 @@ def _collect_ptes(st, v, addr, end, src, dst, mig):
         st.counters[L.C_TLB_FLUSH] += 1  # one flush_tlb_range() per PMD
 
 
+@internal(inline=True)
+def compound_ok(st, addr, stop, mig):
+    """modern (B_DEVICE_THP): SELECT_COMPOUND and a walked extent PMD-aligned at
+    both ends: the extent may be one COMPOUND slot."""
+    if not mm.behaves(st, L.B_DEVICE_THP):
+        return False
+    if (mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_COMPOUND) == 0:
+        return False
+    ext = mm.pmd_extent(st)
+    return addr % ext == 0 and stop - addr == ext
+
+
+@internal
+def _collect_compound_slot(st, src, dst, mig, mpfn):
+    """One COMPOUND slot then 511 zero ones (migrate_vma_collect_skip()), counted once."""
+    n = mig[L.MIG_NPAGES]
+    src[n] = mpfn
+    for k in range(L.HPAGE_PMD_NR):
+        dst[n + k] = 0
+    for k in range(1, L.HPAGE_PMD_NR):
+        src[n + k] = L.MPFN_NONE
+    mig[L.MIG_NPAGES] = n + L.HPAGE_PMD_NR
+    _count(mig, 1)
+
+
+@internal
+def _collect_huge_pmd(st, v, addr, stop, pmd_i, src, dst, mig):
+    """migrate_vma_collect_huge_pmd() (modern, B_DEVICE_THP) for a PMD that maps
+    a folio, a huge zero PMD or none. Returns 1 when it collected the extent
+    (one COMPOUND slot, or a hole), 0 when it skipped it (``src = 0``), -1 to
+    fall back to splitting and the PTE loop.
+
+    A hole or the huge zero page (which needs SELECT_SYSTEM) goes to
+    migrate_vma_collect_hole(); a THP needs SELECT_SYSTEM, a device-private
+    PMD entry SELECT_DEVICE_PRIVATE and the call's owner. The folio is
+    referenced and trylocked (not the fault page's; failure: skip); with
+    compound_ok() its PMD becomes a PMD migration entry (the mapping's
+    reference and mapcount go, the dirty bit moves to the folio) and
+    ``src = head|MIGRATE|COMPOUND`` (+WRITE), else it falls back.
+    """
+    word = st.pmd[pmd_i]
+    kind = mm.pmd_kind(word)
+    count = mm.pages_in(st, stop - addr)
+    system = (mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_SYSTEM) != 0
+    if kind == L.PMD_NONE or (kind == L.PMD_HUGE_ZERO and system):
+        if st.vma["kind"][v] != L.VMA_ANON:
+            migrate_vma_collect_skip(st, src, dst, mig, count)
+        elif compound_ok(st, addr, stop, mig):
+            _collect_compound_slot(
+                st, src, dst, mig, st.layout[L.L_MIGRATE] | st.layout[L.L_COMPOUND]
+            )
+        else:
+            migrate_vma_collect_hole(st, v, src, dst, mig, count)
+        return 1
+    head = mm.pte_pfn(word)
+    if kind == L.PMD_THP:
+        if not system:
+            return 0
+    elif kind != L.PMD_DEVICE or not selected(st, head, mig, L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE):
+        return 0  # the huge zero page unselected, another owner's folio, or a migration entry
+    mm.get_page(st, head)
+    fault = (
+        head == mm.compound_head(st, mig[L.MIG_FAULT_PFN]) if mig[L.MIG_FAULT_PFN] >= 0 else False
+    )
+    if not fault and not mm.trylock_page(st, head):
+        mm.put_page(st, head)
+        return 0
+    if not compound_ok(st, addr, stop, mig):
+        ret = split_huge_page(st, head, 1)
+        if not fault:
+            mm.unlock_page(st, head)
+        mm.put_page(st, head)
+        return -1 if ret == 0 else 0
+    write = (word & L.PMD_WRITE) != 0
+    lay = st.layout
+    mpfn = mm.make_mpfn(lay, head) | lay[L.L_MIGRATE] | lay[L.L_COMPOUND]
+    if write:
+        mpfn |= lay[L.L_WRITE]
+    if kind == L.PMD_THP:
+        if write:
+            mm.set_flag(st, head, L.PG_DIRTY)  # pmd_dirty() moves to the folio
+        st.counters[L.C_TLB_FLUSH] += 1  # pmdp_invalidate()
+    st.pmd[pmd_i] = mm.make_pmd(L.PMD_MIGRATION, head, write)
+    st.page["mapcount"][head] -= 1
+    mm.put_page(st, head)
+    _collect_compound_slot(st, src, dst, mig, mpfn)
+    return 1
+
+
 @internal(hot=True)
 def collect_extent(st, v, addr, stop, src, dst, mig):
     """migrate_vma_collect_pmd()'s PMD-level branches for the extent ``[addr, stop)``.
@@ -257,6 +346,11 @@ def collect_extent(st, v, addr, stop, src, dst, mig):
     count = mm.pages_in(st, stop - addr)
     pmd_i = mm.pmd_slot(st, v, addr)
     kind = mm.pmd_kind(st.pmd[pmd_i])
+    if kind != L.PMD_TABLE and mm.behaves(st, L.B_DEVICE_THP):
+        ret = _collect_huge_pmd(st, v, addr, stop, pmd_i, src, dst, mig)
+        if ret == 0:
+            migrate_vma_collect_skip(st, src, dst, mig, count)
+        return ret >= 0
     if kind == L.PMD_NONE:
         migrate_vma_collect_hole(st, v, src, dst, mig, count)
         return True

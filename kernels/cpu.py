@@ -59,9 +59,10 @@ def translate(state, mm_id, addr):
         return TR_NONE, -1, False, False
     if pk == L.PMD_HUGE_ZERO:
         return TR_ZERO, state.sys[L.SYS_ZERO_PFN], False, True
-    if pk == L.PMD_THP:
+    if pk == L.PMD_THP or pk == L.PMD_DEVICE or pk == L.PMD_MIGRATION:
         pfn = mm.pte_pfn(pword) + (addr % mm.pmd_extent(state)) // mm.page_size(state)
-        return TR_PRESENT, pfn, (pword & L.PMD_WRITE) != 0, True
+        tr = TR_PRESENT if pk == L.PMD_THP else TR_DEVICE if pk == L.PMD_DEVICE else TR_MIGRATION
+        return tr, pfn, (pword & L.PMD_WRITE) != 0, True
     pte = state.pte[mm.pte_slot(state, v, addr)]
     kind = mm.pte_kind(pte)
     pfn = mm.pte_pfn(pte)

@@ -37,6 +37,17 @@ def alloc_page(state, device):
 
 
 @kernel(inline=True)
+def alloc_folio(state, device):
+    """A fresh locked 2 MiB folio (modern's device THP, B_DEVICE_THP): the head
+    pfn of an aligned run of HPAGE_PMD_NR frames of RAM or of the first
+    device, refcount 1 on the head; ``dst`` names it with COMPOUND. -1 when no
+    aligned run is wholly free, or outside the modern profile."""
+    if not mm.behaves(state, L.B_DEVICE_THP):
+        return np.int64(-1)
+    return mm.alloc_locked_folio(state, np.int64(0) if device else np.int64(L.RAM_POOL))
+
+
+@kernel(inline=True)
 def put_page(state, pfn):
     """put_page(): drop one reference (frees the page at its free count).
 

@@ -14,7 +14,9 @@ A destination is sound when its frame is (in this order of reasons):
 * inside the machine (``DST_OUT_OF_RANGE``);
 * not the shared zero page (``DST_ZERO_PAGE``);
 * allocated (``DST_FREE``);
-* a base page: a compound head or tail is no destination (``DST_WRONG_KIND``);
+* a base page: a compound head or tail is no destination (``DST_WRONG_KIND``),
+  except that an entry with MIGRATE_PFN_COMPOUND (modern) must name a folio's
+  head, which alloc_thp_pool() hands out aligned;
 * locked, as ``alloc_page()`` returns it (``DST_NOT_LOCKED``);
 * owned by nobody else: no mapping, no page-cache or anon mapping, not on an
   LRU or its add batch, not locked or isolated by someone else (``DST_IN_USE``;
@@ -74,15 +76,16 @@ _OTHERS = L.PG_LRU | L.PG_PAGEVEC | L.PG_EXT_LOCKED | L.PG_EXT_ISOLATED
 
 
 @internal(inline=True)
-def dst_fault(st, pfn):
+def dst_fault(st, pfn, compound):
     """Why frame ``pfn`` (inside the machine) cannot be a destination: a DST_* code,
-    DST_OK when it can (duplicates aside)."""
+    DST_OK when it can (duplicates aside). ``compound``: the entry carries
+    MIGRATE_PFN_COMPOUND (modern), so it must name a folio's head instead."""
     flags = st.page["flags"][mm.ix(pfn)]
     if (flags & L.PG_ZERO) != 0:
         return DST_ZERO_PAGE
     if (flags & L.PG_FREE) != 0:
         return DST_FREE
-    if (flags & _COMPOUND) != 0:
+    if (flags & _COMPOUND) != (L.PG_HEAD if compound else np.uint32(0)):
         return DST_WRONG_KIND
     if (flags & L.PG_LOCKED) == 0:
         return DST_NOT_LOCKED
@@ -129,7 +132,7 @@ def check_dst(st, dst, npages):
         if frame >= nframes:
             why = DST_OUT_OF_RANGE
         else:
-            why = dst_fault(st, pfn)
+            why = dst_fault(st, pfn, (mpfn & lay[L.L_COMPOUND]) != 0)
             if why == DST_OK:
                 j = mark[mm.ix(pfn)]
                 if 0 <= j < i and (dst[j] & valid) != 0 and (dst[j] >> shift) == frame:

@@ -61,7 +61,9 @@ def fork_vma(state, parent, child):
         pi = state.vma["pmd_base"][parent] + j
         ci = state.vma["pmd_base"][child] + j
         word = state.pmd[pi]
-        if mm.pmd_kind(word) == L.PMD_THP:
+        if mm.pmd_maps_folio(mm.pmd_kind(word)):
+            # copy_huge_pmd(); a writable device-private PMD entry becomes
+            # readable in both (copy_huge_non_present_pmd(), modern)
             word &= ~L.PMD_WRITE
             state.pmd[pi] = word
             head = mm.pte_pfn(word)

@@ -64,8 +64,11 @@ def setup_sweep(st, v, start, end, src, dst, mig, unmapped0):
     addr = start
     while addr < end:
         stop = min((addr | (ext - 1)) + 1, end)  # the end of addr's PMD extent
+        n = mig[L.MIG_NPAGES]
         if not collect_extent(st, v, addr, stop, src, dst, mig):
             _setup_ptes(st, v, addr, stop, src, dst, mig, unmapped0)
+        elif (src[n] & st.layout[L.L_COMPOUND]) != 0:
+            _prepare_and_unmap_slot(st, -1, src, n, mig)  # a folio collected whole (modern)
         unmapped0 = 0
         addr = stop
     mig[L.MIG_END] = start + mig[L.MIG_NPAGES] * st.sys[L.SYS_PAGE_SIZE]

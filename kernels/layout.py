@@ -91,6 +91,9 @@ B_ANON_EXCLUSIVE = 1 << 9  # v6.0: a maybe-pinned anon-exclusive page is not col
 B_DEVICE_REF0 = 1 << 10  # v6.1: a free device page has refcount 0
 B_FAULT_PAGE = 1 << 11  # v6.1, 16ce101db85d: the CPU fault holds the page as fault_page
 B_TARGET_LRU = 1 << 12  # 2025, 41cddf83d8b0: finalize puts only the target on the LRU
+# 2025, "mm/migrate_device: THP migration of zone device pages" (Balbir Singh):
+# SELECT_COMPOUND, MIGRATE_PFN_COMPOUND, device-private PMD entries, PMD migration entries
+B_DEVICE_THP = 1 << 13
 BEHAVIOURS_4_14 = B_COLLECT_UNMAPS | B_DEVICE_PRIVATE | B_HOLES
 BEHAVIOURS_MODERN = (
     BEHAVIOURS_4_14
@@ -104,6 +107,7 @@ BEHAVIOURS_MODERN = (
     | B_DEVICE_REF0
     | B_FAULT_PAGE
     | B_TARGET_LRU
+    | B_DEVICE_THP
 )
 BEHAVIOURS = {PROFILE_SEED: 0, PROFILE_HMM_V25: BEHAVIOURS_4_14, PROFILE_MODERN: BEHAVIOURS_MODERN}
 
@@ -134,12 +138,14 @@ PTE_WRITE = U64(1 << 3)
 PTE_DIRTY = U64(1 << 4)
 PTE_PFN_SHIFT = U64(8)
 
-# --- PMD word: kind in bits 0-1, write bit 3, head pfn from bit 8.
-PMD_KIND_MASK = U64(3)
+# --- PMD word: kind in bits 0-2, write bit 3, head pfn from bit 8.
+PMD_KIND_MASK = U64(7)
 PMD_NONE = U64(0)  # no page table below: the whole extent is a hole
 PMD_TABLE = U64(1)  # a PTE table: look at the PTE level
 PMD_THP = U64(2)  # a PMD-mapped transparent huge page
 PMD_HUGE_ZERO = U64(3)  # the huge zero page, read-only
+PMD_DEVICE = U64(4)  # a device-private PMD entry: a 2 MiB device folio (modern, B_DEVICE_THP)
+PMD_MIGRATION = U64(5)  # a PMD migration entry, only while a migration holds the folio
 PMD_WRITE = U64(1 << 3)
 HPAGE_PMD_ORDER = 9
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
@@ -214,7 +220,9 @@ SYS_BEHAVIOUR = 13  # the profile's B_* bits
 SYS_NR_SWAP = 14
 SYS_PAGE_SHIFT = 15  # log2(page size): a shift, not a 64-bit division, per address
 SYS_LRU_BATCH = 16  # the LRU-add batch's size (PAGEVEC_SIZE, or the folio batch's)
-SYS_FIELDS = 17
+SYS_FOLIOS = 17  # RAM's free 2 MiB folios (modern, kernels.page_alloc), beside its stack
+SYS_FOLIO_TOP = 18  # the head of the first of them, -1 for none
+SYS_FIELDS = 19
 
 # --- state.dev: the device table, one row per device (ZONE_DEVICE pgmap), DEV_* columns.
 # Each device owns the frames [DEV_FIRST_PFN, + DEV_NPAGES), after RAM and the devices
@@ -229,7 +237,9 @@ DEV_CALLOC = 6  # pages handed out (dmirror's calloc)
 DEV_CFREE = 7  # pages returned (cfree)
 DEV_FAULTS = 8  # CPU faults its handler served
 DEV_SIGBUS = 9  # of those, the ones that ended in SIGBUS
-DEV_FIELDS = 10
+DEV_FOLIOS = 10  # free device folios (dmirror's free_folios, modern), beside the stack
+DEV_FOLIO_TOP = 11  # the head of the first of them, -1 for none
+DEV_FIELDS = 12
 # A mirror entry (state.mirror[d, slot]) is (pfn << 1) | writable, -1 for none;
 # dmirror's DPT_XA_TAG_ATOMIC (a page the device holds exclusively) is this bit.
 MIRROR_ATOMIC = np.int64(1 << 62)

@@ -65,9 +65,11 @@ def madvise_free(state, vma_index, start, end):
         first = addr - addr % ext
         stop = min(first + ext, end)
         pmd_i = mm.pmd_slot(state, vma_index, addr)
-        if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_THP:
+        kind = mm.pmd_kind(state.pmd[pmd_i])
+        if mm.pmd_maps_folio(kind):
             if addr == first and stop == first + ext:
-                _free_one(state, mm.pte_pfn(state.pmd[pmd_i]))
+                if kind == L.PMD_THP:  # madvise_free_huge_pmd() skips a device-private PMD
+                    _free_one(state, mm.pte_pfn(state.pmd[pmd_i]))
                 addr = stop
                 continue
             split_extent(state, vma_index, addr)

@@ -15,7 +15,7 @@ from . import mm
 from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
 from .args import in_vma, range_in_vma, valid_vma
-from .device.fault import device_fault
+from .device.fault import device_fault, device_fault_huge
 from .filemap import find_or_read_page
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 from .rmap import restore_exclusive_pte
@@ -121,7 +121,7 @@ def _wp_huge_pmd_fallback(st, v, first, pmd_i, head):
     HPAGE_PMD_NR order-0 pages and map them by writable PTEs in this VMA; the other
     processes keep the THP. False, with nothing changed, when the pages cannot all
     be had (the kernel allocates them all first and frees them on failure)."""
-    if st.sys[L.SYS_RAM_FREE] < L.HPAGE_PMD_NR:
+    if mm.pool_free_pages(st, L.RAM_POOL) < L.HPAGE_PMD_NR:
         return False
     ps = st.sys[L.SYS_PAGE_SIZE]
     slot0 = mm.pte_slot(st, v, first)
@@ -194,6 +194,11 @@ def _fault_pmd(st, v, addr, write):
         if not write or (st.pmd[pmd_i] & L.PMD_WRITE) != 0:
             return L.FAULT_OK
         return _wp_huge_pmd(st, v, first, pmd_i)
+    if kind == L.PMD_DEVICE:
+        # modern: do_huge_pmd_device_private(); the access retries on what came back
+        return device_fault_huge(st, v, addr)
+    if kind == L.PMD_MIGRATION:
+        return L.FAULT_OK  # pmd_migration_entry_wait(): the access retries
     return L.FAULT_RETRY
 
 
@@ -396,7 +401,7 @@ def access_vm(state, mm_id, addr, buf, nbytes, write):
         n = min(ps - off, nbytes - done)
         if write:
             memcpy_bytes(state.data, pfn * ps + off, buf, done, n)
-            mm.set_flag(state, pfn, L.PG_DIRTY)
+            mm.set_flag(state, mm.compound_head(state, pfn), L.PG_DIRTY)  # folio_mark_dirty()
         else:
             memcpy_bytes(buf, done, state.data, pfn * ps + off, n)
         done += n

@@ -204,7 +204,8 @@ def setup_fields_ok(state, v, start, npages, flags, owner, fault_pfn):
     """modern migrate_vma_setup()'s checks of the later fields: not a DAX VMA
     (vma_is_dax(), v5.4), known selection flags, an owner some device has (or
     none), and a fault page that is a locked device-private page (v6.1, and
-    the trylock of v6.15) mapped by a device entry of this range."""
+    the trylock of v6.15) mapped by a device entry of this range (a PMD entry
+    for a folio's head, B_DEVICE_THP)."""
     if (state.vma["flags"][v] & L.VM_DAX) != 0:
         return False
     if flags < 0 or (flags & ~L.MIGRATE_VMA_SELECT_ALL) != 0:
@@ -222,9 +223,15 @@ def setup_fields_ok(state, v, start, npages, flags, owner, fault_pfn):
         return False
     first = mm.pte_slot(state, v, start)
     slot = np.int64(state.page["rmap"][fault_pfn])
+    huge = mm.has_flag(state, fault_pfn, L.PG_HEAD)
     while slot >= 0:
-        if first <= slot < first + npages and mm.pte_kind(state.pte[slot]) == L.PTE_DEVICE:
-            return True
+        if first <= slot < first + npages:
+            if huge:  # a device folio (B_DEVICE_THP): its chain links PMD entries
+                at = start + (slot - first) * state.sys[L.SYS_PAGE_SIZE]
+                if mm.pmd_kind(state.pmd[mm.pmd_slot(state, v, at)]) == L.PMD_DEVICE:
+                    return True
+            elif mm.pte_kind(state.pte[slot]) == L.PTE_DEVICE:
+                return True
         slot = np.int64(state.pte_next[slot])
     return False
 

@@ -43,6 +43,26 @@ def collect_device_pfn(st, pfn):
     return mm.make_mpfn(st.layout, pfn) | st.layout[L.L_MIGRATE]
 
 
+@internal
+def collect_device_slot(st, src, i, n, pfn):
+    """Slot ``i`` of ``n`` for device frame ``pfn``; the slots it filled. A
+    folio's head (B_DEVICE_THP) gets COMPOUND and the next 511 slots 0; one
+    whose slots would run past ``n`` is not collected (0)."""
+    mpfn = collect_device_pfn(st, pfn)
+    if mpfn == L.MPFN_NONE or not mm.has_flag(st, pfn, L.PG_HEAD):
+        src[i] = mpfn
+        return 1
+    if i + L.HPAGE_PMD_NR > n:
+        mm.unlock_page(st, pfn)
+        mm.put_page(st, pfn)
+        src[i] = L.MPFN_NONE
+        return 1
+    src[i] = mpfn | st.layout[L.L_COMPOUND]
+    for j in range(1, L.HPAGE_PMD_NR):
+        src[i + j] = L.MPFN_NONE
+    return L.HPAGE_PMD_NR
+
+
 @internal(inline=True)
 def _device_frame(st, pfn):
     """``pfn`` is a frame of some device."""
@@ -109,8 +129,9 @@ def _range(state, src, unused, start, n):
         return np.int64(-L.EINVAL)
     if mm.device_of(state, start) != mm.device_of(state, start + n - 1):
         return np.int64(-L.EINVAL)
-    for i in range(n):
-        src[i] = collect_device_pfn(state, start + i)
+    i = 0
+    while i < n:
+        i += collect_device_slot(state, src, i, n, start + i)
     return _unmap_collected(state, src, n)
 
 
@@ -141,8 +162,9 @@ def _pfns(state, src, unused, a, b):
         if 0 <= j < i and src[j] == src[i]:
             return np.int64(-L.EINVAL)  # listed twice
         mark[pfn] = i
-    for i in range(n):
-        src[i] = collect_device_pfn(state, np.int64(src[i]))
+    i = 0
+    while i < n:
+        i += collect_device_slot(state, src, i, n, np.int64(src[i]))
     return _unmap_collected(state, src, n)
 
 
@@ -193,6 +215,11 @@ def _pages(state, src, dst, a, b):
             continue
         if newpage < 0 or page < 0:
             src[i] &= ~lay[L.L_MIGRATE]
+            continue
+        if ((src[i] ^ dst[i]) & lay[L.L_COMPOUND]) != 0:
+            # B_DEVICE_THP: no VMA, so no split: a folio with a base dst, or a
+            # folio dst for a base page, is not migrated
+            src[i] &= ~(lay[L.L_MIGRATE] | lay[L.L_COMPOUND])
             continue
         refused = mm.is_zone_device(state, newpage) and (
             state.page["mapping"][page] == L.MAPPING_FILE

@@ -26,12 +26,16 @@ from .page_alloc import (  # noqa: F401  (re-exported: mm is the primitives' one
     add_pool_free,
     alloc_frame,
     alloc_thp,
+    alloc_thp_pool,
+    free_folio,
     free_frame,
     free_top,
     init_allocated,
     mark_free,
     place_free,
+    pool_folios,
     pool_free,
+    pool_free_pages,
     unplace_free,
 )
 from .pgtable import (  # noqa: F401  (re-exported)
@@ -56,6 +60,7 @@ from .pgtable import (  # noqa: F401  (re-exported)
     pages_in,
     pmd_extent,
     pmd_kind,
+    pmd_maps_folio,
     pmd_slot,
     prefetch_page,
     pte_kind,
@@ -74,6 +79,9 @@ def get_page(st, pfn):
 
 @internal(hot=True)
 def _free_compound(st, head):
+    if behaves(st, L.B_DEVICE_THP):
+        free_folio(st, head)  # modern: kept whole (kernels.page_alloc)
+        return
     for j in range(L.HPAGE_PMD_NR):
         st.page["refcount"][head + j] = 0
         free_frame(st, head + j)
@@ -94,13 +102,32 @@ def put_page(st, pfn):
     ref = refcount[head]
     if is_zone_device(st, head):
         if ref == device_base_ref(st, head):
-            free_frame(st, head)
+            if has_flag(st, head, L.PG_HEAD):
+                _free_compound(st, head)  # a device folio's folio_free() (modern)
+            else:
+                free_frame(st, head)
         return
     if ref == 0:
         if has_flag(st, head, L.PG_HEAD):
             _free_compound(st, head)
         else:
             free_frame(st, head)
+
+
+@internal
+def pmd_of_first_slot(st, first_slot):
+    """The PMD slot that a THP rmap node (a first PTE slot) stands for."""
+    nv = st.sys[L.SYS_NR_VMAS]
+    ps = st.sys[L.SYS_PAGE_SIZE]
+    for v in range(nv):
+        if st.vma["live"][v] == 0:
+            continue  # munmap()ed: its slots map nothing
+        base = st.vma["pte_base"][v]
+        npg = (st.vma["end"][v] - st.vma["start"][v]) // ps
+        if base <= first_slot < base + npg:
+            addr = st.vma["start"][v] + (first_slot - base) * ps
+            return pmd_slot(st, v, addr)
+    return -1
 
 
 # --------------------------------------------------------------------- page lock
@@ -139,6 +166,20 @@ def alloc_locked_page(st, pool):
             st.counters[L.C_DEVICE_CALLOC] += 1
             st.dev[pool, L.DEV_CALLOC] += 1
     return pfn
+
+
+@internal
+def alloc_locked_folio(st, pool):
+    """A fresh 2 MiB folio of ``pool``, locked (zone_device_folio_init() for a
+    device: refcount 1, locked; calloc counts its 512 pages); -1 when no
+    aligned run is free."""
+    head = alloc_thp_pool(st, pool)
+    if head >= 0:
+        trylock_page(st, head)
+        if pool >= 0:
+            st.counters[L.C_DEVICE_CALLOC] += L.HPAGE_PMD_NR
+            st.dev[pool, L.DEV_CALLOC] += L.HPAGE_PMD_NR
+    return head
 
 
 @internal(inline=True)

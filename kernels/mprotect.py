@@ -44,11 +44,14 @@ def change_protection(state, vma_index, start, end):
         first = addr - addr % ext
         stop = min(first + ext, end)
         pmd_i = mm.pmd_slot(state, vma_index, addr)
-        if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_THP and (addr != first or stop != first + ext):
+        huge = mm.pmd_maps_folio(mm.pmd_kind(state.pmd[pmd_i]))
+        if huge and (addr != first or stop != first + ext):
             split_extent(state, vma_index, addr)
         kind = mm.pmd_kind(state.pmd[pmd_i])
-        if kind == L.PMD_THP:
-            state.pmd[pmd_i] &= ~L.PMD_WRITE  # change_huge_pmd()
+        if mm.pmd_maps_folio(kind):
+            # change_huge_pmd(); a device-private PMD entry becomes readable
+            # (change_non_present_huge_pmd(), modern)
+            state.pmd[pmd_i] &= ~L.PMD_WRITE
         elif kind == L.PMD_TABLE:
             slot = mm.pte_slot(state, vma_index, addr)
             for k in range((stop - addr) // ps):

@@ -80,12 +80,12 @@ def move_page_tables(state, old_v, new_v):
         kind = mm.pmd_kind(state.pmd[pmd_i])
         new_addr = addr + (new_start - old_start)
         lined_up = addr == first and stop == first + ext and new_addr % ext == 0
-        if kind == L.PMD_THP or kind == L.PMD_HUGE_ZERO:
-            if lined_up:  # move_huge_pmd()
+        if mm.pmd_maps_folio(kind) or kind == L.PMD_HUGE_ZERO:
+            if lined_up:  # move_huge_pmd(), a device-private PMD entry too (modern)
                 npmd = mm.pmd_slot(state, new_v, new_addr)
                 state.pmd[npmd] = state.pmd[pmd_i]
                 state.pmd[pmd_i] = L.PMD_NONE
-                if kind == L.PMD_THP:
+                if kind != L.PMD_HUGE_ZERO:
                     old_slot = mm.pte_slot(state, old_v, addr)
                     _relink(
                         state,

@@ -66,12 +66,89 @@ def init_allocated(st, pfn):
     st.page["refcount"][pfn] += 1
 
 
+# --------------------------------------------------------------------- free folios
+# modern (B_DEVICE_THP) keeps each pool's free 2 MiB folios whole, beside its
+# free stack: dmirror's free_folios for a device, the buddy allocator's order-9
+# free list for RAM. A free folio's head has PG_FREE|PG_HEAD and links the next
+# free head through page["index"]; its tails keep PG_TAIL and sit on no stack.
+# Allocating and freeing one is O(1); a base allocation that finds the stack
+# empty breaks one up (the buddy allocator's split); none is ever merged back.
+@internal(inline=True)
+def pool_folios(st, pool):
+    """How many free folios pool ``pool`` keeps whole."""
+    return st.sys[L.SYS_FOLIOS] if pool < 0 else st.dev[pool, L.DEV_FOLIOS]
+
+
+@internal(inline=True)
+def pool_free_pages(st, pool):
+    """Every free frame of ``pool``: its stack's and its free folios'."""
+    return pool_free(st, pool) + L.HPAGE_PMD_NR * pool_folios(st, pool)
+
+
+@internal(inline=True)
+def _folio_top(st, pool):
+    return st.sys[L.SYS_FOLIO_TOP] if pool < 0 else st.dev[pool, L.DEV_FOLIO_TOP]
+
+
+@internal(inline=True)
+def _set_folio_top(st, pool, head, delta):
+    if pool < 0:
+        st.sys[L.SYS_FOLIO_TOP] = head
+        st.sys[L.SYS_FOLIOS] += delta
+    else:
+        st.dev[pool, L.DEV_FOLIO_TOP] = head
+        st.dev[pool, L.DEV_FOLIOS] += delta
+
+
+@internal
+def free_folio(st, head):
+    """A whole folio's last put (modern): onto its pool's free folios, in O(1).
+    Its tails are as allocation left them (nothing marks a tail, see
+    kernels.check); a device's cfree counts its 512 pages (folio_free())."""
+    pool = device_of(st, head)
+    at = ix(head)
+    st.page["flags"][at] = (st.page["flags"][at] & L.PG_DEVICE_KIND) | L.PG_FREE | L.PG_HEAD
+    st.page["refcount"][at] = 0
+    st.page["mapcount"][at] = 0
+    st.page["mapping"][at] = L.MAPPING_NONE
+    st.page["rmap"][at] = -1
+    st.page["index"][at] = _folio_top(st, pool)
+    _set_folio_top(st, pool, head, 1)
+    if pool >= 0:
+        st.counters[L.C_DEVICE_CFREE] += L.HPAGE_PMD_NR
+        st.dev[pool, L.DEV_CFREE] += L.HPAGE_PMD_NR
+
+
+@internal
+def _take_folio(st, pool):
+    """Pop pool ``pool``'s first free folio, still marked free; its head."""
+    head = _folio_top(st, pool)
+    _set_folio_top(st, pool, st.page["index"][ix(head)], -1)
+    return head
+
+
+@internal
+def _break_folio(st, pool):
+    """A base allocation found the stack empty: a free folio's 512 frames go on
+    it, the head last (on top, so the lowest frame goes first)."""
+    head = _take_folio(st, pool)
+    for j in range(L.HPAGE_PMD_NR - 1, -1, -1):
+        pfn = head + j
+        at = ix(pfn)
+        st.page["flags"][at] = (st.page["flags"][at] & L.PG_DEVICE_KIND) | L.PG_FREE
+        st.page["index"][at] = 0
+        place_free(st, pfn, _stack_base(st, pool) + pool_free(st, pool))
+        add_pool_free(st, pool, 1)
+
+
 @internal(inline=True)
 def alloc_frame(st, pool):
     """Allocate one frame of ``pool`` (RAM_POOL or a device index; unlocked,
     refcount +1); -1 when the pool is empty."""
     if pool_free(st, pool) == 0:
-        return -1
+        if pool_folios(st, pool) == 0:
+            return -1
+        _break_folio(st, pool)
     pfn = np.int64(st.free_stack[free_top(st, pool)])
     _stack_remove(st, pfn)
     init_allocated(st, pfn)
@@ -115,10 +192,23 @@ def mark_free(st, pfn):
 
 
 @internal
-def alloc_thp(st):
-    """Allocate an aligned order-9 RAM run as a compound page; head pfn or -1."""
-    nr = st.sys[L.SYS_NR_RAM]
-    for head in range(0, nr - L.HPAGE_PMD_NR + 1, L.HPAGE_PMD_NR):
+def alloc_thp_pool(st, pool):
+    """Allocate an aligned order-9 run of ``pool`` (RAM_POOL or a device) as a
+    compound page: head pfn (refcount 1, tails 0), or -1 when no aligned run of
+    the pool is wholly free: a free folio (modern) if it keeps one, else a run
+    of its stack found by a scan. A device folio, as a system THP, starts at a
+    pfn aligned to HPAGE_PMD_NR."""
+    if pool_folios(st, pool) > 0:
+        head = _take_folio(st, pool)
+        init_allocated(st, head)  # refcount 0 -> 1; PG_FREE goes, PG_HEAD stays
+        st.page["flags"][ix(head)] |= L.PG_HEAD
+        return head
+    lo = _stack_base(st, pool)
+    hi = st.sys[L.SYS_NR_RAM] if pool < 0 else lo + st.dev[pool, L.DEV_NPAGES]
+    if pool_free(st, pool) < L.HPAGE_PMD_NR:
+        return -1
+    first = (lo + L.HPAGE_PMD_NR - 1) // L.HPAGE_PMD_NR * L.HPAGE_PMD_NR
+    for head in range(first, hi - L.HPAGE_PMD_NR + 1, L.HPAGE_PMD_NR):
         ok = True
         for j in range(L.HPAGE_PMD_NR):
             if st.free_pos[head + j] < 0:
@@ -135,3 +225,9 @@ def alloc_thp(st):
             st.page["refcount"][head] = 1
             return head
     return -1
+
+
+@internal
+def alloc_thp(st):
+    """Allocate an aligned order-9 RAM run as a compound page; head pfn or -1."""
+    return alloc_thp_pool(st, L.RAM_POOL)

@@ -45,6 +45,12 @@ def pmd_kind(pmd):
 
 
 @internal(inline=True)
+def pmd_maps_folio(kind):
+    """A PMD that maps a 2 MiB folio: a THP, or (modern) a device-private PMD entry."""
+    return kind == L.PMD_THP or kind == L.PMD_DEVICE
+
+
+@internal(inline=True)
 def make_pmd(kind, pfn, write):
     word = (np.uint64(pfn) << L.PTE_PFN_SHIFT) | kind
     if write:

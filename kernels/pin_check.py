@@ -21,8 +21,8 @@ def migrate_vma_check_page(st, pfn, fault_pfn):
     more expected reference. modern (v6.1) counts instead: +1 for the fault
     page (do_swap_page()'s reference), +1 for any ZONE_DEVICE page.
     """
-    if mm.has_flag(st, pfn, L.PG_HEAD | L.PG_TAIL):
-        return False
+    if mm.has_flag(st, pfn, L.PG_HEAD | L.PG_TAIL) and not mm.behaves(st, L.B_DEVICE_THP):
+        return False  # the device-THP series dropped this "FIXME support THP" check
     extra = 1
     if mm.behaves(st, L.B_DEVICE_PRIVATE):
         if mm.is_zone_device(st, pfn):

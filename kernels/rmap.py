@@ -12,6 +12,69 @@ from ._jit import internal
 
 
 @internal
+def try_to_migrate_pmds(st, head):
+    """try_to_migrate_one()'s PMD branch (set_pmd_migration_entry(), modern
+    B_DEVICE_THP): every PMD mapping of the folio ``head`` (a THP or a
+    device-private PMD entry), in every process, becomes a PMD migration entry
+    with its write bit; each drops its mapcount and reference, and every
+    device's mirror forgets the extent."""
+    node = st.page["rmap"][head]
+    while node != -1:
+        pmd_i = mm.pmd_of_first_slot(st, node)
+        word = st.pmd[pmd_i]
+        kind = mm.pmd_kind(word)
+        if mm.pmd_maps_folio(kind) and mm.pte_pfn(word) == head:
+            st.pmd[pmd_i] = mm.make_pmd(L.PMD_MIGRATION, head, (word & L.PMD_WRITE) != 0)
+            if kind == L.PMD_THP:
+                mm.set_flag(st, head, L.PG_DIRTY)  # a writable THP PMD is dirty
+                st.counters[L.C_TLB_FLUSH] += 1
+            mm.invalidate_mirrors(st, node, L.HPAGE_PMD_NR)
+            st.page["mapcount"][head] -= 1
+            mm.put_page(st, head)
+        node = st.pte_next[node]
+
+
+@internal
+def _forget_moved(st, node, page):
+    """A folio left the device: that dmirror's notifier drops its entries."""
+    for d in range(st.mirror.shape[0]):
+        for j in range(L.HPAGE_PMD_NR):
+            m = st.mirror[d, node + j]
+            if m >= 0 and mm.mirror_pfn(m) == page + j:
+                st.mirror[d, node + j] = -1
+
+
+@internal
+def remove_migration_pmds(st, page, newpage):
+    """remove_migration_pmd() over the folio's chain: each PMD migration entry
+    of ``page`` maps ``newpage`` (a device-private PMD entry for device-private
+    memory, else a THP PMD), write bit kept, and its node moves to
+    ``newpage``'s chain. Both are folios (pages refuses a mismatched pair)."""
+    node = st.page["rmap"][page]
+    prev = -1
+    while node != -1:
+        nxt = st.pte_next[node]
+        pmd_i = mm.pmd_of_first_slot(st, node)
+        word = st.pmd[pmd_i]
+        if mm.pmd_kind(word) == L.PMD_MIGRATION and mm.pte_pfn(word) == page:
+            kind = L.PMD_DEVICE if mm.is_device_private(st, newpage) else L.PMD_THP
+            st.pmd[pmd_i] = mm.make_pmd(kind, newpage, (word & L.PMD_WRITE) != 0)
+            st.page["mapcount"][newpage] += 1
+            mm.get_page(st, newpage)
+            if newpage != page:
+                _forget_moved(st, node, page)
+                if prev == -1:
+                    st.page["rmap"][page] = nxt
+                else:
+                    st.pte_next[prev] = nxt
+                mm.rmap_add(st, newpage, node)
+                node = nxt
+                continue
+        prev = node
+        node = nxt
+
+
+@internal
 def try_to_unmap(st, pfn):
     """try_to_unmap(page, TTU_MIGRATION | TTU_IGNORE_MLOCK | TTU_IGNORE_ACCESS).
 
@@ -30,6 +93,9 @@ def try_to_unmap(st, pfn):
     every device's mirror (try_to_unmap_one()'s mmu_notifier_invalidate_range()).
     docs/fidelity.md lists both.
     """
+    if mm.has_flag(st, pfn, L.PG_HEAD):
+        try_to_migrate_pmds(st, pfn)
+        return
     counters = st.counters
     slot = st.page["rmap"][pfn]
     while slot != -1:
@@ -77,7 +143,11 @@ def remove_migration_pte(st, slot, page, newpage):
 def remove_migration_ptes(st, page, newpage):
     """remove_migration_ptes(page, newpage): redirect every migration entry of
     ``page``, in every process, to ``newpage`` (or restore it when equal), and
-    move those slots onto ``newpage``'s reverse-map chain."""
+    move those slots onto ``newpage``'s reverse-map chain. A folio's are PMD
+    migration entries (remove_migration_pmds())."""
+    if mm.has_flag(st, page, L.PG_HEAD):
+        remove_migration_pmds(st, page, newpage)
+        return
     slot = st.page["rmap"][page]
     prev = -1
     while slot != -1:

@@ -58,7 +58,8 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
 ``copy_stats``    the last migration's copy: descriptors, bytes, wall and model time.
 ``mig``           scratch ``struct migrate_vma`` scalars (MIG_* indices) used by
                   migrate_vma_setup(); setup never nests, so one block suffices.
-``fault_mpfn``    scratch src/dst slots of the one-page CPU-fault migration.
+``fault_mpfn``    scratch src/dst slots of the CPU-fault migration: one page, or a
+                  device folio's 512 (halves: src, dst).
 ``copy_scratch``  int64[COPY_ROWS, copy_scratch_width(nr_device)]: one engine batch's
                   (source, destination) pairs and its descriptors. Every pair has a
                   device frame on one side, each frame in one pair at most, so a
@@ -245,6 +246,7 @@ def new_state(
         devices[d, L.DEV_NPAGES] = size
         devices[d, L.DEV_FREE] = size
         devices[d, L.DEV_OWNER] = d
+        devices[d, L.DEV_FOLIO_TOP] = -1
         kind = L.DEVICE_PRIVATE if device_kinds is None else device_kinds[d]
         devices[d, L.DEV_KIND] = kind
         if kind == L.DEVICE_COHERENT:
@@ -262,6 +264,7 @@ def new_state(
     sysv[L.SYS_STORE_DATA] = 1 if store_data else 0
     sysv[L.SYS_ZERO_PFN] = zero
     sysv[L.SYS_RAM_FREE] = ram.size
+    sysv[L.SYS_FOLIO_TOP] = -1
     sysv[L.SYS_SWAP_FREE] = nr_swap
     sysv[L.SYS_NR_SWAP] = nr_swap
     data = page_aligned_zeros(nframes * page_size if store_data else 0, page_size)
@@ -289,7 +292,7 @@ def new_state(
         engine=engine.astype(np.float64).copy(),
         copy_stats=np.zeros(5, np.float64),
         mig=np.zeros(L.MIG_FIELDS, np.int64),
-        fault_mpfn=np.zeros(2, np.uint64),
+        fault_mpfn=np.zeros(2 * L.HPAGE_PMD_NR, np.uint64),
         copy_scratch=np.zeros((I.COPY_ROWS, copy_scratch_width(nr_device)), np.int64),
         dst_mark=np.full(nframes, -1, np.int32),
         engine_load=np.zeros(L.MAX_CHANNELS, np.float64),

@@ -19,6 +19,8 @@ def swap_out(state, vma_index, addr):
     """
     ps = state.sys[L.SYS_PAGE_SIZE]
     pmd_i = mm.pmd_slot(state, vma_index, addr)
+    if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_DEVICE:
+        return -L.EFAULT
     if mm.pmd_kind(state.pmd[pmd_i]) == L.PMD_THP:
         head = mm.pte_pfn(state.pmd[pmd_i])
         # Reclaim trylocks a page before splitting it, and skips one it cannot lock.

@@ -12,7 +12,6 @@ import numpy as np
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
-from .huge_memory import pmd_of_first_slot
 
 
 @internal
@@ -23,7 +22,7 @@ def _discard(st, pfn):
     while slot != -1:
         nxt = st.pte_next[slot]
         if huge:
-            pmd_i = pmd_of_first_slot(st, slot)
+            pmd_i = mm.pmd_of_first_slot(st, slot)
             if pmd_i >= 0:
                 st.pmd[pmd_i] = L.PMD_NONE
             st.page["mapcount"][pfn] -= 1

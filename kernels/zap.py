@@ -42,7 +42,7 @@ def split_extent(st, v, addr):
         ext = mm.pmd_extent(st)
         split_huge_pmd_zero(st, pmd_i, mm.pte_slot(st, v, addr - addr % ext))
         return np.int64(0)
-    if kind != L.PMD_THP:
+    if not mm.pmd_maps_folio(kind):
         return np.int64(0)
     head = mm.pte_pfn(st.pmd[pmd_i])
     if mm.has_flag(st, head, L.PG_LOCKED):
@@ -79,7 +79,7 @@ def zap_extents_ok(st, v, start, end):
         if first >= start and first + ext <= end:
             continue
         pmd_i = mm.pmd_slot(st, v, edge)
-        if mm.pmd_kind(st.pmd[pmd_i]) != L.PMD_THP:
+        if not mm.pmd_maps_folio(mm.pmd_kind(st.pmd[pmd_i])):
             continue
         head = mm.pte_pfn(st.pmd[pmd_i])
         if mm.has_flag(st, head, L.PG_LOCKED):
@@ -130,9 +130,9 @@ def zap_page_range(state, vma_index, start, end):
         pmd_i = mm.pmd_slot(state, vma_index, addr)
         kind = mm.pmd_kind(state.pmd[pmd_i])
         whole = addr == first and stop == first + ext
-        if kind == L.PMD_THP or kind == L.PMD_HUGE_ZERO:
-            if whole:
-                if kind == L.PMD_THP:
+        if mm.pmd_maps_folio(kind) or kind == L.PMD_HUGE_ZERO:
+            if whole:  # zap_huge_pmd(); a device folio goes with its last put (folio_free)
+                if kind != L.PMD_HUGE_ZERO:
                     _unmap_shared_thp(state, vma_index, first, mm.pte_pfn(state.pmd[pmd_i]))
                 state.pmd[pmd_i] = L.PMD_NONE
                 addr = stop

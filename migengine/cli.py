@@ -152,7 +152,7 @@ def _build_parser() -> _Parser:
     b.add_argument(
         "--profile",
         type=_profile_list,
-        default=["hmm-v25"],
+        default=None,
         metavar="P[,P...]",
         help="kernel profile; several (seed,hmm-v25,modern) run side by side (default hmm-v25)",
     )
@@ -160,6 +160,12 @@ def _build_parser() -> _Parser:
         "--passes",
         action="store_true",
         help="also time each migration pass on the metadata-only machine",
+    )
+    b.add_argument(
+        "--thp",
+        action="store_true",
+        help="run hmm-tests.c's benchmark_thp_migration instead (default profiles: "
+        "modern,hmm-v25,seed); writes thp.json and thp.md",
     )
     cli_sim.add_parser(sub, _int_in)
     cli_sweep.add_parser(sub)
@@ -176,8 +182,31 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, desc="bench", unit="rep", file=sys.stderr, leave=False)
 
 
+def _bench_thp(args: argparse.Namespace) -> int:
+    """``migengine bench --thp``: the benchmark_thp_migration replica."""
+    from migengine.bench import thp
+
+    profiles = args.profile or list(thp.PROFILES)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        result = thp.run_thp_benchmark(profiles, progress=_progress)
+        bench.write_results(result, os.path.join(args.out, "thp.json"))
+        text = thp.format_thp_markdown(result)
+        with open(os.path.join(args.out, "thp.md"), "w", encoding="utf-8") as f:
+            f.write(text)
+    except (OSError, MemoryError, ValueError, RuntimeError) as exc:
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 1
+    print(text, end="")
+    print(f"wrote {os.path.join(args.out, 'thp.json')} and thp.md")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
-    profiles = args.profile
+    if args.thp:
+        return _bench_thp(args)
+    profiles = args.profile or ["hmm-v25"]
     config = bench.SweepConfig(
         pages=args.pages,
         chunks=args.chunk_pages,

@@ -135,7 +135,8 @@ class Device:
 
     def free_pages(self) -> int:
         """Its free frames."""
-        return int(self._core.state.dev[self.index, L.DEV_FREE])
+        row = self._core.state.dev[self.index]
+        return int(row[L.DEV_FREE] + L.HPAGE_PMD_NR * row[L.DEV_FOLIOS])  # with free folios
 
     def fail_alloc(self, n: int) -> None:
         """The next ``n`` device-side and fault-back allocations fail."""

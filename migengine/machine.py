@@ -206,9 +206,11 @@ class Machine:
 
     def free_pages(self, device: bool = False) -> int:
         """Free frames of RAM, or of device memory (every device's)."""
+        # each pool's stack, and (modern) its free folios kept whole
         if device:
-            return int(self.state.dev[:, L.DEV_FREE].sum())
-        return int(self.state.sys[L.SYS_RAM_FREE])
+            dev = self.state.dev
+            return int(dev[:, L.DEV_FREE].sum() + L.HPAGE_PMD_NR * dev[:, L.DEV_FOLIOS].sum())
+        return int(self.state.sys[L.SYS_RAM_FREE] + L.HPAGE_PMD_NR * self.state.sys[L.SYS_FOLIOS])
 
     def page(self, pfn: int) -> PageInfo:
         """The struct page of ``pfn`` as a PageInfo namedtuple."""
@@ -319,6 +321,20 @@ class Machine:
         pfn = int(kdriver.alloc_page(self.state, device))
         if pfn < 0:
             raise OutOfMemory(f"no free {'device' if device else 'RAM'} page")
+        return pfn
+
+    def alloc_folio(self, device: bool = False) -> int:
+        """A fresh 2 MiB folio, locked (modern: a device THP or a system THP for
+        a ``MIGRATE_PFN_COMPOUND`` destination); returns its head pfn."""
+        if not isinstance(device, bool):
+            raise TypeError("device must be a bool")
+        if not self.state.sys[L.SYS_BEHAVIOUR] & L.B_DEVICE_THP:
+            raise ValueError(f"folios (device THP) are modern-profile only, not {self.profile!r}")
+        pfn = int(kdriver.alloc_folio(self.state, device))
+        if pfn < 0:
+            raise OutOfMemory(
+                f"no free aligned 2 MiB run of {'device' if device else 'RAM'} frames"
+            )
         return pfn
 
     def put_page(self, pfn: int) -> None:

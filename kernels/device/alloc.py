@@ -16,7 +16,14 @@ from .._jit import internal, kernel
 from ..copy import engine_copy_into
 from ..parallel.schedule import sweep_threads
 from .alloc_parallel import alloc_device_parallel
-from .common import DEV_KEEP_STATS, allocation_fails, dev_index, hand_over, wants_device_page
+from .common import (
+    DEV_KEEP_STATS,
+    DEV_NOFAIL,
+    allocation_fails,
+    dev_index,
+    hand_over,
+    wants_device_page,
+)
 from .mirror import callback_args
 
 
@@ -141,14 +148,68 @@ def alloc_device_pages(state, src, dst, npages, private, sp, dp):
         if n >= 0:
             return n
     n = 0
-    for i in range(npages):
+    i = 0
+    while i < npages:
         mpfn = src[i]
         dst[i] = L.MPFN_NONE  # the seed's collect leaves dst alone, so a driver writes every slot
         if not wants_device_page(state, mpfn):
+            i += 1
+            continue
+        if (mpfn & state.layout[L.L_COMPOUND]) != 0 and i + L.HPAGE_PMD_NR <= npages:
+            n = alloc_folio_pairs(state, d, src, dst, i, private, sp, dp, n)
+            i += L.HPAGE_PMD_NR
             continue
         dpfn = device_alloc_page(state, private)
         if dpfn >= 0:
             n = hand_over(state, dst, i, mpfn, dpfn, sp, dp, n)
+        i += 1
+    return n
+
+
+@internal
+def alloc_folio_pairs(state, pool, src, dst, i, private, sp, dp, n):
+    """A COMPOUND slot's destination (modern, B_DEVICE_THP): a 2 MiB folio of
+    ``pool`` (a device, or RAM_POOL), ``dst = head|COMPOUND`` with the 512 copy
+    pairs queued (a hole's folio zeroed). When the folio cannot be had (a
+    one-shot fail_alloc, no free aligned run, or a device-coherent device),
+    dmirror hands back 512 base pages instead, without COMPOUND, so the core
+    splits the source (or fills the hole page by page); eviction (DEV_NOFAIL:
+    device-range pages cannot split) gets no fallback. Returns the new number
+    of copy pairs."""
+    lay = state.layout
+    mpfn = src[i]
+    spfn = mm.mpfn_to_pfn(lay, mpfn)
+    head = np.int64(-1)
+    # Device folios are device-private (the series is "device-private THP"): a
+    # device-coherent device hands out base pages.
+    coherent = pool >= 0 and state.dev[pool, L.DEV_KIND] == L.DEVICE_COHERENT
+    if not allocation_fails(state, private) and not coherent:
+        head = mm.alloc_locked_folio(state, pool)
+    for j in range(1, L.HPAGE_PMD_NR):
+        dst[i + j] = L.MPFN_NONE
+    if head >= 0:
+        for j in range(L.HPAGE_PMD_NR):
+            if spfn >= 0:
+                sp[n] = spfn + j
+                dp[n] = head + j
+                n += 1
+            else:
+                mm.zero_frame(state, head + j)
+        dst[i] = mm.make_mpfn(lay, head) | lay[L.L_LOCKED] | lay[L.L_COMPOUND]
+        dst[i] |= mpfn & lay[L.L_WRITE]
+        return n
+    if (private & DEV_NOFAIL) != 0:
+        return n
+    for j in range(L.HPAGE_PMD_NR):
+        pfn = (
+            np.int64(-1) if allocation_fails(state, private) else mm.alloc_locked_page(state, pool)
+        )
+        if pfn < 0:
+            continue
+        sub = (
+            lay[L.L_MIGRATE] if spfn < 0 else mm.make_mpfn(lay, spfn + j) | (mpfn & lay[L.L_WRITE])
+        )
+        n = hand_over(state, dst, i + j, sub, pfn, sp, dp, n)
     return n
 
 
@@ -171,19 +232,25 @@ def alloc_system_pages(state, src, dst, npages, private, sp, dp):
     """The per-page part of system_alloc_and_copy(); returns the copy pairs."""
     lay = state.layout
     n = 0
-    for i in range(npages):
+    i = 0
+    while i < npages:
         mpfn = src[i]
         dst[i] = L.MPFN_NONE
         spfn = mm.mpfn_to_pfn(lay, mpfn)
+        i += 1
         if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
+            continue
+        if (mpfn & lay[L.L_COMPOUND]) != 0 and i - 1 + L.HPAGE_PMD_NR <= npages:
+            n = alloc_folio_pairs(state, np.int64(L.RAM_POOL), src, dst, i - 1, private, sp, dp, n)
+            i += L.HPAGE_PMD_NR - 1
             continue
         rpfn = system_alloc_page(state, private)
         if rpfn < 0:
             if lay[L.L_DEVICE] != 0 and (mpfn & lay[L.L_DEVICE]) != 0:
-                dst[i] = lay[L.L_ERROR]
+                dst[i - 1] = lay[L.L_ERROR]
             continue
         sp[n] = spfn
         dp[n] = rpfn
         n += 1
-        dst[i] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+        dst[i - 1] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
     return n

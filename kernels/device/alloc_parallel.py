@@ -22,6 +22,9 @@ def _count_wants(state, src, t):
     need = 0
     pairs = 0
     for i in range(info[t, I.SW_FIRST], info[t, I.SW_END]):
+        if (src[i] & state.layout[L.L_COMPOUND]) != 0:
+            info[t, I.SW_NEED] = -1  # a folio slot: the serial loop allocates (modern)
+            return
         if wants_device_page(state, src[i]):
             need += 1
             if mm.mpfn_to_pfn(state.layout, src[i]) >= 0:
@@ -64,13 +67,16 @@ def _take_device_pages_all(state, d, src, dst, threads, sp, dp):
 def alloc_device_parallel(state, d, src, dst, npages, sp, dp, threads):
     """device_alloc_and_copy()'s allocation over threads (kernels.parallel): count
     each thread's wants, rank them in slot order, then pop by rank. Returns the
-    copy pairs, or -1 (nothing done) when the pool cannot serve every slot:
-    then the serial loop decides which slots go without."""
+    copy pairs, or -1 (nothing done) when the pool cannot serve every slot,
+    or a slot is a folio: then the serial loop decides."""
     used = plan_chunks(state, 0, npages, threads)
     info = state.sweep_info
     _count_wants_all(state, src, used)
     need = 0
     pairs = 0
+    for t in range(used):
+        if info[t, I.SW_NEED] < 0:
+            return -1
     for t in range(used):
         info[t, I.SW_NEED0] = need
         info[t, I.SW_PAIRS0] = pairs

@@ -10,11 +10,11 @@ use that nothing maps moves too; its data is copied as for the others.
 import numpy as np
 
 from .. import layout as L
-from .. import mm
 from .._jit import internal
 from ..migrate_device import migrate_device_finalize, migrate_device_pages, migrate_device_range
 from .alloc import alloc_pairs, copy_engine_batch
 from .common import DEV_KEEP_STATS, DEV_NOFAIL, dev_private
+from .mirror import moved_count
 
 
 @internal
@@ -24,12 +24,16 @@ def evict_device(state, d):
     first = state.dev[d, L.DEV_FIRST_PFN]
     end = first + state.dev[d, L.DEV_NPAGES]
     chunk = min(state.range_src.shape[0], state.copy_scratch.shape[1])
+    if chunk >= L.HPAGE_PMD_NR:
+        chunk -= chunk % L.HPAGE_PMD_NR  # whole folios per chunk (device folios are aligned)
     private = dev_private(d, DEV_NOFAIL | DEV_KEEP_STATS)
     lay = state.layout
     moved = 0
     base = first
     while base < end:
         n = min(chunk, end - base)
+        if chunk % L.HPAGE_PMD_NR == 0:
+            n = min(end, base - base % L.HPAGE_PMD_NR + chunk) - base  # chunks end aligned
         src = state.range_src[:n]
         dst = state.range_dst[:n]
         if migrate_device_range(state, src, base, n) == 0:
@@ -37,8 +41,7 @@ def evict_device(state, d):
             copy_engine_batch(state, pairs, private)
             migrate_device_pages(state, src, dst)
             for i in range(n):
-                if (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) >= 0:
-                    moved += 1
+                moved += moved_count(lay, src, dst, i)
             migrate_device_finalize(state, src, dst)
         base += n
     return np.int64(moved)

@@ -6,6 +6,7 @@ memory through migrate_vma(), with a one-page copy through the engine's model.
 
 import numpy as np
 
+from .. import _indices as I
 from .. import layout as L
 from .. import mm
 from .._jit import internal, kernel
@@ -24,7 +25,7 @@ from ..copy import (
     descriptor_ns,
 )
 from ..migrate import migrate_vma_finalize, migrate_vma_pages, setup_range_flags
-from .alloc import system_alloc_page
+from .alloc import alloc_system_pages, copy_engine_batch, system_alloc_page
 from .common import dev_private
 from .mirror import system_finalize_and_map
 
@@ -129,6 +130,61 @@ def device_fault(state, vma_index, addr):
         mm.put_page(state, page)
     if failed:
         counters[L.C_DEVICE_SIGBUS] += 1
+        state.dev[d, L.DEV_SIGBUS] += 1
+        return L.FAULT_SIGBUS
+    return L.FAULT_OK
+
+
+@internal
+def device_fault_huge(state, vma_index, addr):
+    """do_huge_pmd_device_private() + dmirror_devmem_fault() for a folio (modern).
+
+    A CPU access to a device-private PMD entry: the folio is trylocked (else
+    the access retries) and referenced, and the handler migrates the whole
+    2 MiB folio back with SELECT_DEVICE_PRIVATE|SELECT_COMPOUND, its own owner
+    and the head as ``fault_page``, into a system THP, or 512 base pages when
+    no THP can be had (dmirror's fallback; the core splits the device folio).
+    Returns FAULT_OK (the access retries), or FAULT_SIGBUS when not even base
+    pages could be had (dmirror's VM_FAULT_OOM), the device entry restored.
+    """
+    ext = mm.pmd_extent(state)
+    first = addr - addr % ext
+    head = mm.pte_pfn(state.pmd[mm.pmd_slot(state, vma_index, addr)])
+    d = max(mm.device_of(state, head), 0)
+    if not mm.trylock_page(state, head):
+        return L.FAULT_OK
+    mm.get_page(state, head)
+    state.counters[L.C_DEVICE_FAULTS] += 1
+    state.dev[d, L.DEV_FAULTS] += 1
+    half = L.HPAGE_PMD_NR
+    src = state.fault_mpfn[0:half]
+    dst = state.fault_mpfn[half : 2 * half]
+    dst[:] = L.MPFN_NONE
+    cpu = state.sys[L.SYS_CPU]
+    state.sys[L.SYS_CPU] = L.CPU_USER
+    flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE | L.MIGRATE_VMA_SELECT_COMPOUND)
+    owner = state.dev[d, L.DEV_OWNER]
+    end = first + ext
+    collected = setup_range_flags(state, vma_index, first, end, src, dst, flags, owner, head)
+    lay = state.layout
+    failed = False
+    if collected > 0:
+        private = dev_private(d, 0)
+        sp = state.copy_scratch[I.COPY_SRC]
+        dp = state.copy_scratch[I.COPY_DST]
+        pairs = alloc_system_pages(state, src, dst, half, private, sp, dp)
+        copy_engine_batch(state, pairs, private)
+        for i in range(half):
+            if (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) < 0:
+                failed = True
+        migrate_vma_pages(state, vma_index, first, end, src, dst)
+        system_finalize_and_map(state, vma_index, src, dst, first, end, 0)
+        migrate_vma_finalize(state, vma_index, first, end, src, dst)
+    state.sys[L.SYS_CPU] = cpu
+    mm.unlock_page(state, head)
+    mm.put_page(state, head)
+    if failed:
+        state.counters[L.C_DEVICE_SIGBUS] += 1
         state.dev[d, L.DEV_SIGBUS] += 1
         return L.FAULT_SIGBUS
     return L.FAULT_OK

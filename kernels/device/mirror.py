@@ -44,6 +44,9 @@ def mirror_slot(state, slot, src, dst, i):
     if d < 0:
         return
     state.mirror[d, slot] = mirror_entry(lay, dpfn, dst[i])
+    if (dst[i] & lay[L.L_COMPOUND]) != 0:
+        for j in range(1, L.HPAGE_PMD_NR):  # a folio: one entry per page (modern)
+            state.mirror[d, slot + j] = mirror_entry(lay, dpfn + j, dst[i])
 
 
 @internal(hot=True)
@@ -57,6 +60,8 @@ def unmirror_slot(state, slot, src, dst, i):
     d = mm.device_of(state, mm.mpfn_to_pfn(lay, src[i]))
     if d >= 0:
         state.mirror[d, slot] = -1
+        if (src[i] & lay[L.L_COMPOUND]) != 0:
+            state.mirror[d, slot : slot + L.HPAGE_PMD_NR] = -1
 
 
 @kernel(inline=True)
@@ -95,11 +100,14 @@ def system_finalize_and_map(state, vma_index, src, dst, start, end, private):
 
 @internal(inline=True)
 def moved_count(lay, src, dst, i):
-    """dmirror's cpages for MIGRATE_TO_SYS counts slots with VALID and MIGRATE
-    and a destination after the pages pass."""
+    """The pages slot ``i`` moved: a slot with VALID and MIGRATE and a
+    destination after the pages pass, 512 for a folio (COMPOUND). dmirror's
+    cpages for MIGRATE_TO_SYS counts a folio once; the contract counts pages."""
     if mm.mpfn_to_pfn(lay, src[i]) < 0 or (src[i] & lay[L.L_MIGRATE]) == 0:
         return 0
-    return 1 if mm.mpfn_to_pfn(lay, dst[i]) >= 0 else 0
+    if mm.mpfn_to_pfn(lay, dst[i]) < 0:
+        return 0
+    return L.HPAGE_PMD_NR if (src[i] & lay[L.L_COMPOUND]) != 0 else 1
 
 
 @internal

@@ -36,11 +36,12 @@ def run_driver(state, to_device, vma_index, start, end, src, dst, private):
     # dmirror_migrate_to_device() / _to_system(): the device's own owner, and
     # SELECT_SYSTEM one way, its own memory's kind the other (modern; 4.14
     # takes neither).
-    flags = np.int64(L.MIGRATE_VMA_SELECT_SYSTEM)
+    # Both take whole folios (SELECT_COMPOUND, the device-THP series).
+    flags = np.int64(L.MIGRATE_VMA_SELECT_SYSTEM | L.MIGRATE_VMA_SELECT_COMPOUND)
     if not to_device:
-        flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
+        flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE | L.MIGRATE_VMA_SELECT_COMPOUND)
         if state.dev[d, L.DEV_KIND] == L.DEVICE_COHERENT:
-            flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_COHERENT)
+            flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_COHERENT | L.MIGRATE_VMA_SELECT_COMPOUND)
     owner = state.dev[d, L.DEV_OWNER]
     cpages = setup_range_flags(state, vma_index, start, end, src, dst, flags, owner, np.int64(-1))
     if cpages <= 0:

@@ -117,6 +117,18 @@ def _walk_page(st, v, addr, fault, write, owner):
         if writable:
             flags |= HMM_PFN_WRITE
         return _hmm_pfn(pfn, flags), _WALK_FAULT if write and not writable else _WALK_DONE
+    if pk == L.PMD_DEVICE:
+        # hmm_vma_handle_absent_pmd() (modern, B_DEVICE_THP): the owner's own
+        # folio is reported in place at PMD order; another's is faulted back
+        pfn = mm.pte_pfn(pword) + mm.pages_in(st, addr % mm.pmd_extent(st))
+        if st.dev[mm.device_of(st, pfn), L.DEV_OWNER] == owner:
+            flags = HMM_PFN_VALID | HMM_PFN_DEVICE_PRIVATE | HMM_PFN_PMD | read
+            if (pword & L.PMD_WRITE) != 0:
+                flags |= HMM_PFN_WRITE
+            return _hmm_pfn(pfn, flags), _WALK_DONE
+        return HMM_PFN_NONE, _WALK_FAULT if fault else _WALK_DONE
+    if pk == L.PMD_MIGRATION:
+        return HMM_PFN_NONE, _WALK_WAIT if fault else _WALK_DONE
     pte = st.pte[mm.pte_slot(st, v, addr)]
     kind = mm.pte_kind(pte)
     writable = mm.pte_write(pte)

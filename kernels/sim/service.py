@@ -11,7 +11,7 @@ charged ``batch_us`` plus ``fault_us`` per entry, plus its copies.
 
 import numpy as np
 
-from .. import layout as L
+from .. import mm
 from .._jit import internal
 from ..cpu import cpu_write
 from ..memory import handle_mm_fault
@@ -91,13 +91,13 @@ def _service_block(sim, state, policy, b, row, now):
     prefetch_region(sim, b)
     _protect(sim, b, base, bp, unit, batch_id)
     need = _need(sim, base, bp)
-    while state.dev[0, L.DEV_FREE] < need:
+    while mm.pool_free_pages(state, 0) < need:
         got = evict_one(sim, state, policy, row, now)
         if got < 0:
             return np.int64(-1)
         if got == 0:
             break
-    if state.dev[0, L.DEV_FREE] < need:  # no room for the prefetch: the faults alone
+    if mm.pool_free_pages(state, 0) < need:  # no room for the prefetch: the faults alone
         for i in range(bp):
             sim.want[i] = sim.req[i]
     moved_any = False

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from numba import njit, types
@@ -731,3 +732,28 @@ print(json.dumps([ret, moved, kinds, sum(st.cache_hits.values()), sum(st.cache_m
     ret, moved, kinds, hits, misses = json.loads(out.stdout.strip().splitlines()[-1])
     assert (ret, moved, kinds) == (0, 4, ["device"] * 8)
     assert (hits, misses) == (1, 0)
+
+
+@njit
+def _folio_round(state, device):
+    """kernels.alloc_folio, then its unlock and put (the folio goes back whole)."""
+    head = kernels.alloc_folio(state, device)
+    if head < 0:
+        return head, np.int64(-1)
+    kernels.unlock_page(state, head)
+    return head, kernels.put_page(state, head)
+
+
+@pytest.mark.parametrize("profile", ["modern", "hmm-v25"])
+def test_alloc_folio_hands_out_an_aligned_locked_folio_in_modern(make_machine, profile):
+    """kernels.alloc_folio: a 512-aligned device folio in modern (a dst with
+    MIGRATE_PFN_COMPOUND), -1 in a profile without device THP."""
+    m = make_machine(1024, 1024, profile=profile)
+    head, put = _folio_round(m.state, True)
+    if profile != "modern":
+        assert head == -1
+        return
+    assert head >= m.ram_pages and head % 512 == 0 and put == 0
+    assert m.free_pages(device=True) == 1024
+    with pytest.raises(ValueError, match="modern"):
+        make_machine(64, 8).alloc_folio()

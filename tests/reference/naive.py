@@ -571,20 +571,23 @@ def _collect_pte_range(md: Model, mig: Migrate, v: int, addr: int, stop: int) ->
         md.counters["tlb_flush"] += 1  # one flush_tlb_range() per PMD
 
 
-def walk_pmds(md: Model, mig: Migrate, hole: Any, ptes: Any) -> None:
-    """The PMD-by-PMD walk of migrate_vma_collect() over [start, end), the same in
-    4.14 and modern: ``hole(md, mig, n)`` for an empty extent, ``ptes(md, mig,
-    addr, stop)`` for a page table; the huge zero PMD is split first, a THP is
-    trylocked and split (its extent skipped when either fails)."""
+def walk_pmds(md: Model, mig: Migrate, hole: Any, ptes: Any, huge: Any = None) -> None:
+    """The PMD-by-PMD walk of migrate_vma_collect() over [start, end): ``hole(md,
+    mig, n)`` for an empty extent, ``ptes(md, mig, addr, stop)`` for a page table;
+    4.14 splits the huge zero PMD first, and trylocks and splits a THP (its extent
+    skipped when either fails). A later kernel's huge-PMD branches come as
+    ``huge(md, mig, kind, pmd, n)``, which returns whether the PTE loop runs."""
     v, span = mig.vma, md.pmd_span
     addr = mig.start
     while addr < mig.end:
         stop = min((addr // span + 1) * span, mig.end)
         n = (stop - addr) // md.page_size
         pmd = md.pmd[md.pmd_index(v, addr)]
-        kind = pmd & 3
+        kind = pmd & int(L.PMD_KIND_MASK)
         walk = True
-        if kind == PMD_NONE:
+        if huge is not None and kind != PMD_TABLE:
+            walk = huge(md, mig, kind, pmd, n)
+        elif kind == PMD_NONE:
             hole(md, mig, n)
             walk = False
         elif kind == PMD_HUGE_ZERO:

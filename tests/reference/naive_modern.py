@@ -1,8 +1,9 @@
 """The reference model's ``modern`` profile: Linux 6.x mm/migrate_device.c.
 
 Written from torvalds/linux ``mm/migrate_device.c`` (stored copy 022a12deda53:
-after the v6.1 device-private refcount series, with 41cddf83d8b0's finalize,
-before the 2025 device-THP series), ``mm/rmap.c`` try_to_migrate_one(),
+after the v6.1 device-private refcount series, with 41cddf83d8b0's finalize),
+with the 2025 device-THP series' collect of huge PMDs (linux-mm 08ea4eaefa56,
+see :func:`_huge_pmd`), ``mm/rmap.c`` try_to_migrate_one(),
 ``mm/migrate.c`` folio_migrate_mapping(), ``mm/swap.c`` and ``lib/test_hmm.c``;
 not from ``kernels/*.py``. Each branch names the function and the commit where
 it parts from 4.14 (``naive.py``'s hmm-v25 passes, reused where unchanged).
@@ -12,7 +13,8 @@ The split API: :func:`setup` (collect + :func:`unmap`), :func:`pages`,
 (MIGRATE_VMA_SELECT_SYSTEM, no pgmap_owner, no fault page).
 
 Not modelled: device-coherent memory (SELECT_DEVICE_COHERENT), device THP
-(SELECT_COMPOUND, MIGRATE_PFN_COMPOUND), PTE-mapped large folios
+(SELECT_COMPOUND, MIGRATE_PFN_COMPOUND: tests/scenarios/test_device_thp.py
+holds the engine to the selftests there), PTE-mapped large folios
 (migrate_vma_split_folio(): NotImplementedError), the swap cache (the simulator
 drops a page's swap slot on swap-in, so folio_mapping() of an anon page is NULL
 and folio_free_swap() never decides anything), the separate mlock batch of
@@ -209,7 +211,40 @@ def collect(md: Model, mig: MigrateVma) -> None:
     unless the owner is the device itself. Then PMD by PMD, as 4.14 but for the
     hole rule and the per-PTE changes above."""
     _invalidate(md, mig, mig.start, mig.end)
-    N.walk_pmds(md, mig, _hole, _collect_ptes)
+    N.walk_pmds(md, mig, _hole, _collect_ptes, _huge_pmd)
+
+
+def _huge_pmd(md: Model, mig: MigrateVma, kind: int, pmd: int, n: int) -> bool:
+    """migrate_vma_collect_huge_pmd() (the device-THP series, linux-mm
+    mm/migrate_device.c 08ea4eaefa56) without SELECT_COMPOUND, which this model's
+    calls never set; True when the PTE loop runs. A none PMD is
+    migrate_vma_collect_hole(). A huge PMD needs SELECT_SYSTEM, else the extent
+    is skipped; the huge zero page is then a hole itself, not split here
+    (migrate_vma_insert_page() splits it); a THP is referenced, trylocked and
+    split_folio()ed, the extent skipped when either fails."""
+    if kind == N.PMD_NONE:
+        _hole(md, mig, n)
+        return False
+    if not mig.flags & SELECT_SYSTEM:
+        mig.notes.add("collect: huge PMD not selected")
+        N._collect_skip(md, mig, n)
+        return False
+    if kind == N.PMD_HUGE_ZERO:
+        mig.notes.add("collect: huge zero PMD as a hole")
+        _hole(md, mig, n)
+        return False
+    head = pmd >> PTE_SHIFT
+    mig.notes.add("collect: PMD-mapped THP")
+    md.get_page(head)
+    walk = md.trylock(head)
+    if walk:
+        walk = N.split_huge_page(md, head)  # split_folio()
+        md.unlock(head)
+    md.put_page(head)
+    if not walk:
+        mig.notes.add("collect: THP skipped")
+        N._collect_skip(md, mig, n)
+    return walk
 
 
 # ============================================================================ unmap
@@ -362,6 +397,11 @@ def pages(md: Model, mig: MigrateVma) -> None:
                 # range_start, but now with an owner dmirror can recognise).
                 notified = True
                 _invalidate(md, mig, addr, mig.end)
+            if md.pmd[md.pmd_index(mig.vma, addr)] & 7 == N.PMD_HUGE_ZERO:
+                # the device-THP series: a huge zero PMD is split_huge_pmd()ed here
+                # (collect left it whole), then its zero-page PTE is replaced
+                if md.vmas[mig.vma].kind == L.VMA_ANON:
+                    N.split_huge_pmd_zero(md, mig.vma, addr)
             N.insert_page(md, mig, i, addr, newpage)  # migrate_vma_insert_page()
             continue
         # folio_mapping(): file/shmem; an anon folio only through the swap cache,

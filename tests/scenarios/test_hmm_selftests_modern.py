@@ -242,8 +242,10 @@ def test_double_map(make_machine, variant):
 
 @VARIANTS
 def test_migrate_anon_huge_empty(make_machine, variant):
-    """migrate_anon_huge_empty, without device huge pages yet: an untouched THP
-    extent of an anonymous VMA is 512 holes, each given a zeroed device page."""
+    """migrate_anon_huge_empty on a device with no free aligned 2 MiB run (its
+    frames start off-alignment, and device-coherent memory gives no folios):
+    the COMPOUND hole gets dmirror's fallback, 512 zeroed base device pages.
+    The device-folio form is tests/scenarios/test_device_thp.py."""
     m = machine(make_machine, variant, pages=THP_NR + 8, ram=2 * THP_NR + 64)
     p = m.new_process()
     vma = p.mmap(THP_NR, prot="r", thp=True)
@@ -255,9 +257,10 @@ def test_migrate_anon_huge_empty(make_machine, variant):
 @VARIANTS
 @pytest.mark.parametrize("offset", [0, THP_NR // 4, THP_NR // 2])
 def test_migrate_partial_unmap_fault(make_machine, variant, offset):
-    """migrate_partial_unmap_fault (small pages; device THP is not built): munmap
-    half of a migrated 2 MiB buffer at three offsets: its device pages go back
-    to the device's free list; the rest reads back (private: faulting)."""
+    """migrate_partial_unmap_fault (use_thp=0; the THP form is in
+    test_device_thp.py): munmap half of a migrated 2 MiB buffer at three
+    offsets: its device pages go back to the device's free list; the rest reads
+    back (private: faulting)."""
     m = machine(make_machine, variant, pages=THP_NR + 8, ram=2 * THP_NR + 64)
     p, vma, data = filled(m, THP_NR)
     assert m.device.migrate_to_device(p, vma.start, vma.end) == THP_NR
@@ -321,15 +324,16 @@ def test_anon_write_child_shared(make_machine, variant):
 
 @VARIANTS
 def test_migrate_anon_huge_zero_err(make_machine, variant):
-    """migrate_anon_huge_zero_err, without device THP: the huge zero page is
-    split into zero-page PTEs and collected as holes (SELECT_SYSTEM); with the
-    device's allocations failing, nothing moves and the zeros read back."""
+    """migrate_anon_huge_zero_err with every allocation failing (the device
+    folio's and all 512 base fallbacks): the huge zero page, collected as a
+    COMPOUND hole (SELECT_SYSTEM), stays; the zeros read back. The selftest's
+    one-shot form is in test_device_thp.py."""
     m = machine(make_machine, variant, pages=THP_NR + 8, ram=2 * THP_NR + 64)
     p = m.new_process()
     vma = p.mmap(THP_NR, thp=True)
     assert p.read(vma.start, PS) == bytes(PS)
     assert p.translate(vma.start).huge  # the huge zero page
-    m.device.fail_alloc(THP_NR)
+    m.device.fail_alloc(THP_NR + 1)
     assert m.device.migrate_to_device(p, vma.start, vma.end) == 0
     assert not any(on_device(m, p, vma, i) for i in range(THP_NR))
     assert p.read(vma.start, THP_NR * PS) == bytes(THP_NR * PS)
