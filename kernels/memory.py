@@ -15,7 +15,7 @@ from . import mm
 from ._jit import internal, kernel
 from ._llvm import memcpy_bytes
 from .args import in_vma, range_in_vma, valid_vma
-from .device.fault import device_fault, device_fault_huge
+from .device.fault import device_fault
 from .filemap import find_or_read_page
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 from .rmap import restore_exclusive_pte
@@ -46,6 +46,10 @@ def _copy_frame(st, dst_pfn, src_pfn, npages):
     ps = st.sys[L.SYS_PAGE_SIZE]
     if st.sys[L.SYS_STORE_DATA] != 0:
         memcpy_bytes(st.data, dst_pfn * ps, st.data, src_pfn * ps, npages * ps)
+
+
+# _fault_pmd() / _fault_pte(): a device-private entry; handle_mm_fault() calls the device
+_DEVICE_ENTRY = 99
 
 
 # --------------------------------------------------------------------- PMD level
@@ -195,8 +199,7 @@ def _fault_pmd(st, v, addr, write):
             return L.FAULT_OK
         return _wp_huge_pmd(st, v, first, pmd_i)
     if kind == L.PMD_DEVICE:
-        # modern: do_huge_pmd_device_private(); the access retries on what came back
-        return device_fault_huge(st, v, addr)
+        return _DEVICE_ENTRY  # modern: do_huge_pmd_device_private()
     if kind == L.PMD_MIGRATION:
         return L.FAULT_OK  # pmd_migration_entry_wait(): the access retries
     return L.FAULT_RETRY
@@ -301,8 +304,7 @@ def _fault_pte(st, v, addr, write):
     if kind == L.PTE_SWAP:
         return _swap_in(st, v, addr, slot)
     if kind == L.PTE_DEVICE:
-        ret = device_fault(st, v, addr)
-        return L.FAULT_RETRY if ret == L.FAULT_OK else ret
+        return _DEVICE_ENTRY
     if kind == L.PTE_ERROR:
         return L.FAULT_SIGBUS
     if kind == L.PTE_EXCLUSIVE:
@@ -330,10 +332,16 @@ def handle_mm_fault(st, v, addr, write):
     ret = L.FAULT_RETRY
     for _ in range(_FAULT_RETRIES):
         ret = _fault_pmd(st, v, addr, write)
-        if ret != L.FAULT_RETRY:
-            return ret
-        st.counters[L.C_PGFAULT] += 1
-        ret = _fault_pte(st, v, addr, write)
+        if ret == L.FAULT_RETRY:
+            st.counters[L.C_PGFAULT] += 1
+            ret = _fault_pte(st, v, addr, write)
+        if ret == _DEVICE_ENTRY:
+            # the pgmap's migrate_to_ram(), for a PTE or a PMD entry: one call
+            # site, so the migration it runs is compiled into the fault path once
+            ret = device_fault(st, v, addr)
+            if ret == L.FAULT_OK:
+                ret = L.FAULT_RETRY  # the access retries on what came back
+                continue
         if ret != L.FAULT_RETRY:
             return ret
     return ret

@@ -25,47 +25,46 @@ from ..copy import (
     descriptor_ns,
 )
 from ..migrate import migrate_vma_finalize, migrate_vma_pages, setup_range_flags
-from .alloc import alloc_system_pages, copy_engine_batch, system_alloc_page
+from .alloc import alloc_system_pages
 from .common import dev_private
 from .mirror import system_finalize_and_map
 
 
 @internal
-def copy_one_page(st, dst_pfn, src_pfn):
-    """A one-descriptor copy through the engine's cost model, without scratch arrays."""
+def _copy_run(st, dst_pfn, src_pfn, npages):
+    """One descriptor of ``npages`` contiguous pages, added to the copy stats.
+
+    The fault path copies without the engine's batch machinery (its descriptor
+    scratch and parallel copy): every CPU access links the fault path, and
+    the batch copy there would compile into each of them."""
     ps = st.sys[L.SYS_PAGE_SIZE]
     stats = st.copy_stats
     eng = st.engine
-    stats[:] = 0.0
     t0 = now_ns()
     if st.sys[L.SYS_STORE_DATA] != 0:
-        memcpy_bytes(st.data, dst_pfn * ps, st.data, src_pfn * ps, ps)
-        stats[STAT_WALL_S] = (now_ns() - t0) * 1e-9
-    stats[STAT_DESCRIPTORS] = 1.0
-    stats[STAT_BYTES] = ps
+        memcpy_bytes(st.data, dst_pfn * ps, st.data, src_pfn * ps, npages * ps)
+        stats[STAT_WALL_S] += (now_ns() - t0) * 1e-9
+    stats[STAT_DESCRIPTORS] += 1.0
+    stats[STAT_BYTES] += npages * ps
     stats[STAT_CALLS] = 1.0
     model = descriptor_ns(
-        ps, eng[ENG_SETUP_NS], eng[ENG_GBPS], np.int64(eng[ENG_MODEL]), eng[ENG_CURVE_B]
+        npages * ps, eng[ENG_SETUP_NS], eng[ENG_GBPS], np.int64(eng[ENG_MODEL]), eng[ENG_CURVE_B]
     )
-    stats[STAT_MODEL_S] = model * 1e-9
+    stats[STAT_MODEL_S] += model * 1e-9
 
 
 @internal
-def fault_alloc_and_copy(state, src, dst, private):
-    """The fault path's copy routine for its single slot (dmirror_devmem_fault_alloc_and_copy)."""
-    lay = state.layout
-    mpfn = src[0]
-    dst[0] = L.MPFN_NONE
-    spfn = mm.mpfn_to_pfn(lay, mpfn)
-    if (mpfn & lay[L.L_MIGRATE]) == 0 or spfn < 0 or not mm.is_device_pfn(state, spfn):
-        return
-    rpfn = system_alloc_page(state, private)
-    if rpfn < 0:
-        if (mpfn & lay[L.L_DEVICE]) != 0:
-            dst[0] = lay[L.L_ERROR]  # 4.14: the core leaves it, the fault SIGBUSes
-        return
-    copy_one_page(state, rpfn, spfn)
-    dst[0] = mm.make_mpfn(lay, rpfn) | lay[L.L_LOCKED] | (mpfn & lay[L.L_WRITE])
+def copy_runs(st, sp, dp, n):
+    """Copy ``n`` (source, destination) pairs, one descriptor per contiguous run
+    (a folio's 512 pages are one)."""
+    st.copy_stats[:] = 0.0
+    k = 0
+    while k < n:
+        run = 1
+        while k + run < n and sp[k + run] == sp[k] + run and dp[k + run] == dp[k] + run:
+            run += 1
+        _copy_run(st, dp[k], sp[k], run)
+        k += run
 
 
 @kernel(inline=True)
@@ -83,7 +82,11 @@ def device_fault(state, vma_index, addr):
     makes the access wait and retry: FAULT_OK here), and dmirror_devmem_fault()
     runs the split API with SELECT_DEVICE_PRIVATE, its own owner and the page
     as ``fault_page``; a failed allocation leaves ``dst`` 0 and the fault
-    fails (dmirror's VM_FAULT_OOM; a SIGBUS here, as in 4.14).
+    fails (dmirror's VM_FAULT_OOM; a SIGBUS here, as in 4.14). A device-private
+    PMD entry (B_DEVICE_THP) is do_huge_pmd_device_private(): the folio's head
+    is the fault page, and dmirror migrates the whole 2 MiB folio back with
+    SELECT_COMPOUND into a system THP, or 512 base pages when no THP can be
+    had (the core then splits the device folio).
     """
     if not in_vma(state, vma_index, addr):
         return L.FAULT_SEGV
@@ -91,7 +94,17 @@ def device_fault(state, vma_index, addr):
     ps = state.sys[L.SYS_PAGE_SIZE]
     addr = mm.page_down(state, addr)
     # The handler of the device whose page the entry maps (its pgmap's ops).
-    page = mm.pte_pfn(state.pte[mm.pte_slot(state, vma_index, addr)])
+    pmd = state.pmd[mm.pmd_slot(state, vma_index, addr)]
+    huge = mm.pmd_kind(pmd) == L.PMD_DEVICE
+    flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
+    npages = np.int64(1)
+    if huge:
+        flags |= L.MIGRATE_VMA_SELECT_COMPOUND
+        npages = np.int64(L.HPAGE_PMD_NR)
+        addr -= addr % mm.pmd_extent(state)
+        page = mm.pte_pfn(pmd)
+    else:
+        page = mm.pte_pfn(state.pte[mm.pte_slot(state, vma_index, addr)])
     d = max(mm.device_of(state, page), 0)
     holds_page = mm.behaves(state, L.B_FAULT_PAGE)
     if holds_page:
@@ -101,90 +114,40 @@ def device_fault(state, vma_index, addr):
             return L.FAULT_OK
     counters[L.C_DEVICE_FAULTS] += 1
     state.dev[d, L.DEV_FAULTS] += 1
-    src = state.fault_mpfn[0:1]
-    dst = state.fault_mpfn[1:2]
-    dst[0] = L.MPFN_NONE
+    src = state.fault_mpfn[0:npages]
+    dst = state.fault_mpfn[L.HPAGE_PMD_NR : L.HPAGE_PMD_NR + npages]
+    dst[:] = L.MPFN_NONE
     # The handler runs on the faulting CPU: prepare's local lru_add_drain() and
     # finalize's putbacks use that CPU's LRU-add batch, not the driver's.
     cpu = state.sys[L.SYS_CPU]
     state.sys[L.SYS_CPU] = L.CPU_USER
-    flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE)
     fault_pfn = page if holds_page else np.int64(-1)
     owner = state.dev[d, L.DEV_OWNER]
-    collected = setup_range_flags(
-        state, vma_index, addr, addr + ps, src, dst, flags, owner, fault_pfn
-    )
+    end = addr + npages * ps
+    collected = setup_range_flags(state, vma_index, addr, end, src, dst, flags, owner, fault_pfn)
     lay = state.layout
     failed = False
     if collected > 0:
-        fault_alloc_and_copy(state, src, dst, dev_private(d, 0))
+        # dmirror_devmem_fault_alloc_and_copy(): system pages (a THP for a
+        # folio), copied without the engine's batch (see _copy_run())
+        sp = state.copy_scratch[I.COPY_SRC]
+        dp = state.copy_scratch[I.COPY_DST]
+        pairs = alloc_system_pages(state, src, dst, npages, dev_private(d, 0), sp, dp)
+        copy_runs(state, sp, dp, pairs)
         # The allocation failed: 4.14's driver wrote MIGRATE_PFN_ERROR, modern's
         # left dst 0; either way the core restores the device entry.
-        failed = (src[0] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[0]) < 0
-        migrate_vma_pages(state, vma_index, addr, addr + ps, src, dst)
-        system_finalize_and_map(state, vma_index, src, dst, addr, addr + ps, 0)
-        migrate_vma_finalize(state, vma_index, addr, addr + ps, src, dst)
+        for i in range(npages):
+            if (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) < 0:
+                failed = True
+        migrate_vma_pages(state, vma_index, addr, end, src, dst)
+        system_finalize_and_map(state, vma_index, src, dst, addr, end, 0)
+        migrate_vma_finalize(state, vma_index, addr, end, src, dst)
     state.sys[L.SYS_CPU] = cpu
     if holds_page:
         mm.unlock_page(state, page)
         mm.put_page(state, page)
     if failed:
         counters[L.C_DEVICE_SIGBUS] += 1
-        state.dev[d, L.DEV_SIGBUS] += 1
-        return L.FAULT_SIGBUS
-    return L.FAULT_OK
-
-
-@internal
-def device_fault_huge(state, vma_index, addr):
-    """do_huge_pmd_device_private() + dmirror_devmem_fault() for a folio (modern).
-
-    A CPU access to a device-private PMD entry: the folio is trylocked (else
-    the access retries) and referenced, and the handler migrates the whole
-    2 MiB folio back with SELECT_DEVICE_PRIVATE|SELECT_COMPOUND, its own owner
-    and the head as ``fault_page``, into a system THP, or 512 base pages when
-    no THP can be had (dmirror's fallback; the core splits the device folio).
-    Returns FAULT_OK (the access retries), or FAULT_SIGBUS when not even base
-    pages could be had (dmirror's VM_FAULT_OOM), the device entry restored.
-    """
-    ext = mm.pmd_extent(state)
-    first = addr - addr % ext
-    head = mm.pte_pfn(state.pmd[mm.pmd_slot(state, vma_index, addr)])
-    d = max(mm.device_of(state, head), 0)
-    if not mm.trylock_page(state, head):
-        return L.FAULT_OK
-    mm.get_page(state, head)
-    state.counters[L.C_DEVICE_FAULTS] += 1
-    state.dev[d, L.DEV_FAULTS] += 1
-    half = L.HPAGE_PMD_NR
-    src = state.fault_mpfn[0:half]
-    dst = state.fault_mpfn[half : 2 * half]
-    dst[:] = L.MPFN_NONE
-    cpu = state.sys[L.SYS_CPU]
-    state.sys[L.SYS_CPU] = L.CPU_USER
-    flags = np.int64(L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE | L.MIGRATE_VMA_SELECT_COMPOUND)
-    owner = state.dev[d, L.DEV_OWNER]
-    end = first + ext
-    collected = setup_range_flags(state, vma_index, first, end, src, dst, flags, owner, head)
-    lay = state.layout
-    failed = False
-    if collected > 0:
-        private = dev_private(d, 0)
-        sp = state.copy_scratch[I.COPY_SRC]
-        dp = state.copy_scratch[I.COPY_DST]
-        pairs = alloc_system_pages(state, src, dst, half, private, sp, dp)
-        copy_engine_batch(state, pairs, private)
-        for i in range(half):
-            if (src[i] & lay[L.L_MIGRATE]) != 0 and mm.mpfn_to_pfn(lay, dst[i]) < 0:
-                failed = True
-        migrate_vma_pages(state, vma_index, first, end, src, dst)
-        system_finalize_and_map(state, vma_index, src, dst, first, end, 0)
-        migrate_vma_finalize(state, vma_index, first, end, src, dst)
-    state.sys[L.SYS_CPU] = cpu
-    mm.unlock_page(state, head)
-    mm.put_page(state, head)
-    if failed:
-        state.counters[L.C_DEVICE_SIGBUS] += 1
         state.dev[d, L.DEV_SIGBUS] += 1
         return L.FAULT_SIGBUS
     return L.FAULT_OK
