@@ -1,7 +1,8 @@
 """The device's CPU-fault handler (hmm_devmem_ops.fault / migrate_to_ram).
 
-A CPU access to a device-private entry migrates the one page back to system
-memory through migrate_vma(), with a one-page copy through the engine's model.
+A CPU access to a device-private entry migrates the page back to system memory
+through migrate_vma(), a device-private PMD entry (modern) its whole folio; the
+copy goes through the engine's cost model one run at a time.
 """
 
 import numpy as np

@@ -66,8 +66,10 @@ def _driver_by_passes(s: State, to_device: bool, v: int, start: int, end: int, s
     """The device driver as separate passes: setup, alloc_and_copy, pages,
     finalize_and_map, finalize; returns dmirror's moved count. Setup takes what
     dmirror asks for in modern (ignored by the 4.14 profiles): SELECT_SYSTEM to
-    the device, its own memory back, and the device's owner."""
+    the device, its own memory back, both with SELECT_COMPOUND (whole folios),
+    and the device's owner."""
     flags = L.MIGRATE_VMA_SELECT_SYSTEM if to_device else L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+    flags |= L.MIGRATE_VMA_SELECT_COMPOUND
     owner = int(s.dev[0, L.DEV_OWNER])
     cpages = int(
         kernels.migrate.setup_by_passes_flags(s, v, start, end, src, dst, flags, owner, -1)
@@ -86,7 +88,8 @@ def _driver_by_passes(s: State, to_device: bool, v: int, start: int, end: int, s
     moved = 0
     for i in range(n):
         valid = int(src[i]) & int(lay[L.L_VALID]) and int(src[i]) & int(lay[L.L_MIGRATE])
-        moved += bool(valid and int(dst[i]) & int(lay[L.L_VALID]))
+        pages_of_slot = L.HPAGE_PMD_NR if int(src[i]) & int(lay[L.L_COMPOUND]) else 1
+        moved += pages_of_slot * bool(valid and int(dst[i]) & int(lay[L.L_VALID]))
     if to_device:
         device.device_finalize_and_map(s, v, src, dst, start, end, 0)
     else:
