@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import numba
 
 from migengine import __version__, bench, cli_sim, cli_sweep
+from migengine.bench import thp
 from migengine.copyengine import CopyEngine
 from migengine.kernels import layout as L
 
@@ -184,8 +185,6 @@ def _progress(total: int) -> Any:
 
 def _bench_thp(args: argparse.Namespace) -> int:
     """``migengine bench --thp``: the benchmark_thp_migration replica."""
-    from migengine.bench import thp
-
     profiles = args.profile or list(thp.PROFILES)
     try:
         os.makedirs(args.out, exist_ok=True)
