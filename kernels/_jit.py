@@ -12,6 +12,17 @@ counting, which would incref and decref every array of the state on each call
   state). Functions only compiled code calls are built without them. Calling
   one from Python would jump to a wrapper that does not exist, so their
   dispatcher raises TypeError instead.
+* **Machine code only where it runs.** numba links a callee's whole graph into
+  each caller, optimizes the linked module at O3 and emits machine code for
+  it. Emitting it at every level paid for the migration pipeline's machine
+  code again at each compiled level above it. So an internal kernel is
+  link-only (:class:`_LinkOnlyLibrary`: optimized IR for its callers, no
+  machine code), and so is an entry point as compiled code calls it (its twin,
+  :class:`KernelDispatcher`): only what Python calls, and users' ``@njit``
+  functions, emit machine code. The IR stays optimized at every level: a
+  user's function linking unoptimized IR compiled four times slower.
+  Thin levels above the pipeline (the range loops, ``handle_mm_fault``) are
+  inlined as IR, so they are no level at all.
 * **Where it is inlined.** A call passes the state as ~200 flattened values:
   ~0.2 s of its caller's compile time per call site, tens of ns per call at
   run time, and, from users' reference-counted code, an incref and a decref
@@ -29,13 +40,16 @@ counting, which would incref and decref every array of the state on each call
   docs/performance.md ("Cold start and compile time") has the measurements.
 """
 
-from numba.core.caching import NullCache
+from llvmlite import binding as ll
+from numba.core.caching import CompileResultCacheImpl, FunctionCache, NullCache
+from numba.core.codegen import JITCodeLibrary
+from numba.core.compiler import Compiler, CompileResult
 from numba.core.registry import CPUDispatcher
 
 _POLICY = {"nopython": True, "nogil": True, "_nrt": False}
 
 
-class KernelDispatcher(CPUDispatcher):
+class _LazyCacheDispatcher(CPUDispatcher):
     """A cached kernel whose cache is opened on its first compile or cache load.
 
     Opening a function's cache finds and tests its cache directory; done for
@@ -48,8 +62,110 @@ class KernelDispatcher(CPUDispatcher):
         return super().compile(sig)
 
 
-class InternalDispatcher(KernelDispatcher):
+class _EnvLessCodegen:
+    """The JIT codegen as a :class:`_LinkOnlyLibrary` sees it. numba points a
+    compiled function's environment global at its environment, in the
+    function's own module in the engine, which an internal kernel does not
+    have. Only a CPython wrapper reads its environment (nopython code without
+    Python objects never does), and internal kernels have none."""
+
+    def __init__(self, codegen):
+        self._codegen = codegen
+
+    def set_env(self, env_name, env):
+        pass
+
+    def __getattr__(self, name):
+        return getattr(self._codegen, name)
+
+
+class _LinkOnlyLibrary(JITCodeLibrary):
+    """The code library of a link-only kernel: optimized LLVM IR for the callers
+    that link it, and no machine code (which would never run). Its cache entry
+    holds that IR and an empty object, so loading it emits nothing either."""
+
+    def _finalize_final_module(self):
+        self._finalize_dynamic_globals()
+        self._verify_declare_only_symbols()
+        self._finalized = True
+
+    @property
+    def codegen(self):
+        return _EnvLessCodegen(self._codegen)
+
+    def get_pointer_to_function(self, name):
+        self._ensure_finalized()
+        return 0  # no machine code: InternalDispatcher refuses calls from Python
+
+    def serialize_using_object_code(self):
+        self._ensure_finalized()
+        return (self.name, "object", (b"", self._get_module_for_linking().as_bitcode()))
+
+
+class _LinkOnlyCompiler(Compiler):
+    """numba's pipeline, lowering into a :class:`_LinkOnlyLibrary`."""
+
+    def compile_extra(self, func):
+        library = _LinkOnlyLibrary(self.state.targetctx.codegen(), func.__qualname__)
+        library.enable_object_caching()
+        self.state.library = library
+        return super().compile_extra(func)
+
+
+class _LinkOnlyCacheImpl(CompileResultCacheImpl):
+    """Loads a link-only kernel's cache entry as a :class:`_LinkOnlyLibrary`
+    holding its IR. numba's own loader would hand the engine the empty object,
+    then write the kernel's environment pointer into a global the engine does
+    not have (a segfault)."""
+
+    def get_filename_base(self, fullname, abiflags):
+        return super().get_filename_base(fullname + "~ir", abiflags)
+
+    def rebuild(self, target_context, payload):
+        libdata, fndesc, env, signature, objectmode, lifted, typeann, reload_init, envs = payload
+        for fn in reload_init:
+            fn()
+        name, _, (_, bitcode) = libdata
+        library = _LinkOnlyLibrary(target_context.codegen(), name)
+        library._shared_module = ll.parse_bitcode(bitcode)
+        library._finalized = True
+        return CompileResult(
+            target_context=target_context,
+            typing_context=target_context.typing_context,
+            library=library,
+            environment=env,
+            entry_point=target_context.get_executable(library, fndesc, env),
+            fndesc=fndesc,
+            type_annotation=typeann,
+            signature=signature,
+            objectmode=objectmode,
+            lifted=lifted,
+            typing_error=None,
+            call_helper=None,
+            metadata=None,
+            reload_init=reload_init,
+            referenced_envs=envs,
+        )
+
+
+class _LinkOnlyCache(FunctionCache):
+    """A link-only kernel's cache, in files of its own: an entry point's
+    compiled-code twin (:class:`KernelDispatcher`) shares its function, and
+    must never load the entry point's machine code or give it its empty one."""
+
+    _impl_class = _LinkOnlyCacheImpl
+
+
+class InternalDispatcher(_LazyCacheDispatcher):
     """A kernel compiled without its Python entry: callable from compiled code only."""
+
+    def __init__(self, py_func, locals=None, targetoptions=None):
+        super().__init__(
+            py_func, locals=locals, targetoptions=targetoptions, pipeline_class=_LinkOnlyCompiler
+        )
+
+    def enable_caching(self):
+        self._cache = _LinkOnlyCache(self.py_func)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(
@@ -92,3 +208,26 @@ def internal(fn=None, *, inline=False, parallel=False, hot=False):
         return InternalDispatcher(py_func=f, locals={}, targetoptions=options)
 
     return wrap if fn is None else wrap(fn)
+
+
+class KernelDispatcher(_LazyCacheDispatcher):
+    """An entry point. A Python call compiles it whole (with machine code);
+    compiled callers (other kernels, users' ``@njit`` code) get its link-only
+    twin, an :class:`InternalDispatcher` of the same function, since they emit
+    what they link themselves."""
+
+    def _twin(self):
+        twin = self.__dict__.get("_link_twin")
+        if twin is None:
+            options = dict(self.targetoptions)
+            options["no_cpython_wrapper"] = True
+            options["no_cfunc_wrapper"] = True
+            twin = InternalDispatcher(self.py_func, locals=self.locals, targetoptions=options)
+            self.__dict__["_link_twin"] = twin
+        return twin
+
+    def get_call_template(self, args, kws):
+        return self._twin().get_call_template(args, kws)
+
+    def get_overload(self, sig):
+        return self._twin().get_overload(sig)

@@ -312,7 +312,7 @@ def _fault_pte(st, v, addr, write):
     return L.FAULT_RETRY  # a migration entry: the access would wait for the page lock
 
 
-@kernel
+@kernel(inline=True)
 def handle_mm_fault(st, v, addr, write):
     """handle_mm_fault() - make ``addr`` accessible for a load or a store.
 

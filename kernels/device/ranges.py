@@ -44,7 +44,7 @@ def _covered(state, mm_id, start, end, need):
     return True
 
 
-@internal
+@internal(inline=True)
 def migrate_range_to_device(state, d, mm_id, start, end):
     """dmirror_migrate_to_device() of device ``d``: migrate every VMA piece of
     ``[start, end)``; returns the pages of the range device ``d`` now maps, or
@@ -80,7 +80,7 @@ def migrate_to_system(state, mm_id, start, end, private):
     return migrate_range_to_system(state, np.int64(mm_id), s, e, np.int64(private))
 
 
-@internal
+@internal(inline=True)
 def migrate_range_to_system(state, mm_id, start, end, private):
     """migrate_to_system()'s body (and migrate_to_system_at()'s): the checks,
     then each VMA piece through the device-to-system pipeline."""
