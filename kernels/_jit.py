@@ -17,10 +17,11 @@ counting, which would incref and decref every array of the state on each call
   it. Emitting it at every level paid for the migration pipeline's machine
   code again at each compiled level above it. So an internal kernel is
   link-only (:class:`_LinkOnlyLibrary`: optimized IR for its callers, no
-  machine code), and so is an entry point as compiled code calls it (its twin,
-  :class:`KernelDispatcher`): only what Python calls, and users' ``@njit``
+  machine code). Compiled code calling an entry point links the entry if it
+  is compiled or cached, and else a link-only twin of it
+  (:class:`KernelDispatcher`): only what Python calls, and users' ``@njit``
   functions, emit machine code. The IR stays optimized at every level: a
-  user's function linking unoptimized IR compiled four times slower.
+  user's function linking unoptimized IR compiled several times slower.
   Thin levels above the pipeline (the range loops, ``handle_mm_fault``) are
   inlined as IR, so they are no level at all.
 * **Where it is inlined.** A call passes the state as ~200 flattened values:
@@ -44,7 +45,9 @@ from llvmlite import binding as ll
 from numba.core.caching import CompileResultCacheImpl, FunctionCache, NullCache
 from numba.core.codegen import JITCodeLibrary
 from numba.core.compiler import Compiler, CompileResult
+from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
+from numba.core.sigutils import normalize_signature
 
 _POLICY = {"nopython": True, "nogil": True, "_nrt": False}
 
@@ -211,10 +214,12 @@ def internal(fn=None, *, inline=False, parallel=False, hot=False):
 
 
 class KernelDispatcher(_LazyCacheDispatcher):
-    """An entry point. A Python call compiles it whole (with machine code);
-    compiled callers (other kernels, users' ``@njit`` code) get its link-only
-    twin, an :class:`InternalDispatcher` of the same function, since they emit
-    what they link themselves."""
+    """An entry point. A Python call compiles it whole (with machine code).
+    A compiled caller (another kernel, a user's ``@njit`` code) links the
+    entry itself when it is compiled or in the cache already, and otherwise
+    its link-only twin, an :class:`InternalDispatcher` of the same function:
+    the caller emits what it links itself, so the entry's machine code would
+    be wasted."""
 
     def _twin(self):
         twin = self.__dict__.get("_link_twin")
@@ -226,8 +231,30 @@ class KernelDispatcher(_LazyCacheDispatcher):
             self.__dict__["_link_twin"] = twin
         return twin
 
+    def _have(self, args):
+        """Whether the entry itself has ``args``, loading it from the cache if
+        it is there (as numba's compile() would, short of compiling)."""
+        if args in self.overloads:
+            return True
+        if isinstance(self._cache, NullCache):
+            self.enable_caching()
+        with global_compiler_lock:
+            cres = self._cache.load_overload(args, self.targetctx)
+            if cres is None:
+                return False
+            self._cache_hits[args] += 1
+            self.targetctx.insert_user_function(cres.entry_point, cres.fndesc, [cres.library])
+            self.add_overload(cres)
+        return True
+
     def get_call_template(self, args, kws):
+        _, folded = self._compiler.fold_argument_types(args, kws)
+        if self._have(tuple(folded)):
+            return super().get_call_template(args, kws)
         return self._twin().get_call_template(args, kws)
 
     def get_overload(self, sig):
+        args, _ = normalize_signature(sig)
+        if tuple(args) in self.overloads:
+            return super().get_overload(sig)
         return self._twin().get_overload(sig)

@@ -28,7 +28,7 @@ PROG = "migengine"
 MAX_PAGES = 1 << 24
 
 
-BENCH_COMPILES = 149
+BENCH_COMPILES = 205
 
 
 def _max_threads() -> int:

@@ -1,11 +1,11 @@
 """kernels/_jit.py: machine code only where it runs.
 
-Internal kernels, and entry points as compiled code calls them, are link-only:
-their library holds LLVM IR for the callers that link it and no machine code.
-These tests run in child processes with a cache folder of their own, so that
-the second child loads the link-only entries the first one wrote (numba's own
-loader crashed on them: it looks for the kernel's environment in a module the
-engine never got).
+Internal kernels are link-only: their library holds LLVM IR for the callers
+that link it and no machine code. A compiled caller of an entry point links
+the entry when it is compiled or cached, and otherwise the entry's link-only
+twin. The children share a cache folder, so each one sees what the one before
+wrote: the twin (numba's own loader crashed on a link-only entry: it looks for
+the kernel's environment in a module the engine never got), then the entry.
 """
 
 from __future__ import annotations
@@ -40,14 +40,16 @@ CHILD = textwrap.dedent(
     out = {
         "found": found,
         "want": [vma.index, -1],
-        "entry_compiled_before_python_call": len(kernels.find_vma.signatures),
+        "entry_before_python_call": len(kernels.find_vma.signatures),
+        "twin": len(twin.signatures),
         "twin_link_only": all(
             isinstance(c.library, _jit._LinkOnlyLibrary) for c in twin.overloads.values()
         ),
         "twin_cache_hits": sum(twin._cache_hits.values()),
-        "python_call": kernels.find_vma(m.state, p.pid, vma.start),
     }
-    out["entry_compiled_after_python_call"] = len(kernels.find_vma.signatures)
+    if sys.argv[2] == "call":
+        out["python_call"] = kernels.find_vma(m.state, p.pid, vma.start)
+        out["entry_after_python_call"] = len(kernels.find_vma.signatures)
     try:
         mm.pmd_of_first_slot(m.state, 0)
         out["internal_from_python"] = "called"
@@ -58,10 +60,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(variant: str, cache: Path) -> dict:
+def _child(variant: str, cache: Path, python_call: bool) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     run = subprocess.run(
-        [sys.executable, "-c", CHILD, variant],
+        [sys.executable, "-c", CHILD, variant, "call" if python_call else "-"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -72,17 +74,22 @@ def _child(variant: str, cache: Path) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_compiled_callers_link_the_ir_and_a_new_process_loads_it(tmp_path):
-    first = _child("a", tmp_path)
-    second = _child("b", tmp_path)
-    for out in (first, second):
+def test_compiled_callers_link_the_entry_or_its_ir_and_a_new_process_loads_it(tmp_path):
+    first = _child("a", tmp_path, python_call=False)
+    second = _child("b", tmp_path, python_call=True)
+    third = _child("c", tmp_path, python_call=False)
+    for out in (first, second, third):
         assert out["found"] == out["want"]
-        # Compiled code calling an entry point compiled its link-only twin, not the entry.
-        assert out["entry_compiled_before_python_call"] == 0
         assert out["twin_link_only"]
-        # Python's call compiles the entry itself, with its machine code.
-        assert out["python_call"] == out["want"][0]
-        assert out["entry_compiled_after_python_call"] == 1
         assert "internal to migengine.kernels" in out["internal_from_python"]
+    # No entry compiled or cached: compiled code compiles the link-only twin.
+    assert (first["entry_before_python_call"], first["twin"]) == (0, 1)
     assert first["twin_cache_hits"] == 0
-    assert second["twin_cache_hits"] == 1  # loaded from the first child's cache entry
+    # A new process loads the twin from the first one's cache entry; Python's
+    # call then compiles the entry itself, with its machine code.
+    assert (second["entry_before_python_call"], second["twin"]) == (0, 1)
+    assert second["twin_cache_hits"] == 1
+    assert second["python_call"] == second["want"][0]
+    assert second["entry_after_python_call"] == 1
+    # The entry is in the cache now: compiled code links it, no twin.
+    assert (third["entry_before_python_call"], third["twin"]) == (1, 0)
