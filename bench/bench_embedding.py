@@ -65,6 +65,11 @@ TARGET_WARM_RATIO = 3.0  # import migengine -> first migration / import numba
 VIA_DEVICE, VIA_CALLBACKS, VIA_SPLIT, VIA_HAND = 0, 1, 2, 3
 
 
+# Cached functions here embed the kernels' code but are keyed on this file only
+# (numba #1833): drop them when the kernels changed.
+kernels.drop_stale_user_cache(__file__)
+
+
 # ----------------------------------------------------------------------------- compiled loops
 @njit(cache=True)
 def empty():

@@ -22,19 +22,22 @@ def _sources() -> list[Path]:
     return sorted(p for p in _HERE.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def _cache_dirs() -> list[Path]:
-    """The directories numba caches these modules in (its own locator's rule):
-    one per source directory."""
-    dirs = sorted({p.parent for p in _sources()})
+def _cache_dir_of(source_dir: Path) -> Path:
+    """The directory numba caches the modules of ``source_dir`` in (its own
+    locator's rule: ``__pycache__`` beside them, or under NUMBA_CACHE_DIR)."""
     root = os.environ.get("NUMBA_CACHE_DIR")
     if not root:
-        return [d / "__pycache__" for d in dirs]
+        return source_dir / "__pycache__"
     from numba.core.caching import UserProvidedCacheLocator
 
-    return [
-        Path(root) / UserProvidedCacheLocator.get_suitable_cache_subpath(str(d / "x.py"))
-        for d in dirs
-    ]
+    return Path(root) / UserProvidedCacheLocator.get_suitable_cache_subpath(
+        str(source_dir / "x.py")
+    )
+
+
+def _cache_dirs() -> list[Path]:
+    """The directories numba caches these modules in: one per source directory."""
+    return [_cache_dir_of(d) for d in sorted({p.parent for p in _sources()})]
 
 
 def _source_digest() -> str:
@@ -66,3 +69,34 @@ def ensure_coherent_cache() -> None:
         stamp.write_text(digest)
     except OSError:
         pass  # a read-only install: numba falls back to compiling in memory
+
+
+def drop_stale_user_cache(module_file: str) -> None:
+    """Drop numba's cache files of a module whose cached functions call these
+    kernels when the kernels' sources changed since they were written.
+
+    Such a function embeds the kernels' code, but numba keys its cache on its
+    own file only (numba #1833): after an edit or upgrade of the kernels it
+    would load and run the old code. Call this at the top of the module
+    (``drop_stale_user_cache(__file__)``), before any of its functions load;
+    it costs about 1 ms. Pre: ``module_file`` is the module's source path.
+    Post: the module's ``*.nbi``/``*.nbc`` files are gone if they were written
+    against other kernel sources, and a stamp of the current ones is beside them.
+    """
+    path = Path(module_file).resolve()
+    cache = _cache_dir_of(path.parent)
+    stamp = cache / f"{path.stem}.kernels-stamp"
+    digest = _source_digest()
+    try:
+        if stamp.read_text() == digest:
+            return
+    except OSError:
+        pass
+    try:
+        if cache.is_dir():
+            for stale in cache.glob(f"{path.stem}.*.nb[ic]"):
+                stale.unlink(missing_ok=True)
+        cache.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:
+        pass  # a read-only tree: numba compiles in memory

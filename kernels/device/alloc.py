@@ -185,15 +185,15 @@ def alloc_folio_pairs(state, pool, src, dst, i, private, sp, dp, n):
     coherent = pool >= 0 and state.dev[pool, L.DEV_KIND] == L.DEVICE_COHERENT
     if not allocation_fails(state, private) and not coherent:
         head = mm.alloc_locked_folio(state, pool)
-    for j in range(1, L.HPAGE_PMD_NR):
-        dst[i + j] = L.MPFN_NONE
+    dst[i + 1 : i + L.HPAGE_PMD_NR] = L.MPFN_NONE  # a slice: no per-element index wrap
     if head >= 0:
-        for j in range(L.HPAGE_PMD_NR):
-            if spfn >= 0:
-                sp[n] = spfn + j
-                dp[n] = head + j
-                n += 1
-            else:
+        if spfn >= 0:
+            for j in range(L.HPAGE_PMD_NR):
+                sp[mm.ix(n + j)] = spfn + j
+                dp[mm.ix(n + j)] = head + j
+            n += L.HPAGE_PMD_NR
+        else:
+            for j in range(L.HPAGE_PMD_NR):
                 mm.zero_frame(state, head + j)
         dst[i] = mm.make_mpfn(lay, head) | lay[L.L_LOCKED] | lay[L.L_COMPOUND]
         dst[i] |= mpfn & lay[L.L_WRITE]

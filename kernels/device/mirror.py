@@ -45,8 +45,9 @@ def mirror_slot(state, slot, src, dst, i):
         return
     state.mirror[d, slot] = mirror_entry(lay, dpfn, dst[i])
     if (dst[i] & lay[L.L_COMPOUND]) != 0:
+        entry = dst[i]
         for j in range(1, L.HPAGE_PMD_NR):  # a folio: one entry per page (modern)
-            state.mirror[d, slot + j] = mirror_entry(lay, dpfn + j, dst[i])
+            state.mirror[mm.ix(d), mm.ix(slot + j)] = mirror_entry(lay, dpfn + j, entry)
 
 
 @internal(hot=True)

@@ -10,7 +10,6 @@ killing pytest), which prints its results as JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -35,26 +34,9 @@ BIG = 2**40
 SEGV = L.FAULT_SEGV
 
 
-def _drop_stale_user_cache() -> None:
-    """The functions below are cached and embed the kernels' code, but numba keys
-    their cache on this file only (docs/embedding.md): drop it when any kernel
-    source changed, or a child would run the kernels as they were."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "kernels").rglob("*.py")):
-        digest.update(path.read_bytes())
-    cache = Path(__file__).parent / "__pycache__"
-    stamp = cache / f"{Path(__file__).stem}.kernels-stamp"
-    try:
-        if stamp.read_text() == digest.hexdigest():
-            return
-        for path in cache.glob(f"{Path(__file__).stem}.*.nb[ic]"):
-            path.unlink(missing_ok=True)
-        stamp.write_text(digest.hexdigest())
-    except OSError:
-        pass  # a read-only tree: numba compiles in memory
-
-
-_drop_stale_user_cache()
+# The functions below are cached and embed the kernels' code, keyed on this file
+# only (docs/embedding.md): a child must not run the kernels as they were.
+kernels.drop_stale_user_cache(__file__)
 
 
 # ----------------------------------------------------------------------------- user code

@@ -32,6 +32,11 @@ EINVAL = -22
 DOC = Path(__file__).resolve().parents[2] / "docs" / "embedding.md"
 
 
+# Cached functions here embed the kernels' code but are keyed on this file only
+# (numba #1833): drop them when the kernels changed.
+kernels.drop_stale_user_cache(__file__)
+
+
 # ----------------------------------------------------------------------------- the user driver
 # docs/embedding.md: begin user driver
 @njit(cache=True)

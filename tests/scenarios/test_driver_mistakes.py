@@ -56,6 +56,11 @@ def python_ops(m: me.Machine, device: bool, words: dict[int, int]) -> me.Migrate
     return me.MigrateOps(alloc_and_copy, lambda *args: None)
 
 
+# Cached functions here embed the kernels' code but are keyed on this file only
+# (numba #1833): drop them when the kernels changed.
+kernels.drop_stale_user_cache(__file__)
+
+
 @njit(cache=True)
 def _njit_alloc(state, vma_index, src, dst, start, end, private):
     """The same driver compiled: ``private[0]`` 1 for device pages, ``private[1 + i]``

@@ -20,6 +20,11 @@ from tests.helpers import assert_data, filled
 NPAGES = 4
 
 
+# Cached functions here embed the kernels' code but are keyed on this file only
+# (numba #1833): drop them when the kernels changed.
+kernels.drop_stale_user_cache(__file__)
+
+
 @njit(cache=True)
 def _alloc_then_scribble_src(state, vma_index, src, dst, start, end, private):
     """A device page for slot 0, then a driver bug: src[0] overwritten."""

@@ -57,3 +57,42 @@ def test_an_edit_in_a_subpackage_drops_the_cache(tmp_path, monkeypatch, user_cac
     files = _fake_cache(dirs)
     guard.ensure_coherent_cache()  # stamped again: the new cache stays
     assert all(f.exists() for f in files)
+
+
+@pytest.mark.parametrize("user_cache_dir", [False, True], ids=["__pycache__", "NUMBA_CACHE_DIR"])
+def test_a_user_module_cache_goes_when_the_kernels_change(tmp_path, monkeypatch, user_cache_dir):
+    """drop_stale_user_cache(): a user's cached functions embed the kernels' code
+    (docs/embedding.md), so a kernel edit drops that module's cache files only."""
+    root = tmp_path / "kernels"
+    shutil.copytree(KERNELS, root, ignore=shutil.ignore_patterns("__pycache__"))
+    if user_cache_dir:
+        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))
+    else:
+        monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    guard = _guard(root)
+    user = tmp_path / "mine" / "driver.py"
+    user.parent.mkdir()
+    user.write_text("# a user's module\n")
+    cache = guard._cache_dir_of(user.parent)
+    guard.drop_stale_user_cache(str(user))  # first run: stamps the kernels' sources
+
+    def fake() -> list[Path]:
+        cache.mkdir(parents=True, exist_ok=True)
+        files = [cache / f"driver.run-3.py311{s}" for s in (".nbi", ".nbc")]
+        for f in files:
+            f.write_bytes(b"compiled against the old kernels")
+        return files
+
+    files = fake()
+    other = cache / "other.run-3.py311.nbi"
+    other.write_bytes(b"another module's")
+    guard.drop_stale_user_cache(str(user))  # nothing changed: the cache stays
+    assert all(f.exists() for f in files)
+    source = root / "copy" / "engine.py"
+    source.write_text(source.read_text() + "\n# edited\n")
+    guard.drop_stale_user_cache(str(user))  # a kernel changed: the module's cache goes
+    assert not any(f.exists() for f in files)
+    assert other.exists()
+    files = fake()
+    guard.drop_stale_user_cache(str(user))  # stamped again: the new cache stays
+    assert all(f.exists() for f in files)
