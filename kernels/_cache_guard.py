@@ -48,11 +48,10 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
-def ensure_coherent_cache() -> None:
-    """Drop stale cache files when the kernels' sources changed (cheap: ~1 ms)."""
-    dirs = _cache_dirs()
+def _drop_unless_stamped(stamp: Path, dirs: list[Path], pattern: str) -> None:
+    """Unless ``stamp`` holds the kernels' current digest: delete the cache files
+    matching ``pattern`` in ``dirs``, then write the digest to ``stamp``."""
     digest = _source_digest()
-    stamp = dirs[0] / _STAMP
     try:
         if stamp.read_text() == digest:
             return
@@ -62,13 +61,18 @@ def ensure_coherent_cache() -> None:
         for cache in dirs:
             if not cache.is_dir():
                 continue
-            for path in cache.glob("*"):
-                if path.suffix in (".nbi", ".nbc"):
-                    path.unlink(missing_ok=True)
-        dirs[0].mkdir(parents=True, exist_ok=True)
+            for path in cache.glob(pattern):
+                path.unlink(missing_ok=True)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
     except OSError:
         pass  # a read-only install: numba falls back to compiling in memory
+
+
+def ensure_coherent_cache() -> None:
+    """Drop stale cache files when the kernels' sources changed (cheap: ~1 ms)."""
+    dirs = _cache_dirs()
+    _drop_unless_stamped(dirs[0] / _STAMP, dirs, "*.nb[ic]")
 
 
 def drop_stale_user_cache(module_file: str) -> None:
@@ -85,18 +89,4 @@ def drop_stale_user_cache(module_file: str) -> None:
     """
     path = Path(module_file).resolve()
     cache = _cache_dir_of(path.parent)
-    stamp = cache / f"{path.stem}.kernels-stamp"
-    digest = _source_digest()
-    try:
-        if stamp.read_text() == digest:
-            return
-    except OSError:
-        pass
-    try:
-        if cache.is_dir():
-            for stale in cache.glob(f"{path.stem}.*.nb[ic]"):
-                stale.unlink(missing_ok=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:
-        pass  # a read-only tree: numba compiles in memory
+    _drop_unless_stamped(cache / f"{path.stem}.kernels-stamp", [cache], f"{path.stem}.*.nb[ic]")

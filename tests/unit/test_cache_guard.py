@@ -35,14 +35,20 @@ def _fake_cache(dirs: list[Path]) -> list[Path]:
     return files
 
 
-@pytest.mark.parametrize("user_cache_dir", [False, True], ids=["__pycache__", "NUMBA_CACHE_DIR"])
-def test_an_edit_in_a_subpackage_drops_the_cache(tmp_path, monkeypatch, user_cache_dir):
+@pytest.fixture(params=[False, True], ids=["__pycache__", "NUMBA_CACHE_DIR"])
+def kernels_copy(request, tmp_path, monkeypatch) -> Path:
+    """A copy of the package's sources, cached beside them or under NUMBA_CACHE_DIR."""
     root = tmp_path / "kernels"
     shutil.copytree(KERNELS, root, ignore=shutil.ignore_patterns("__pycache__"))
-    if user_cache_dir:
+    if request.param:
         monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))
     else:
         monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    return root
+
+
+def test_an_edit_in_a_subpackage_drops_the_cache(kernels_copy):
+    root = kernels_copy
     guard = _guard(root)
     dirs = guard._cache_dirs()
     assert len(dirs) >= 4  # kernels/ and its copy/, device/ and parallel/ subpackages
@@ -59,16 +65,10 @@ def test_an_edit_in_a_subpackage_drops_the_cache(tmp_path, monkeypatch, user_cac
     assert all(f.exists() for f in files)
 
 
-@pytest.mark.parametrize("user_cache_dir", [False, True], ids=["__pycache__", "NUMBA_CACHE_DIR"])
-def test_a_user_module_cache_goes_when_the_kernels_change(tmp_path, monkeypatch, user_cache_dir):
+def test_a_user_module_cache_goes_when_the_kernels_change(kernels_copy, tmp_path):
     """drop_stale_user_cache(): a user's cached functions embed the kernels' code
     (docs/embedding.md), so a kernel edit drops that module's cache files only."""
-    root = tmp_path / "kernels"
-    shutil.copytree(KERNELS, root, ignore=shutil.ignore_patterns("__pycache__"))
-    if user_cache_dir:
-        monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "numba-cache"))
-    else:
-        monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    root = kernels_copy
     guard = _guard(root)
     user = tmp_path / "mine" / "driver.py"
     user.parent.mkdir()
