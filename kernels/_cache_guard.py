@@ -83,7 +83,7 @@ def drop_stale_user_cache(module_file: str) -> None:
     own file only (numba #1833): after an edit or upgrade of the kernels it
     would load and run the old code. Call this at the top of the module
     (``drop_stale_user_cache(__file__)``), before any of its functions load;
-    it costs about 1 ms. Pre: ``module_file`` is the module's source path.
+    it hashes the kernels' sources (a few ms). Pre: ``module_file`` is the module's source path.
     Post: the module's ``*.nbi``/``*.nbc`` files are gone if they were written
     against other kernel sources, and a stamp of the current ones is beside them.
     """
