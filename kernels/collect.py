@@ -264,7 +264,7 @@ def _collect_compound_slot(st, src, dst, mig, mpfn):
     n = mig[L.MIG_NPAGES]
     src[n] = mpfn
     # Slices, not an indexed loop: numba wraps every signed index, and the
-    # per-element check kept these two loops from vectorizing (a third of a
+    # per-element check kept these two loops from vectorizing (a sixth of a
     # folio's round trip, by perf).
     dst[n : n + L.HPAGE_PMD_NR] = 0
     src[n + 1 : n + L.HPAGE_PMD_NR] = L.MPFN_NONE
