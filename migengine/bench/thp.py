@@ -132,7 +132,7 @@ def _round_trips(state, v, start, end, src, dst, rounds):
         kernels.migrate_vma_to_system(state, v, start, end, src, dst, 0)
 
 
-_Args = tuple[Any, Any, Any, Any, Any, Any]  # _round_trips' arguments but the count
+_Args = tuple[Any, Any, Any, Any, Any, Any]  # _round_trips' arguments before ``rounds``
 
 
 def _meta_extent(thp: bool) -> tuple[Machine, Any, _Args]:
