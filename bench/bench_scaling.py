@@ -1,17 +1,24 @@
-"""Scaling: migration cost per page from 1 Ki to 1 Mi pages.
+"""Scaling: migration cost per page, and state per frame, from 2**16 to 2**28 pages.
 
 * ``pytest bench/bench_scaling.py`` - pytest-benchmark of the whole
   system -> device migration of the fragmented workload at each size:
   metadata only (``store_data=False``) from 1 Ki to 1 Mi pages, and with
   bytes up to 256 Ki pages (1 GiB; a 1 Mi-page machine with bytes would need
   8 GiB). Smoke: 1 Ki pages only; real sizes with ``MIGENGINE_BENCH_FULL=1``.
-* ``python bench/bench_scaling.py [--max-pages 1048576] [--repeat 5]`` -
-  ns/page per size, best of ``repeat``, metadata only.
+* ``python bench/bench_scaling.py [--min-exp 16] [--max-exp 28] [--out FILE]`` -
+  machines of 2**16 to 2**28 RAM frames with a quarter as many device frames,
+  metadata only, each in its own process: a process maps and populates half
+  the RAM, and all of device memory's worth of its pages goes to the device and
+  back in one call each; ns/page, state bytes per frame, resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from _support import bench_sizes
@@ -51,35 +58,110 @@ def test_scaling_end_to_end(benchmark, make_workload, rounds, npages):
     _bench_migration(benchmark, make_workload(npages, store_data=True), rounds, "end-to-end")
 
 
-def main() -> None:
+def _rss_gib() -> tuple[float, float]:
+    """This process's resident set now and at its peak (VmRSS, VmHWM), in GiB."""
+    fields = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value
+    return tuple(int(fields[k].split()[0]) / 2**20 for k in ("VmRSS", "VmHWM"))  # type: ignore[return-value]
+
+
+def measure_machine(exp: int) -> dict:
+    """One machine size, in this process: ``2**exp`` RAM frames and a quarter
+    as many device frames, metadata only (the issue's 2**28 machine at exp 28);
+    a process maps and populates half the RAM, and a quarter of RAM (all of
+    device memory) goes to the device and back in one call each, twice."""
     import time
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-pages", type=int, default=KI * KI)
-    parser.add_argument("--repeat", type=int, default=5)
-    args = parser.parse_args()
-    print(f"metadata-only migration, best of {args.repeat}; {bench.threading_info()}")
-    print("  first: the first migration after building (state arrays first touched);")
-    print("  best: after reset, the state's memory touched and the caches as warm as they get")
-    npages = KI
-    while npages <= args.max_pages:
+    import migengine as me
+
+    ram, dev = 1 << exp, 1 << (exp - 2)
+    t0 = time.perf_counter()
+    m = me.Machine(ram_pages=ram, device_pages=dev, store_data=False)
+    p = m.new_process()
+    vma = p.mmap(ram // 2)
+    build = time.perf_counter() - t0
+    rss_built, _ = _rss_gib()
+    t0 = time.perf_counter()
+    p.populate(vma.start, vma.end)
+    m.lru_add_drain_all()
+    populate = time.perf_counter() - t0
+    end = vma.start + dev * m.page_size
+    times = []
+    for _ in range(2):
         t0 = time.perf_counter()
-        work = bench.Workload(npages, store_data=False)
-        work.set_engine(bench.SweepConfig().engine_for(16))
-        build = time.perf_counter() - t0
-        first = work.migrate()
-        best = float("inf")
-        for _ in range(args.repeat):
-            work.reset()
-            best = min(best, work.migrate())
-        state_bytes = sum(a.nbytes for a in work.machine.state)
-        frames = work.machine.ram_pages + npages
-        print(
-            f"  {npages:>11,} pages  first {first / npages:7.1f} ns/page  best "
-            f"{best / npages:6.1f} ns/page  state {state_bytes / frames:5.1f} B/frame  "
-            f"(build {build:.1f} s)"
+        to_dev = m.device.migrate_to_device(p, vma.start, end)
+        t1 = time.perf_counter()
+        back = m.device.migrate_to_system(p, vma.start, end)
+        t2 = time.perf_counter()
+        assert to_dev == dev and back == dev, (to_dev, back)
+        times.append(((t1 - t0) * 1e9 / dev, (t2 - t1) * 1e9 / dev))
+    t0 = time.perf_counter()
+    m.check()
+    check = time.perf_counter() - t0
+    rss, peak = _rss_gib()
+    state_bytes = sum(a.nbytes for a in m.state)
+    return {
+        "ram_pages": ram,
+        "device_pages": dev,
+        "mapped_pages": ram // 2,
+        "migrated_pages": dev,
+        "to_device_ns": times[0][0],
+        "to_system_ns": times[0][1],
+        "to_device_again_ns": times[1][0],
+        "to_system_again_ns": times[1][1],
+        "state_bytes_per_frame": state_bytes / (ram + dev),
+        "rss_gib_built": rss_built,
+        "rss_gib": rss,
+        "peak_rss_gib": peak,
+        "build_s": build,
+        "populate_ns": populate * 1e9 / (ram // 2),
+        "check_s": check,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--min-exp", type=int, default=16)
+    parser.add_argument("--max-exp", type=int, default=28)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a child's size
+    parser.add_argument("--out", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(measure_machine(args.one)))
+        return
+    print(
+        f"metadata-only machines, 2**e RAM frames and 2**(e-2) device frames, each in its "
+        f"own process; {bench.threading_info()}"
+    )
+    print(
+        "   RAM pages  migrated  to dev  back  again: to dev  back  x 2**16  "
+        "B/frame  RSS GiB  peak  populate ns/pg  check s"
+    )
+    rows = []
+    for exp in range(args.min_exp, args.max_exp + 1, 2):
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(exp)],
+            check=True,
+            capture_output=True,
+            text=True,
         )
-        npages *= 4
+        r = json.loads(out.stdout.splitlines()[-1])
+        rows.append(r)
+        base = rows[0]["to_device_again_ns"]
+        print(
+            f"  {r['ram_pages']:>11,} {r['migrated_pages']:>10,} {r['to_device_ns']:6.1f} "
+            f"{r['to_system_ns']:6.1f}        {r['to_device_again_ns']:6.1f} "
+            f"{r['to_system_again_ns']:6.1f}  {r['to_device_again_ns'] / base:5.2f}  "
+            f"{r['state_bytes_per_frame']:6.1f}  {r['rss_gib']:6.2f} {r['peak_rss_gib']:6.2f}  "
+            f"{r['populate_ns']:8.0f}  {r['check_s']:7.2f}",
+            flush=True,
+        )
+    if args.out:
+        args.out.write_text(
+            json.dumps({"threading": bench.threading_info(), "rows": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

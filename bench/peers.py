@@ -58,7 +58,7 @@ COUNTERS = (
     "pgmigrate_fail",
 )
 _PAGE_FIELDS = ("refcount", "mapcount", "pins", "index", "rmap", "flags", "mapping")
-_ARRAYS = ("pte", "pte_next", "mirror", "free_stack", "free_pos", *_PAGE_FIELDS)
+_ARRAYS = ("pte", "pte_next", "mirror", "free_stack", *_PAGE_FIELDS)
 
 _KIND = int(L.PTE_KIND_MASK)
 _PRESENT = int(L.PTE_PRESENT)
@@ -101,7 +101,6 @@ class Flat:
     pte_next: object
     mirror: object
     free_stack: object
-    free_pos: object
     refcount: object
     mapcount: object
     pins: object
@@ -148,7 +147,6 @@ class Flat:
             pte_next=st.pte_next.copy(),
             mirror=st.mirror[0].copy(),  # the peers model one device
             free_stack=st.free_stack.copy(),
-            free_pos=st.free_pos.copy(),
             **{name: st.page[name].copy() for name in _PAGE_FIELDS},
             ram_free=int(st.sys[L.SYS_RAM_FREE]),
             dev_free=int(st.dev[0, L.DEV_FREE]),
@@ -193,7 +191,6 @@ class Flat:
             "pte_next": st.pte_next,
             "mirror": st.mirror[0],
             "free_stack": st.free_stack,
-            "free_pos": st.free_pos,
             **{name: st.page[name] for name in _PAGE_FIELDS},
         }
         bad = [
@@ -267,7 +264,7 @@ def _free_frame(f: Flat, pfn: int) -> None:
         f.dev_free += 1
         f.counters["device_cfree"] += 1
     f.free_stack[pos] = pfn
-    f.free_pos[pfn] = pos
+    f.index[pfn] = pos  # a free frame keeps its stack position
     f.flags[pfn] = (f.flags[pfn] & _ZONE_DEVICE) | _FREE
     f.mapcount[pfn] = 0
     f.mapping[pfn] = _NONE
@@ -359,7 +356,6 @@ def _alloc_frame(f: Flat, device: bool) -> int:
         f.ram_free -= 1
     pfn = f.free_stack[pos]
     f.free_stack[pos] = -1
-    f.free_pos[pfn] = -1
     f.flags[pfn] = (f.flags[pfn] & _ZONE_DEVICE) | _LOCKED
     f.mapcount[pfn] = 0
     f.pins[pfn] = 0
@@ -756,7 +752,6 @@ def _np_alloc_and_copy(
     positions = top - np.arange(n)
     dpfns = f.free_stack[positions]
     f.free_stack[positions] = -1
-    f.free_pos[dpfns] = -1
     f.dev_free -= n
     f.flags[dpfns] &= np.uint32(_ZONE_DEVICE)
     f.mapcount[dpfns] = 0
@@ -815,7 +810,7 @@ def _np_finalize(f: Flat, slots: np.ndarray, pfns: np.ndarray, dpfns: np.ndarray
     f.refcount[freed] -= 1
     positions = f.ram_free + np.arange(freed.size)
     f.free_stack[positions] = freed
-    f.free_pos[freed] = positions
+    f.index[freed] = positions
     f.ram_free += freed.size
     f.flags[freed] = (f.flags[freed] & np.uint32(_ZONE_DEVICE)) | np.uint32(_FREE)
     f.mapcount[freed] = 0

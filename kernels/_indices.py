@@ -46,7 +46,15 @@ FAST_PATH_BEHAVIOURS = BEHAVIOURS_MODERN  # the bits the fast paths write or nev
 # covering one latency; measured in docs/performance.md ("Prefetch distance").
 PREFETCH_AHEAD = 64
 
-# --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, nframes]):
+# Pages one window of a range operation (kernels.device.ranges) migrates per
+# migrate_vma() call, and the most pairs one engine batch copies: the range
+# scratch and the copy scratch hold this many slots at most, so they stay 14 MiB
+# however large the machine and its processes (dmirror itself migrates 64 pages
+# per call). A multiple of HPAGE_PMD_NR, so windows end on 2 MiB boundaries and
+# never split a folio's extent.
+RANGE_WINDOW = 1 << 18
+
+# --- rows of the copy scratch (``State.copy_scratch``, int64[COPY_ROWS, width]):
 # the (source, destination) pairs of one engine batch and its descriptors.
 COPY_SRC, COPY_DST, COPY_DESC_SRC, COPY_DESC_DST, COPY_DESC_LEN = range(5)
 COPY_ROWS = 5

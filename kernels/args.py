@@ -33,6 +33,7 @@ from numba.extending import overload
 
 from . import layout as L
 from ._jit import internal
+from .marks import MARK_DST, MARK_SRC, clear_marks, marked, set_mark
 from .pgtable import device_base_ref, has_flag, mpfn_to_pfn, page_down, pages_in
 
 _SUSPENDED = np.int64(1) << np.int64(32)  # one suspended window, in MIG_VMA
@@ -132,6 +133,16 @@ def mpfn_arrays(src, dst, npages):
     return not arrays_overlap(src, dst)
 
 
+@internal
+def _unmark(st, arr, n):
+    """Clear the marks of every frame ``arr[:n]`` names (kernels.marks)."""
+    lay = st.layout
+    for i in range(n):
+        pfn = mpfn_to_pfn(lay, arr[i])
+        if pfn >= 0 and valid_pfn(st, pfn):
+            clear_marks(st, pfn)
+
+
 @internal(hot=True)
 def src_sound(st, src, npages):
     """Every pfn ``src[:npages]`` names is a frame of the machine, locked, and
@@ -144,27 +155,32 @@ def src_sound(st, src, npages):
     earlier slot names was written by the caller after setup; the kernel would
     index ``struct page`` with it, or finish one page twice. So was a COMPOUND
     slot (modern) that names no folio head, or whose extent runs past
-    ``npages``. Leaves each named
-    frame's ``state.dst_mark`` at its slot, for dst_sound().
+    ``npages``. Leaves no frame marked.
     """
+    ok, reached = _mark_sources(st, src, npages)
+    _unmark(st, src, reached)
+    return ok
+
+
+@internal
+def _mark_sources(st, src, npages):
+    """src_sound()'s scan, marking each frame it passes: (sound, slots scanned)."""
     lay = st.layout
-    mark = st.dst_mark
     compound = lay[L.L_COMPOUND]
     for i in range(npages):
         pfn = mpfn_to_pfn(lay, src[i])
         if (src[i] & compound) != 0 and i + L.HPAGE_PMD_NR > npages:
-            return False  # a COMPOUND slot (modern) heads a whole PMD extent
+            return False, i  # a COMPOUND slot (modern) heads a whole PMD extent
         if pfn < 0:
             continue
         if not valid_pfn(st, pfn) or not has_flag(st, pfn, L.PG_LOCKED):
-            return False
+            return False, i
         if ((src[i] & compound) != 0) != has_flag(st, pfn, L.PG_HEAD):
-            return False  # COMPOUND names a folio's head, and only it does
-        j = mark[pfn]
-        if 0 <= j < i and mpfn_to_pfn(lay, src[j]) == pfn:
-            return False
-        mark[pfn] = i
-    return True
+            return False, i  # COMPOUND names a folio's head, and only it does
+        if marked(st, pfn, MARK_SRC):
+            return False, i
+        set_mark(st, pfn, MARK_SRC)
+    return True, npages
 
 
 @internal(hot=True)
@@ -172,29 +188,40 @@ def dst_sound(st, src, dst, npages):
     """Every pfn ``dst[:npages]`` names is one finalize may unlock and put: a frame
     of the machine, allocated, locked by the engine (not by m.lock_page()),
     named by no source and by one slot only, and mapped nowhere unless its
-    slot had no source page (a hole the pages pass filled). Call right after
-    src_sound(), whose marks it reads (``state.dst_mark``: a source's slot
-    below ``npages``, a destination's at ``npages`` + its slot)."""
+    slot had no source page (a hole the pages pass filled). Call after
+    src_sound() found ``src`` sound. Leaves no frame marked."""
     lay = st.layout
-    mark = st.dst_mark
+    for i in range(npages):
+        pfn = mpfn_to_pfn(lay, src[i])
+        if pfn >= 0 and valid_pfn(st, pfn):
+            set_mark(st, pfn, MARK_SRC)
+    ok, reached = _mark_destinations(st, src, dst, npages)
+    _unmark(st, src, npages)
+    _unmark(st, dst, reached)
+    return ok
+
+
+@internal
+def _mark_destinations(st, src, dst, npages):
+    """dst_sound()'s scan, marking each destination it passes: (sound, slots scanned)."""
+    lay = st.layout
     for i in range(npages):
         pfn = mpfn_to_pfn(lay, dst[i])
         if pfn < 0:
             continue
         if not valid_pfn(st, pfn):
-            return False
+            return False, i
         flags = st.page["flags"][pfn]
         if (flags & L.PG_LOCKED) == 0 or (flags & (L.PG_EXT_LOCKED | L.PG_FREE)) != 0:
-            return False
-        j = np.int64(mark[pfn])
-        if 0 <= j < npages and mpfn_to_pfn(lay, src[j]) == pfn:
-            return False  # a source of this migration
-        if npages <= j < npages + i and mpfn_to_pfn(lay, dst[j - npages]) == pfn:
-            return False  # an earlier slot's destination
+            return False, i
+        if marked(st, pfn, MARK_SRC):
+            return False, i  # a source of this migration
+        if marked(st, pfn, MARK_DST):
+            return False, i  # an earlier slot's destination
         if st.page["mapcount"][pfn] != 0 and mpfn_to_pfn(lay, src[i]) >= 0:
-            return False
-        mark[pfn] = npages + i
-    return True
+            return False, i
+        set_mark(st, pfn, MARK_DST)
+    return True, npages
 
 
 def mutable_mpfn_type(a):

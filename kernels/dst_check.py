@@ -28,12 +28,12 @@ destination for every source (NUMA-style system to system migration) and a
 device-private one for an anonymous source; what it refuses (a page-cache page
 to device-private memory) it refuses in the pages pass, as the kernel does.
 
-Duplicates are found in the same pass, with no allocation: ``state.dst_mark``
-marks, per frame, the slot that took it; a mark counts only when that slot's
-dst still names the frame, so stale marks need no clearing. Each refused slot
-is recorded in four rows of the copy scratch (slot, reason, pfn, earlier slot;
-its batch is over by the pages pass) for the Python layer's warnings, and
-counted in ``migrate_dst_invalid``.
+Duplicates are found in the same pass, with no allocation: the first slot to
+name a frame marks it (kernels.marks), a later one finds the mark, and a second
+pass over the entries left clears the marks. Each refused slot is recorded in
+four rows of the copy scratch (slot, reason, pfn, earlier slot; its batch is
+over by the pages pass) for the Python layer's warnings, and counted in
+``migrate_dst_invalid``.
 """
 
 import numpy as np
@@ -42,6 +42,7 @@ from . import _indices as I
 from . import layout as L
 from . import mm
 from ._jit import internal
+from .marks import MARK_DST, clear_marks, marked, set_mark
 
 DST_OK = 0
 DST_OUT_OF_RANGE = 1
@@ -107,20 +108,29 @@ def _record(scratch, k, i, why, pfn, other):
         scratch[REC_OTHER, k] = other
 
 
+@internal
+def _first_taker(dst, i, frame, valid, shift):
+    """The slot before ``i`` whose destination is ``frame``: the one that kept
+    it (a later duplicate's entry was zeroed). Only a refused entry asks."""
+    for j in range(i):
+        if (dst[j] & valid) != 0 and (dst[j] >> shift) == frame:
+            return np.int64(j)
+    return np.int64(-1)
+
+
 @internal(hot=True)
 def check_dst(st, dst, npages):
     """The dst check over slots ``[0, npages)``; returns the entries refused.
 
     Post: every refused entry is 0 (no destination), recorded in the copy
     scratch's REC_* rows (as many as it has columns) and counted in
-    ``migrate_dst_invalid``; no struct page changed.
+    ``migrate_dst_invalid``; no struct page changed, no frame left marked.
     """
     lay = st.layout
     valid = lay[L.L_VALID]
     shift = lay[L.L_SHIFT]
     nframes = np.uint64(st.page.shape[0])
     scratch = st.copy_scratch
-    mark = st.dst_mark
     bad = 0
     for i in range(npages):
         mpfn = dst[mm.ix(i)]
@@ -134,15 +144,18 @@ def check_dst(st, dst, npages):
         else:
             why = dst_fault(st, pfn, (mpfn & lay[L.L_COMPOUND]) != 0)
             if why == DST_OK:
-                j = mark[mm.ix(pfn)]
-                if 0 <= j < i and (dst[j] & valid) != 0 and (dst[j] >> shift) == frame:
+                if marked(st, pfn, MARK_DST):
                     why = DST_DUPLICATE
-                    other = j
+                    other = _first_taker(dst, i, frame, valid, shift)
                 else:
-                    mark[mm.ix(pfn)] = i
+                    set_mark(st, pfn, MARK_DST)
         if why != DST_OK:
             _record(scratch, bad, i, why, pfn, other)
             bad += 1
             dst[mm.ix(i)] = L.MPFN_NONE
+    for i in range(npages):  # the entries left name every frame marked
+        mpfn = dst[mm.ix(i)]
+        if (mpfn & valid) != 0:
+            clear_marks(st, np.int64(mpfn >> shift))
     st.counters[L.C_MIGRATE_DST_INVALID] += bad
     return bad

@@ -222,7 +222,9 @@ SYS_PAGE_SHIFT = 15  # log2(page size): a shift, not a 64-bit division, per addr
 SYS_LRU_BATCH = 16  # the LRU-add batch's size (PAGEVEC_SIZE, or the folio batch's)
 SYS_FOLIOS = 17  # RAM's free 2 MiB folios (modern, kernels.page_alloc), beside its stack
 SYS_FOLIO_TOP = 18  # the head of the first of them, -1 for none
-SYS_FIELDS = 19
+SYS_SWAP_HEAD = 19  # the last freed swap slot, -1 for none (kernels.swapfile)
+SYS_SWAP_FRESH = 20  # swap slots from here on were never used
+SYS_FIELDS = 21
 
 # --- state.dev: the device table, one row per device (ZONE_DEVICE pgmap), DEV_* columns.
 # Each device owns the frames [DEV_FIRST_PFN, + DEV_NPAGES), after RAM and the devices

@@ -12,7 +12,7 @@ import numpy as np
 from . import layout as L
 from . import mm
 from ._jit import internal, kernel
-from .memory import _swap_put
+from .swapfile import swap_free
 from .zap import begin_range_pass, split_extent
 
 
@@ -79,7 +79,7 @@ def madvise_free(state, vma_index, start, end):
                 pte = state.pte[slot + k]
                 kind = mm.pte_kind(pte)
                 if kind == L.PTE_SWAP:
-                    _swap_put(state, mm.pte_pfn(pte))
+                    swap_free(state, mm.pte_pfn(pte))
                     state.pte[slot + k] = L.PTE_NONE
                 elif kind == L.PTE_PRESENT and not mm.is_zero_pfn(state, mm.pte_pfn(pte)):
                     state.pte[slot + k] = pte & ~L.PTE_DIRTY

@@ -19,6 +19,7 @@ from .device.fault import device_fault
 from .filemap import find_or_read_page
 from .huge_memory import split_huge_page, split_huge_pmd_zero
 from .rmap import restore_exclusive_pte
+from .swapfile import swap_free
 
 _FAULT_RETRIES = 4
 
@@ -275,19 +276,11 @@ def _swap_in(st, v, addr, slot):
     ps = st.sys[L.SYS_PAGE_SIZE]
     if st.sys[L.SYS_STORE_DATA] != 0:
         memcpy_bytes(st.data, pfn * ps, st.swap_data, entry * ps, ps)
-    _swap_put(st, entry)
+    swap_free(st, entry)
     st.pte[slot] = L.PTE_NONE
     mm.map_new_page(st, slot, pfn, (st.vma["flags"][v] & L.VM_WRITE) != 0, False)
     st.counters[L.C_PSWPIN] += 1
     return L.FAULT_OK
-
-
-@internal(inline=True)
-def _swap_put(st, entry):
-    st.swap_map[entry] -= 1
-    if st.swap_map[entry] == 0:
-        st.swap_stack[st.sys[L.SYS_SWAP_FREE]] = entry
-        st.sys[L.SYS_SWAP_FREE] += 1
 
 
 @internal(inline=True)

@@ -26,6 +26,7 @@ from ._llvm import memcpy_bytes
 from .args import dst_sound, mpfn_arrays, mutable_mpfn_type, src_sound, valid_pfn, window_open
 from .dst_check import check_dst
 from .finalize import finalize_slot
+from .marks import MARK_SRC, clear_marks, marked, set_mark
 from .pages import migrate_page_move_mapping
 from .unmap import migrate_vma_unmap
 
@@ -148,20 +149,29 @@ def migrate_device_pfns(state, src):
 
 
 @internal
+def _mark_pfns(state, src, n):
+    """migrate_device_pfns()'s check of its list: every entry a device frame,
+    none listed twice (kernels.marks); (sound, entries marked)."""
+    for i in range(n):
+        if src[i] > np.uint64(state.page.shape[0]) or not _device_frame(state, np.int64(src[i])):
+            return False, i
+        if marked(state, np.int64(src[i]), MARK_SRC):
+            return False, i  # listed twice
+        set_mark(state, np.int64(src[i]), MARK_SRC)
+    return True, n
+
+
+@internal
 def _pfns(state, src, unused, a, b):
     """migrate_device_pfns()'s checks and body."""
     if not mm.behaves(state, L.B_DEVICE_REF0) or window_open(state.mig):
         return np.int64(-L.EINVAL)
     n = src.shape[0]
-    mark = state.dst_mark  # a frame's slot, as src_sound() marks them
-    for i in range(n):
-        if src[i] > np.uint64(state.page.shape[0]) or not _device_frame(state, np.int64(src[i])):
-            return np.int64(-L.EINVAL)
-        pfn = np.int64(src[i])
-        j = mark[pfn]
-        if 0 <= j < i and src[j] == src[i]:
-            return np.int64(-L.EINVAL)  # listed twice
-        mark[pfn] = i
+    ok, reached = _mark_pfns(state, src, n)
+    for i in range(reached):  # every frame marked is a device frame
+        clear_marks(state, np.int64(src[i]))
+    if not ok:
+        return np.int64(-L.EINVAL)
     i = 0
     while i < n:
         i += collect_device_slot(state, src, i, n, np.int64(src[i]))

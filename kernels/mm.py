@@ -32,6 +32,7 @@ from .page_alloc import (  # noqa: F401  (re-exported: mm is the primitives' one
     free_top,
     init_allocated,
     mark_free,
+    on_free_stack,
     place_free,
     pool_folios,
     pool_free,

@@ -3,8 +3,9 @@
 A pool is system RAM (``RAM_POOL``) or one device (its index in ``state.dev``).
 RAM occupies ``free_stack[0:nr_ram]`` and device ``d`` the positions from its
 first frame on; the depths are ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``.
-``free_pos[pfn]`` is the frame's position in its stack (-1 in use), so a THP
-allocation takes an aligned run out in O(1) a frame. The lowest free frame is on
+A frame on a stack keeps its position there in its struct page's ``index``
+(meaningless while it is free, as page->index is in the kernel's free lists),
+so a THP allocation takes an aligned run out in O(1) a frame. The lowest free frame is on
 top, so a fresh machine hands out frames in ascending order. Re-exported by :mod:`kernels.mm`.
 """
 
@@ -43,12 +44,19 @@ def free_top(st, pool):
     return _stack_base(st, pool) + pool_free(st, pool) - 1
 
 
+@internal(inline=True)
+def on_free_stack(st, pfn):
+    """Whether frame ``pfn`` sits on its pool's free stack: free, and not the
+    head of a free folio (modern), whose tails are not marked free."""
+    return (st.page["flags"][ix(pfn)] & (L.PG_FREE | L.PG_HEAD)) == L.PG_FREE
+
+
 @internal(hot=True)
 def _stack_remove(st, pfn):
     """Take ``pfn`` out of its free stack in O(1) by moving the top into its slot."""
     pool = device_of(st, pfn)
     top = free_top(st, pool)
-    pos = st.free_pos[pfn]
+    pos = st.page["index"][ix(pfn)]
     moved = np.int64(st.free_stack[top])
     place_free(st, moved, pos)
     unplace_free(st, pfn, top)
@@ -168,14 +176,14 @@ def free_frame(st, pfn):
 def place_free(st, pfn, pos):
     """Put a freed frame at position ``pos`` of the free stack."""
     st.free_stack[ix(pos)] = pfn
-    st.free_pos[ix(pfn)] = pos
+    st.page["index"][ix(pfn)] = pos
 
 
 @internal(inline=True)
 def unplace_free(st, pfn, pos):
-    """Empty position ``pos`` of the free stack, where frame ``pfn`` was: it is in use."""
+    """Empty position ``pos`` of the free stack, where frame ``pfn`` was: it is
+    in use (init_allocated() then sets its index)."""
     st.free_stack[ix(pos)] = -1
-    st.free_pos[ix(pfn)] = -1
 
 
 @internal(hot=True)
@@ -211,7 +219,7 @@ def alloc_thp_pool(st, pool):
     for head in range(first, hi - L.HPAGE_PMD_NR + 1, L.HPAGE_PMD_NR):
         ok = True
         for j in range(L.HPAGE_PMD_NR):
-            if st.free_pos[head + j] < 0:
+            if not on_free_stack(st, head + j):
                 ok = False
                 break
         if ok:

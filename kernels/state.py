@@ -13,7 +13,9 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
     ``mapcount``  page_mapcount(): present PTEs and device-private entries mapping it;
                   for a compound head, the PMD mappings.
     ``pins``      references held by ``m.pin`` (so m.check() can account for them).
-    ``index``     page->index: the virtual page number (anon) or the file offset.
+    ``index``     page->index: the virtual page number (anon) or the file offset;
+                  for a free frame, its position on its free stack (or, for a free
+                  folio's head, the next free folio's head).
     ``rmap``      head of the reverse-map chain: the first PTE slot that references
                   this frame (present, device-private or migration entry); the chain
                   continues through ``pte_next``. For a PMD-mapped THP the chain links
@@ -26,12 +28,12 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
                   page_mapping() is non-NULL).
 ``data``          uint8 frame bytes, ``nframes * page_size`` long; empty when the
                   machine keeps metadata only.
-``free_stack`` / ``free_pos`` (int32, as ``pte_next``, ``swap_map`` and ``swap_stack``)
+``free_stack``    (int32, as ``pte_next`` and ``swap_map``)
                   indexed free stacks: RAM occupies ``free_stack[0:nr_ram]`` and each
                   device ``free_stack[first_pfn:first_pfn + npages]``; the depths are
-                  ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``.
-                  ``free_pos[pfn]`` is the frame's slot in its stack (-1 when in use),
-                  so a THP allocation can take an aligned run out in O(1) per frame.
+                  ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``. A frame on a stack
+                  keeps its position in its struct page's ``index``, so a THP
+                  allocation can take an aligned run out in O(1) per frame.
 ``vma``           one record per VMA: ``start``, ``end`` (bytes), ``flags`` (VM_*),
                   ``kind`` (anon/shmem/file), ``mm`` (process id), ``pte_base`` (first
                   PTE slot), ``pmd_base`` (first PMD slot), ``pcache_base`` (first
@@ -47,8 +49,9 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
                   :mod:`layout`): its frames, free-stack depth, injected allocation
                   failures, owner, kind and counters.
 ``pcache``        page-cache slots of every file and shmem object (pfn or -1).
-``swap_map`` / ``swap_stack`` / ``swap_data``
-                  swap slots: users per slot, the free stack, and the slot bytes.
+``swap_map`` / ``swap_data``
+                  swap slots: users per slot (freed slots link the next one,
+                  kernels.swapfile) and the slot bytes.
 ``pagevec`` / ``pagevec_n``
                   the per-CPU LRU-add batches (``NR_CPUS`` x ``MAX_LRU_BATCH + 1``).
 ``sys``           machine scalars, ``SYS_*`` indices.
@@ -63,17 +66,20 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
 ``copy_scratch``  int64[COPY_ROWS, copy_scratch_width(nr_device)]: one engine batch's
                   (source, destination) pairs and its descriptors. Every pair has a
                   device frame on one side, each frame in one pair at most, so a
-                  batch never holds more pairs than there are device frames.
-``dst_mark``      int32 per frame: the dst check's record of the slot that named the
-                  frame as its destination (kernels.dst_check).
+                  batch never holds more pairs than there are device frames; a
+                  range of more slots than RANGE_WINDOW is copied a window at a time.
+``dst_mark``      two mark bits per frame (kernels.marks), 32 frames a word: the
+                  argument and dst checks' record of the frames a call has named,
+                  cleared before the check returns.
 ``engine_load``   float64[MAX_CHANNELS]: per-channel busy time of the cost model.
 ``sweep_info`` / ``sweep_mig`` / ``sweep_counters``
                   per-thread scratch of the parallel sweeps (kernels.parallel): each
                   thread's slots and where it stopped (SW_*), its own ``mig`` and its
                   own counters, summed into the machine's after the parallel region.
 ``range_src`` / ``range_dst``
-                  uint64 src/dst slots for the device's whole-range migrations, one
-                  per PTE slot (a range lies inside one VMA, so it always fits).
+                  uint64 src/dst slots of the device's range migrations: one per PTE
+                  slot up to ``RANGE_WINDOW`` (kernels._indices), the most one
+                  migrate_vma() call of a range operation takes.
 
 Scratch lives in the state because the per-page kernels are compiled without
 numba's reference counting (``_nrt=False``), so nothing they reach may allocate.
@@ -87,6 +93,7 @@ from numba import types
 
 from . import _indices as I
 from . import layout as L
+from .marks import mark_words
 
 # 32 bytes, so a record never straddles a cache line and the sweeps of a large
 # migration move a third less struct-page traffic than with 48 (measured in
@@ -128,7 +135,6 @@ STATE_SPEC = (
     ("page", PAGE_DTYPE, 1),
     ("data", np.uint8, 1),
     ("free_stack", np.int32, 1),
-    ("free_pos", np.int32, 1),
     ("vma", VMA_DTYPE, 1),
     ("pte", np.uint64, 1),
     ("pte_next", np.int32, 1),
@@ -136,7 +142,6 @@ STATE_SPEC = (
     ("mirror", np.int64, 2),
     ("pcache", np.int64, 1),
     ("swap_map", np.int32, 1),
-    ("swap_stack", np.int32, 1),
     ("swap_data", np.uint8, 1),
     ("pagevec", np.int64, 2),
     ("pagevec_n", np.int64, 1),
@@ -148,7 +153,7 @@ STATE_SPEC = (
     ("mig", np.int64, 1),
     ("fault_mpfn", np.uint64, 1),
     ("copy_scratch", np.int64, 2),
-    ("dst_mark", np.int32, 1),
+    ("dst_mark", np.uint64, 1),
     ("engine_load", np.float64, 1),
     ("range_src", np.uint64, 1),
     ("range_dst", np.uint64, 1),
@@ -168,14 +173,15 @@ State.ARRAY_TYPES = tuple(
 # Frame numbers, free-stack positions, rmap links and swap slots are int32.
 MAX_FRAMES = 2**31 - 1
 # Every engine batch copies to or from device frames, one pair per device frame at
-# most, so the copy scratch needs as many columns as the machine has device frames
-# (and a few, for the dst check's records of refused entries).
+# most, and the device takes a range a window at a time, so the copy scratch needs
+# as many columns as the machine has device frames up to RANGE_WINDOW (and a few,
+# for the dst check's records of refused entries).
 MIN_COPY_SCRATCH = 64
 
 
 def copy_scratch_width(nr_device: int) -> int:
     """Columns of the copy scratch: the most (source, destination) pairs one batch holds."""
-    return max(nr_device, MIN_COPY_SCRATCH)
+    return min(max(nr_device, MIN_COPY_SCRATCH), I.RANGE_WINDOW)
 
 
 def page_aligned_zeros(nbytes: int, page_size: int) -> np.ndarray:
@@ -231,17 +237,18 @@ def new_state(
     page["flags"][zero] = L.PG_ZERO
     page["refcount"][zero] = 1
     free_stack = np.full(nframes, -1, np.int32)
-    free_pos = np.full(nframes, -1, np.int32)
-    ram = np.arange(nr_ram - 1, zero, -1, dtype=np.int64)  # top of stack = lowest pfn
-    free_stack[: ram.size] = ram
-    free_pos[ram] = np.arange(ram.size)
+    # Top of stack = lowest pfn: RAM frame f (f >= 1) at position nr_ram - 1 - f.
+    nr_free_ram = nr_ram - 1
+    free_stack[:nr_free_ram] = np.arange(nr_ram - 1, zero, -1, dtype=np.int32)
+    page["index"][1:nr_ram] = np.arange(nr_free_ram - 1, -1, -1, dtype=np.int64)
     # Each device's stack sits at its own frames' positions, lowest frame on top.
     devices = np.zeros((len(sizes), L.DEV_FIELDS), np.int64)
     first = nr_ram
     for d, size in enumerate(sizes):
-        frames = np.arange(first + size - 1, first - 1, -1, dtype=np.int64)
-        free_stack[first : first + size] = frames
-        free_pos[frames] = first + np.arange(size)
+        free_stack[first : first + size] = np.arange(
+            first + size - 1, first - 1, -1, dtype=np.int32
+        )
+        page["index"][first : first + size] = np.arange(first + size - 1, first - 1, -1)
         devices[d, L.DEV_FIRST_PFN] = first
         devices[d, L.DEV_NPAGES] = size
         devices[d, L.DEV_FREE] = size
@@ -263,10 +270,11 @@ def new_state(
     sysv[L.SYS_LRU_BATCH] = L.LRU_BATCH[profile]
     sysv[L.SYS_STORE_DATA] = 1 if store_data else 0
     sysv[L.SYS_ZERO_PFN] = zero
-    sysv[L.SYS_RAM_FREE] = ram.size
+    sysv[L.SYS_RAM_FREE] = nr_free_ram
     sysv[L.SYS_FOLIO_TOP] = -1
     sysv[L.SYS_SWAP_FREE] = nr_swap
     sysv[L.SYS_NR_SWAP] = nr_swap
+    sysv[L.SYS_SWAP_HEAD] = -1
     data = page_aligned_zeros(nframes * page_size if store_data else 0, page_size)
     swap_data = page_aligned_zeros(nr_swap * page_size if store_data else 0, page_size)
     layout = np.array(L.LAYOUTS[profile], dtype=np.uint64)
@@ -274,7 +282,6 @@ def new_state(
         page=page,
         data=data,
         free_stack=free_stack,
-        free_pos=free_pos,
         vma=np.zeros(vma_capacity, VMA_DTYPE),
         pte=np.zeros(pte_capacity, np.uint64),
         pte_next=np.full(pte_capacity, -1, np.int32),
@@ -282,7 +289,6 @@ def new_state(
         mirror=np.full((devices.shape[0], pte_capacity), -1, np.int64),
         pcache=np.full(pcache_capacity, -1, np.int64),
         swap_map=np.zeros(nr_swap, np.int32),
-        swap_stack=np.arange(nr_swap - 1, -1, -1, dtype=np.int32),
         swap_data=swap_data,
         pagevec=np.full((L.NR_CPUS, L.MAX_LRU_BATCH + 1), -1, np.int64),
         pagevec_n=np.zeros(L.NR_CPUS, np.int64),
@@ -294,10 +300,10 @@ def new_state(
         mig=np.zeros(L.MIG_FIELDS, np.int64),
         fault_mpfn=np.zeros(2 * L.HPAGE_PMD_NR, np.uint64),
         copy_scratch=np.zeros((I.COPY_ROWS, copy_scratch_width(nr_device)), np.int64),
-        dst_mark=np.full(nframes, -1, np.int32),
+        dst_mark=np.zeros(mark_words(nframes), np.uint64),
         engine_load=np.zeros(L.MAX_CHANNELS, np.float64),
-        range_src=np.zeros(pte_capacity, np.uint64),
-        range_dst=np.zeros(pte_capacity, np.uint64),
+        range_src=np.zeros(min(pte_capacity, I.RANGE_WINDOW), np.uint64),
+        range_dst=np.zeros(min(pte_capacity, I.RANGE_WINDOW), np.uint64),
         sweep_info=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_INFO), np.int64),
         sweep_mig=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_MIG_STRIDE), np.int64),
         sweep_counters=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_COUNTERS_STRIDE), np.int64),
@@ -337,8 +343,8 @@ def reserve(st: State, vmas: int, ptes: int, pmds: int, pcache: int) -> State:
         pte=_grown(st.pte, ptes, 0),
         pte_next=_grown(st.pte_next, ptes, -1),
         mirror=_grown(st.mirror, ptes, -1),
-        range_src=_grown(st.range_src, ptes, 0),
-        range_dst=_grown(st.range_dst, ptes, 0),
+        range_src=_grown(st.range_src, min(ptes, I.RANGE_WINDOW), 0),
+        range_dst=_grown(st.range_dst, min(ptes, I.RANGE_WINDOW), 0),
         pmd=_grown(st.pmd, pmds, 0),
         pcache=_grown(st.pcache, pcache, -1),
     )

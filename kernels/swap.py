@@ -7,6 +7,7 @@ from . import mm
 from ._jit import kernel
 from ._llvm import memcpy_bytes
 from .huge_memory import split_huge_page
+from .swapfile import get_swap_slot
 
 
 @kernel
@@ -43,10 +44,9 @@ def swap_out(state, vma_index, addr):
         state, pfn, L.PG_LOCKED
     ):
         return -L.EBUSY
-    if state.sys[L.SYS_SWAP_FREE] == 0:
+    entry = get_swap_slot(state)
+    if entry < 0:
         return -L.ENOMEM
-    state.sys[L.SYS_SWAP_FREE] -= 1
-    entry = state.swap_stack[state.sys[L.SYS_SWAP_FREE]]
     if state.sys[L.SYS_STORE_DATA] != 0:
         memcpy_bytes(state.swap_data, entry * ps, state.data, pfn * ps, ps)
     word = mm.make_pte(L.PTE_SWAP, entry, False)

@@ -23,7 +23,8 @@ from . import mm
 from ._jit import internal, kernel
 from .args import in_vma, range_in_vma
 from .huge_memory import split_huge_page, split_huge_pmd_zero
-from .memory import _swap_put, _unmap_shared_thp
+from .memory import _unmap_shared_thp
+from .swapfile import swap_free
 
 
 @internal
@@ -63,7 +64,7 @@ def _zap_slot(st, slot):
     if kind == L.PTE_PRESENT or kind == L.PTE_DEVICE or kind == L.PTE_EXCLUSIVE:
         mm.zap_pte(st, slot)
     elif kind == L.PTE_SWAP:
-        _swap_put(st, mm.pte_pfn(pte))
+        swap_free(st, mm.pte_pfn(pte))
         st.pte[slot] = L.PTE_NONE
     elif kind == L.PTE_ERROR:
         st.pte[slot] = L.PTE_NONE

@@ -95,10 +95,10 @@ class Machine:
         sizes = tuple(spec.pages for spec in specs)
         nframes = ram + sum(sizes)
         # Struct pages, free stacks, dst marks, the copy scratch, then kept bytes.
-        need = nframes * (kstate.PAGE_DTYPE.itemsize + 12)
+        need = nframes * (kstate.PAGE_DTYPE.itemsize + 8)
         need += 40 * kstate.copy_scratch_width(sum(sizes))
         need += (nframes + nswap) * ps if store_data else 0
-        check_fits(need + nswap * 8, f"a machine of {nframes:,} frames of {ps:,} bytes")
+        check_fits(need + nswap * 4, f"a machine of {nframes:,} frames of {ps:,} bytes")
         self.core = MachineCore(
             kstate.new_state(
                 ram,

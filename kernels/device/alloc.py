@@ -106,10 +106,24 @@ def alloc_and_copy_to(state, to_device, vma_index, src, dst, start, end, private
 
 @internal(inline=True)
 def alloc_and_copy(state, to_device, src, dst, start, end, private):
-    """Allocate destinations for one direction, then copy them in one engine batch."""
+    """Allocate destinations for one direction, then copy them in one engine
+    batch: one per window of the copy scratch's width, when the range holds
+    more slots than that (a window ends on a 2 MiB boundary, so it never
+    splits a folio's slots)."""
     npages = mm.pages_in(state, end - start)
-    n = alloc_pairs(state, to_device, src, dst, npages, private)
-    copy_engine_batch(state, n, private)
+    width = state.copy_scratch.shape[1]
+    first = np.int64(0)
+    while first < npages:
+        stop = npages
+        if npages - first > width:
+            reach = start + (first + width) * mm.page_size(state)
+            stop = mm.pages_in(state, reach - reach % mm.pmd_extent(state) - start)
+            if stop <= first:
+                stop = first + width  # too narrow for a folio: the device has none
+        n = alloc_pairs(state, to_device, src[first:stop], dst[first:stop], stop - first, private)
+        copy_engine_batch(state, n, private)
+        private |= DEV_KEEP_STATS  # the windows' batches add up to the call's copy
+        first = stop
 
 
 @internal(inline=True)

@@ -34,7 +34,6 @@ from .. import layout as L
 from .. import mm
 from .._indices import PREFETCH_AHEAD
 from .._jit import internal
-from .._llvm import prefetch_for_write
 from ..finalize import finalize_slot
 from ..pages import pages_slot
 from ..parallel.schedule import (
@@ -49,13 +48,12 @@ from .mirror import mirror_entry, mirror_slot, moved_count, unmirror_slot
 
 @internal
 def prefetch_slot(state, src, dst, i, shift):
-    """Start loading what finishing slot ``i`` will touch: both struct pages and
-    the source's free-stack position (it is freed there). ``shift``: the
+    """Start loading what finishing slot ``i`` will touch: both struct pages
+    (the source's is freed, its stack position written there). ``shift``: the
     layout's. VALID is not tested: an mpfn without a page gives frame 0 or a
     frame past the end, and a prefetch ignores the latter and cannot fault."""
     page = src[mm.ix(i)] >> shift
     mm.prefetch_page(state, page)
-    prefetch_for_write(state.free_pos, page)
     mm.prefetch_page(state, dst[mm.ix(i)] >> shift)
 
 

@@ -1,7 +1,10 @@
 """dmirror's range operations: migrate to the device, back to the system, and evict.
 
 Each walks the VMAs that cover a process's range (mm.find_vma()) and runs the
-device's own pipeline over each piece.
+device's own pipeline over each piece, one window of at most the range
+scratch's slots (``RANGE_WINDOW``) per migrate_vma() call, as dmirror does
+with its 64-entry arrays. A window ends on a 2 MiB boundary unless the piece
+ends first, so no window splits a folio's extent.
 """
 
 import numpy as np
@@ -45,6 +48,18 @@ def _covered(state, mm_id, start, end, need):
 
 
 @internal(inline=True)
+def window_end(state, addr, stop):
+    """Where the window of a range operation that starts at ``addr`` ends:
+    ``stop`` when the range scratch holds every page up to it, else the last
+    2 MiB boundary the scratch reaches (it holds a multiple of HPAGE_PMD_NR
+    slots, so that boundary lies past ``addr``)."""
+    reach = addr + state.range_src.shape[0] * mm.page_size(state)
+    if reach >= stop:
+        return stop
+    return reach - reach % mm.pmd_extent(state)
+
+
+@internal(inline=True)
 def migrate_range_to_device(state, d, mm_id, start, end):
     """dmirror_migrate_to_device() of device ``d``: migrate every VMA piece of
     ``[start, end)``; returns the pages of the range device ``d`` now maps, or
@@ -57,7 +72,7 @@ def migrate_range_to_device(state, d, mm_id, start, end):
     mapped = 0
     while addr < end:
         v = mm.find_vma(state, mm_id, addr)
-        stop = min(end, state.vma["end"][v])
+        stop = window_end(state, addr, min(end, state.vma["end"][v]))
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]
@@ -92,7 +107,7 @@ def migrate_range_to_system(state, mm_id, start, end, private):
     moved = 0
     while addr < end:
         v = mm.find_vma(state, mm_id, addr)
-        stop = min(end, state.vma["end"][v])
+        stop = window_end(state, addr, min(end, state.vma["end"][v]))
         n = mm.pages_in(state, stop - addr)
         src = state.range_src[:n]
         dst = state.range_dst[:n]

@@ -148,8 +148,8 @@ def try_reserved(state, vma_index, start, end, src, dst, private):
     d = dev_index(private)
     if state.mig[I.MIG_ALL_PLAIN] == 0 or state.dev[d, L.DEV_FAIL_ALLOC] != 0:
         return np.int64(-1)
-    if state.dev[d, L.DEV_FREE] < npages:
-        return np.int64(-1)
+    if state.dev[d, L.DEV_FREE] < npages or npages > state.copy_scratch.shape[1]:
+        return np.int64(-1)  # its descriptors sit at their slots in the copy scratch
     ndesc = name_device_pages(state, start, npages, src, dst, mm.free_top(state, d))
     state.mig[I.MIG_RESERVED] = 1
     copy_reserved(state, npages, ndesc, private)

@@ -94,8 +94,8 @@ def test_a_frame_on_another_device_s_stack_is_an_invariant_break():
         st.free_stack[NR_RAM + 8],
         st.free_stack[NR_RAM],
     )
-    st.free_pos[st.free_stack[NR_RAM]] = NR_RAM
-    st.free_pos[st.free_stack[NR_RAM + 8]] = NR_RAM + 8
+    st.page["index"][st.free_stack[NR_RAM]] = NR_RAM  # a free frame's stack position
+    st.page["index"][st.free_stack[NR_RAM + 8]] = NR_RAM + 8
     code, _ = check_state(st)
     assert CHECK_MESSAGES[code] != "ok"
 

@@ -94,7 +94,9 @@ def test_with_counters_replaces_one_field_only(make_machine):
 def test_state_size_limits_and_scratch_widths() -> None:
     """Frame numbers are int32: past 2**31 - 1 frames new_state refuses before allocating
     anything. The copy scratch is as wide as device memory (every batch pair has a device
-    frame), with a floor for the dst check's records, and the dst marks cover every frame."""
+    frame), with a floor for the dst check's records and a ceiling of one range window,
+    and the dst marks (two bits a frame) cover every frame."""
+    from migengine.kernels import _indices as I
     from migengine.kernels import layout as L
     from migengine.kernels import state as kstate
 
@@ -102,7 +104,8 @@ def test_state_size_limits_and_scratch_widths() -> None:
     with pytest.raises(ValueError, match="int32 frame numbers"):
         kstate.new_state(2**31, 0, 4096, False, L.PROFILE_HMM_V25, engine, 0)
     st = kstate.new_state(1000, 300, 4096, False, L.PROFILE_HMM_V25, engine, 10)
-    assert st.copy_scratch.shape[1] == 300 and st.dst_mark.shape == (1300,)
+    assert st.copy_scratch.shape[1] == 300 and st.dst_mark.shape == ((1300 + 31) // 32,)
     assert st.free_stack.dtype == st.pte_next.dtype == st.swap_map.dtype == np.int32
     small = kstate.new_state(100, 8, 4096, False, L.PROFILE_SEED, engine, 10)
     assert small.copy_scratch.shape[1] == kstate.MIN_COPY_SCRATCH
+    assert kstate.copy_scratch_width(2**26) == I.RANGE_WINDOW

@@ -1,0 +1,42 @@
+"""A machine at a real memory size: 2**26 RAM frames (256 GiB simulated), metadata only.
+
+The issue's 2**28-frame machine scaled down by four, in the same proportions:
+a quarter as many device frames, a process that maps and populates half the
+RAM, and all of device memory's worth of its pages migrated to the device and
+back, one dmirror range call each way (the device takes the range a
+``RANGE_WINDOW`` at a time, as dmirror takes 64 pages per migrate_vma()).
+``bench/bench_scaling.py`` measures the same machine up to 2**28 frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from migengine.kernels import _indices as I
+
+RAM, DEVICE = 1 << 26, 1 << 24
+
+
+def test_a_2_26_frame_machine_migrates_device_memory_s_worth_each_way_in_one_call(make_machine):
+    m = make_machine(RAM, DEVICE, store_data=False)
+    p = m.new_process()
+    vma = p.mmap(RAM // 2)
+    p.populate(vma.start, vma.end)
+    st = m.state
+    # int32 indices, the range and copy scratch one window wide, two mark bits a
+    # frame: at most 48 bytes of state per frame, page tables included
+    assert sum(a.nbytes for a in st) / (RAM + DEVICE) <= 48
+    assert st.range_src.shape[0] == I.RANGE_WINDOW == st.copy_scratch.shape[1]
+    end = vma.start + DEVICE * m.page_size
+    assert m.device.migrate_to_device(p, vma.start, end) == DEVICE
+    assert m.device.free_pages() == 0
+    ps = m.page_size
+    probes = np.array([0, 1, I.RANGE_WINDOW - 1, I.RANGE_WINDOW, DEVICE // 2, DEVICE - 1])
+    assert [p.translate(vma.start + int(k) * ps).kind for k in probes] == ["device"] * 6
+    assert p.translate(end).kind == "present"  # the first page past the range stayed
+    assert m.device.mirrored(p, vma.start) == m.device.first_pfn  # lowest free frame first
+    m.check()
+    assert m.device.migrate_to_system(p, vma.start, end) == DEVICE
+    assert m.device.free_pages() == DEVICE
+    assert [p.translate(vma.start + int(k) * ps).kind for k in probes] == ["present"] * 6
+    assert m.device.counters["faults"] == 0
