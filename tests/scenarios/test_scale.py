@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from migengine.kernels import _indices as I
+from migengine.kernels.layout import HPAGE_PMD_NR
+from tests.helpers import selftest_pattern
 
 RAM, DEVICE = 1 << 26, 1 << 24
 
@@ -40,3 +42,27 @@ def test_a_2_26_frame_machine_migrates_device_memory_s_worth_each_way_in_one_cal
     assert m.device.free_pages() == DEVICE
     assert [p.translate(vma.start + int(k) * ps).kind for k in probes] == ["present"] * 6
     assert m.device.counters["faults"] == 0
+
+
+def test_a_range_wider_than_a_window_keeps_every_folio_whole(make_machine):
+    """Modern device THPs (SELECT_COMPOUND) over a range one window and a half wide
+    that starts half a folio into a THP buffer: every window ends on a 2 MiB
+    boundary, so each folio the range covers whole goes as one device folio and
+    comes back byte for byte; only the half folio at the start is split, as the
+    kernel splits a THP the range covers in part."""
+    ps, nr = 64, HPAGE_PMD_NR
+    npages = I.RANGE_WINDOW + I.RANGE_WINDOW // 2
+    m = make_machine(npages + 4 * nr, npages + 4 * nr, page_size=ps, profile="modern")
+    p = m.new_process()
+    vma = p.mmap(npages, thp=True)
+    data = selftest_pattern(npages, ps=ps)
+    p.write(vma.start, data)
+    start = vma.start + nr // 2 * ps
+    moved = m.device.migrate_to_device(p, start, vma.end)
+    assert moved == npages - nr // 2
+    heads = range(nr, npages, nr)  # the folios the range covers whole
+    assert all(p.translate(vma.start + k * ps).huge for k in heads)
+    assert not p.translate(start).huge and p.translate(start).kind == "device"
+    m.check()
+    assert m.device.migrate_to_system(p, start, vma.end) == npages - nr // 2
+    assert p.read(vma.start, npages * ps) == data
