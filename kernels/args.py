@@ -33,7 +33,7 @@ from numba.extending import overload
 
 from . import layout as L
 from ._jit import internal
-from .marks import MARK_DST, MARK_SRC, clear_marks, marked, set_mark
+from .marks import MARK_DST, MARK_SRC, marked, set_mark, unmark_named
 from .pgtable import device_base_ref, has_flag, mpfn_to_pfn, page_down, pages_in
 
 _SUSPENDED = np.int64(1) << np.int64(32)  # one suspended window, in MIG_VMA
@@ -133,16 +133,6 @@ def mpfn_arrays(src, dst, npages):
     return not arrays_overlap(src, dst)
 
 
-@internal
-def _unmark(st, arr, n):
-    """Clear the marks of every frame ``arr[:n]`` names (kernels.marks)."""
-    lay = st.layout
-    for i in range(n):
-        pfn = mpfn_to_pfn(lay, arr[i])
-        if pfn >= 0 and valid_pfn(st, pfn):
-            clear_marks(st, pfn)
-
-
 @internal(hot=True)
 def src_sound(st, src, npages):
     """Every pfn ``src[:npages]`` names is a frame of the machine, locked, and
@@ -158,7 +148,7 @@ def src_sound(st, src, npages):
     ``npages``. Leaves no frame marked.
     """
     ok, reached = _mark_sources(st, src, npages)
-    _unmark(st, src, reached)
+    unmark_named(st, src, reached)
     return ok
 
 
@@ -196,8 +186,8 @@ def dst_sound(st, src, dst, npages):
         if pfn >= 0 and valid_pfn(st, pfn):
             set_mark(st, pfn, MARK_SRC)
     ok, reached = _mark_destinations(st, src, dst, npages)
-    _unmark(st, src, npages)
-    _unmark(st, dst, reached)
+    unmark_named(st, src, npages)
+    unmark_named(st, dst, reached)
     return ok
 
 

@@ -42,7 +42,7 @@ from . import _indices as I
 from . import layout as L
 from . import mm
 from ._jit import internal
-from .marks import MARK_DST, clear_marks, marked, set_mark
+from .marks import MARK_DST, marked, set_mark, unmark_named
 
 DST_OK = 0
 DST_OUT_OF_RANGE = 1
@@ -153,9 +153,6 @@ def check_dst(st, dst, npages):
             _record(scratch, bad, i, why, pfn, other)
             bad += 1
             dst[mm.ix(i)] = L.MPFN_NONE
-    for i in range(npages):  # the entries left name every frame marked
-        mpfn = dst[mm.ix(i)]
-        if (mpfn & valid) != 0:
-            clear_marks(st, np.int64(mpfn >> shift))
+    unmark_named(st, dst, npages)  # the entries left name every frame marked
     st.counters[L.C_MIGRATE_DST_INVALID] += bad
     return bad

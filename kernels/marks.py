@@ -11,15 +11,11 @@ words are zeros its pages are never touched for.
 import numpy as np
 
 from ._jit import internal
+from .pgtable import mpfn_to_pfn
 
 MARK_SRC = np.uint64(1)
 MARK_DST = np.uint64(2)
 _BOTH = np.uint64(3)
-
-
-def mark_words(nframes: int) -> int:
-    """Words of ``state.dst_mark`` for ``nframes`` frames."""
-    return (nframes + 31) // 32
 
 
 @internal(inline=True)
@@ -42,3 +38,13 @@ def set_mark(st, pfn, mark):
 def clear_marks(st, pfn):
     """Clear both of frame ``pfn``'s marks."""
     st.dst_mark[np.uint64(pfn) >> np.uint64(5)] &= ~_bit(pfn, _BOTH)
+
+
+@internal
+def unmark_named(st, arr, n):
+    """Clear the marks of every frame of the machine the mpfns ``arr[:n]`` name."""
+    lay = st.layout
+    for i in range(n):
+        pfn = mpfn_to_pfn(lay, arr[i])
+        if 0 <= pfn < st.page.shape[0]:
+            clear_marks(st, pfn)

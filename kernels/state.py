@@ -93,7 +93,6 @@ from numba import types
 
 from . import _indices as I
 from . import layout as L
-from .marks import mark_words
 
 # 32 bytes, so a record never straddles a cache line and the sweeps of a large
 # migration move a third less struct-page traffic than with 48 (measured in
@@ -182,6 +181,12 @@ MIN_COPY_SCRATCH = 64
 def copy_scratch_width(nr_device: int) -> int:
     """Columns of the copy scratch: the most (source, destination) pairs one batch holds."""
     return min(max(nr_device, MIN_COPY_SCRATCH), I.RANGE_WINDOW)
+
+
+def mark_words(nframes: int) -> int:
+    """Words of ``state.dst_mark`` for ``nframes`` frames: kernels.marks packs
+    two bits a frame, 32 frames to a uint64."""
+    return (nframes + 31) // 32
 
 
 def page_aligned_zeros(nbytes: int, page_size: int) -> np.ndarray:
