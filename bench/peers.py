@@ -42,6 +42,7 @@ import numpy as np
 from migengine.kernels import copy as kcopy
 from migengine.kernels import layout as L
 from migengine.kernels.copy.params import UVM_HALF_SPEED_BYTES
+from migengine.kernels.state import write_untouched
 
 # Counters a migration (and the device's CPU-fault handler) changes, by their
 # state.counters names.
@@ -133,9 +134,12 @@ class Flat:
     @classmethod
     def from_machine(cls, m, vma) -> Flat:
         """Copy what a migration within ``vma`` reads out of machine ``m``'s state."""
-        st = m.state
         if m.profile != "hmm-v25":
             raise OffCommonPath("the peers implement the hmm-v25 profile only")
+        # the peers model no untouched frames: every frame is written, on the
+        # engine's side too, so that both start and end alike
+        write_untouched(m.state)
+        st = m.state
         rec = st.vma[vma.index]
         ext_pages = L.HPAGE_PMD_NR
         pmd_base = int(rec["pmd_base"])

@@ -55,41 +55,70 @@ CHECK_MESSAGES = (
 ) = range(len(CHECK_MESSAGES))
 
 
+# _check_free_frame()'s outcomes for a free frame, beside CHK_OK (in use)
+CHK_FREE_STACKED = -1
+CHK_FREE_FOLIO = -2
+
+
+@internal
+def _check_free_frame(st, pfn, bottom, top):
+    """A written frame of its pool: CHK_OK when in use; CHK_FREE_STACKED or
+    CHK_FREE_FOLIO when it is free, on its stack in ``(bottom, top]`` (the
+    untouched frames' positions end at ``bottom``) or heading a free folio;
+    else the broken invariant."""
+    free = mm.has_flag(st, pfn, L.PG_FREE)
+    if not free:
+        return CHK_OK
+    # a free folio's head (modern) is on its pool's folio list, not the stack
+    folio = mm.has_flag(st, pfn, L.PG_HEAD)
+    if not folio:
+        # Each such frame names a distinct position of its own pool's stack
+        # that names it back; with the counts, the stacks hold exactly these
+        # frames and the untouched ones.
+        pos = st.page["index"][pfn]
+        if not bottom < pos <= top or st.free_stack[pos] != pfn:
+            return CHK_FREE_LIST
+    want_ref = 0 if folio else mm.device_base_ref(st, pfn)
+    others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_DEVICE_KIND | L.PG_HEAD)
+    if st.page["refcount"][pfn] != want_ref or st.page["mapcount"][pfn] != 0 or others:
+        return CHK_FREE_FRAME
+    return CHK_FREE_FOLIO if folio else CHK_FREE_STACKED
+
+
 @internal
 def _check_free_lists(st):
+    """Every written frame marked free is on its pool's stack (or heads a free
+    folio) and looks free; with the untouched frames (kernels.page_alloc), the
+    free frames add up to the stacks' depths and folio counts."""
     nr_ram = st.sys[L.SYS_NR_RAM]
-    nframes = st.page.shape[0]
     nfree_ram = 0
     nfree_dev = 0
     folio_heads = _count_free_folios(st)
     if folio_heads < 0:
         return CHK_FREE_LIST, -1
-    for pfn in range(nframes):
-        free = mm.has_flag(st, pfn, L.PG_FREE)
-        # a free folio's head (modern) is on its pool's folio list, not the stack
-        folio = free and mm.has_flag(st, pfn, L.PG_HEAD)
-        if free and not folio:
-            # Each such frame names a distinct position of its own pool's stack
-            # that names it back; with the counts below, the stacks hold
-            # exactly these frames.
-            pool = mm.device_of(st, pfn)
-            top = mm.free_top(st, pool)
-            pos = st.page["index"][pfn]
-            if not top - mm.pool_free(st, pool) < pos <= top or st.free_stack[pos] != pfn:
-                return CHK_FREE_LIST, pfn
-        if not free:
-            continue
-        want_ref = 0 if folio else mm.device_base_ref(st, pfn)
-        others = st.page["flags"][pfn] & ~(L.PG_FREE | L.PG_DEVICE_KIND | L.PG_HEAD)
-        if st.page["refcount"][pfn] != want_ref or st.page["mapcount"][pfn] != 0 or others:
-            return CHK_FREE_FRAME, pfn
-        if folio:
-            folio_heads -= 1
-            continue
-        if pfn < nr_ram:
-            nfree_ram += 1
+    for pool in range(-1, st.dev.shape[0]):
+        first, end = mm.pool_span(st, pool)
+        mark = mm.pool_fresh(st, pool)
+        # the untouched frames are free and fill the stack's bottom positions
+        if not first <= mark <= end or mm.pool_free(st, pool) < end - mark:
+            return CHK_FREE_COUNT, -1
+        if pool < 0:
+            nfree_ram += end - mark
         else:
-            nfree_dev += 1
+            nfree_dev += end - mark
+        top = mm.free_top(st, pool)
+        bottom = top - mm.pool_free(st, pool) + end - mark
+        for pfn in range(first, mark):
+            code = _check_free_frame(st, pfn, bottom, top)
+            if code == CHK_FREE_FOLIO:
+                folio_heads -= 1
+            elif code == CHK_FREE_STACKED:
+                if pfn < nr_ram:
+                    nfree_ram += 1
+                else:
+                    nfree_dev += 1
+            elif code != CHK_OK:
+                return code, pfn
     if nfree_ram != st.sys[L.SYS_RAM_FREE]:
         return CHK_FREE_COUNT, -1
     for d in range(st.dev.shape[0]):
@@ -151,11 +180,13 @@ def _count_mappings(st, maps, swaps):
             if kind == L.PTE_MIGRATION:
                 return CHK_MIGRATION_ENTRY, base + k
             if kind == L.PTE_SWAP:
+                if target >= st.sys[L.SYS_SWAP_FRESH]:
+                    return CHK_SWAP, base + k  # a slot get_swap_slot() never handed out
                 swaps[target] += 1
                 continue
             if mm.is_zero_pfn(st, target):
                 continue
-            if mm.has_flag(st, target, L.PG_FREE | L.PG_TAIL | L.PG_HEAD):
+            if (mm.frame_flags(st, target) & (L.PG_FREE | L.PG_TAIL | L.PG_HEAD)) != 0:
                 return CHK_BAD_MAP, base + k
             if (kind == L.PTE_DEVICE) != mm.is_device_private(st, target):
                 return CHK_BAD_MAP, base + k
@@ -245,15 +276,16 @@ def _check_batches(st):
                 return CHK_LRU, pfn
             queued += 1
     flagged = 0
-    for pfn in range(st.page.shape[0]):
-        if mm.has_flag(st, pfn, L.PG_PAGEVEC):
-            flagged += 1
+    for pool in range(-1, st.dev.shape[0]):
+        for pfn in range(mm.pool_span(st, pool)[0], mm.pool_fresh(st, pool)):
+            if mm.has_flag(st, pfn, L.PG_PAGEVEC):
+                flagged += 1
     return (CHK_OK if flagged == queued else CHK_LRU), -1
 
 
 @internal
 def _check_tables(st, swaps):
-    for e in range(st.swap_map.shape[0]):
+    for e in range(st.sys[L.SYS_SWAP_FRESH]):  # the others are unused (_count_mappings())
         if swap_users(st, e) != swaps[e]:
             return CHK_SWAP, e
     if not check_swap_free(st):
@@ -334,17 +366,24 @@ def check_state(state):
     if code != CHK_OK:
         return code, idx
     # int32, as the counts they are held against: a 2**28-frame machine's check
-    # takes 1.3 GiB less
-    maps = np.zeros(state.page.shape[0], np.int32)
-    swaps = np.zeros(state.swap_map.shape[0], np.int32)
+    # takes 1.3 GiB less. Only the written frames' and used slots' counts are
+    # zeroed and read (_count_mappings() stops at an entry naming another), so
+    # the check costs the pages in use, not the machine's size.
+    maps = np.empty(state.page.shape[0], np.int32)
+    for pool in range(-1, state.dev.shape[0]):
+        maps[mm.pool_span(state, pool)[0] : mm.pool_fresh(state, pool)] = 0
+    swaps = np.empty(state.swap_map.shape[0], np.int32)
+    swaps[: state.sys[L.SYS_SWAP_FRESH]] = 0
     code, idx = _count_mappings(state, maps, swaps)
     if code != CHK_OK:
         return code, idx
     limit = state.sys[L.SYS_PTE_USED] + 1
-    for pfn in range(state.page.shape[0]):
-        code = _check_page(state, pfn, maps, limit)
-        if code != CHK_OK:
-            return code, pfn
+    # an untouched frame is free, and _count_mappings() found no mapping of it
+    for pool in range(-1, state.dev.shape[0]):
+        for pfn in range(mm.pool_span(state, pool)[0], mm.pool_fresh(state, pool)):
+            code = _check_page(state, pfn, maps, limit)
+            if code != CHK_OK:
+                return code, pfn
     code, idx = _check_batches(state)
     if code != CHK_OK:
         return code, idx

@@ -67,7 +67,7 @@ def _put_checked(state, pfn):
     if not valid_pfn(state, pfn):
         return np.int64(-L.EINVAL)
     head = mm.compound_head(state, pfn)
-    if mm.has_flag(state, head, L.PG_FREE | L.PG_ZERO):
+    if (mm.frame_flags(state, head) & (L.PG_FREE | L.PG_ZERO)) != 0:
         return np.int64(-L.EINVAL)
     if _under_migration(state.page["flags"][head], state.page["mapping"][head]):
         return np.int64(-L.EBUSY)
@@ -99,6 +99,8 @@ def unlock_page(state, pfn):
     mapping = state.page["mapping"]
     if pfn < 0 or pfn >= flags.shape[0] or (flags[pfn] & _NO_UNLOCK) != 0:
         return np.int64(-L.EINVAL)
+    if flags[pfn] == 0 and mm.is_fresh(state, pfn):
+        return np.int64(-L.EINVAL)  # an untouched frame: free (kernels.page_alloc)
     if (flags[pfn] & _ENGINE_LOCK) == L.PG_LOCKED and mapping[pfn] != L.MAPPING_NONE:
         return np.int64(-L.EBUSY)  # a migration in flight holds it (_under_migration())
     flags[pfn] &= _UNLOCKED
@@ -119,7 +121,7 @@ def copy_page(state, dst_pfn, src_pfn):
 def _copy_checked(state, dst_pfn, src_pfn):
     if not (valid_pfn(state, src_pfn) and valid_pfn(state, dst_pfn)):
         return np.int64(-L.EINVAL)
-    if mm.has_flag(state, dst_pfn, _NO_COPY_ONTO):
+    if (mm.frame_flags(state, dst_pfn) & _NO_COPY_ONTO) != 0:
         return np.int64(-L.EINVAL)
     ps = state.sys[L.SYS_PAGE_SIZE]
     if state.sys[L.SYS_STORE_DATA] != 0 and dst_pfn != src_pfn:

@@ -81,7 +81,7 @@ def dst_fault(st, pfn, compound):
     """Why frame ``pfn`` (inside the machine) cannot be a destination: a DST_* code,
     DST_OK when it can (duplicates aside). ``compound``: the entry carries
     MIGRATE_PFN_COMPOUND (modern), so it must name a folio's head instead."""
-    flags = st.page["flags"][mm.ix(pfn)]
+    flags = mm.frame_flags(st, pfn)
     if (flags & L.PG_ZERO) != 0:
         return DST_ZERO_PAGE
     if (flags & L.PG_FREE) != 0:

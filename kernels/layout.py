@@ -224,7 +224,8 @@ SYS_FOLIOS = 17  # RAM's free 2 MiB folios (modern, kernels.page_alloc), beside 
 SYS_FOLIO_TOP = 18  # the head of the first of them, -1 for none
 SYS_SWAP_HEAD = 19  # the last freed swap slot, -1 for none (kernels.swapfile)
 SYS_SWAP_FRESH = 20  # swap slots from here on were never used
-SYS_FIELDS = 21
+SYS_RAM_FRESH = 21  # RAM frames from here on were never touched (kernels.page_alloc)
+SYS_FIELDS = 22
 
 # --- state.dev: the device table, one row per device (ZONE_DEVICE pgmap), DEV_* columns.
 # Each device owns the frames [DEV_FIRST_PFN, + DEV_NPAGES), after RAM and the devices
@@ -241,7 +242,8 @@ DEV_FAULTS = 8  # CPU faults its handler served
 DEV_SIGBUS = 9  # of those, the ones that ended in SIGBUS
 DEV_FOLIOS = 10  # free device folios (dmirror's free_folios, modern), beside the stack
 DEV_FOLIO_TOP = 11  # the head of the first of them, -1 for none
-DEV_FIELDS = 12
+DEV_FRESH = 12  # its frames from here on were never touched (kernels.page_alloc)
+DEV_FIELDS = 13
 # A mirror entry (state.mirror[d, slot]) is (pfn << 1) | writable, -1 for none;
 # dmirror's DPT_XA_TAG_ATOMIC (a page the device holds exclusively) is this bit.
 MIRROR_ATOMIC = np.int64(1 << 62)

@@ -7,13 +7,22 @@ A frame on a stack keeps its position there in its struct page's ``index``
 (meaningless while it is free, as page->index is in the kernel's free lists),
 so a THP allocation takes an aligned run out in O(1) a frame. The lowest free frame is on
 top, so a fresh machine hands out frames in ascending order. Re-exported by :mod:`kernels.mm`.
+
+Untouched frames. A pool's frames from its fresh mark (``sys[SYS_RAM_FRESH]``,
+``dev[d, DEV_FRESH]``) on have never been handed out: their struct pages and
+their free-stack entries (the stack's bottom positions) are still the zeroed
+memory the state was built with, which the OS has not backed, so a big machine
+costs what it uses (the kernel's CONFIG_DEFERRED_STRUCT_PAGE_INIT does
+the same at boot). materialize() writes them, in 2 MiB steps, just before the
+stack's top reaches them or a THP scan does; readers that take a pfn from a
+caller (the driver's checks, ``m.check()``) ask is_fresh() first.
 """
 
 import numpy as np
 
 from . import layout as L
 from ._jit import internal
-from .pgtable import clear_flag, device_of, ix, set_flag
+from .pgtable import behaves, clear_flag, device_of, ix, set_flag
 
 
 # --------------------------------------------------------------------- allocator
@@ -72,6 +81,97 @@ def init_allocated(st, pfn):
     st.page["index"][pfn] = 0
     st.page["rmap"][pfn] = -1
     st.page["refcount"][pfn] += 1
+
+
+# --------------------------------------------------------------------- untouched frames
+@internal(inline=True)
+def pool_span(st, pool):
+    """Pool ``pool``'s frames: ``(first, end)``."""
+    if pool < 0:
+        return np.int64(0), st.sys[L.SYS_NR_RAM]
+    first = st.dev[pool, L.DEV_FIRST_PFN]
+    return first, first + st.dev[pool, L.DEV_NPAGES]
+
+
+@internal(inline=True)
+def pool_fresh(st, pool):
+    """Pool ``pool``'s fresh mark: its frames from here on were never touched."""
+    return st.sys[L.SYS_RAM_FRESH] if pool < 0 else st.dev[pool, L.DEV_FRESH]
+
+
+@internal(inline=True)
+def is_fresh(st, pfn):
+    """Whether frame ``pfn`` (inside the machine) was never touched: it is free,
+    and its struct page is not written yet (fresh_flags() are its flags)."""
+    return pfn >= pool_fresh(st, device_of(st, pfn))
+
+
+@internal(inline=True)
+def fresh_flags(st, pool):
+    """The flags of pool ``pool``'s free frames as the machine was built: PG_FREE,
+    and a device frame's kind (ZONE_DEVICE where the profile has device-private
+    memory, PG_COHERENT on a coherent device)."""
+    flags = L.PG_FREE
+    if pool >= 0:
+        if behaves(st, L.B_DEVICE_PRIVATE):
+            flags |= L.PG_ZONE_DEVICE
+        if st.dev[pool, L.DEV_KIND] == L.DEVICE_COHERENT:
+            flags |= L.PG_COHERENT
+    return flags
+
+
+@internal(inline=True)
+def frame_flags(st, pfn):
+    """Frame ``pfn``'s flags, an untouched frame's included (fresh_flags()): for
+    readers of a pfn a caller names. Only an all-zero word can be untouched."""
+    flags = st.page["flags"][ix(pfn)]
+    if flags == 0 and is_fresh(st, pfn):
+        return fresh_flags(st, device_of(st, pfn))
+    return flags
+
+
+@internal
+def materialize(st, pool, upto):
+    """Write pool ``pool``'s untouched frames below ``upto`` (rounded up to a 2 MiB
+    boundary, at most the pool's end) as a free frame and its stack entry.
+
+    Pre: the stack's bottom positions hold the fresh frames, highest pfn lowest.
+    Post: the fresh mark is at least ``upto``; nothing any reader sees changed.
+    """
+    first, end = pool_span(st, pool)
+    mark = pool_fresh(st, pool)
+    if upto <= mark:
+        return
+    stop = min(end, (upto + L.HPAGE_PMD_NR - 1) // L.HPAGE_PMD_NR * L.HPAGE_PMD_NR)
+    flags = fresh_flags(st, pool)
+    ref = np.int32(0)
+    if (flags & L.PG_ZONE_DEVICE) != 0 and not behaves(st, L.B_DEVICE_REF0):
+        ref = np.int32(1)  # 4.14: a free device-private page holds one reference
+    top = _stack_base(st, pool) + end - 1  # frame f sits at position top - f
+    for pfn in range(mark, stop):
+        at = ix(pfn)
+        st.page["flags"][at] = flags
+        st.page["refcount"][at] = ref
+        st.page["mapcount"][at] = 0
+        st.page["pins"][at] = 0
+        st.page["rmap"][at] = -1
+        st.page["mapping"][at] = L.MAPPING_NONE
+        st.page["index"][at] = top - pfn
+        st.free_stack[ix(top - pfn)] = pfn
+    if pool < 0:
+        st.sys[L.SYS_RAM_FRESH] = stop
+    else:
+        st.dev[pool, L.DEV_FRESH] = stop
+
+
+@internal(inline=True)
+def ready_pops(st, pool, n):
+    """Before ``n`` pops of pool ``pool``'s stack (n <= its depth): have the
+    entries they read written. The fresh frames fill its bottom ``end - mark``
+    positions, so the ``n`` from the top are written once mark >= end - depth + n."""
+    need = pool_span(st, pool)[1] - pool_free(st, pool) + n
+    if need > pool_fresh(st, pool):
+        materialize(st, pool, need)
 
 
 # --------------------------------------------------------------------- free folios
@@ -157,6 +257,7 @@ def alloc_frame(st, pool):
         if pool_folios(st, pool) == 0:
             return -1
         _break_folio(st, pool)
+    ready_pops(st, pool, 1)
     pfn = np.int64(st.free_stack[free_top(st, pool)])
     _stack_remove(st, pfn)
     init_allocated(st, pfn)
@@ -217,6 +318,7 @@ def alloc_thp_pool(st, pool):
         return -1
     first = (lo + L.HPAGE_PMD_NR - 1) // L.HPAGE_PMD_NR * L.HPAGE_PMD_NR
     for head in range(first, hi - L.HPAGE_PMD_NR + 1, L.HPAGE_PMD_NR):
+        materialize(st, pool, head + L.HPAGE_PMD_NR)  # the scan reached untouched frames
         ok = True
         for j in range(L.HPAGE_PMD_NR):
             if not on_free_stack(st, head + j):

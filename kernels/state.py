@@ -33,7 +33,10 @@ then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` ui
                   device ``free_stack[first_pfn:first_pfn + npages]``; the depths are
                   ``sys[SYS_RAM_FREE]`` and ``dev[d, DEV_FREE]``. A frame on a stack
                   keeps its position in its struct page's ``index``, so a THP
-                  allocation can take an aligned run out in O(1) per frame.
+                  allocation can take an aligned run out in O(1) per frame. Frames
+                  never handed out (from ``SYS_RAM_FRESH``/``DEV_FRESH`` on) and
+                  their stack entries stay unwritten zeros until the allocator
+                  reaches them (kernels.page_alloc, "Untouched frames").
 ``vma``           one record per VMA: ``start``, ``end`` (bytes), ``flags`` (VM_*),
                   ``kind`` (anon/shmem/file), ``mm`` (process id), ``pte_base`` (first
                   PTE slot), ``pmd_base`` (first PMD slot), ``pcache_base`` (first
@@ -229,40 +232,26 @@ def new_state(
     nframes = nr_ram + nr_device
     if nframes > MAX_FRAMES:
         raise ValueError(f"{nframes:,} frames: at most {MAX_FRAMES:,} (int32 frame numbers)")
-    # Cache-line aligned, so no 32-byte record spans two lines.
+    # Cache-line aligned, so no 32-byte record spans two lines. Zeroed memory
+    # the OS backs only when written: every frame but the zero page is
+    # untouched until kernels.page_alloc.materialize() writes it as free.
     page = page_aligned_zeros(nframes * PAGE_DTYPE.itemsize, 64).view(PAGE_DTYPE)
-    page["rmap"] = -1
-    page["flags"] = L.PG_FREE
-    behaviour = L.BEHAVIOURS[profile]
-    if behaviour & L.B_DEVICE_PRIVATE:
-        page["flags"][nr_ram:] |= L.PG_ZONE_DEVICE
-        if not behaviour & L.B_DEVICE_REF0:
-            page["refcount"][nr_ram:] = 1  # 4.14: a free device-private page holds one ref
     zero = 0
     page["flags"][zero] = L.PG_ZERO
     page["refcount"][zero] = 1
-    free_stack = np.full(nframes, -1, np.int32)
-    # Top of stack = lowest pfn: RAM frame f (f >= 1) at position nr_ram - 1 - f.
-    nr_free_ram = nr_ram - 1
-    free_stack[:nr_free_ram] = np.arange(nr_ram - 1, zero, -1, dtype=np.int32)
-    page["index"][1:nr_ram] = np.arange(nr_free_ram - 1, -1, -1, dtype=np.int64)
-    # Each device's stack sits at its own frames' positions, lowest frame on top.
+    page["rmap"][zero] = -1
+    behaviour = L.BEHAVIOURS[profile]
+    free_stack = np.zeros(nframes, np.int32)
     devices = np.zeros((len(sizes), L.DEV_FIELDS), np.int64)
     first = nr_ram
     for d, size in enumerate(sizes):
-        free_stack[first : first + size] = np.arange(
-            first + size - 1, first - 1, -1, dtype=np.int32
-        )
-        page["index"][first : first + size] = np.arange(first + size - 1, first - 1, -1)
         devices[d, L.DEV_FIRST_PFN] = first
         devices[d, L.DEV_NPAGES] = size
         devices[d, L.DEV_FREE] = size
         devices[d, L.DEV_OWNER] = d
         devices[d, L.DEV_FOLIO_TOP] = -1
-        kind = L.DEVICE_PRIVATE if device_kinds is None else device_kinds[d]
-        devices[d, L.DEV_KIND] = kind
-        if kind == L.DEVICE_COHERENT:
-            page["flags"][first : first + size] |= L.PG_COHERENT
+        devices[d, L.DEV_KIND] = L.DEVICE_PRIVATE if device_kinds is None else device_kinds[d]
+        devices[d, L.DEV_FRESH] = first
         first += size
     sysv = np.zeros(L.SYS_FIELDS, np.int64)
     sysv[L.SYS_PAGE_SIZE] = page_size
@@ -275,7 +264,8 @@ def new_state(
     sysv[L.SYS_LRU_BATCH] = L.LRU_BATCH[profile]
     sysv[L.SYS_STORE_DATA] = 1 if store_data else 0
     sysv[L.SYS_ZERO_PFN] = zero
-    sysv[L.SYS_RAM_FREE] = nr_free_ram
+    sysv[L.SYS_RAM_FREE] = nr_ram - 1
+    sysv[L.SYS_RAM_FRESH] = zero + 1
     sysv[L.SYS_FOLIO_TOP] = -1
     sysv[L.SYS_SWAP_FREE] = nr_swap
     sysv[L.SYS_NR_SWAP] = nr_swap
@@ -314,6 +304,37 @@ def new_state(
         sweep_counters=np.zeros((I.MAX_SWEEP_THREADS, I.SWEEP_COUNTERS_STRIDE), np.int64),
         dev=devices,
     )
+
+
+def write_untouched(st: State) -> None:
+    """Write every untouched frame as the free frame it is, and its stack entry,
+    as kernels.page_alloc.materialize() does when the allocator reaches it; for
+    Python code that reads the arrays whole (the pure-Python peers). Nothing a
+    reader of the machine sees changes, and the machine costs its full size."""
+    behaviour = int(st.sys[L.SYS_BEHAVIOUR])
+    pools = [(0, int(st.sys[L.SYS_NR_RAM]), L.RAM_POOL)]
+    pools += [
+        (int(r[L.DEV_FIRST_PFN]), int(r[L.DEV_FIRST_PFN] + r[L.DEV_NPAGES]), d)
+        for d, r in enumerate(st.dev)
+    ]
+    for first, end, pool in pools:
+        mark = int(st.sys[L.SYS_RAM_FRESH] if pool < 0 else st.dev[pool, L.DEV_FRESH])
+        flags, ref = int(L.PG_FREE), 0
+        if pool >= 0 and behaviour & L.B_DEVICE_PRIVATE:
+            flags |= int(L.PG_ZONE_DEVICE)
+            ref = 0 if behaviour & L.B_DEVICE_REF0 else 1
+        if pool >= 0 and st.dev[pool, L.DEV_KIND] == L.DEVICE_COHERENT:
+            flags |= int(L.PG_COHERENT)
+        frames = np.arange(mark, end)
+        pos = first + end - 1 - frames  # the stack's bottom positions, highest frame lowest
+        rec = st.page[mark:end]
+        rec["flags"], rec["refcount"], rec["rmap"], rec["index"] = flags, ref, -1, pos
+        rec["mapcount"], rec["pins"], rec["mapping"] = 0, 0, L.MAPPING_NONE
+        st.free_stack[pos] = frames
+        if pool < 0:
+            st.sys[L.SYS_RAM_FRESH] = end
+        else:
+            st.dev[pool, L.DEV_FRESH] = end
 
 
 def _grown(arr: np.ndarray, need: int, fill: int) -> np.ndarray:

@@ -46,7 +46,7 @@ def shrink_lazyfree(state):
     """
     freed = 0
     busy = L.PG_LOCKED | L.PG_EXT_LOCKED | L.PG_EXT_ISOLATED
-    for pfn in range(state.sys[L.SYS_NR_RAM]):
+    for pfn in range(state.sys[L.SYS_RAM_FRESH]):  # the frames after it were never used
         flags = state.page["flags"][pfn]
         if (flags & L.PG_LAZYFREE) == 0 or (flags & L.PG_LRU) == 0 or (flags & busy) != 0:
             continue

@@ -216,11 +216,16 @@ class Machine:
         """The struct page of ``pfn`` as a PageInfo namedtuple."""
         p = self._pfn(pfn)
         rec = self.state.page[p]
-        flags = int(rec["flags"])
+        flags = self._flags(p)
         mapping = int(rec["mapping"])
+        refcount = int(rec["refcount"])
+        if self._untouched(p):
+            # 4.14: a free device-private page holds one reference
+            ref0 = self.state.sys[L.SYS_BEHAVIOUR] & L.B_DEVICE_REF0
+            refcount = 1 if flags & L.PG_ZONE_DEVICE and not ref0 else 0
         return PageInfo(
             pfn=p,
-            refcount=int(rec["refcount"]),
+            refcount=refcount,
             mapcount=int(rec["mapcount"]),
             locked=bool(flags & L.PG_LOCKED),
             lru=bool(flags & L.PG_LRU),
@@ -244,8 +249,29 @@ class Machine:
             raise ValueError(f"pfn {p} is outside the machine (0..{self.nframes - 1})")
         return p
 
+    def _untouched(self, p: int) -> bool:
+        """Frame ``p`` was never handed out: its struct page is unwritten zeros
+        (kernels.page_alloc, "Untouched frames"), and the frame is free."""
+        st = self.state
+        if p < self.ram_pages:
+            return p >= int(st.sys[L.SYS_RAM_FRESH])
+        return p >= int(st.dev[self._device_row(p), L.DEV_FRESH])
+
+    def _device_row(self, p: int) -> int:
+        """The row of ``state.dev`` whose frames hold device frame ``p``."""
+        return int(np.searchsorted(self.state.dev[:, L.DEV_FIRST_PFN], p, side="right")) - 1
+
     def _flags(self, p: int) -> int:
-        return int(self.state.page["flags"][p])
+        """Frame ``p``'s flags; an untouched frame's are those new_state() gives a free one."""
+        if not self._untouched(p):
+            return int(self.state.page["flags"][p])
+        flags = int(L.PG_FREE)
+        if p >= self.ram_pages:
+            if self.state.sys[L.SYS_BEHAVIOUR] & L.B_DEVICE_PRIVATE:
+                flags |= int(L.PG_ZONE_DEVICE)
+            if self.state.dev[self._device_row(p), L.DEV_KIND] == L.DEVICE_COHERENT:
+                flags |= int(L.PG_COHERENT)
+        return flags
 
     def _in_use(self, pfn: object, what: str, *, tail_to_head: bool = False) -> int:
         p = self._pfn(pfn)

@@ -14,7 +14,7 @@ import pytest
 
 import migengine as me
 from migengine.kernels.copy import STAT_WALL_S
-from migengine.kernels.state import State
+from migengine.kernels.state import State, write_untouched
 
 PS = 4096
 HPAGE = 512  # HPAGE_PMD_NR: a PMD maps 2 MiB of 4 KiB pages
@@ -161,6 +161,14 @@ def snapshot(m: me.Machine) -> dict[str, tuple]:
             col = arr if field is None else arr[field]
             out[f"{name}.{field}"] = (col.dtype.str, col.shape, copy.deepcopy(col).tobytes())
     return out
+
+
+def written_state(m: me.Machine) -> State:
+    """A copy of ``m``'s state with its untouched frames written as the free
+    frames they are (kernels.state.write_untouched), for reading it whole."""
+    st = copy_state(m.state)
+    write_untouched(st)
+    return st
 
 
 def copy_state(state: State) -> State:

@@ -36,7 +36,7 @@ from migengine import kernels
 from migengine.kernels import dst_check as kdst
 from migengine.kernels import layout as L
 from migengine.migrate import InvalidDstWarning
-from tests.helpers import comparable_state, copy_state
+from tests.helpers import comparable_state, copy_state, written_state
 
 # test_driver_mistakes' @njit drivers (cached, and compiled by that suite anyway);
 # imported here, not inside a rule: the module's @given tests would count as nested.
@@ -884,7 +884,7 @@ class World:
         cache = st.pcache[: int(st.sys[L.SYS_PCACHE_USED])]
         used[cache[cache >= 0]] = True
         used[m.zero_pfn] = False
-        free = (st.page["flags"] & L.PG_FREE) != 0
+        free = (written_state(m).page["flags"] & L.PG_FREE) != 0
         ram = m.ram_pages
         counts = {
             "ram_free": m.free_pages(),
@@ -1048,7 +1048,7 @@ def _bogus_word(w: World, draw: Draw, view: View, given: dict[int, int], slot: i
     if choice == 0:
         return int(m.migrate_pfn(m.zero_pfn) | lay.LOCKED), kdst.DST_ZERO_PAGE
     if choice == 1:
-        free = np.flatnonzero(m.state.page["flags"] & L.PG_FREE)
+        free = np.flatnonzero(written_state(m).page["flags"] & L.PG_FREE)
         if free.size:
             return int(m.migrate_pfn(int(free[-1])) | lay.LOCKED), kdst.DST_FREE
     if choice == 2:
@@ -1223,7 +1223,7 @@ def _mapped(w: World, v: View) -> bool:
 
 
 def _free_frame(w: World, v: View) -> int:
-    free = np.flatnonzero(w.m.state.page["flags"] & L.PG_FREE)
+    free = np.flatnonzero(written_state(w.m).page["flags"] & L.PG_FREE)
     return int(free[0]) if free.size else -1
 
 

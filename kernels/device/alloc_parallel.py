@@ -84,6 +84,7 @@ def alloc_device_parallel(state, d, src, dst, npages, sp, dp, threads):
         pairs += info[t, I.SW_PAIRS]
     if need > state.dev[d, L.DEV_FREE]:
         return -1
+    mm.ready_pops(state, d, need)
     _take_device_pages_all(state, d, src, dst, used, sp, dp)
     state.dev[d, L.DEV_FREE] -= need
     state.dev[d, L.DEV_CALLOC] += need

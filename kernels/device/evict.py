@@ -22,7 +22,7 @@ def evict_device(state, d):
     """Device ``d``'s pages back to RAM, a chunk of its frames at a time; the
     pages moved. Chunks fit the range scratch and the copy scratch."""
     first = state.dev[d, L.DEV_FIRST_PFN]
-    end = first + state.dev[d, L.DEV_NPAGES]
+    end = state.dev[d, L.DEV_FRESH]  # the frames after it were never handed out
     chunk = min(state.range_src.shape[0], state.copy_scratch.shape[1])
     if chunk >= L.HPAGE_PMD_NR:
         chunk -= chunk % L.HPAGE_PMD_NR  # whole folios per chunk (device folios are aligned)

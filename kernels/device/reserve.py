@@ -150,6 +150,7 @@ def try_reserved(state, vma_index, start, end, src, dst, private):
         return np.int64(-1)
     if state.dev[d, L.DEV_FREE] < npages or npages > state.copy_scratch.shape[1]:
         return np.int64(-1)  # its descriptors sit at their slots in the copy scratch
+    mm.ready_pops(state, d, npages)
     ndesc = name_device_pages(state, start, npages, src, dst, mm.free_top(state, d))
     state.mig[I.MIG_RESERVED] = 1
     copy_reserved(state, npages, ndesc, private)

@@ -27,6 +27,7 @@ import numpy as np
 
 from migengine.copyengine import CopyEngine
 from migengine.kernels import layout as L
+from migengine.kernels.state import write_untouched
 from migengine.machine import Machine
 
 __all__ = [
@@ -103,6 +104,10 @@ class Workload:
         # has to call lru_add_drain_all() inside the timed migration.
         self.machine.lru_add_drain_all()
         self.built_break_fraction = self.break_fraction()
+        # Every frame written now, as a machine was built before its frames were
+        # written lazily: a timed migration onto device frames never handed out
+        # would otherwise pay their first write (kernels.page_alloc) every round.
+        write_untouched(self.machine.state)
         self._state = self.machine.state
         # State is a namedtuple: _fields is its documented field list, not a private name.
         self._snapshot = {

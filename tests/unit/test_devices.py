@@ -90,6 +90,7 @@ def test_injected_failures_are_per_device():
 
 def test_a_frame_on_another_device_s_stack_is_an_invariant_break():
     st = _two_devices()
+    kstate.write_untouched(st)  # the stacks' entries, written as the allocator would
     st.free_stack[NR_RAM], st.free_stack[NR_RAM + 8] = (
         st.free_stack[NR_RAM + 8],
         st.free_stack[NR_RAM],
