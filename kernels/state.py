@@ -306,25 +306,49 @@ def new_state(
     )
 
 
+def _pools(st: State) -> list[tuple[int, int, int]]:
+    """Every pool's ``(first frame, end, pool)``: RAM_POOL, then each device."""
+    pools = [(0, int(st.sys[L.SYS_NR_RAM]), L.RAM_POOL)]
+    for d, row in enumerate(st.dev):
+        first = int(row[L.DEV_FIRST_PFN])
+        pools.append((first, first + int(row[L.DEV_NPAGES]), d))
+    return pools
+
+
+def _free_page(st: State, pool: int) -> tuple[int, int]:
+    """The flags and refcount of pool ``pool``'s free frames as built
+    (kernels.page_alloc.fresh_flags(); 4.14's device holds one reference)."""
+    behaviour = int(st.sys[L.SYS_BEHAVIOUR])
+    flags, ref = int(L.PG_FREE), 0
+    if pool >= 0 and behaviour & L.B_DEVICE_PRIVATE:
+        flags |= int(L.PG_ZONE_DEVICE)
+        ref = 0 if behaviour & L.B_DEVICE_REF0 else 1
+    if pool >= 0 and st.dev[pool, L.DEV_KIND] == L.DEVICE_COHERENT:
+        flags |= int(L.PG_COHERENT)
+    return flags, ref
+
+
+def _fresh_mark(st: State, pool: int) -> int:
+    return int(st.sys[L.SYS_RAM_FRESH] if pool < 0 else st.dev[pool, L.DEV_FRESH])
+
+
+def untouched_page(st: State, pfn: int) -> tuple[int, int] | None:
+    """Frame ``pfn``'s flags and refcount if it is untouched (never handed out,
+    its struct page unwritten: kernels.page_alloc), else None."""
+    for first, end, pool in _pools(st):
+        if first <= pfn < end:
+            return _free_page(st, pool) if pfn >= _fresh_mark(st, pool) else None
+    return None
+
+
 def write_untouched(st: State) -> None:
     """Write every untouched frame as the free frame it is, and its stack entry,
     as kernels.page_alloc.materialize() does when the allocator reaches it; for
     Python code that reads the arrays whole (the pure-Python peers). Nothing a
     reader of the machine sees changes, and the machine costs its full size."""
-    behaviour = int(st.sys[L.SYS_BEHAVIOUR])
-    pools = [(0, int(st.sys[L.SYS_NR_RAM]), L.RAM_POOL)]
-    pools += [
-        (int(r[L.DEV_FIRST_PFN]), int(r[L.DEV_FIRST_PFN] + r[L.DEV_NPAGES]), d)
-        for d, r in enumerate(st.dev)
-    ]
-    for first, end, pool in pools:
-        mark = int(st.sys[L.SYS_RAM_FRESH] if pool < 0 else st.dev[pool, L.DEV_FRESH])
-        flags, ref = int(L.PG_FREE), 0
-        if pool >= 0 and behaviour & L.B_DEVICE_PRIVATE:
-            flags |= int(L.PG_ZONE_DEVICE)
-            ref = 0 if behaviour & L.B_DEVICE_REF0 else 1
-        if pool >= 0 and st.dev[pool, L.DEV_KIND] == L.DEVICE_COHERENT:
-            flags |= int(L.PG_COHERENT)
+    for first, end, pool in _pools(st):
+        mark = _fresh_mark(st, pool)
+        flags, ref = _free_page(st, pool)
         frames = np.arange(mark, end)
         pos = first + end - 1 - frames  # the stack's bottom positions, highest frame lowest
         rec = st.page[mark:end]

@@ -216,13 +216,9 @@ class Machine:
         """The struct page of ``pfn`` as a PageInfo namedtuple."""
         p = self._pfn(pfn)
         rec = self.state.page[p]
-        flags = self._flags(p)
+        fresh = kstate.untouched_page(self.state, p)  # its struct page not yet written
+        flags, refcount = (int(rec["flags"]), int(rec["refcount"])) if fresh is None else fresh
         mapping = int(rec["mapping"])
-        refcount = int(rec["refcount"])
-        if self._untouched(p):
-            # 4.14: a free device-private page holds one reference
-            ref0 = self.state.sys[L.SYS_BEHAVIOUR] & L.B_DEVICE_REF0
-            refcount = 1 if flags & L.PG_ZONE_DEVICE and not ref0 else 0
         return PageInfo(
             pfn=p,
             refcount=refcount,
@@ -249,29 +245,10 @@ class Machine:
             raise ValueError(f"pfn {p} is outside the machine (0..{self.nframes - 1})")
         return p
 
-    def _untouched(self, p: int) -> bool:
-        """Frame ``p`` was never handed out: its struct page is unwritten zeros
-        (kernels.page_alloc, "Untouched frames"), and the frame is free."""
-        st = self.state
-        if p < self.ram_pages:
-            return p >= int(st.sys[L.SYS_RAM_FRESH])
-        return p >= int(st.dev[self._device_row(p), L.DEV_FRESH])
-
-    def _device_row(self, p: int) -> int:
-        """The row of ``state.dev`` whose frames hold device frame ``p``."""
-        return int(np.searchsorted(self.state.dev[:, L.DEV_FIRST_PFN], p, side="right")) - 1
-
     def _flags(self, p: int) -> int:
-        """Frame ``p``'s flags; an untouched frame's are those new_state() gives a free one."""
-        if not self._untouched(p):
-            return int(self.state.page["flags"][p])
-        flags = int(L.PG_FREE)
-        if p >= self.ram_pages:
-            if self.state.sys[L.SYS_BEHAVIOUR] & L.B_DEVICE_PRIVATE:
-                flags |= int(L.PG_ZONE_DEVICE)
-            if self.state.dev[self._device_row(p), L.DEV_KIND] == L.DEVICE_COHERENT:
-                flags |= int(L.PG_COHERENT)
-        return flags
+        """Frame ``p``'s flags, an untouched frame's (kernels.page_alloc) included."""
+        fresh = kstate.untouched_page(self.state, p)
+        return int(self.state.page["flags"][p]) if fresh is None else fresh[0]
 
     def _in_use(self, pfn: object, what: str, *, tail_to_head: bool = False) -> int:
         p = self._pfn(pfn)

@@ -10,6 +10,8 @@ back, one dmirror range call each way (the device takes the range a
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from migengine.kernels import _indices as I
@@ -17,6 +19,31 @@ from migengine.kernels.layout import HPAGE_PMD_NR
 from tests.helpers import selftest_pattern
 
 RAM, DEVICE = 1 << 26, 1 << 24
+MIB = 1 << 20
+
+
+def _resident() -> int:
+    """This process's resident bytes (what the OS backs, not what numpy reserved)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_2_26_frame_machine_costs_the_frames_it_uses(make_machine):
+    """Untouched frames (kernels.page_alloc): building the machine writes no
+    struct page but the zero page's, and m.check() reads only the frames
+    handed out, so neither costs the 2.8 GiB that 36 bytes a frame would.
+    A 2**20-page process then costs its own frames and page tables."""
+    before = _resident()
+    m = make_machine(RAM, DEVICE, store_data=False)
+    m.check()
+    assert _resident() - before < 64 * MIB
+    p = m.new_process()
+    vma = p.mmap(1 << 20)
+    p.populate(vma.start, vma.end)
+    assert m.device.migrate_to_device(p, vma.start, vma.start + (1 << 18) * m.page_size) == 1 << 18
+    m.check()
+    # struct pages, stack entries and page tables of 2**20 pages: about 60 MiB
+    assert _resident() - before < 256 * MIB
 
 
 def test_a_2_26_frame_machine_migrates_device_memory_s_worth_each_way_in_one_call(make_machine):
