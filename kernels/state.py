@@ -194,7 +194,8 @@ def mark_words(nframes: int) -> int:
 
 def page_aligned_zeros(nbytes: int, page_size: int) -> np.ndarray:
     """Zeroed uint8 memory whose first byte starts a page (or any power-of-two
-    ``page_size``, e.g. a cache line), as a physical frame does.
+    ``page_size``, e.g. a cache line), as a physical frame does. A large one is
+    not backed by the OS until written (numpy's zeros are calloc's).
 
     numpy's large allocations start 16 bytes past a page boundary, which would
     split every frame's first and last cache line and keep streaming stores
@@ -369,8 +370,12 @@ def _grown(arr: np.ndarray, need: int, fill: int) -> np.ndarray:
         cap *= 2
     if cap == arr.shape[-1]:
         return arr
-    out = np.full(arr.shape[:-1] + (cap,), fill, arr.dtype)
+    # zeros the OS backs as they are written: a zero-filled table (the PTEs)
+    # costs the slots in use, not the ones reserved
+    out = np.zeros(arr.shape[:-1] + (cap,), arr.dtype)
     out[..., : arr.shape[-1]] = arr
+    if fill != 0:
+        out[..., arr.shape[-1] :] = fill
     return out
 
 
