@@ -5,7 +5,9 @@ users' own ``@njit`` code can take it too and numba's cache keeps working (no
 jitclass, no structref). What each array means:
 
 ``page`` (struct page, one 32-byte record per frame, 64-byte aligned; RAM frames first,
-then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` uint32)
+then device frames; ``index`` int64, the counts and ``rmap`` int32, ``flags`` uint32;
+a frame never handed out is all zeros until the allocator reaches it, and
+``mm.frame_flags()`` reads any frame's flags, see kernels.page_alloc)
     ``refcount``  page_count(): every PTE or device entry mapping it, the per-CPU
                   LRU-add batch, LRU isolation, the page cache, pins (get_user_pages)
                   and transient references of a migration in progress. A free
