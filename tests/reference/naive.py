@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from migengine.kernels import layout as L
-from migengine.kernels.state import write_untouched
+from tests.helpers import written_state
 
 EINVAL = -22
 HPAGE_NR = L.HPAGE_PMD_NR
@@ -332,9 +332,7 @@ def snapshot(m: Any) -> Model:
     """Copy a machine's state into plain Python objects, every frame written:
     the model, as a kernel booted without deferred struct page init, has every
     frame's struct page and free-list entry from the start."""
-    st = m.state
-    st = st._make(arr.copy() for arr in st)
-    write_untouched(st)
+    st = written_state(m)
     sysv = [int(x) for x in st.sys]
     nr_ram, nr_dev = sysv[L.SYS_NR_RAM], sysv[L.SYS_NR_DEVICE]
     pages = [
