@@ -25,7 +25,7 @@ Passes, one module each: collect, prepare, unmap, pages, finalize.
 docs/architecture.md maps every import path and kernel function to its file.
 """
 
-from ._cache_guard import drop_stale_user_cache, ensure_coherent_cache
+from ._cache_guard import cache_marker, drop_stale_user_cache, ensure_coherent_cache
 
 ensure_coherent_cache()
 
@@ -148,5 +148,6 @@ __all__ = [
     "migrate_vma_to_device",
     "migrate_vma_to_system",
     "evict",
+    "cache_marker",
     "drop_stale_user_cache",
 ]

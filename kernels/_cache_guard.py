@@ -48,9 +48,9 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
-def _drop_unless_stamped(stamp: Path, dirs: list[Path], pattern: str) -> None:
+def _drop_unless_stamped(stamp: Path, dirs: list[Path], *patterns: str) -> None:
     """Unless ``stamp`` holds the kernels' current digest: delete the cache files
-    matching ``pattern`` in ``dirs``, then write the digest to ``stamp``."""
+    matching ``patterns`` in ``dirs``, then write the digest to ``stamp``."""
     digest = _source_digest()
     try:
         if stamp.read_text() == digest:
@@ -61,8 +61,9 @@ def _drop_unless_stamped(stamp: Path, dirs: list[Path], pattern: str) -> None:
         for cache in dirs:
             if not cache.is_dir():
                 continue
-            for path in cache.glob(pattern):
-                path.unlink(missing_ok=True)
+            for pattern in patterns:
+                for path in cache.glob(pattern):
+                    path.unlink(missing_ok=True)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(digest)
     except OSError:
@@ -72,7 +73,22 @@ def _drop_unless_stamped(stamp: Path, dirs: list[Path], pattern: str) -> None:
 def ensure_coherent_cache() -> None:
     """Drop stale cache files when the kernels' sources changed (cheap: ~1 ms)."""
     dirs = _cache_dirs()
-    _drop_unless_stamped(dirs[0] / _STAMP, dirs, "*.nb[ic]")
+    _drop_unless_stamped(dirs[0] / _STAMP, dirs, "*.nb[ic]", "*.marker")
+
+
+def cache_marker(key: str) -> Path:
+    """A marker file in the kernels' cache for ``key``, for these sources only.
+
+    What a caller knows about the cache's contents (a sweep: "every kernel a run
+    of this config needs is in it") holds only while the sources, and the files
+    numba stamps its index with, are the ones the cache was written from. So the
+    name hashes ``key`` with the sources' digest and their newest mtime, and
+    :func:`ensure_coherent_cache` deletes every marker with the cache files.
+    Post: the path is returned; nothing is created.
+    """
+    newest = max(p.stat().st_mtime_ns for p in _sources())
+    h = hashlib.sha256(f"{_source_digest()}|{newest}|{key}".encode())
+    return _cache_dirs()[0] / f"{h.hexdigest()[:32]}.marker"
 
 
 def drop_stale_user_cache(module_file: str) -> None:

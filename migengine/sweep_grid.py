@@ -15,6 +15,7 @@ versions it ran with), one DataFrame row each.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import os
@@ -64,20 +65,31 @@ class TraceSpec:
         )
 
     def load(self) -> Trace | str:
-        """The trace: a path (simulate() reads it in chunks) or the generated Trace."""
+        """The trace: a path (simulate() reads it in chunks) or the generated Trace,
+        generated once per process for the runs of one spec in a row."""
         if self.path is not None:
             return self.path
-        return Trace.synthetic(
-            str(self.pattern), self.pages, self.accesses, self.seed, **dict(self.params)
-        )
+        return _generated(self)
+
+
+@functools.lru_cache(maxsize=1)
+def _generated(spec: TraceSpec) -> Trace:
+    # A run only reads its trace, so the runs of one spec share one; a second
+    # spec replaces it, which holds one trace's memory at a time. A spec's
+    # parameters are scalars (trace_spec generates a prefix to check them), so
+    # it hashes.
+    return Trace.synthetic(
+        str(spec.pattern), spec.pages, spec.accesses, spec.seed, **dict(spec.params)
+    )
 
 
 def trace_spec(value: Any, where: str = "trace") -> TraceSpec | Trace:
     """A sweep's trace argument, checked: a Trace, a path, or a pattern table.
 
     A pattern table is a mapping with ``pattern``, ``pages`` and ``accesses``
-    (``seed`` and the pattern's own parameters optional); it is generated once
-    here to check it, and again by each worker that runs it.
+    (``seed`` and the pattern's own parameters optional); a short prefix of it
+    is generated here to check it, and the whole of it once by each process
+    that runs it (:meth:`TraceSpec.load`).
     """
     if isinstance(value, (Trace, TraceSpec)):
         return value
@@ -258,13 +270,41 @@ def warm(base: SimConfig) -> float:
 
     A tiny run of ``base`` touches every kernel a run of it needs, so a worker
     pays the numba cache load once, before its first task, and never per task.
+    Post: :func:`cached` is true for ``base`` if the cache is writable.
     """
     t0 = time.perf_counter()
     unit = base.migrate_pages
     cfg = base.replace(device_pages=max(unit, 2 * unit))
     tr = Trace.synthetic("random", pages=8 * unit, accesses=256, seed=0, write_fraction=0.5)
     simulate(tr, cfg)
+    marker = _warm_marker(base)
+    if marker is not None:
+        try:
+            marker.touch()
+        except OSError:
+            pass  # a read-only cache: numba compiled in memory, so nothing is known cached
     return time.perf_counter() - t0
+
+
+def cached(base: SimConfig) -> bool:
+    """Whether a :func:`warm` of ``base`` has filled numba's cache for these kernel
+    sources, this numba and this CPU, so processes may load it side by side
+    without compiling (and writing) it together."""
+    marker = _warm_marker(base)
+    return marker is not None and marker.exists()
+
+
+def _warm_marker(base: SimConfig) -> Path | None:
+    if not isinstance(base.evict, str):
+        return None  # a user's policy: its own module's cache, which no marker covers
+    import llvmlite.binding as llvm
+
+    from migengine.kernels import cache_marker
+
+    return cache_marker(
+        f"sweep-warm|{base!r}|numba {numba.__version__}|{llvm.get_host_cpu_name()}"
+        f"|{platform.python_version()}"
+    )
 
 
 def resolve_path(path: str, root: Path) -> str:

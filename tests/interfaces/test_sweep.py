@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numba
 import pandas as pd
 import pytest
 
@@ -53,11 +54,51 @@ def test_serial_sweep_runs_every_combination(serial: pd.DataFrame) -> None:
     assert row["migengine"] == me.__version__ and row["numba"]
 
 
-def test_local_cluster_equals_serial(serial: pd.DataFrame) -> None:
-    """client=None: a LocalCluster of one single-threaded process per core (2 here)."""
+def test_local_cluster_equals_serial(serial: pd.DataFrame, monkeypatch) -> None:
+    """client=None: a LocalCluster of one single-threaded process per core (2 here).
+    This process fills the numba cache for the workers only if no earlier warm of
+    BASE has (its marker), and the workers freeze what they loaded."""
+    was_cached = sweep_grid.cached(BASE)
+    calls = []
+    monkeypatch.setattr(sweep_cluster, "warm", lambda base: calls.append(base) or 0.0)
     local = me.sweep(GRID, trace=TRACE, base=BASE)
     _same_results(local, serial)
     assert set(local["pid"]).isdisjoint({os.getpid()})  # ran in the workers
+    assert len(calls) == (0 if was_cached else 1)
+
+
+def test_a_warm_marks_its_config_cached(tmp_path: Path) -> None:
+    """sweep_grid.warm() leaves a marker in the kernels' cache for its config
+    (kernels.cache_marker), and only a built-in policy's config gets one: a
+    user's policy compiles into its own module's cache, which no marker covers."""
+    base = BASE.replace(seed=987_654_321)  # a config no other test warms
+    marker = sweep_grid._warm_marker(base)
+    assert marker is not None
+    marker.unlink(missing_ok=True)
+    assert not sweep_grid.cached(base)
+    assert sweep_grid.warm(base) > 0
+    assert sweep_grid.cached(base) and marker.exists()
+    assert not sweep_grid.cached(base.replace(seed=987_654_322))
+    marker.unlink()
+
+    @numba.njit
+    def oldest(units, last_use, first_use, uses, now):
+        return 0
+
+    assert sweep_grid._warm_marker(base.replace(evict=oldest)) is None
+
+
+def test_a_synthetic_trace_is_generated_once_per_process() -> None:
+    """TraceSpec.load(): the runs of one spec share one generated trace; another
+    spec replaces it."""
+    spec = sweep_grid.trace_spec(dict(TRACE))
+    other = sweep_grid.trace_spec({**TRACE, "seed": 2})
+    first = spec.load()
+    assert spec.load() is first
+    assert other.load() is not first
+    again = spec.load()
+    assert again is not first and (again.addr == first.addr).all()
+    assert (again.write == first.write).all() and (again.proc == first.proc).all()
 
 
 def test_given_client_equals_serial(serial: pd.DataFrame) -> None:

@@ -96,3 +96,21 @@ def test_a_user_module_cache_goes_when_the_kernels_change(kernels_copy, tmp_path
     files = fake()
     guard.drop_stale_user_cache(str(user))  # stamped again: the new cache stays
     assert all(f.exists() for f in files)
+
+
+def test_a_cache_marker_lasts_only_as_long_as_the_sources(kernels_copy):
+    """cache_marker(): a sweep's "this config's kernels are cached" marker names
+    the sources it was made for, and goes with the cache when they change."""
+    guard = _guard(kernels_copy)
+    guard.ensure_coherent_cache()
+    marker = guard.cache_marker("sweep-warm: cfg A")
+    assert marker != guard.cache_marker("sweep-warm: cfg B")
+    assert marker.parent == guard._cache_dirs()[0]
+    marker.touch()
+    guard.ensure_coherent_cache()
+    assert marker.exists() and guard.cache_marker("sweep-warm: cfg A") == marker
+    source = kernels_copy / "layout.py"
+    source.write_text(source.read_text() + "\n# edited\n")
+    assert guard.cache_marker("sweep-warm: cfg A") != marker  # names the new sources
+    guard.ensure_coherent_cache()
+    assert not marker.exists()
