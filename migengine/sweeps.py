@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from migengine.sim_config import SimConfig
 from migengine.sweep_cluster import connect, execute
@@ -31,6 +29,9 @@ from migengine.sweep_grid import (
     trace_spec,
 )
 from migengine.trace import Trace
+
+if TYPE_CHECKING:  # pandas (0.26 s to import) loads only when a frame is made
+    import pandas as pd
 
 
 @dataclasses.dataclass
@@ -104,6 +105,8 @@ def check_client(client: Any) -> Any:
 
 def results_frame(records: Sequence[dict[str, Any]], columns: Sequence[str] = ()) -> pd.DataFrame:
     """Records as a DataFrame in grid order; ``columns`` first."""
+    import pandas as pd
+
     df = pd.DataFrame.from_records(list(records))
     if df.empty:
         return df

@@ -300,3 +300,14 @@ def test_example_grid_file_plans_its_runs() -> None:
     assert len(p.runs) == 18 and p.varied == ["prefetch", "migrate_pages", "evict"]
     assert plot == {"stat": "device_faults", "x": "migrate_pages", "y": "prefetch"}
     assert p.base.device_pages == 8192 and not p.base.store_data
+
+
+def test_importing_migengine_leaves_pandas_unloaded() -> None:
+    """pandas loads when a sweep makes its frame, not at import: a sweep's worker
+    processes, and every command line run, start that much sooner."""
+    import subprocess
+    import sys
+
+    code = "import sys, migengine; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
