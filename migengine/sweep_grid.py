@@ -26,11 +26,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import llvmlite.binding as llvm
 import numba
 import numpy as np
 
 from migengine._version import __version__
 from migengine.copyengine import CopyEngine
+from migengine.kernels import cache_marker
 from migengine.sim import simulate
 from migengine.sim_config import SimConfig
 from migengine.trace import Trace
@@ -297,10 +299,6 @@ def cached(base: SimConfig) -> bool:
 def _warm_marker(base: SimConfig) -> Path | None:
     if not isinstance(base.evict, str):
         return None  # a user's policy: its own module's cache, which no marker covers
-    import llvmlite.binding as llvm
-
-    from migengine.kernels import cache_marker
-
     return cache_marker(
         f"sweep-warm|{base!r}|numba {numba.__version__}|{llvm.get_host_cpu_name()}"
         f"|{platform.python_version()}"

@@ -58,13 +58,22 @@ def test_local_cluster_equals_serial(serial: pd.DataFrame, monkeypatch) -> None:
     """client=None: a LocalCluster of one single-threaded process per core (2 here).
     This process fills the numba cache for the workers only if no earlier warm of
     BASE has (its marker), and the workers freeze what they loaded."""
-    was_cached = sweep_grid.cached(BASE)
+    # Another test may warm BASE meanwhile (xdist), so the answer the sweep got is
+    # the one checked.
+    answers: list[bool] = []
     calls = []
+
+    def cached(base: me.SimConfig) -> bool:
+        answers.append(sweep_grid.cached(base))
+        return answers[-1]
+
+    monkeypatch.setattr(sweep_cluster, "cached", cached)
     monkeypatch.setattr(sweep_cluster, "warm", lambda base: calls.append(base) or 0.0)
     local = me.sweep(GRID, trace=TRACE, base=BASE)
     _same_results(local, serial)
     assert set(local["pid"]).isdisjoint({os.getpid()})  # ran in the workers
-    assert len(calls) == (0 if was_cached else 1)
+    assert len(answers) == 1 and len(calls) == (0 if answers[0] else 1)
+    assert sweep_grid.cached(BASE)  # the workers' warms left the marker
 
 
 def test_a_warm_marks_its_config_cached(tmp_path: Path) -> None:
