@@ -57,7 +57,7 @@ def test_serial_sweep_runs_every_combination(serial: pd.DataFrame) -> None:
 def test_local_cluster_equals_serial(serial: pd.DataFrame, monkeypatch) -> None:
     """client=None: a LocalCluster of one single-threaded process per core (2 here).
     This process fills the numba cache for the workers only if no earlier warm of
-    BASE has (its marker), and the workers freeze what they loaded."""
+    BASE has (its marker)."""
     # Another test may warm BASE meanwhile (xdist), so the answer the sweep got is
     # the one checked.
     answers: list[bool] = []
@@ -76,7 +76,7 @@ def test_local_cluster_equals_serial(serial: pd.DataFrame, monkeypatch) -> None:
     assert sweep_grid.cached(BASE)  # the workers' warms left the marker
 
 
-def test_a_warm_marks_its_config_cached(tmp_path: Path) -> None:
+def test_a_warm_marks_its_config_cached() -> None:
     """sweep_grid.warm() leaves a marker in the kernels' cache for its config
     (kernels.cache_marker), and only a built-in policy's config gets one: a
     user's policy compiles into its own module's cache, which no marker covers."""
