@@ -28,7 +28,9 @@ def loaded_symbols() -> dict[int, str]:
     """Address -> mangled name of every function numba has compiled or loaded."""
     symbols: dict[int, str] = {}
     for obj in gc.get_objects():
-        if not isinstance(obj, Dispatcher):
+        # type(), not isinstance(): the collector also lists weak proxies, and
+        # isinstance() asks a dead one for its class, which raises ReferenceError.
+        if not issubclass(type(obj), Dispatcher):
             continue
         for cres in obj.overloads.values():
             lib = cres.library

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import weakref
 from pathlib import Path
 
 import numba
@@ -17,7 +18,17 @@ def _perfmap():
     return mod
 
 
+class _Referent:
+    pass
+
+
 def test_the_map_names_a_function_compiled_here(tmp_path: Path) -> None:
+    """Also with a dead weak proxy in the process: the collector lists those too
+    (a long test session has them; isinstance() on one raises ReferenceError)."""
+    referent = _Referent()
+    dead = [weakref.proxy(referent)]
+    del referent
+
     @numba.njit
     def twice_plus_perfmap_probe(x):
         return 2 * x + 1
@@ -29,3 +40,4 @@ def test_the_map_names_a_function_compiled_here(tmp_path: Path) -> None:
     assert named, "the compiled function is missing from the map"
     starts = [int(r[0], 16) for r in rows]
     assert starts == sorted(starts) and all(int(r[1], 16) > 0 for r in rows)
+    assert len(dead) == 1
