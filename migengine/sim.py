@@ -40,7 +40,6 @@ from migengine.kernels.sim import (
     VA_BLOCK_SHIFT,
     SimState,
     expect_writes,
-    finish_replay,
     replay,
     verify_replay,
 )
@@ -333,16 +332,15 @@ def simulate(
     sim = _new_sim(cfg, m, p.pid, vma.index, vblocks)
     st = m.state
     empty = Trace(np.zeros(0, np.uint64), np.zeros(0, bool))
-    # Load (or compile) the three kernels before the clock starts.
-    replay(sim, st, policy, empty.addr, empty.write, empty.proc, 0, 0)
-    finish_replay(sim, st, policy, 0)  # no batch is open yet: nothing happens
+    # Load (or compile) the replay before the clock starts.
+    replay(sim, st, policy, empty.addr, empty.write, empty.proc, 0, 0, False)
     wall = 0.0
     base = 0
     for tr in chunks():
         i = 0
         while i < len(tr):
             t0 = time.perf_counter()
-            i = replay(sim, st, policy, tr.addr, tr.write, tr.proc, i, base)
+            i = replay(sim, st, policy, tr.addr, tr.write, tr.proc, i, base, False)
             wall += time.perf_counter() - t0
             if sim.ctr[S.S_ERROR]:
                 _raise_error(sim, base + i)
@@ -351,15 +349,16 @@ def simulate(
         base += len(tr)
         if progress is not None:
             progress(base, total)
+    # The end of the trace: an empty last chunk services the batch still open.
     while True:
         t0 = time.perf_counter()
-        done = finish_replay(sim, st, policy, total)
+        replay(sim, st, policy, empty.addr, empty.write, empty.proc, 0, total, True)
         wall += time.perf_counter() - t0
-        if done != -2:
+        if sim.ctr[S.S_ERROR]:
+            _raise_error(sim, total)
+        if sim.ctr[S.S_NB] == 0:
             break
         sim = _grow_batches(sim)
-    if done == -1:
-        _raise_error(sim, total)
     if cfg.store_data:
         base = 0
         for tr in chunks():

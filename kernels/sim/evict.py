@@ -114,7 +114,11 @@ def evict_one(sim, state, policy, batch_row, now):
         j = i
         while j < n and sim.resident[first + j] != 0:
             j += 1
-        got = move_run(sim, state, first + i, j - i, False, COPY_EVICT, batch_row, now)
+        # Typed, not literal, direction and kind: move_run() and the whole
+        # driver it links compile once for both callers, not once each.
+        got = move_run(
+            sim, state, first + i, j - i, np.bool_(False), np.int64(COPY_EVICT), batch_row, now
+        )
         if got < 0:
             return np.int64(-1)
         moved += got

@@ -109,7 +109,9 @@ def _service_block(sim, state, policy, b, row, now):
         j = i
         while j < bp and sim.want[j] != 0 and sim.resident[base + j] == 0:
             j += 1
-        got = move_run(sim, state, base + i, j - i, True, COPY_TO_DEVICE, row, now)
+        got = move_run(
+            sim, state, base + i, j - i, np.bool_(True), np.int64(COPY_TO_DEVICE), row, now
+        )
         if got < 0:
             return np.int64(-1)
         for p in range(i, j):

@@ -93,6 +93,36 @@ def test_chunked_replay_equals_whole():
     np.testing.assert_array_equal(whole.batches, parts.batches)
 
 
+def test_the_last_batch_grows_a_full_record_array(monkeypatch):
+    """The end of the trace services the batch still open, as the driver's last
+    fault service; when the record array is full by then, the array grows and
+    the service runs: the same batches and stats as with room to spare."""
+    import migengine.sim as sim_module
+    from migengine.kernels.sim import layout as S
+
+    tr = me.Trace.synthetic("random", pages=2048, accesses=3_000, seed=5, write_fraction=0.3)
+    cfg = me.SimConfig(device_pages=700, migrate_pages=4, batch_faults=8)
+    roomy = me.simulate(tr, cfg)
+    rows = len(roomy.batches)
+    grown_at = []
+    grow = sim_module._grow_batches
+
+    def watched(sim):
+        grown_at.append((len(sim.batches), int(sim.ctr[S.S_ACCESSES]), int(sim.ctr[S.S_NB])))
+        return grow(sim)
+
+    monkeypatch.setattr(sim_module, "_FIRST_BATCH_ROWS", rows - 1)
+    monkeypatch.setattr(sim_module, "_grow_batches", watched)
+    tight = me.simulate(tr, cfg)
+    # once, after the whole trace, with its last batch still open
+    assert len(grown_at) == 1
+    assert grown_at[0][:2] == (rows - 1, len(tr)) and grown_at[0][2] > 0
+    keys = [k for k in roomy.stats if k != "wall_s"]
+    assert {k: roomy.stats[k] for k in keys} == {k: tight.stats[k] for k in keys}
+    np.testing.assert_array_equal(roomy.batches, tight.batches)
+    tight.machine.check()
+
+
 def test_trace_file_is_streamed_in_chunks(tmp_path):
     """A path is read twice in chunks (VA blocks, then the replay): same result."""
     tr = me.Trace.synthetic("strided", pages=1024, accesses=10_000, seed=1, write_fraction=0.5)
