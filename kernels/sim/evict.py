@@ -114,8 +114,8 @@ def evict_one(sim, state, policy, batch_row, now):
         j = i
         while j < n and sim.resident[first + j] != 0:
             j += 1
-        # Typed, not literal, direction and kind: move_run() and the whole
-        # driver it links compile once for both callers, not once each.
+        # Typed, not literal, direction and kind: move_run() compiles once for
+        # both callers, where each compile re-optimizes the driver it links.
         got = move_run(
             sim, state, first + i, j - i, np.bool_(False), np.int64(COPY_EVICT), batch_row, now
         )

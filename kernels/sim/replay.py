@@ -188,9 +188,9 @@ def replay(sim, state, policy, addr, write, proc, start, base, last):
     batch is still open (``ctr[S_NB]`` > 0) after a return of the chunk's
     length only when it needed a row and found none: grow and call again.
 
-    One entry point serves the whole trace, the end included: a second one
-    (the end's service alone) cost its own O3 and machine code over the
-    whole driver model when compiled, and 0.35 s to load from the cache.
+    One entry point serves the whole trace, the end included: every entry
+    point is its own compile of the whole driver model and its own load
+    from the cache.
     """
     ctr = sim.ctr
     cfg = sim.cfg
