@@ -30,8 +30,8 @@ from .finalize import migrate_vma_finalize as _finalize
 from .fused_setup import setup_sweep
 from .mm import lru_add_drain
 from .pages import migrate_vma_pages as _pages
-from .parallel.schedule import sweep_threads
-from .parallel.setup import setup_parallel
+from .parallel.schedule import plain_sweeps, sweep_threads
+from .parallel.setup import setup_parallel, starts_plain
 from .prepare import migrate_vma_prepare
 from .unmap import migrate_vma_unmap
 
@@ -267,14 +267,14 @@ def setup_range_flags(state, vma_index, start, end, src, dst, flags, owner, faul
     """migrate_vma_setup()'s body, shared with the device's own pipeline.
 
     Post: as migrate_vma_setup(); ``state.mig`` holds the call's scalars, with
-    ``MIG_ALL_PLAIN`` set when the parallel sweep found every slot plain."""
+    ``MIG_ALL_PLAIN`` set when the plain sweep found every slot plain."""
     npages = _begin(state, vma_index, start, end, src, dst, flags, owner, fault_pfn)
     if npages < 0:
         return npages
     start = mm.page_down(state, start)
     mig = state.mig
     threads = sweep_threads(state, npages)
-    if threads > 1:
+    if threads > 1 or (plain_sweeps(state, npages) and starts_plain(state, vma_index, start)):
         # No memset of src first: the sweep writes every slot of it.
         setup_parallel(state, vma_index, start, npages, src, dst, mig, threads)
     else:

@@ -22,6 +22,7 @@ from migengine.kernels import layout as L
 from migengine.kernels.copy import (
     DEFAULT_PAR_MIN_BYTES,
     DEFAULT_PAR_MIN_PAGES,
+    DEFAULT_PLAIN_MIN_PAGES,
     DEFAULT_STREAM_MIN_BYTES,
     ENG_CHANNELS,
     ENG_CHUNK_PAGES,
@@ -30,6 +31,7 @@ from migengine.kernels.copy import (
     ENG_MODEL,
     ENG_PAR_MIN_BYTES,
     ENG_PAR_MIN_PAGES,
+    ENG_PLAIN_MIN_PAGES,
     ENG_SETUP_NS,
     ENG_STREAM_MIN_BYTES,
     ENG_THREADS,
@@ -181,6 +183,11 @@ class CopyEngine:
         parallel_min_pages: migrations of fewer pages run their metadata
             sweeps (setup, allocation, pages and finalize) on one thread
             (int >= 1). The outcome is the same either way; see kernels.parallel.
+        plain_min_pages: migrations of fewer pages take the kernel's per-slot
+            steps throughout (int >= 1, default 4); from it on, the profiles
+            the fast paths serve (hmm-v25, modern) write each plain slot's net
+            effect, on one thread below ``parallel_min_pages``. The outcome is
+            the same either way: it only sets which code computes it.
         stream_min_bytes: batches of at least this many bytes are written
             with streaming (non-temporal) stores, which skip the destination's
             read-for-ownership and leave the caches alone, as a DMA engine's
@@ -201,6 +208,7 @@ class CopyEngine:
     curve_b = _Param(_positive)
     parallel_min_bytes = _Param(_int_at_least, 0)
     parallel_min_pages = _Param(_int_at_least, 1)
+    plain_min_pages = _Param(_int_at_least, 1)
     stream_min_bytes = _Param(_none_or_int_at_least, 0)
 
     #: The parameters, in constructor order (what ``repr`` and ``==`` compare).
@@ -215,6 +223,7 @@ class CopyEngine:
         "parallel_min_bytes",
         "parallel_min_pages",
         "stream_min_bytes",
+        "plain_min_pages",
     )
 
     def __init__(
@@ -230,6 +239,7 @@ class CopyEngine:
         parallel_min_bytes=DEFAULT_PAR_MIN_BYTES,
         parallel_min_pages=DEFAULT_PAR_MIN_PAGES,
         stream_min_bytes=DEFAULT_STREAM_MIN_BYTES,
+        plain_min_pages=DEFAULT_PLAIN_MIN_PAGES,
     ):
         self.chunk_pages = chunk_pages
         self.channels = channels
@@ -241,6 +251,7 @@ class CopyEngine:
         self.parallel_min_bytes = parallel_min_bytes
         self.parallel_min_pages = parallel_min_pages
         self.stream_min_bytes = stream_min_bytes
+        self.plain_min_pages = plain_min_pages
 
     def _params(self):
         return {name: getattr(self, name) for name in self.FIELDS}
@@ -281,6 +292,7 @@ class CopyEngine:
         arr[ENG_PAR_MIN_PAGES] = _count(self.parallel_min_pages)
         stream = self.stream_min_bytes
         arr[ENG_STREAM_MIN_BYTES] = -1 if stream is None else _count(stream)
+        arr[ENG_PLAIN_MIN_PAGES] = _count(self.plain_min_pages)
         return arr
 
     def model_ns(self, nbytes):

@@ -345,7 +345,8 @@ def _finish_reserved_runs(state, d, vma_index, start, src, dst, threads, top, ra
 
 @internal
 def finish_reserved(state, d, vma_index, start, npages, src, dst):
-    """The allocation and the finish sweep of a batch taken as a whole (kernels.device.reserve).
+    """The allocation and the finish sweep of a batch taken as a whole (kernels.device.reserve),
+    over threads from the engine's ``parallel_min_pages``, on this thread below it.
 
     Pre: setup left every slot plain, ``dst[i]`` names the frame ``i`` below
     the top of device ``d``'s free stack (reserve.name_device_pages()), and
@@ -370,7 +371,11 @@ def finish_reserved(state, d, vma_index, start, npages, src, dst):
     ram_free = state.sys[L.SYS_RAM_FREE]  # RAM's stack starts at 0
     freed = npages - keep
     # No slot moves a counter or a migrate_vma count: all are settled here.
-    _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top, ram_free, freed)
+    if used == 1:
+        t0 = np.int64(0)
+        _finish_reserved_run(state, d, vma_index, start, src, dst, t0, top, ram_free, freed)
+    else:
+        _finish_reserved_runs(state, d, vma_index, start, src, dst, used, top, ram_free, freed)
     state.dev[d, L.DEV_FREE] -= npages
     state.dev[d, L.DEV_CALLOC] += npages
     state.counters[L.C_DEVICE_CALLOC] += npages

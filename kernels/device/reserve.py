@@ -1,12 +1,13 @@
 """The device's reserved path: a batch the setup found all plain, taken as a whole.
 
-When migrate_vma_setup()'s parallel sweep took every slot as plain
+When migrate_vma_setup()'s plain sweep took every slot as plain
 (``mig[MIG_ALL_PLAIN]``), every slot wants a device page, and
 device_alloc_page() called slot by slot would pop frame ``i`` below the device
 free stack's top for slot ``i``. So, when no allocation failure is injected
 and the pool has a frame for every slot, the device's threads name each
 slot's frame in ``dst`` (without taking it) and coalesce the copy descriptors
-of their own slots as they go; the lists are joined (stitch_descriptors()),
+of their own slots as they go (one thread, without a parallel region, below
+the engine's ``parallel_min_pages``); the lists are joined (stitch_descriptors()),
 the engine copies them, and the finish threads take each frame with the rest
 of its slot's steps (finish.finish_reserved): a device page's struct page is
 touched once and the allocation's own pass disappears.
@@ -103,7 +104,10 @@ def name_device_pages(st, start, npages, src, dst, top):
     device free stack, in ``dst``; returns the batch's descriptor count, built
     in the copy scratch. Pre: every slot is plain (setup's MIG_ALL_PLAIN)."""
     used = plan_chunks(st, start, npages, sweep_threads(st, npages))
-    _name_runs(st, src, dst, used, top)
+    if used == 1:
+        _name_run(st, src, dst, np.int64(0), top)
+    else:
+        _name_runs(st, src, dst, used, top)
     info = st.sweep_info
     scratch = st.copy_scratch
     return stitch_descriptors(

@@ -1,4 +1,4 @@
-"""The parallel schedule of a large migration's metadata sweeps (hmm-v25, modern).
+"""The schedule of a migration's plain metadata sweeps, over threads (hmm-v25, modern).
 
 A sweep does the same steps for every slot, and each slot's steps touch only
 that slot's own pages and page-table entry. What slots share is:
@@ -21,8 +21,10 @@ functions called from the prange loop, not inlined into it: inlined, numba 0.68
 lowered a thread's while-loop counter as if it never moved. They take the
 thread index as ``np.int64(t)``: numba types a prange index as uint64 in one
 pass and int64 in another, and an uncast index compiled each body twice.
-Only ``hmm-v25`` takes this path; ``seed`` unmaps through try_to_unmap(),
-which counts TLB flushes as it goes, and stays serial.
+Only ``hmm-v25`` and ``modern`` take this path; ``seed`` unmaps through
+try_to_unmap(), which counts TLB flushes as it goes, and takes the per-slot
+steps. A migration below the engine's ``parallel_min_pages`` runs the same
+plain sweeps on one thread, without a parallel region.
 """
 
 import numpy as np
@@ -32,7 +34,7 @@ from .. import layout as L
 from .. import mm
 from .._jit import internal
 from .._llvm import get_thread_count, state_with
-from ..copy.params import ENG_PAR_MIN_PAGES, ENG_THREADS
+from ..copy.params import ENG_PAR_MIN_PAGES, ENG_PLAIN_MIN_PAGES, ENG_THREADS
 
 
 @internal(inline=True)
@@ -43,21 +45,29 @@ def with_counters(st, counters):
 
 
 @internal
+def plain_sweeps(st, npages):
+    """Whether a migration of ``npages`` slots takes the plain sweeps (on
+    sweep_threads() threads, one included): a profile the fast paths serve
+    (kernels._indices: FAST_PATH_NEEDS and FAST_PATH_BEHAVIOURS: hmm-v25 and
+    modern; modern only for a migration that selects system memory), from the
+    engine's ``plain_min_pages`` up."""
+    beh = st.sys[L.SYS_BEHAVIOUR]
+    if (beh & I.FAST_PATH_NEEDS) != I.FAST_PATH_NEEDS or (beh & ~I.FAST_PATH_BEHAVIOURS) != 0:
+        return False
+    if mm.behaves(st, L.B_SELECT) and (st.mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_SYSTEM) == 0:
+        return False
+    return npages >= st.engine[ENG_PLAIN_MIN_PAGES]
+
+
+@internal
 def sweep_threads(st, npages):
     """How many threads a sweep of ``npages`` slots uses (1: stay serial).
 
-    Parallel only for a profile the fast paths serve (kernels._indices:
-    FAST_PATH_NEEDS and FAST_PATH_BEHAVIOURS: hmm-v25 and modern; modern only
-    for a migration that selects system memory), from ``parallel_min_pages``
-    up, within the engine's ``threads`` cap and numba's current thread count,
-    and with at least one PMD extent per thread.
+    Parallel only where the plain sweeps run (plain_sweeps()), from
+    ``parallel_min_pages`` up, within the engine's ``threads`` cap and numba's
+    current thread count, and with at least one PMD extent per thread.
     """
-    beh = st.sys[L.SYS_BEHAVIOUR]
-    if (beh & I.FAST_PATH_NEEDS) != I.FAST_PATH_NEEDS or (beh & ~I.FAST_PATH_BEHAVIOURS) != 0:
-        return 1
-    if mm.behaves(st, L.B_SELECT) and (st.mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_SYSTEM) == 0:
-        return 1
-    if npages < st.engine[ENG_PAR_MIN_PAGES]:
+    if not plain_sweeps(st, npages) or npages < st.engine[ENG_PAR_MIN_PAGES]:
         return 1
     cap = np.int64(st.engine[ENG_THREADS])
     threads = get_thread_count()

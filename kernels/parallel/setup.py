@@ -1,11 +1,12 @@
-"""migrate_vma_setup()'s sweep over threads: the plain slots in parallel.
+"""migrate_vma_setup()'s plain sweep: the plain slots by their net effect, over threads.
 
 A *plain* slot is a present anonymous 4 KiB page on the LRU, mapped once, with
 no other reference (so not pinned, not in an LRU-add batch, not locked): its
 collect + prepare + unmap touch nothing but its own page and PTE, so it
 commutes with every other slot (kernels.parallel.schedule). Each thread takes
 its slots until the first one that is not plain; the rest run through the
-serial fused sweep afterwards, in slot order.
+serial fused sweep afterwards, in slot order. Below the engine's
+``parallel_min_pages`` the one thread is this one (no parallel region).
 
 The plain test decides every branch of a plain slot's three steps, so the
 threads write the steps' net effect (_setup_plain_slot) instead of calling the
@@ -156,10 +157,22 @@ def _setup_plain_runs(st, v, start, src, dst, threads):
 
 
 @internal
-def setup_parallel(st, v, start, npages, src, dst, mig, threads):
-    """migrate_vma_setup()'s sweep over ``threads`` threads (see the module doc).
+def starts_plain(st, v, start):
+    """Whether the slot at ``start`` (page-aligned, in VMA ``v``) is plain: a
+    batch that does not start plain (a device page coming back, a hole) goes
+    straight to the fused sweep, without the plain sweep's fixed cost."""
+    if mm.pmd_kind(st.pmd[mm.pmd_slot(st, v, start)]) != L.PMD_TABLE:
+        return False
+    return _plain_pfn(st, mm.pte_slot(st, v, start)) >= 0
 
-    Pre: hmm-v25; ``mig`` zeroed but for START/END/VMA. This CPU's LRU-add
+
+@internal
+def setup_parallel(st, v, start, npages, src, dst, mig, threads):
+    """migrate_vma_setup()'s plain sweep over ``threads`` threads (see the module
+    doc); one thread runs it here, without a parallel region.
+
+    Pre: hmm-v25 or modern (kernels.parallel.schedule.plain_sweeps());
+    ``mig`` zeroed but for START/END/VMA. This CPU's LRU-add
     batch may hold pages: prepare's local lru_add_drain() then runs at the
     first slot the serial remainder collects, or after the sweep
     (setup_range()). A plain page is on the LRU, so in no batch, and the drain
@@ -170,7 +183,10 @@ def setup_parallel(st, v, start, npages, src, dst, mig, threads):
     """
     used = plan_chunks(st, start, npages, threads)
     clear_thread_counts(st, used)
-    _setup_plain_runs(st, v, start, src, dst, used)
+    if used == 1:
+        _setup_plain_run(st, v, start, src, dst, np.int64(0))
+    else:
+        _setup_plain_runs(st, v, start, src, dst, used)
     merge_thread_counts(st, used, mig)
     all_plain = True
     for t in range(used):

@@ -1,14 +1,15 @@
-"""The parallel metadata sweeps (kernels.parallel, kernels.device) against the serial ones.
+"""The plain metadata sweeps (kernels.parallel, kernels.device) against the kernel's per-slot steps.
 
-A large hmm-v25 or modern migration splits its setup, allocation and finish sweeps over
-threads, taking only *plain* slots in parallel and everything else in slot
-order afterwards. That must not change anything: here a process of several
-PMD extents is built in a random state (fragmented faults, forks, pins,
-foreign locks and isolations, swapped-out pages, pages already on the device,
-holes, a THP, pages left in an LRU-add batch), and the device's migrate_vma
-runs there and back twice on identical copies of the state: once with
-``threads=1`` and once with the sweeps forced parallel
-(``parallel_min_pages=1``). Every array of the state must come out identical.
+An hmm-v25 or modern migration takes only *plain* slots by their net effect
+(on threads when it is large) and everything else in slot order afterwards.
+That must not change anything: here a process of several PMD extents is
+built in a random state (fragmented faults, forks, pins, foreign locks and
+isolations, swapped-out pages, pages already on the device, holes, a THP,
+pages left in an LRU-add batch), and the device's migrate_vma runs there and
+back twice on identical copies of the state: with the per-slot steps alone
+(``plain_min_pages`` out of reach, one thread: the oracle), with the plain
+sweeps on one thread, and with them forced parallel (``parallel_min_pages=1``).
+Every array of the state must come out identical.
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ FAST = pytest.mark.parametrize("profile", ["hmm-v25", "modern"])
 CHUNK = 7
 
 
-def _engine(threads: int) -> np.ndarray:
-    return me.CopyEngine(CHUNK, threads=threads, parallel_min_pages=1).to_array()
+# The three ways to run a migration: the kernel's per-slot steps (the oracle),
+# the plain sweeps on this thread, and the plain sweeps on two threads.
+MODES = {
+    "per-slot": me.CopyEngine(CHUNK, threads=1, plain_min_pages=2**40),
+    "plain, one thread": me.CopyEngine(CHUNK, threads=1, parallel_min_pages=1, plain_min_pages=1),
+    "plain, two threads": me.CopyEngine(CHUNK, threads=2, parallel_min_pages=1, plain_min_pages=1),
+}
 
 
 def _descriptors(s: State) -> np.ndarray:
@@ -117,9 +123,10 @@ def _world(
 @FAST
 @given(data=st.data())
 def test_parallel_sweeps_equal_the_serial_ones(make_machine, profile, data):
-    """migrate_vma_to_device / _to_system with the metadata sweeps on two
-    threads == on one thread: page tables, struct pages, free stacks (order
-    included), rmap, mirror, LRU batches, counters, copy stats and data."""
+    """migrate_vma_to_device / _to_system with the plain sweeps, on one thread
+    and on two, == with the per-slot steps: page tables, struct pages, free
+    stacks (order included), rmap, mirror, LRU batches, counters, copy stats
+    and data."""
     m, p, vma, whole = _world(data, make_machine, profile)
     lo, hi = 0, vma.npages
     if not whole:
@@ -130,13 +137,13 @@ def test_parallel_sweeps_equal_the_serial_ones(make_machine, profile, data):
 
 def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: int) -> bool:
     """To the device, back, and to the device again, on copies of ``m.state``
-    with one thread and with two: both end in the same state. Returns whether
-    the two-thread setup sweep of the first migration found every slot plain
-    and the device took the batch as a whole (mig[MIG_RESERVED])."""
+    in each of MODES: all end in the same state. Returns whether the setup of
+    the first migration found every slot plain and the device took the batch
+    as a whole (mig[MIG_RESERVED]), which one thread and two agree on."""
     outcome = {}
-    for threads in (1, 2):
+    for mode, engine in MODES.items():
         s = copy_state(m.state)
-        s.engine[:] = _engine(threads)
+        s.engine[:] = engine.to_array()
         n = (end - start) // PS
         src, dst = np.zeros(n, np.uint64), np.zeros(n, np.uint64)
         to_dev = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
@@ -144,16 +151,35 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
         descriptors = _descriptors(s)
         back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
         again = kernels.migrate_vma_to_device(s, vma.index, start, end, src, dst, 0)
-        assert check_state(s)[0] == 0, f"invariant {check_state(s)} broken on {threads} thread(s)"
-        outcome[threads] = (to_dev, back, again, src, dst, _comparable(s), reserved, descriptors)
-    serial, parallel = outcome[1], outcome[2]
-    assert serial[:3] == parallel[:3]
-    np.testing.assert_array_equal(serial[3], parallel[3])
-    np.testing.assert_array_equal(serial[4], parallel[4])
-    assert_same_state(serial[5], parallel[5])
-    assert serial[6] == 0  # one thread never takes the parallel sweeps
-    np.testing.assert_array_equal(serial[7], parallel[7], err_msg="first batch's descriptors")
-    return bool(parallel[6])
+        assert check_state(s)[0] == 0, f"invariant {check_state(s)} broken ({mode})"
+        outcome[mode] = (to_dev, back, again, src, dst, _comparable(s), reserved, descriptors)
+    oracle = outcome.pop("per-slot")
+    assert oracle[6] == 0  # the per-slot steps never take the batch as a whole
+    for mode, got in outcome.items():
+        assert oracle[:3] == got[:3], mode
+        np.testing.assert_array_equal(oracle[3], got[3], err_msg=mode)
+        np.testing.assert_array_equal(oracle[4], got[4], err_msg=mode)
+        assert_same_state(oracle[5], got[5])
+        np.testing.assert_array_equal(oracle[7], got[7], err_msg=f"first descriptors ({mode})")
+    one, two = outcome["plain, one thread"][6], outcome["plain, two threads"][6]
+    assert one == two
+    return bool(two)
+
+
+@settings(
+    max_examples=25,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@FAST
+@given(data=st.data())
+def test_small_migrations_equal_the_per_slot_steps(make_machine, profile, data):
+    """A migration of a few pages (a fault-driven driver's unit) takes the plain
+    sweeps on this thread, and the reserved path when all its slots are plain:
+    the same outcome as the per-slot steps, anywhere in a disturbed process."""
+    m, p, vma, _ = _world(data, make_machine, profile)
+    n = data.draw(st.integers(1, 64), label="pages")
+    lo = data.draw(st.integers(0, vma.npages - n), label="first page")
+    _assert_parallel_equals_serial(m, vma, vma.start + lo * PS, vma.start + (lo + n) * PS)
 
 
 @FAST
@@ -161,8 +187,8 @@ def test_an_all_plain_migration_equals_the_serial_one(make_machine, profile):
     """The reserved path (kernels.device.reserve, device.finish.finish_reserved):
     the device's threads name each slot's device page after an all-plain setup,
     the finish threads allocate it with the rest of the slot's net effect. A
-    fully faulted process with some pages written (dirty), on two threads == the
-    generic per-slot steps on one, data included."""
+    fully faulted process with some pages written (dirty), on one thread and on
+    two == the generic per-slot steps, data included."""
     m = make_machine(3 * EXTENT + 64, 3 * EXTENT, page_size=PS, profile=profile)
     p = m.new_process()
     vma = p.mmap(3 * EXTENT)
@@ -188,7 +214,7 @@ def test_the_reserved_path_runs_only_when_it_holds(make_machine, profile, case, 
     """kernels.device.reserve.try_reserved: the device names its pages only after
     an all-plain setup, with a frame for every slot and no failure injected; when
     a setup thread stops early (a pinned page) the allocation runs slot by slot.
-    Either way the two-thread state == the one-thread one."""
+    Either way the plain sweeps' state == the per-slot steps' one."""
     npages = 3 * EXTENT
     device = npages - 1 if case.startswith("device pool") else npages
     m = make_machine(npages + 64, device, page_size=PS, profile=profile)

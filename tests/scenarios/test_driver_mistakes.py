@@ -641,7 +641,10 @@ def test_extreme_copy_engine_values_act_as_the_largest_sensible_ones(make_machin
     p, vma = filled(m, n)
     huge = 2**63 - 1
     m.device.engine = me.CopyEngine(
-        parallel_min_bytes=huge, parallel_min_pages=huge, stream_min_bytes=huge
+        parallel_min_bytes=huge,
+        parallel_min_pages=huge,
+        stream_min_bytes=huge,
+        plain_min_pages=huge,
     )
     assert m.device.migrate_to_device(p, vma.start, vma.end) == n
     assert_data(p, vma, range(n))

@@ -578,6 +578,8 @@ def test_copy_engine_defaults_and_array_layout():
     assert eng.stream_min_bytes == kcopy.DEFAULT_STREAM_MIN_BYTES
     assert eng.to_array()[kcopy.ENG_STREAM_MIN_BYTES] == kcopy.DEFAULT_STREAM_MIN_BYTES
     assert CopyEngine(stream_min_bytes=None).to_array()[kcopy.ENG_STREAM_MIN_BYTES] == -1
+    assert eng.to_array()[kcopy.ENG_PLAIN_MIN_PAGES] == kcopy.DEFAULT_PLAIN_MIN_PAGES == 4
+    assert CopyEngine(plain_min_pages=64).to_array()[kcopy.ENG_PLAIN_MIN_PAGES] == 64
 
 
 def test_copy_engine_repr_round_trips():
@@ -608,6 +610,8 @@ def test_copy_engine_repr_round_trips():
         ({"parallel_min_bytes": -1}, ValueError, "parallel_min_bytes must be >= 0"),
         ({"stream_min_bytes": -1}, ValueError, "stream_min_bytes must be >= 0"),
         ({"stream_min_bytes": 1.0}, TypeError, "stream_min_bytes must be an int"),
+        ({"plain_min_pages": 0}, ValueError, "plain_min_pages must be >= 1"),
+        ({"plain_min_pages": None}, TypeError, "plain_min_pages must be an int"),
     ],
 )
 def test_copy_engine_validation(kwargs, exc, match):
