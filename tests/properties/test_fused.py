@@ -36,7 +36,15 @@ def _scratch_free(s: State) -> dict[str, np.ndarray]:
     the dst check's marks, valid only where the slot they name still names the frame;
     compared as empty slices) and the copy's measured wall time."""
     return comparable_state(
-        s._replace(mig=s.mig[:0], copy_scratch=s.copy_scratch[:, :0], dst_mark=s.dst_mark[:0])
+        s._replace(
+            mig=s.mig[:0],
+            copy_scratch=s.copy_scratch[:, :0],
+            dst_mark=s.dst_mark[:0],
+            # the plain sweeps' schedule and per-thread counts, which the passes never use
+            sweep_info=s.sweep_info[:0],
+            sweep_mig=s.sweep_mig[:0],
+            sweep_counters=s.sweep_counters[:0],
+        )
     )
 
 

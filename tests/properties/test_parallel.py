@@ -38,6 +38,11 @@ pytestmark = pytest.mark.skipif(
 # The profiles the fast paths serve (kernels._indices.FAST_PATH_*): each writes
 # the net effect of its own behaviour bits.
 FAST = pytest.mark.parametrize("profile", ["hmm-v25", "modern"])
+# The property tests over disturbed processes (_world): few, slow examples.
+DISTURBED = settings(
+    max_examples=25,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 # Not a divisor of a PMD extent: a run crossing a thread's edge is chunked from
@@ -116,10 +121,7 @@ def _world(
     return m, p, vma, data.draw(st.booleans(), label="whole VMA")
 
 
-@settings(
-    max_examples=25,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@DISTURBED
 @FAST
 @given(data=st.data())
 def test_parallel_sweeps_equal_the_serial_ones(make_machine, profile, data):
@@ -166,10 +168,7 @@ def _assert_parallel_equals_serial(m: me.Machine, vma: me.Vma, start: int, end: 
     return bool(two)
 
 
-@settings(
-    max_examples=25,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@DISTURBED
 @FAST
 @given(data=st.data())
 def test_small_migrations_equal_the_per_slot_steps(make_machine, profile, data):
