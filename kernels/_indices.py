@@ -33,9 +33,10 @@ MIG_RESERVED = 9
 # plain slot's net effect. They need 4.14's collect, device-private memory and
 # holes (FAST_PATH_NEEDS), and serve a profile only when each of its other bits
 # is one they write (FAST_PATH_WRITES: the flush of an anon-exclusive PTE, the
-# dirty bit, the device refcount, the target-only LRU) or one a plain slot
-# never meets (selection, owner, holes, trylock failures, device entries, fault
-# pages); otherwise the plain passes run. tests/properties/test_parallel.py
+# dirty bit, the device refcount, the target-only LRU; the setup sweep also the
+# selection, the owner and a device entry's write bit) or one a plain slot
+# never meets (holes, trylock failures, fault pages); otherwise the plain
+# passes run. tests/properties/test_parallel.py
 # holds them to the plain passes in every profile they serve.
 FAST_PATH_NEEDS = BEHAVIOURS_4_14
 FAST_PATH_WRITES = B_ANON_EXCLUSIVE | B_DIRTY_TO_FOLIO | B_DEVICE_REF0 | B_TARGET_LRU
@@ -70,12 +71,15 @@ PLAIN_SETUP_EXCLUDED = (
     | PG_EXT_LOCKED
     | PG_EXT_ISOLATED
 )
+# The same for a device-private page on the way back (which is ZONE_DEVICE).
+PLAIN_DEVICE_EXCLUDED = PLAIN_SETUP_EXCLUDED & ~PG_ZONE_DEVICE
 
 # --- per-thread scratch of the parallel sweeps (``State.sweep_info``, one row a thread).
 MAX_SWEEP_THREADS = 64
 SW_FIRST, SW_END, SW_STOP, SW_PARTIAL, SW_NEED, SW_PAIRS, SW_NEED0, SW_PAIRS0, SW_MOVED = range(9)
 SW_NDESC = 9  # the copy descriptors a device naming thread built
-SWEEP_INFO = 10
+SW_DEVICE = 10  # the device-private pages a setup thread took as plain
+SWEEP_INFO = 11
 # Each thread's own counts sit this many int64 apart (256 and 512 bytes), so no
 # two threads ever write the same cache line: a line bouncing between cores on
 # every page cost more than the second thread gained.

@@ -15,7 +15,8 @@ present PTEs and no fault path exists.
 
 One module per concern: :mod:`.alloc` (the alloc_and_copy callbacks),
 :mod:`.alloc_parallel`, :mod:`.mirror` (finalize_and_map), :mod:`.finish`
-(the pipeline's finish sweeps), :mod:`.reserve` (a batch taken as a whole),
+(the pipeline's finish sweeps), :mod:`.finish_back` (the way back's plain
+slots), :mod:`.reserve` (a batch taken as a whole),
 :mod:`.pipeline` (the device's own migrate_vma), :mod:`.ranges`
 (migrate_to_device / _system, evict) and :mod:`.fault` (the CPU-fault handler).
 """

@@ -22,8 +22,9 @@ effect (the schedule is kernels.parallel.schedule's):
       setup named (reserved batch)       leaves its stack here, each of its
                                          fields written once
 
-tests/properties/test_parallel.py holds both fast finishes to the serial sweep,
-which takes the generic steps.
+The way back finishes on this thread, its plain slots by their net effect
+(finish_back(), kernels.device.finish_back). tests/properties/test_parallel.py
+holds the fast finishes to the serial sweep, which takes the generic steps.
 """
 
 import numpy as np
@@ -39,10 +40,12 @@ from ..pages import pages_slot
 from ..parallel.schedule import (
     clear_thread_counts,
     merge_thread_counts,
+    plain_sweeps,
     plan_chunks,
     sweep_threads,
     with_counters,
 )
+from .finish_back import finish_back_plain_slot, plain_back_slot
 from .mirror import mirror_entry, mirror_slot, moved_count, unmirror_slot
 
 
@@ -90,6 +93,31 @@ def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
         moved += finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, fault_pfn)
         # a folio that kept COMPOUND through pages (moved or restored whole) is
         # followed by 511 empty slots: nothing to finish there (modern)
+        i += L.HPAGE_PMD_NR if (src[i] & compound) != 0 else 1
+    return moved
+
+
+@internal(hot=True)
+def finish_back(state, vma_index, start, src, dst, npages):
+    """The device-to-system finish sweep with plain back slots by their net
+    effect (kernels.device.finish_back), every other slot by the per-slot
+    steps, in slot order; returns the moved count."""
+    fault_pfn = state.mig[L.MIG_FAULT_PFN]
+    ps = state.sys[L.SYS_PAGE_SIZE]
+    slot0 = mm.pte_slot(state, vma_index, start)
+    shift = state.layout[L.L_SHIFT]
+    compound = state.layout[L.L_COMPOUND]
+    moved = 0
+    i = 0
+    while i < npages:
+        if i + PREFETCH_AHEAD < npages:
+            prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
+        slot = slot0 + i
+        if plain_back_slot(state, slot, src, dst, i, fault_pfn):
+            moved += finish_back_plain_slot(state, slot, src, dst, i)
+            i += 1
+            continue
+        moved += finish_slot(state, False, vma_index, slot, start + i * ps, src, dst, i, fault_pfn)
         i += L.HPAGE_PMD_NR if (src[i] & compound) != 0 else 1
     return moved
 
@@ -394,10 +422,16 @@ def finish_driver(state, to_device, vma_index, start, end, src, dst):
     Slot by slot rather than pass by pass: each slot's steps touch only its own
     pages and mappings, so the outcome is the one the three separate loops give
     (tests/properties/test_fused.py compares them). Large to-device batches are
-    split over threads (kernels.parallel.schedule). Returns dmirror's moved count.
+    split over threads (kernels.parallel.schedule); from the engine's
+    ``plain_min_pages``, the way back takes its plain slots by their net effect
+    (finish_back()). Returns dmirror's moved count.
     """
     npages = mm.pages_in(state, end - start)
-    threads = sweep_threads(state, npages) if to_device else 1
+    if not to_device:
+        if plain_sweeps(state, npages):
+            return finish_back(state, vma_index, start, src, dst, npages)
+        return finish_slots(state, False, vma_index, start, src, dst, 0, npages)
+    threads = sweep_threads(state, npages)
     if threads > 1:
         return finish_parallel(state, vma_index, start, npages, src, dst, threads)
-    return finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)
+    return finish_slots(state, True, vma_index, start, src, dst, 0, npages)

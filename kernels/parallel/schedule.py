@@ -49,12 +49,14 @@ def plain_sweeps(st, npages):
     """Whether a migration of ``npages`` slots takes the plain sweeps (on
     sweep_threads() threads, one included): a profile the fast paths serve
     (kernels._indices: FAST_PATH_NEEDS and FAST_PATH_BEHAVIOURS: hmm-v25 and
-    modern; modern only for a migration that selects system memory), from the
-    engine's ``plain_min_pages`` up."""
+    modern; modern only for a migration that selects system memory or
+    device-private memory, the kinds a plain slot holds), from the engine's
+    ``plain_min_pages`` up."""
     beh = st.sys[L.SYS_BEHAVIOUR]
     if (beh & I.FAST_PATH_NEEDS) != I.FAST_PATH_NEEDS or (beh & ~I.FAST_PATH_BEHAVIOURS) != 0:
         return False
-    if mm.behaves(st, L.B_SELECT) and (st.mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_SYSTEM) == 0:
+    plain_kinds = L.MIGRATE_VMA_SELECT_SYSTEM | L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE
+    if mm.behaves(st, L.B_SELECT) and (st.mig[L.MIG_FLAGS] & plain_kinds) == 0:
         return False
     return npages >= st.engine[ENG_PLAIN_MIN_PAGES]
 

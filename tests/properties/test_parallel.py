@@ -181,6 +181,98 @@ def test_small_migrations_equal_the_per_slot_steps(make_machine, profile, data):
     _assert_parallel_equals_serial(m, vma, vma.start + lo * PS, vma.start + (lo + n) * PS)
 
 
+def _way_back_world(data: st.DataObject, make_machine, profile: str):
+    """A process mostly on device 0, some of it on device 1 (another owner),
+    with device pages then disturbed: shared by a fork, pinned, locked by
+    another thread, faulted back by a CPU write; some pages never faulted."""
+    npages = data.draw(st.integers(1, 2 * EXTENT + 40), label="pages")
+    devices = [me.DeviceSpec(npages + 8), me.DeviceSpec(64)]
+    m = make_machine(2 * npages + 700, page_size=PS, profile=profile, devices=devices)
+    p = m.new_process()
+    vma = p.mmap(npages)
+    holes = set(data.draw(st.lists(st.integers(0, npages - 1), max_size=6), label="holes"))
+    for k in range(npages):
+        if k not in holes:
+            p.populate(vma.start + k * PS, vma.start + (k + 1) * PS, write=k % 3 == 0)
+    m.lru_add_drain_all()
+    other = data.draw(st.lists(st.integers(0, npages - 1), max_size=8), label="on device 1")
+    for k in other:
+        if p.translate(vma.start + k * PS).kind == "present":
+            m.devices[1].migrate_to_device(p, vma.start + k * PS, vma.start + (k + 1) * PS)
+    m.device.migrate_to_device(p, vma.start, vma.end)
+    if data.draw(st.booleans(), label="fork"):
+        p.fork()
+    picks = data.draw(st.lists(st.integers(0, npages - 1), max_size=12), label="pages to disturb")
+    for k in picks:
+        addr = vma.start + k * PS
+        op = data.draw(st.sampled_from(["pin", "lock", "write"]), label="how")
+        tr = p.translate(addr)
+        if tr.kind != "device":
+            continue
+        try:
+            if op == "write":
+                p.write(addr, b"w")
+            else:
+                {"pin": m.pin, "lock": m.lock_page}[op](tr.pfn)
+        except (ValueError, me.MigengineError):
+            pass  # already locked, or a pinned or locked page cannot fault back
+    m.check()
+    return m, vma
+
+
+@DISTURBED
+@FAST
+@given(data=st.data())
+def test_the_way_back_equals_the_per_slot_steps(make_machine, profile, data):
+    """migrate_vma_to_system: the setup takes plain device-private entries by
+    their net effect (kernels.parallel.setup, _setup_plain_device_slot) and
+    stops at the first other slot: a page of another device (modern: another
+    pgmap owner, not selected; 4.14: collected all the same), a device page
+    mapped twice after a fork, pinned or locked, a page faulted back to RAM,
+    a hole. One thread and two == the per-slot steps, state and returns."""
+    m, vma = _way_back_world(data, make_machine, profile)
+    lo = data.draw(st.integers(0, vma.npages - 1), label="first page")
+    hi = data.draw(st.integers(lo + 1, vma.npages), label="end page")
+    outcome = {}
+    for mode, engine in MODES.items():
+        s = copy_state(m.state)
+        s.engine[:] = engine.to_array()
+        src, dst = np.zeros(hi - lo, np.uint64), np.zeros(hi - lo, np.uint64)
+        start, end = vma.start + lo * PS, vma.start + hi * PS
+        back = kernels.migrate_vma_to_system(s, vma.index, start, end, src, dst, 0)
+        assert check_state(s)[0] == 0, f"invariant {check_state(s)} broken ({mode})"
+        outcome[mode] = (back, src, dst, _comparable(s))
+    oracle = outcome.pop("per-slot")
+    for mode, got in outcome.items():
+        assert oracle[0] == got[0], mode
+        np.testing.assert_array_equal(oracle[1], got[1], err_msg=mode)
+        np.testing.assert_array_equal(oracle[2], got[2], err_msg=mode)
+        assert_same_state(oracle[3], got[3])
+
+
+@FAST
+def test_the_way_back_takes_the_plain_sweep(make_machine, profile):
+    """The comparison above is not vacuous: a process wholly on the device
+    comes back with every slot taken by the plain sweep (SW_DEVICE), on one
+    thread and on two, and the batch is not taken for a to-device one
+    (MIG_ALL_PLAIN stays 0)."""
+    for engine in list(MODES.values())[1:]:
+        m = make_machine(2 * EXTENT + 64, 2 * EXTENT, page_size=PS, profile=profile)
+        p = m.new_process()
+        vma = p.mmap(2 * EXTENT)
+        p.populate(vma.start, vma.end)
+        m.lru_add_drain_all()
+        m.device.engine = engine
+        m.device.migrate_to_device(p, vma.start, vma.end)
+        assert m.device.migrate_to_system(p, vma.start, vma.end) == vma.npages
+        info = m.state.sweep_info
+        used = 2 if engine.threads == 2 else 1
+        assert info[:used, I.SW_DEVICE].sum() == vma.npages
+        assert (info[:used, I.SW_STOP] == info[:used, I.SW_END]).all()
+        assert m.state.mig[I.MIG_ALL_PLAIN] == 0
+        assert all(p.translate(vma.start + k * PS).kind == "present" for k in range(vma.npages))
+
+
 @FAST
 def test_an_all_plain_migration_equals_the_serial_one(make_machine, profile):
     """The reserved path (kernels.device.reserve, device.finish.finish_reserved):
