@@ -23,7 +23,7 @@ effect (the schedule is kernels.parallel.schedule's):
                                          fields written once
 
 The way back finishes on this thread, its plain slots by their net effect
-(finish_back(), kernels.device.finish_back). tests/properties/test_parallel.py
+(finish_slots(), kernels.device.finish_back). tests/properties/test_parallel.py
 holds the fast finishes to the serial sweep, which takes the generic steps.
 """
 
@@ -76,6 +76,9 @@ def finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, fault_pfn)
 @internal(hot=True)
 def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
     """The serial finish sweep over slots ``[lo, hi)``; returns the moved count.
+    On the way back, from the engine's ``plain_min_pages`` (plain_sweeps()),
+    a plain back slot takes its net effect (kernels.device.finish_back); in
+    slot order, so either path sees what the other left.
 
     Inlined: a call that passes the state hands over ~1.9 KB of array fields,
     and as a call on every migration it made a one-page migration 3x slower."""
@@ -84,40 +87,21 @@ def finish_slots(state, to_device, vma_index, start, src, dst, lo, hi):
     slot0 = mm.pte_slot(state, vma_index, start)
     shift = state.layout[L.L_SHIFT]
     compound = state.layout[L.L_COMPOUND]
+    plain_back = not to_device and plain_sweeps(state, hi - lo)
     moved = 0
     i = lo
     while i < hi:
         if i + PREFETCH_AHEAD < hi:
             prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
-        addr = start + i * ps
-        moved += finish_slot(state, to_device, vma_index, slot0 + i, addr, src, dst, i, fault_pfn)
-        # a folio that kept COMPOUND through pages (moved or restored whole) is
-        # followed by 511 empty slots: nothing to finish there (modern)
-        i += L.HPAGE_PMD_NR if (src[i] & compound) != 0 else 1
-    return moved
-
-
-@internal(hot=True)
-def finish_back(state, vma_index, start, src, dst, npages):
-    """The device-to-system finish sweep with plain back slots by their net
-    effect (kernels.device.finish_back), every other slot by the per-slot
-    steps, in slot order; returns the moved count."""
-    fault_pfn = state.mig[L.MIG_FAULT_PFN]
-    ps = state.sys[L.SYS_PAGE_SIZE]
-    slot0 = mm.pte_slot(state, vma_index, start)
-    shift = state.layout[L.L_SHIFT]
-    compound = state.layout[L.L_COMPOUND]
-    moved = 0
-    i = 0
-    while i < npages:
-        if i + PREFETCH_AHEAD < npages:
-            prefetch_slot(state, src, dst, i + PREFETCH_AHEAD, shift)
         slot = slot0 + i
-        if plain_back_slot(state, slot, src, dst, i, fault_pfn):
+        if plain_back and plain_back_slot(state, slot, src, dst, i, fault_pfn):
             moved += finish_back_plain_slot(state, slot, src, dst, i)
             i += 1
             continue
-        moved += finish_slot(state, False, vma_index, slot, start + i * ps, src, dst, i, fault_pfn)
+        addr = start + i * ps
+        moved += finish_slot(state, to_device, vma_index, slot, addr, src, dst, i, fault_pfn)
+        # a folio that kept COMPOUND through pages (moved or restored whole) is
+        # followed by 511 empty slots: nothing to finish there (modern)
         i += L.HPAGE_PMD_NR if (src[i] & compound) != 0 else 1
     return moved
 
@@ -422,16 +406,12 @@ def finish_driver(state, to_device, vma_index, start, end, src, dst):
     Slot by slot rather than pass by pass: each slot's steps touch only its own
     pages and mappings, so the outcome is the one the three separate loops give
     (tests/properties/test_fused.py compares them). Large to-device batches are
-    split over threads (kernels.parallel.schedule); from the engine's
-    ``plain_min_pages``, the way back takes its plain slots by their net effect
-    (finish_back()). Returns dmirror's moved count.
+    split over threads (kernels.parallel.schedule); the way back takes its
+    plain slots by their net effect (finish_slots()). Returns dmirror's moved
+    count.
     """
     npages = mm.pages_in(state, end - start)
-    if not to_device:
-        if plain_sweeps(state, npages):
-            return finish_back(state, vma_index, start, src, dst, npages)
-        return finish_slots(state, False, vma_index, start, src, dst, 0, npages)
-    threads = sweep_threads(state, npages)
+    threads = sweep_threads(state, npages) if to_device else 1
     if threads > 1:
         return finish_parallel(state, vma_index, start, npages, src, dst, threads)
-    return finish_slots(state, True, vma_index, start, src, dst, 0, npages)
+    return finish_slots(state, to_device, vma_index, start, src, dst, 0, npages)

@@ -96,7 +96,7 @@ def _plain_device_pfn(st, slot, sel):
     on the way back, or -1: a device-private entry of an anonymous 4 KiB device
     page mapped once, with no other reference (refcount 2 in 4.14, 1 from
     B_DEVICE_REF0), not pinned, not locked and not the fault page, of a device
-    the call selects (``sel``: _device_selection())."""
+    the call selects (``sel``: _selection())."""
     pte = st.pte[mm.ix(slot)]
     if mm.pte_kind(pte) != L.PTE_DEVICE:
         return np.int64(-1)
