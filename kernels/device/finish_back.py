@@ -1,7 +1,7 @@
 """The way back's finish (device to system): a plain slot by its net effect.
 
 A migration back to RAM finishes on this thread, in slot order
-(kernels.device.finish.finish_back), so a slot may take either path without
+(kernels.device.finish.finish_slots), so a slot may take either path without
 changing what any other slot sees. A *plain back slot* is a device-private
 4 KiB page whose only mapping is this slot's migration entry, holding just the
 references the move expects, with a RAM page as its destination: the generic
@@ -35,8 +35,7 @@ from .. import layout as L
 from .. import mm
 from .._jit import internal
 
-# A page these flags mark is no plain back slot: a folio's, or (a destination)
-# device memory.
+# A folio's pages (its head and tails), source or destination, are no plain back slot.
 _NOT_BASE = L.PG_HEAD | L.PG_TAIL
 
 
