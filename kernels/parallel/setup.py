@@ -94,9 +94,9 @@ def _plain_pfn(st, slot):
 def _plain_device_pfn(st, slot, sel):
     """The frame of a slot whose setup touches nothing but its own page and PTE
     on the way back, or -1: a device-private entry of an anonymous 4 KiB device
-    page mapped once, with no other reference (refcount 2 in 4.14, 1 from
-    B_DEVICE_REF0), not pinned, not locked and not the fault page, of a device
-    the call selects (``sel``: _selection())."""
+    page mapped once, with no other reference (its mapping's and the device's
+    base one, mm.device_base_ref()), not pinned, not locked and not the fault
+    page, of a device the call selects (``sel``: _selection())."""
     pte = st.pte[mm.ix(slot)]
     if mm.pte_kind(pte) != L.PTE_DEVICE:
         return np.int64(-1)
@@ -110,7 +110,7 @@ def _plain_device_pfn(st, slot, sel):
         return np.int64(-1)
     plain = (
         st.page["mapping"][at] == L.MAPPING_ANON
-        and st.page["refcount"][at] == sel.mapped_ref
+        and st.page["refcount"][at] == 1 + mm.device_base_ref(st, pfn)
         and st.page["mapcount"][at] == 1
         and st.page["pins"][at] == 0
     )
@@ -119,11 +119,8 @@ def _plain_device_pfn(st, slot, sel):
 
 # What a call (``st.mig``) collects, read once a sweep: system pages
 # (``system``), device-private pages (``devices``), of the device owner
-# ``owner`` only when ``by_owner``; the refcount of a device page mapped once
-# and otherwise unreferenced; the fault page (-1 for none).
-Selection = namedtuple(
-    "Selection", ["system", "devices", "by_owner", "owner", "mapped_ref", "fault_pfn"]
-)
+# ``owner`` only when ``by_owner``; the fault page (-1 for none).
+Selection = namedtuple("Selection", ["system", "devices", "by_owner", "owner", "fault_pfn"])
 
 
 @internal
@@ -137,8 +134,7 @@ def _selection(st):
     devices = mm.behaves(st, L.B_DEVICE_PRIVATE) and (
         not select or (mig[L.MIG_FLAGS] & L.MIGRATE_VMA_SELECT_DEVICE_PRIVATE) != 0
     )
-    ref = np.int64(1) if mm.behaves(st, L.B_DEVICE_REF0) else np.int64(2)
-    return Selection(system, devices, select, mig[L.MIG_OWNER], ref, mig[L.MIG_FAULT_PFN])
+    return Selection(system, devices, select, mig[L.MIG_OWNER], mig[L.MIG_FAULT_PFN])
 
 
 # The layout's bits of a plain slot's mpfns: ``src`` and ``dst`` are ORed into
