@@ -58,6 +58,12 @@ SIM_VSTART = 1 << 32
 #: Rows of per-copy records kept; later copies are counted, not recorded.
 MAX_COPY_ROWS = 1 << 20
 _FIRST_BATCH_ROWS = 1024
+#: Copy descriptors a fault batch gathers before its bytes must move (at least a
+#: VA block's pages, the most one call copies): 4,096 of 16 pages is 256 MiB.
+QUEUE_DESCRIPTORS = 4096
+#: A fault batch's bytes move in one engine copy (kernels.sim.copies); False moves
+#: each migrate_vma() call's own, as the tests and bench/bench_sim.py compare.
+GATHER_COPIES = True
 _CHUNK = 1 << 20
 
 
@@ -189,6 +195,7 @@ def _new_sim(cfg: SimConfig, m: Machine, pid: int, vma_index: int, vblocks: np.n
     # run-time value costs tens of cycles.
     c[S.C_UNIT_SHIFT] = unit.bit_length() - 1
     c[S.C_BLOCK_SHIFT] = bp.bit_length() - 1
+    c[S.C_GATHER] = int(GATHER_COPIES)
     f = np.zeros(S.F_FIELDS, np.float64)
     f[S.F_FAULT_US] = cfg.fault_us
     f[S.F_BATCH_US] = cfg.batch_us
@@ -240,6 +247,7 @@ def _new_sim(cfg: SimConfig, m: Machine, pid: int, vma_index: int, vblocks: np.n
         pol_uses=np.zeros(nunits, np.int64),
         expected=np.zeros(pages * ps if cfg.store_data else 0, np.uint8),
         iobuf=np.zeros(8, np.uint8),
+        queue=np.zeros((S.Q_ROWS, max(QUEUE_DESCRIPTORS, bp)), np.int64),
         batches=np.zeros(_FIRST_BATCH_ROWS, BATCH_DTYPE),
         copies=np.zeros(MAX_COPY_ROWS, COPY_DTYPE),
     )

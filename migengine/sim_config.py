@@ -53,7 +53,9 @@ class SimConfig:
             first_use, uses, now) -> int`` choosing among resident units.
         engine: a :class:`CopyEngine` or a preset name. A name gets
             ``chunk_pages=512`` (physically contiguous runs coalesce up to
-            2 MiB, as a DMA of a VA block would) and ``threads=1``.
+            2 MiB, as a DMA of a VA block would); the engine picks its
+            threads, so a fault batch's gathered copy of ``parallel_min_bytes``
+            or more runs on all of numba's (one in a sweep's worker).
         fault_us: fixed cost per fault entry serviced and per CPU fault, us.
         batch_us: fixed cost per batch, us.
         store_data: keep and check real bytes (every write stores one byte).
@@ -159,7 +161,7 @@ class SimConfig:
         """The engine the run uses (a preset name resolved as the class docstring says)."""
         if isinstance(self.engine, CopyEngine):
             return self.engine
-        return CopyEngine.preset(self.engine, chunk_pages=MAX_MIGRATE_PAGES, threads=1)
+        return CopyEngine.preset(self.engine, chunk_pages=MAX_MIGRATE_PAGES)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as JSON values (the engine's parameters; a user policy by name)."""

@@ -18,7 +18,7 @@ and are re-exported here.
 from .._llvm import memcpy_bytes, store_fence, stream_bytes
 from .descriptors import build_descriptors, emit_descriptor, extends_run, stitch_descriptors
 from .engine import engine_copy, engine_copy_built_into, engine_copy_into
-from .execute import copy_descriptors_parallel, copy_descriptors_serial
+from .execute import copy_descriptors_parallel, copy_descriptors_serial, engine_copy_ns
 from .model import descriptor_ns, model_time_into, model_time_ns
 from .params import (
     COPY_PIECE_BYTES,
@@ -77,6 +77,7 @@ __all__ = [
     "build_descriptors",
     "copy_descriptors_parallel",
     "copy_descriptors_serial",
+    "engine_copy_ns",
     "descriptor_ns",
     "emit_descriptor",
     "engine_copy",

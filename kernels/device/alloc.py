@@ -22,6 +22,7 @@ from .common import (
     allocation_fails,
     dev_index,
     hand_over,
+    moves_bytes,
     wants_device_page,
 )
 from .mirror import callback_args
@@ -63,7 +64,7 @@ def copy_pairs(data, sysv, engine, stats, scratch, load, n, private):
     engine_copy_into(
         data,
         sysv[L.SYS_PAGE_SIZE],
-        sysv[L.SYS_STORE_DATA] != 0,
+        moves_bytes(sysv, private),
         scratch[I.COPY_SRC],
         scratch[I.COPY_DST],
         n,

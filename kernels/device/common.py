@@ -9,6 +9,10 @@ from .._jit import internal
 
 DEV_KEEP_STATS = 1  # add to copy_stats instead of starting a new record
 DEV_NOFAIL = 2  # ignore fail_alloc (eviction uses __GFP_NOFAIL)
+# Model the copy and leave its descriptors in the copy scratch, but move no bytes:
+# the caller moves them later (the simulation gathers a fault batch's copies into
+# one engine copy, kernels.sim.copies). Nothing may read or reuse the frames first.
+DEV_DEFER_BYTES = 4
 # ``private`` carries the device too, from this bit up: its row in ``state.dev``
 # (the dmirror instance a real driver's callbacks would find in ``private``).
 DEV_INDEX_SHIFT = 8
@@ -24,6 +28,13 @@ def dev_index(private):
 def dev_private(d, bits):
     """The ``private`` of device ``d``'s callbacks with the DEV_* ``bits``."""
     return (np.int64(d) << DEV_INDEX_SHIFT) | np.int64(bits)
+
+
+@internal(inline=True)
+def moves_bytes(sysv, private):
+    """Whether this call's copy moves bytes now: the machine stores them and
+    the caller did not defer them (DEV_DEFER_BYTES)."""
+    return sysv[L.SYS_STORE_DATA] != 0 and (private & DEV_DEFER_BYTES) == 0
 
 
 @internal(inline=True)

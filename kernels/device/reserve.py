@@ -32,7 +32,7 @@ from ..copy import (
 )
 from ..parallel.schedule import plan_chunks, sweep_threads
 from .alloc import start_batch
-from .common import dev_index
+from .common import dev_index, moves_bytes
 from .finish import finish_reserved
 
 # One thread's copy descriptor being built: it covers ``run`` pages from
@@ -130,7 +130,7 @@ def copy_reserved(state, n, ndesc, private):
     engine_copy_built_into(
         state.data,
         state.sys[L.SYS_PAGE_SIZE],
-        state.sys[L.SYS_STORE_DATA] != 0,
+        moves_bytes(state.sys, private),
         n,
         ndesc,
         state.engine,

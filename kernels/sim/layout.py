@@ -28,8 +28,9 @@ from numba import types
     C_PAGE_SHIFT,  # log2(page size)
     C_UNIT_SHIFT,  # log2(C_UNIT): page >> C_UNIT_SHIFT is its unit
     C_BLOCK_SHIFT,  # log2(C_BLOCK_PAGES): page >> C_BLOCK_SHIFT is its VA block
+    C_GATHER,  # 1: a fault batch's bytes move in one engine copy (copies.py); 0: per call
     C_FIELDS,
-) = range(16)
+) = range(17)
 
 # ``ctr`` (int64): the run's counters, then the bookkeeping that must survive a resume.
 (
@@ -66,8 +67,11 @@ from numba import types
     S_LAST_RANK,  # ... and its rank (-1: none)
     S_ERROR,  # ERR_* below, with the details in S_ERROR_ARG
     S_ERROR_ARG,
+    S_QN,  # descriptors gathered in ``queue``, their bytes not moved yet (copies.py)
+    S_QPAGES,  # pages they cover
+    S_QDIR,  # their direction: 1 to the device, 0 back
     S_FIELDS,
-) = range(34)
+) = range(37)
 
 #: The counters simulate() reports, in ``ctr`` order (the rest is bookkeeping).
 STAT_NAMES = (
@@ -89,6 +93,10 @@ STAT_NAMES = (
     "bytes_to_device",
     "bytes_to_host",
 )
+
+# Rows of ``queue`` (int64[Q_ROWS, n]): a gathered copy descriptor's first source
+# frame, first destination frame and pages.
+Q_SRC, Q_DST, Q_LEN, Q_ROWS = range(4)
 
 # ``clock`` (float64): modelled time, microseconds.
 T_NOW, T_FIXED, T_COPY, T_FIELDS = range(4)
@@ -124,6 +132,7 @@ POLICY_SIG = types.int64(
 #: ``blk_mark``, ``lru_prev``/``lru_next``, ``blk_head`` (its entries in the batch
 #: being serviced). ``vblocks``: the trace's sorted 2 MiB block numbers.
 #: ``expected``: with bytes, what every byte must hold at the end (expect_writes()).
+#: ``queue``: the fault batch's copy descriptors whose bytes have not moved yet.
 SimState = namedtuple(
     "SimState",
     [
@@ -165,6 +174,7 @@ SimState = namedtuple(
         "pol_uses",
         "expected",
         "iobuf",
+        "queue",
         "batches",
         "copies",
     ],

@@ -13,8 +13,9 @@ from .. import layout as L
 from .. import mm
 from .._jit import internal
 from ..copy import ENG_CHANNELS, STAT_BYTES, STAT_MODEL_S
-from ..device.common import DEV_KEEP_STATS
+from ..device.common import DEV_DEFER_BYTES, DEV_KEEP_STATS
 from ..device.pipeline import migrate_vma_driver
+from .copies import defers_bytes, gather_copies
 from .layout import (
     C_PAGE_SHIFT,
     C_VMA,
@@ -81,8 +82,10 @@ def move_run(sim, state, first, n, to_device, kind, batch_row, k):
     Preconditions: for ``to_device`` no page of the run is resident; otherwise
     every page is. Postconditions: the pages whose slot kept MIGRATE with a
     destination moved, and the residency arrays say so; the copy is charged
-    to the clock (record_copy()). Returns the pages moved, or -1 after setting
-    ``ERR_MIGRATE`` when migrate_vma() refused the range.
+    to the clock (record_copy()). With bytes stored, their bytes may wait in
+    ``sim.queue`` (copies.py) until the batch flushes it. Returns the pages
+    moved, or -1 after setting ``ERR_MIGRATE`` when migrate_vma() refused the
+    range.
     """
     shift = sim.cfg[C_PAGE_SHIFT]
     start = sim.cfg[C_VSTART] + (first << shift)
@@ -90,9 +93,9 @@ def move_run(sim, state, first, n, to_device, kind, batch_row, k):
     src = sim.src[:n]
     dst = sim.dst[:n]
     clear_copy_stats(state)
-    ret = migrate_vma_driver(
-        state, to_device, sim.cfg[C_VMA], start, end, src, dst, np.int64(DEV_KEEP_STATS)
-    )
+    defer = defers_bytes(sim, state, n, to_device)
+    private = np.int64(DEV_KEEP_STATS | (DEV_DEFER_BYTES if defer else 0))
+    ret = migrate_vma_driver(state, to_device, sim.cfg[C_VMA], start, end, src, dst, private)
     sim.ctr[S_MIGRATE_CALLS] += 1
     if ret < 0:
         sim.ctr[S_ERROR] = ERR_MIGRATE
@@ -100,15 +103,20 @@ def move_run(sim, state, first, n, to_device, kind, batch_row, k):
         return np.int64(-1)
     lay = state.layout
     moved = 0
+    freed_dst = False
     for i in range(n):
         pfn = mm.mpfn_to_pfn(lay, dst[i])
         if (src[i] & lay[L.L_MIGRATE]) == 0 or pfn < 0:
+            # A destination whose slot failed: migrate_vma_finalize() freed it.
+            freed_dst |= pfn >= 0
             continue
         moved += 1
         if to_device:
             page_in(sim, first + i, pfn, k)
         else:
             page_out(sim, first + i)
+    if defer:
+        gather_copies(sim, state, freed_dst)
     nbytes = np.int64(state.copy_stats[STAT_BYTES])
     sim.ctr[S_BYTES_TO_DEVICE if to_device else S_BYTES_TO_HOST] += nbytes
     record_copy(sim, state, kind, nbytes, batch_row, state.copy_stats[STAT_MODEL_S])

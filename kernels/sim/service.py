@@ -5,8 +5,9 @@ the blocks serviced in address order. For each block: the faulted units and
 the prefetch (prefetch.py), room made by eviction (evict.py), then one
 migrate_vma() per run of pages to move (moves.py). The faulting accesses then
 complete: a device write stores its byte in device memory, or, when its page
-could not be moved in, through the CPU path (a remote access). The batch is
-charged ``batch_us`` plus ``fault_us`` per entry, plus its copies.
+could not be moved in, through the CPU path (a remote access), once the
+batch's gathered bytes have moved (copies.py). The batch is charged
+``batch_us`` plus ``fault_us`` per entry, plus its copies.
 """
 
 import numpy as np
@@ -15,6 +16,7 @@ from .. import mm
 from .._jit import internal
 from ..cpu import cpu_write
 from ..memory import handle_mm_fault
+from .copies import flush_copies
 from .evict import evict_one
 from .layout import (
     C_BLOCK_PAGES,
@@ -211,6 +213,7 @@ def service_batch(sim, state, policy, now):
         if status == 0:
             status = _service_block(sim, state, policy, b, row, now)
         sim.blk_head[b] = -1
+    flush_copies(sim, state)  # the batch's bytes land before its accesses complete
     if status == 0:
         status = _complete(sim, state, now)
     ctr[S_FAULTS_SERVICED] += nb

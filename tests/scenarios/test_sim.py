@@ -17,6 +17,7 @@ import pytest
 from numba import njit
 
 import migengine as me
+from migengine import sim as msim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LACKEY = os.path.join(ROOT, "examples", "traces", "stream.lackey.gz")
@@ -65,6 +66,48 @@ def test_bytes_survive_every_policy_under_oversubscription(prefetch, evict):
     assert s["pages_evicted"] > 0 and s["cpu_faults"] > 0 and s["fault_batches"] > 0
     _consistent(s)
     _check_bytes(res, tr)
+
+
+# The machine's scratch: what one call leaves for the next, and the copy's wall time.
+_SCRATCH = {"copy_stats", "copy_scratch", "engine_load", "mig", "fault_mpfn", "dst_mark"}
+_SCRATCH |= {"range_src", "range_dst", "sweep_info", "sweep_mig", "sweep_counters"}
+
+
+@pytest.mark.parametrize("host_init", [True, False])
+@pytest.mark.parametrize("evict", ["lru", "fifo"])
+def test_gathered_bytes_equal_each_calls_own_copy(monkeypatch, host_init, evict):
+    """kernels.sim.copies: a fault batch's bytes moved by one engine copy leave every
+    stat, batch and copy record, page table, struct page and byte as each
+    migrate_vma() call copying its own, as dmirror's alloc_and_copy does. The batches
+    evict and move in (each way frees frames the other allocates), fault pages back
+    on the CPU, and, without host data, zero-fill first touches; every gathered
+    copy of 4 KiB or more takes the engine's parallel path."""
+    tr = me.Trace.synthetic(
+        "hotspot", pages=1536, accesses=30_000, seed=4, write_fraction=0.4, cpu_fraction=0.02
+    )
+    engine = me.SimConfig().copy_engine().replace(parallel_min_bytes=4096)
+    cfg = me.SimConfig(
+        device_pages=512,
+        evict=evict,
+        prefetch="tree",
+        migrate_pages=16,
+        host_init=host_init,
+        engine=engine,
+    )
+    gathered = me.simulate(tr, cfg)
+    monkeypatch.setattr(msim, "GATHER_COPIES", False)
+    per_call = me.simulate(tr, cfg)
+    s = gathered.stats
+    assert s["data_ok"] is True and s["pages_evicted"] > 0 and s["cpu_faults"] > 0
+    keys = [k for k in s if k != "wall_s"]
+    assert {k: s[k] for k in keys} == {k: per_call.stats[k] for k in keys}
+    np.testing.assert_array_equal(gathered.batches, per_call.batches)
+    np.testing.assert_array_equal(gathered.copies, per_call.copies)
+    a, b = gathered.machine.state, per_call.machine.state
+    for name in a._fields:
+        if name not in _SCRATCH:
+            np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    _check_bytes(gathered, tr)
 
 
 @pytest.mark.parametrize("host_init", [True, False])
