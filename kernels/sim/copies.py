@@ -7,7 +7,7 @@ descriptors in the copy scratch and moves nothing. They gather in
 path for a batch of that size (parallel from ``parallel_min_bytes``, streamed
 from ``stream_min_bytes``), as a driver pushes a VA block's copies to its DMA
 engine and waits once. One 64 KiB call copied alone at 10-12 GB/s here; a
-gathered batch of them, on two threads, at 17-24 GB/s (docs/performance.md).
+gathered batch of them, on two threads, at 17-21 GB/s (docs/performance.md).
 
 Bytes wait only while nothing reads or reuses their frames:
 
