@@ -11,9 +11,9 @@ gathered batch of them, on two threads, at 17-21 GB/s (docs/performance.md).
 
 Bytes wait only while nothing reads or reuses their frames:
 
-- a batch's calls go one way at a time. The other way frees the frames this
-  way's calls read and allocates the frames it frees, so a change of
-  direction flushes first;
+- a batch's calls go one way at a time. Each way frees its sources once
+  they are copied, and the other way allocates from their pool (a LIFO stack,
+  so it takes them first), so a change of direction flushes first;
 - a call with a slot that failed after its destination was allocated has freed
   that destination, which a later call may take: it flushes at once;
 - a call too large for one engine batch (more pages than the copy scratch)
