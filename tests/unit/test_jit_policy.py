@@ -5,7 +5,8 @@ that link it and no machine code. A compiled caller of an entry point links
 the entry when it is compiled or cached, and otherwise the entry's link-only
 twin. The children share a cache folder, so each one sees what the one before
 wrote: the twin (numba's own loader crashed on a link-only entry: it looks for
-the kernel's environment in a module the engine never got), then the entry.
+the kernel's environment in a module the engine never got), then the entry,
+which a Python call loads without parsing the IR its compiled callers link.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ CHILD = textwrap.dedent(
     m = me.Machine(64)
     p = m.new_process()
     vma = p.mmap(4)
+    early = {}
+    if sys.argv[2] == "load":
+        # Python's call first: the entry loads from the cache, its linking IR unparsed.
+        early["python_call"] = kernels.find_vma(m.state, p.pid, vma.start)
+        lib = next(iter(kernels.find_vma.overloads.values())).library
+        early["entry_library"] = type(lib).__name__
+        early["ir_parsed_by_load"] = lib._shared_module is not None
     ns = {"njit": njit, "kernels": kernels}
     # A new user function in each child: it compiles, and links find_vma's twin.
     exec(f"@njit\\ndef user_{sys.argv[1]}(st, pid, addr):\\n"
@@ -46,7 +54,10 @@ CHILD = textwrap.dedent(
             isinstance(c.library, _jit._LinkOnlyLibrary) for c in twin.overloads.values()
         ),
         "twin_cache_hits": sum(twin._cache_hits.values()),
+        **early,
     }
+    if sys.argv[2] == "load":
+        out["ir_parsed_by_link"] = lib._shared_module is not None
     if sys.argv[2] == "call":
         out["python_call"] = kernels.find_vma(m.state, p.pid, vma.start)
         out["entry_after_python_call"] = len(kernels.find_vma.signatures)
@@ -60,10 +71,10 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(variant: str, cache: Path, python_call: bool) -> dict:
+def _child(variant: str, cache: Path, mode: str = "-") -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
     run = subprocess.run(
-        [sys.executable, "-c", CHILD, variant, "call" if python_call else "-"],
+        [sys.executable, "-c", CHILD, variant, mode],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -75,10 +86,11 @@ def _child(variant: str, cache: Path, python_call: bool) -> dict:
 
 
 def test_compiled_callers_link_the_entry_or_its_ir_and_a_new_process_loads_it(tmp_path):
-    first = _child("a", tmp_path, python_call=False)
-    second = _child("b", tmp_path, python_call=True)
-    third = _child("c", tmp_path, python_call=False)
-    for out in (first, second, third):
+    first = _child("a", tmp_path)
+    second = _child("b", tmp_path, "call")
+    third = _child("c", tmp_path)
+    fourth = _child("d", tmp_path, "load")
+    for out in (first, second, third, fourth):
         assert out["found"] == out["want"]
         assert out["twin_link_only"]
         assert "internal to migengine.kernels" in out["internal_from_python"]
@@ -93,3 +105,10 @@ def test_compiled_callers_link_the_entry_or_its_ir_and_a_new_process_loads_it(tm
     assert second["entry_after_python_call"] == 1
     # The entry is in the cache now: compiled code links it, no twin.
     assert (third["entry_before_python_call"], third["twin"]) == (1, 0)
+    # A Python call loads the cached entry's machine code without parsing the IR
+    # that compiled callers link (_EntryLibrary); the first such caller parses it.
+    assert fourth["python_call"] == fourth["want"][0]
+    assert fourth["entry_library"] == "_EntryLibrary"
+    assert not fourth["ir_parsed_by_load"]
+    assert fourth["ir_parsed_by_link"]
+    assert (fourth["entry_before_python_call"], fourth["twin"]) == (1, 0)
