@@ -10,7 +10,8 @@ first), then loop the work while ``perf record`` watches::
 
 where ``my_loop.py`` runs the workload once, calls ``write_perf_map()``, then
 repeats the workload for some seconds. A function loaded from numba's cache
-keeps its definitions in the library's shared module, one compiled in this
+keeps its definitions in the library's shared module (which a migengine entry
+point parses only on demand, so it is parsed here), one compiled in this
 process in its final module; both are read. Sizes are the gaps to the next
 symbol, so an inlined callee is counted in its caller.
 """
@@ -34,6 +35,8 @@ def loaded_symbols() -> dict[int, str]:
             continue
         for cres in obj.overloads.values():
             lib = cres.library
+            if getattr(lib, "_linking_bitcode", None) is not None:
+                lib._get_module_for_linking()  # a cached entry point's IR, parsed on demand
             module = getattr(lib, "_shared_module", None) or getattr(lib, "_final_module", None)
             if module is None:
                 continue

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
 import weakref
 from pathlib import Path
 
@@ -43,3 +47,39 @@ def test_the_map_names_a_function_compiled_here(tmp_path: Path) -> None:
     assert starts == sorted(starts) and all(int(r[1], 16) > 0 for r in rows)
     with pytest.raises(ReferenceError):  # the proxy the map walked past was dead
         str(dead[0])
+
+
+_CACHED_CHILD = textwrap.dedent(
+    """
+    import sys
+    import migengine as me
+    from migengine import kernels
+    sys.path.insert(0, sys.argv[1])
+    import perfmap
+
+    m = me.Machine(64)
+    p = m.new_process()
+    vma = p.mmap(4)
+    assert kernels.find_vma(m.state, p.pid, vma.start) == vma.index
+    print(perfmap.write_perf_map(sys.argv[2]))
+    """
+)
+
+
+def test_the_map_names_a_kernel_loaded_from_the_cache(tmp_path: Path) -> None:
+    """A cached entry point loads without parsing its IR (kernels/_jit.py); the
+    map still names it. The first child compiles and caches, the second loads."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    maps = []
+    for i in range(2):
+        out = tmp_path / f"perf-{i}.map"
+        run = subprocess.run(
+            [sys.executable, "-c", _CACHED_CHILD, str(PERFMAP.parent), str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        maps.append(out.read_text())
+    assert all("find_vma" in text for text in maps)
