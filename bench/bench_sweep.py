@@ -11,7 +11,9 @@ figure is the serial time over the cluster time, with both results checked
 equal (``wall_s``, ``host`` and ``pid`` aside).
 
 ``python bench/bench_sweep.py [--accesses N] [--repeat K]`` prints both times
-and the ratio; ``pytest bench/bench_sweep.py`` runs a smoke-sized grid.
+and the ratio; ``--timeline`` instead times the steps of one metadata-only
+cluster sweep (:func:`timeline`). ``pytest bench/bench_sweep.py`` runs a
+smoke-sized grid.
 """
 
 from __future__ import annotations
@@ -44,6 +46,70 @@ df.drop(columns=["wall_s", "host", "pid"]).to_parquet(args["out"])
 print(json.dumps({"wall_s": wall, "runs": len(df), "failed": int(df["error"].notna().sum()),
                   "workers": int(df["pid"].nunique())}))
 """
+
+# The steps of me.sweep's local-cluster path (sweep_cluster.execute), each timed,
+# and every run's start and end on its worker: where the cluster's time goes.
+_TIMELINE_CHILD = r"""
+import json, os, sys, time
+import migengine as me
+from migengine import sweep_cluster, sweeps
+from migengine.sweep_grid import cached, run_one, warm
+
+def timed(run, trace, name):
+    start = time.time()
+    record = run_one(run, trace, name)
+    return start, time.time(), os.getpid(), record["error"]
+
+args = json.loads(sys.argv[1])
+trace = {"pattern": "hotspot", "pages": args["pages"], "accesses": args["accesses"], "seed": 3,
+         "write_fraction": 0.2}
+base = me.SimConfig(device_pages=args["pages"] // 2, batch_faults=256, store_data=False)
+t0 = time.time()
+marks = []
+plan = sweeps.plan(args["grid"], trace=trace, base=base)
+if not cached(base):
+    warm(base)
+marks.append(("the parent's checks (and warm, unless the cache is marked filled)", time.time()))
+from dask.distributed import Client
+marks.append(("dask.distributed imported", time.time()))
+cluster = sweep_cluster.local_cluster()
+marks.append(("cluster up", time.time()))
+with Client(cluster) as client:
+    sweep_cluster.warm_workers(client, base, own=True)
+    marks.append(("kernels loaded on every worker", time.time()))
+    futures = [client.submit(timed, r, plan.traces[r.trace], plan.names[r.trace], pure=False)
+               for r in plan.runs]
+    tasks = client.gather(futures)
+    marks.append(("every run done", time.time()))
+cluster.close()
+marks.append(("cluster closed", time.time()))
+print(json.dumps({"marks": [(m, t - t0) for m, t in marks],
+                  "tasks": [(s - t0, e - t0, pid, err) for s, e, pid, err in tasks]}))
+"""
+
+
+def timeline(pages: int, accesses: int) -> dict:
+    """One metadata-only sweep of GRID on a local cluster, in a fresh process:
+    seconds from the sweep's start to each step of its path, and each run's
+    start, end and worker. Derived: the task time per worker, and the tail
+    (how long the first worker to finish idled before the last one did)."""
+    arg = {"pages": pages, "accesses": accesses, "grid": GRID}
+    done = subprocess.run(
+        [sys.executable, "-c", _TIMELINE_CHILD, json.dumps(arg)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    busy: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for start, end, pid, err in out["tasks"]:
+        assert err is None, err
+        busy[pid] = busy.get(pid, 0.0) + end - start
+        last[pid] = max(last.get(pid, 0.0), end)
+    out["busy_s"] = sorted(busy.values())
+    out["tail_s"] = max(last.values()) - min(last.values())
+    return out
 
 
 def _run(
@@ -92,13 +158,35 @@ def test_sweep_smoke() -> None:
     assert r["runs"] == 16 and r["speedup"] > 0
 
 
+def test_timeline_smoke() -> None:
+    t = timeline(pages=512, accesses=2_000)
+    assert len(t["tasks"]) == 16 and len(t["marks"]) == 6
+    times = [seconds for _, seconds in t["marks"]]
+    assert times == sorted(times) and sum(t["busy_s"]) > 0
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=16384)
     ap.add_argument("--accesses", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--timeline", action="store_true", help="time the steps of one cluster sweep")
     a = ap.parse_args(argv)
     print(f"cores: {os.cpu_count()}; workers: one process per core, NUMBA_NUM_THREADS=1 each")
+    if a.timeline:
+        t = timeline(a.pages, 4 * a.accesses)
+        print(
+            f"one metadata-only LocalCluster sweep, {4 * a.accesses:,} accesses a run; "
+            "seconds from its start:"
+        )
+        for mark, seconds in t["marks"]:
+            print(f"  {seconds:6.2f}  {mark}")
+        busy = ", ".join(f"{b:.2f}" for b in t["busy_s"])
+        print(
+            f"  runs: {sum(t['busy_s']):.2f} s of task time ({busy} s per worker); "
+            f"tail {t['tail_s']:.2f} s (the first worker done idled that long)"
+        )
+        return
     # Metadata-only runs are ~4x faster per access, so they replay 4x the accesses.
     for store_data, accesses in ((False, 4 * a.accesses), (True, a.accesses)):
         for _ in range(a.repeat):
