@@ -84,7 +84,7 @@ def faults(pages: int, accesses: int, repeat: int = 5) -> dict[str, float]:
     """Pages migrated per second under faults (64 KiB units, bytes stored).
 
     Best of ``repeat``: on the 2-vCPU VM, the engine's two-thread copies slow down
-    2-3x for seconds at a time, while the same runs with the engine on one thread
+    up to 3.5x for seconds at a time, while the same runs with the engine on one thread
     never do (docs/performance.md, "Slow phases of the copies"), and several runs
     in a row can fall in one. So the engine on one thread is timed too.
     """
